@@ -1,0 +1,228 @@
+//! The YAML file as written by a user. Every struct denies unknown keys; nothing here is
+//! validated beyond its shape — `validate` turns these into the runtime model.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
+
+use crate::units::{de_duration, de_size};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ListenFile {
+    pub https: Option<String>,
+    pub http: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AdminFile {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TlsFile {
+    pub local_ca_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsFile {
+    #[serde(deserialize_with = "de_duration")]
+    pub handshake_timeout: Option<Duration>,
+    #[serde(deserialize_with = "de_duration")]
+    pub header_read_timeout: Option<Duration>,
+    #[serde(deserialize_with = "de_size")]
+    pub max_header_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ShutdownFile {
+    #[serde(deserialize_with = "de_duration")]
+    pub drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SiteFile {
+    pub name: Option<String>,
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub default: bool,
+    pub tls: Option<SiteTlsFile>,
+    pub hsts: Option<HstsFile>,
+    pub origin: Option<OriginFile>,
+    pub respond: Option<RespondFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// `tls: local`, `tls: acme`, or `tls: { cert: ..., key: ... }`.
+#[derive(Debug)]
+pub(crate) enum SiteTlsFile {
+    Keyword(String),
+    Files(CertKeyFile),
+}
+
+impl<'de> Deserialize<'de> for SiteTlsFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_map(d, "`local`, `acme`, or a map with `cert` and `key`").map(|v| match v {
+            StringOr::String(s) => SiteTlsFile::Keyword(s),
+            StringOr::Map(m) => SiteTlsFile::Files(m),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertKeyFile {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `hsts: true` or `hsts: { max_age: ..., include_subdomains: ..., preload: ... }`.
+#[derive(Debug)]
+pub(crate) enum HstsFile {
+    Enabled(bool),
+    Custom(HstsOptionsFile),
+}
+
+impl<'de> Deserialize<'de> for HstsFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HstsFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "`true`, `false`, or a map with `max_age`, `include_subdomains`, `preload`",
+                )
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<HstsFile, E> {
+                Ok(HstsFile::Enabled(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<HstsFile, A::Error> {
+                HstsOptionsFile::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(HstsFile::Custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HstsOptionsFile {
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Option<Duration>,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+/// `origin: http://host:port` or the full map.
+#[derive(Debug)]
+pub(crate) struct OriginFile(pub OriginMapFile);
+
+impl<'de> Deserialize<'de> for OriginFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_map(
+            d,
+            "a URL such as `http://127.0.0.1:3000`, or a map with `url`",
+        )
+        .map(|v| {
+            OriginFile(match v {
+                StringOr::String(url) => OriginMapFile {
+                    url,
+                    ..OriginMapFile::default()
+                },
+                StringOr::Map(m) => m,
+            })
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OriginMapFile {
+    pub url: String,
+    pub mode: Option<ModeFile>,
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<CertKeyFile>,
+    #[serde(default)]
+    pub timeouts: OriginTimeoutsFile,
+    pub verify_failure_status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ModeFile {
+    Flexible,
+    Full,
+    Strict,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct OriginTimeoutsFile {
+    #[serde(deserialize_with = "de_duration")]
+    pub connect: Option<Duration>,
+    #[serde(deserialize_with = "de_duration")]
+    pub response_header: Option<Duration>,
+    #[serde(deserialize_with = "de_duration")]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RespondFile {
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteFile {
+    pub path: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    pub origin: Option<OriginFile>,
+    pub respond: Option<RespondFile>,
+}
+
+enum StringOr<T> {
+    String(String),
+    Map(T),
+}
+
+/// Accepts either a plain string or a map deserialised as `T`, keeping `T`'s own error
+/// messages (and key paths) for the map form.
+fn string_or_map<'de, D, T>(d: D, expecting: &'static str) -> Result<StringOr<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    struct V<T>(&'static str, PhantomData<T>);
+    impl<'de, T: DeserializeOwned> Visitor<'de> for V<T> {
+        type Value = StringOr<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(StringOr::String(v.to_owned()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map)).map(StringOr::Map)
+        }
+    }
+    d.deserialize_any(V(expecting, PhantomData))
+}

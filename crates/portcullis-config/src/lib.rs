@@ -1,0 +1,24 @@
+//! Portcullis configuration: the YAML file, its validation, and the runtime model.
+//!
+//! [`load`] reads a file and returns a [`Config`] in which every value has been checked, or
+//! every [`Problem`] found, each named by its key path (`sites[1].origin.mode: ...`).
+
+mod error;
+mod file;
+mod host;
+mod model;
+mod pem;
+mod units;
+mod validate;
+
+pub use error::{Error, Problem, Result};
+pub use host::{HostMap, HostPattern, strip_port};
+pub use model::{
+    Action, Admin, CertKey, Config, Hsts, Limits, Listen, Mode, Origin, OriginTimeouts, OriginTls,
+    Respond, Route, Shutdown, Site, SiteTls, TlsSettings, Transport, Verify, defaults,
+};
+pub use units::{parse_duration, parse_size};
+pub use validate::{load, parse};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+//! The validated configuration the rest of Portcullis runs on. Every value here has been
+//! checked; defaults are filled in; files named by the config have been read.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::host::HostPattern;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the edge listens.
+    pub listen: Listen,
+    /// Where the admin endpoints listen, if anywhere.
+    pub admin: Admin,
+    /// Gateway-wide TLS settings.
+    pub tls: TlsSettings,
+    /// Timeouts and sizes that protect the listeners.
+    pub limits: Limits,
+    /// How the gateway stops.
+    pub shutdown: Shutdown,
+    /// The sites, in file order.
+    pub sites: Vec<Site>,
+}
+
+/// Edge listener addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// HTTPS listener (default `0.0.0.0:443`).
+    pub https: SocketAddr,
+    /// Plain HTTP listener for redirects and ACME HTTP-01 (default `0.0.0.0:80`), or `None`
+    /// when set to `off`.
+    pub http: Option<SocketAddr>,
+}
+
+/// Admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Address of `/healthz` and `/readyz` (default `127.0.0.1:9901`), or `None` for `off`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Gateway-wide TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Where `tls: local` keeps its CA (resolved against the config file's folder).
+    pub local_ca_dir: PathBuf,
+}
+
+/// Client-side protections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time allowed to complete a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to send a request's headers (against slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted; larger gets 431.
+    pub max_header_size: usize,
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shutdown {
+    /// How long in-flight requests may take to finish after a stop signal.
+    pub drain_timeout: Duration,
+}
+
+/// One site: a set of hosts with one certificate and what to do with their requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// Stable name (the `name` key, else the first host); used in logs and metrics.
+    pub name: String,
+    /// The hosts this site answers for; never empty.
+    pub hosts: Vec<HostPattern>,
+    /// Serves handshakes with unknown or no SNI, and requests for unclaimed hosts.
+    pub default: bool,
+    /// Where the site's certificate comes from.
+    pub tls: SiteTls,
+    /// `Strict-Transport-Security` to add to every response.
+    pub hsts: Option<Hsts>,
+    /// Path routes in file order (the longest matching prefix wins, whatever the order).
+    pub routes: Vec<Route>,
+    /// What requests that match no route get; `None` answers 404.
+    pub fallback: Option<Action>,
+}
+
+/// Source of a site's certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SiteTls {
+    /// Certificate and key read from files.
+    Files(CertKey),
+    /// Issued at start by the gateway's local development CA.
+    Local,
+}
+
+/// A certificate chain and its private key, read from PEM files.
+#[derive(Debug, PartialEq)]
+pub struct CertKey {
+    /// File the chain came from.
+    pub cert_path: PathBuf,
+    /// File the key came from.
+    pub key_path: PathBuf,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for CertKey {
+    fn clone(&self) -> Self {
+        Self {
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// HSTS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    /// `max-age`.
+    pub max_age: Duration,
+    /// `includeSubDomains`.
+    pub include_subdomains: bool,
+    /// `preload`.
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The header value, e.g. `max-age=31536000; includeSubDomains`.
+    pub fn header_value(&self) -> String {
+        let mut v = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v
+    }
+}
+
+/// A path prefix and what it does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Starts with `/`. Matches itself and anything below it (`/api` matches `/api` and
+    /// `/api/x`, not `/apix`); a prefix ending in `/` matches anything that starts with it.
+    pub path: String,
+    /// Remove `path` from the request path before forwarding.
+    pub strip_prefix: bool,
+    /// What to do.
+    pub action: Action,
+}
+
+/// What a site or route does with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Forward to an origin.
+    Proxy(Origin),
+    /// Answer directly.
+    Respond(Respond),
+}
+
+/// A fixed response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Respond {
+    /// Status code (default 200).
+    pub status: u16,
+    /// Body (default empty).
+    pub body: String,
+    /// `Content-Type` (default `text/plain; charset=utf-8` when there is a body).
+    pub content_type: Option<String>,
+}
+
+/// An origin server and how to reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// The URL as written, for logs and summaries.
+    pub url: String,
+    /// Host to connect to (name or IP, IPv6 without brackets).
+    pub host: String,
+    /// Port to connect to.
+    pub port: u16,
+    /// Plaintext or TLS, and how TLS is verified.
+    pub transport: Transport,
+    /// Timeouts towards this origin.
+    pub timeouts: OriginTimeouts,
+    /// Status returned when strict verification of the origin fails (502 or 526).
+    pub verify_failure_status: u16,
+}
+
+impl Origin {
+    /// `flexible`, `full` or `strict`.
+    pub fn mode(&self) -> Mode {
+        match &self.transport {
+            Transport::Plain => Mode::Flexible,
+            Transport::Tls(tls) => match tls.verify {
+                Verify::Off => Mode::Full,
+                Verify::SystemRoots | Verify::Roots(_) => Mode::Strict,
+            },
+        }
+    }
+}
+
+/// Origin modes as a CDN edge names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plaintext HTTP to the origin.
+    Flexible,
+    /// TLS to the origin, certificate not verified.
+    Full,
+    /// TLS to the origin, chain and name verified.
+    Strict,
+}
+
+impl Mode {
+    /// The config keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Flexible => "flexible",
+            Mode::Full => "full",
+            Mode::Strict => "strict",
+        }
+    }
+}
+
+/// How bytes travel to an origin.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// Plain TCP.
+    Plain,
+    /// TLS.
+    Tls(OriginTls),
+}
+
+/// TLS towards an origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginTls {
+    /// Name sent as SNI and verified in strict mode (default: the URL's host).
+    pub server_name: String,
+    /// How the origin's certificate is checked.
+    pub verify: Verify,
+    /// Client certificate for authenticated origin pulls.
+    pub client_cert: Option<CertKey>,
+}
+
+/// Verification of an origin certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verify {
+    /// `full`: accept any certificate (the handshake signature is still checked).
+    Off,
+    /// `strict` against the system's trust store.
+    SystemRoots,
+    /// `strict` against these roots only.
+    Roots(Vec<CertificateDer<'static>>),
+}
+
+/// Timeouts towards one origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginTimeouts {
+    /// TCP connect plus TLS handshake (default 5 s); exceeded → 504.
+    pub connect: Duration,
+    /// From request sent to response headers received (default 60 s); exceeded → 504.
+    pub response_header: Duration,
+    /// How long an unused pooled connection is kept (default 90 s).
+    pub idle: Duration,
+}
+
+/// Defaults shared by the validator, the docs and tests.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `listen.https`.
+    pub const HTTPS: &str = "0.0.0.0:443";
+    /// `listen.http`.
+    pub const HTTP: &str = "0.0.0.0:80";
+    /// `admin.listen`.
+    pub const ADMIN: &str = "127.0.0.1:9901";
+    /// `tls.local_ca_dir`.
+    pub const LOCAL_CA_DIR: &str = "./data/ca";
+    /// `limits.handshake_timeout`.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `limits.header_read_timeout`.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `limits.max_header_size`.
+    pub const MAX_HEADER_SIZE: usize = 64 * 1024;
+    /// `shutdown.drain_timeout`.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `origin.timeouts.connect`.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `origin.timeouts.response_header`.
+    pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `origin.timeouts.idle`.
+    pub const ORIGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+    /// `hsts.max_age` when `hsts: true`.
+    pub const HSTS_MAX_AGE: Duration = Duration::from_secs(31_536_000);
+}

@@ -1,0 +1,300 @@
+use std::path::Path;
+
+use super::*;
+
+const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----\nAAECAw==\n-----END CERTIFICATE-----\n";
+const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAECAw==\n-----END PRIVATE KEY-----\n";
+
+fn dir_with_pems() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("site.pem"), PEM_CERT).unwrap();
+    std::fs::write(dir.path().join("site.key"), PEM_KEY).unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "nothing here\n").unwrap();
+    dir
+}
+
+fn problems(yaml: &str) -> Vec<String> {
+    let dir = dir_with_pems();
+    match parse(yaml, dir.path()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(
+        "sites:\n  - hosts: [example.com]\n    tls: local\n    origin: http://127.0.0.1:3000\n",
+        Path::new("/etc/portcullis"),
+    )
+    .unwrap();
+    assert_eq!(c.listen.https, "0.0.0.0:443".parse().unwrap());
+    assert_eq!(c.listen.http, Some("0.0.0.0:80".parse().unwrap()));
+    assert_eq!(c.admin.listen, Some("127.0.0.1:9901".parse().unwrap()));
+    assert_eq!(c.tls.local_ca_dir, Path::new("/etc/portcullis/data/ca"));
+    assert_eq!(c.limits.header_read_timeout, defaults::HEADER_READ_TIMEOUT);
+    let site = &c.sites[0];
+    assert_eq!(site.name, "example.com");
+    let Some(Action::Proxy(o)) = &site.fallback else {
+        panic!("expected an origin")
+    };
+    assert_eq!(
+        (o.host.as_str(), o.port, o.mode()),
+        ("127.0.0.1", 3000, Mode::Flexible)
+    );
+    assert_eq!(o.timeouts.connect, defaults::CONNECT_TIMEOUT);
+}
+
+#[test]
+fn full_contract_example_parses() {
+    let dir = dir_with_pems();
+    let yaml = r#"
+listen:
+  https: 127.0.0.1:8443
+  http: off
+admin:
+  listen: off
+tls:
+  local_ca_dir: /var/lib/portcullis/ca
+sites:
+  - hosts: [example.com, "*.example.com"]
+    tls: { cert: site.pem, key: site.key }
+    hsts: { max_age: 2y, include_subdomains: true }
+    origin:
+      url: https://10.0.0.5:8443
+      mode: strict
+      ca: site.pem
+      server_name: app.internal
+      client_cert: { cert: site.pem, key: site.key }
+      timeouts: { connect: 2s, response_header: 30s }
+      verify_failure_status: 526
+    routes:
+      - path: /api
+        origin: { url: http://127.0.0.1:3001 }
+      - path: /api/v2/
+        strip_prefix: true
+        origin: https://[::1]:9443
+      - path: /maintenance
+        respond: { status: 503, body: "back soon" }
+"#
+    .replace("2y", "730d");
+    let c = parse(&yaml, dir.path()).unwrap();
+    assert_eq!(c.listen.http, None);
+    assert_eq!(c.admin.listen, None);
+    let site = &c.sites[0];
+    assert_eq!(
+        site.hosts,
+        vec![
+            HostPattern::Exact("example.com".into()),
+            HostPattern::Wildcard("example.com".into())
+        ]
+    );
+    assert_eq!(
+        site.hsts.as_ref().unwrap().header_value(),
+        "max-age=63072000; includeSubDomains"
+    );
+    let Some(Action::Proxy(o)) = &site.fallback else {
+        panic!()
+    };
+    assert_eq!(o.mode(), Mode::Strict);
+    assert_eq!(o.verify_failure_status, 526);
+    let Transport::Tls(tls) = &o.transport else {
+        panic!()
+    };
+    assert_eq!(tls.server_name, "app.internal");
+    assert!(matches!(tls.verify, Verify::Roots(ref r) if r.len() == 1));
+    assert!(tls.client_cert.is_some());
+    let paths: Vec<_> = site.routes.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/api", "/api/v2/", "/maintenance"]);
+    let Action::Proxy(v6) = &site.routes[1].action else {
+        panic!()
+    };
+    assert_eq!((v6.host.as_str(), v6.mode()), ("::1", Mode::Strict));
+}
+
+/// Each broken config must be refused with a message that names the exact key.
+#[test]
+fn broken_configs_name_the_key() {
+    let site = "hosts: [a.test]\n    tls: local\n    origin: http://127.0.0.1:1\n";
+    let cases: &[(&str, &str)] = &[
+        ("lisen: {}\nsites: []", "lisen: unknown key `lisen`"),
+        (
+            "listen: { htps: 1.2.3.4:1 }",
+            "listen.htps: unknown field `htps`",
+        ),
+        (
+            "listen: { https: nowhere }",
+            "listen.https: `nowhere` is not an address",
+        ),
+        (
+            "listen: { https: ':99999' }",
+            "listen.https: `:99999` has an invalid port",
+        ),
+        ("sites: []", "sites: at least one site is required"),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: http://127.0.0.1:1, mode: strct }",
+            "sites[0].origin.mode: unknown variant `strct`",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: http://127.0.0.1:1, mode: strict }",
+            "sites[0].origin.mode: `strict` uses TLS to the origin but the URL is http://",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: https://127.0.0.1:1, mode: flexible }",
+            "sites[0].origin.mode: `flexible` is plaintext HTTP",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: ftp://127.0.0.1:1",
+            "sites[0].origin.url: scheme must be http or https",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: 'http://exa mple'",
+            "sites[0].origin.url: invalid URL",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: http://127.0.0.1:1/app",
+            "sites[0].origin.url: `http://127.0.0.1:1/app` has a path",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: { cert: missing.pem, key: site.key }\n    origin: http://127.0.0.1:1",
+            "sites[0].tls.cert: cannot read",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: { cert: empty.pem, key: site.key }\n    origin: http://127.0.0.1:1",
+            "sites[0].tls.cert: no certificate",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: { cert: site.pem, key: site.pem }\n    origin: http://127.0.0.1:1",
+            "sites[0].tls.key: no private key",
+        ),
+        (
+            &format!("sites:\n  - {site}  - {site}"),
+            "sites[1].hosts[0]: `a.test` is already claimed by sites[0]",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: http://127.0.0.1:1, ca: site.pem }",
+            "sites[0].origin.ca: only applies to TLS origins",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: https://127.0.0.1:1, mode: full, ca: site.pem }",
+            "sites[0].origin.ca: `full` does not verify",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: https://127.0.0.1:1, ca: nope.pem }",
+            "sites[0].origin.ca: cannot read",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: http://127.0.0.1:1, timeouts: { connect: 5 parsecs } }",
+            "sites[0].origin.timeouts.connect: invalid duration",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: http://127.0.0.1:1, timeouts: { connect: 0s } }",
+            "sites[0].origin.timeouts.connect: must be greater than zero",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: { url: https://127.0.0.1:1, verify_failure_status: 500 }",
+            "sites[0].origin.verify_failure_status: must be 502 or 526",
+        ),
+        (
+            "sites:\n  - hosts: ['a.*.test']\n    tls: local\n    origin: http://127.0.0.1:1",
+            "sites[0].hosts[0]: invalid host `a.*.test`",
+        ),
+        (
+            "sites:\n  - hosts: []\n    tls: local\n    origin: http://127.0.0.1:1",
+            "sites[0].hosts: at least one host is required",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    origin: http://127.0.0.1:1",
+            "sites[0].tls: required",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: lcoal\n    origin: http://127.0.0.1:1",
+            "sites[0].tls: unknown value `lcoal`",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local",
+            "sites[0]: a site needs an `origin`, a `respond`, or `routes`",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    routes:\n      - path: api\n        respond: {}",
+            "sites[0].routes[0].path: must start with `/`",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    routes:\n      - path: /a\n        respond: {}\n      - path: /a\n        respond: {}",
+            "sites[0].routes[1].path: `/a` is already routed by sites[0].routes[0]",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    routes:\n      - path: /a\n        respond: { status: 42 }",
+            "sites[0].routes[0].respond.status: must be between 200 and 599",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    routes:\n      - path: /a\n        respond: { stauts: 200 }",
+            "sites[0].routes[0].respond.stauts: unknown field `stauts`",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    hsts: { preload: true }\n    origin: http://127.0.0.1:1",
+            "sites[0].hsts.preload: preload lists require",
+        ),
+        (
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    default: true\n    origin: http://127.0.0.1:1\n  - hosts: [b.test]\n    tls: local\n    default: true\n    origin: http://127.0.0.1:1",
+            "sites[1].default: only one site can be the default; sites[0] already is",
+        ),
+        (
+            "listen: { https: 127.0.0.1:1, http: 127.0.0.1:1 }\nsites: []",
+            "listen.http: same address as `listen.https`",
+        ),
+        ("sites: {a: 1}", "sites: must be a list of sites"),
+        ("[1, 2]", "the config must be a map"),
+        ("sites: [\n", "not valid YAML"),
+        (
+            "limits: { max_header_size: 1KiB }\nsites: []",
+            "limits.max_header_size: must be between 8KiB and 16MiB",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let got = problems(yaml);
+        assert!(
+            got.iter().any(|p| p.starts_with(expected)),
+            "config:\n{yaml}\nexpected a problem starting with {expected:?}, got {got:#?}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let got = problems(
+        "sites:\n  - hosts: [a.test]\n    tls: lcoal\n    origin: http://127.0.0.1:1\n  - hosts: [b.test]\n    tls: local\n    origin: { url: http://127.0.0.1:1, mode: full }\n  - hosts: [c.test]\n    tls: local\n    origin: { url: http://127.0.0.1:1, bogus: 1 }\n",
+    );
+    let keys: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "sites[0].tls",
+            "sites[1].origin.mode",
+            "sites[2].origin.bogus"
+        ],
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn load_reports_missing_file_and_resolves_relative_paths() {
+    let err = load(Path::new("/nonexistent/portcullis.yaml")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot read config file /nonexistent/portcullis.yaml")
+    );
+
+    let dir = dir_with_pems();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(
+        &path,
+        "sites:\n  - hosts: [a.test]\n    tls: { cert: site.pem, key: site.key }\n    respond: { body: hi }\n",
+    )
+    .unwrap();
+    let c = load(&path).unwrap();
+    let SiteTls::Files(ck) = &c.sites[0].tls else {
+        panic!()
+    };
+    assert_eq!(ck.cert_path, dir.path().join("site.pem"));
+}
