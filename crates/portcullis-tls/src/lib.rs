@@ -1,0 +1,19 @@
+//! Portcullis TLS: the certificate store the edge resolves SNI against, certificates for
+//! sites (files or the local development CA), and the TLS client configs used towards
+//! origins.
+
+mod certs;
+mod local_ca;
+mod origin;
+mod provider;
+mod server;
+mod sites;
+mod store;
+
+pub use certs::{CertInfo, KeyError, certified_key, format_time};
+pub use local_ca::{LOCAL_LEAF_VALIDITY, LocalCa, LocalCaError};
+pub use origin::{OriginTlsConfig, origin_tls_config};
+pub use provider::{crypto_provider, install_default_provider};
+pub use server::{EDGE_ALPN, server_config};
+pub use sites::{CertSource, SiteCert, SiteCerts, load_site_certificates};
+pub use store::{CertStore, SiteBinding};
