@@ -214,13 +214,17 @@ impl Validator<'_> {
     }
 
     fn listeners_distinct(&mut self, listen: &Listen, admin: &Admin) {
-        if listen.http == Some(listen.https) {
-            self.err("listen.http", "same address as `listen.https`");
+        // Port 0 asks the OS for a fresh port each time, so it never clashes.
+        let clash = |a: SocketAddr, b: Option<SocketAddr>| a.port() != 0 && Some(a) == b;
+        if let Some(http) = listen.http {
+            if clash(http, Some(listen.https)) {
+                self.err("listen.http", "same address as `listen.https`");
+            }
         }
         if let Some(a) = admin.listen {
-            if a == listen.https {
+            if clash(a, Some(listen.https)) {
                 self.err("admin.listen", "same address as `listen.https`");
-            } else if Some(a) == listen.http {
+            } else if clash(a, listen.http) {
                 self.err("admin.listen", "same address as `listen.http`");
             }
         }

@@ -1,0 +1,220 @@
+//! Header rewriting between client and origin: hop-by-hop removal and the forwarding headers.
+
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
+/// non-standard ones proxies traditionally drop).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const VIA_H1: HeaderValue = HeaderValue::from_static("1.1 portcullis");
+const VIA_H2: HeaderValue = HeaderValue::from_static("2 portcullis");
+const VIA_H10: HeaderValue = HeaderValue::from_static("1.0 portcullis");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and friends).
+pub(crate) fn wants_upgrade(headers: &HeaderMap, version: Version) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Removes hop-by-hop headers, including any named by `Connection`. With `keep_upgrade`
+/// the `Upgrade` header and a `Connection: upgrade` survive, so the switch reaches the
+/// other side.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Names listed in Connection are hop-by-hop too; collect them only when there are any
+    // beyond the usual keep-alive/close/upgrade, so the common case does no allocation.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("upgrade")
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && (name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // `TE: trailers` is end-to-end in practice (gRPC needs it); any other TE is dropped.
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// Everything about the client connection the forwarding headers need, rendered once per
+/// connection.
+#[derive(Debug)]
+pub(crate) struct ClientAddr {
+    /// `203.0.113.7` or `2001:db8::1`, for `X-Forwarded-For`.
+    pub(crate) ip: HeaderValue,
+    /// `for=203.0.113.7` or `for="[2001:db8::1]"`, for `Forwarded`.
+    pub(crate) forwarded_for: String,
+}
+
+impl ClientAddr {
+    pub(crate) fn new(ip: std::net::IpAddr) -> Self {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let text = ip.to_string();
+        let forwarded_for = if ip.is_ipv6() {
+            format!("for=\"[{text}]\"")
+        } else {
+            format!("for={text}")
+        };
+        Self {
+            ip: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_for,
+        }
+    }
+}
+
+/// Rewrites a client request's headers for the origin: drops hop-by-hop headers, replaces
+/// any forwarding headers the client sent (they are not trusted), and sets `Host`, `Via`,
+/// `X-Forwarded-*` and `Forwarded`.
+pub(crate) fn prepare_request(
+    headers: &mut HeaderMap,
+    client: &ClientAddr,
+    authority: &str,
+    version: Version,
+    upgrade: bool,
+) {
+    strip_hop_by_hop(headers, upgrade);
+    if let Ok(host) = HeaderValue::from_str(authority) {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(X_FORWARDED_FOR, client.ip.clone());
+    headers.insert(X_FORWARDED_PROTO, HTTPS);
+    let forwarded = format!(
+        "{};host=\"{}\";proto=https",
+        client.forwarded_for, authority
+    );
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    headers.append(
+        header::VIA,
+        match version {
+            Version::HTTP_2 => VIA_H2,
+            Version::HTTP_10 => VIA_H10,
+            _ => VIA_H1,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_listed_ones_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn upgrade_and_te_trailers_survive_when_wanted() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        assert!(wants_upgrade(&h, Version::HTTP_11));
+        assert!(!wants_upgrade(&h, Version::HTTP_2));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn forwarding_headers_replace_what_the_client_sent() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-proto", "http"),
+            ("via", "1.1 corp-proxy"),
+        ]);
+        let client = ClientAddr::new("2001:db8::7".parse().unwrap());
+        prepare_request(&mut h, &client, "example.com:8443", Version::HTTP_2, false);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com:8443");
+        assert_eq!(h["host"], "example.com:8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[2001:db8::7]\";host=\"example.com:8443\";proto=https"
+        );
+        let via: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(via, ["1.1 corp-proxy", "2 portcullis"]);
+    }
+
+    #[test]
+    fn mapped_ipv4_is_shown_as_ipv4() {
+        let c = ClientAddr::new("::ffff:192.0.2.1".parse().unwrap());
+        assert_eq!(c.ip, "192.0.2.1");
+        assert_eq!(c.forwarded_for, "for=192.0.2.1");
+    }
+}

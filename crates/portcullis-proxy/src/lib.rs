@@ -1,0 +1,24 @@
+//! Portcullis data path: listeners, TLS at the edge, the routing table, and the origin
+//! client.
+//!
+//! A [`Router`] is built from a [`portcullis_config::Config`] and swapped whole into a
+//! running [`Gateway`]; certificates come from a [`portcullis_tls::CertStore`] that other
+//! parts (files, the local CA, ACME) publish into.
+
+mod body;
+mod connector;
+mod drain;
+mod edge;
+mod error;
+mod headers;
+mod redirect;
+mod router;
+mod server;
+mod tls_accept;
+mod upstream;
+
+pub use body::{ACCESS_LOG_TARGET, ProxyBody};
+pub use error::{BindError, OriginError, OriginFailureKind};
+pub use router::Router;
+pub use server::{Gateway, Listeners, bind};
+pub use upstream::Upstream;

@@ -1,0 +1,44 @@
+//! The plain-HTTP listener: a permanent redirect to HTTPS for hosts some site claims, 404 for
+//! everything else (so it is never an open redirect).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::edge::{error_response, request_authority};
+use crate::server::Shared;
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(redirect(&shared, &req))
+}
+
+fn redirect(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let Some(authority) = request_authority(req) else {
+        return error_response(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
+    };
+    let host = authority.host();
+    if !shared.router.load().claims(host) {
+        return error_response(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let port = shared.https_port();
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return error_response(StatusCode::BAD_REQUEST, "invalid request target\n");
+    };
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}

@@ -1,0 +1,233 @@
+//! The routing table: one immutable snapshot of every site, route and origin, built from a
+//! config and swapped whole on reload.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use portcullis_config::{Action, Config, HostMap, Problem, Respond};
+
+use crate::upstream::Upstream;
+
+/// Sites by host, with their routes and origins.
+#[derive(Debug)]
+pub struct Router {
+    hosts: HostMap<usize>,
+    default: Option<usize>,
+    pub(crate) sites: Vec<SiteRoutes>,
+}
+
+#[derive(Debug)]
+pub(crate) struct SiteRoutes {
+    pub(crate) name: Arc<str>,
+    /// Longest prefix first, so the first match is the longest.
+    routes: Box<[RouteEntry]>,
+    fallback: Option<Handler>,
+    pub(crate) hsts: Option<HeaderValue>,
+}
+
+#[derive(Debug)]
+struct RouteEntry {
+    prefix: Box<str>,
+    strip: bool,
+    handler: Handler,
+}
+
+/// What a matched request gets.
+#[derive(Debug, Clone)]
+pub(crate) enum Handler {
+    Proxy(Arc<Upstream>),
+    Respond(Arc<Fixed>),
+}
+
+/// A `respond` action, rendered once.
+#[derive(Debug)]
+pub(crate) struct Fixed {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
+    pub(crate) content_type: Option<HeaderValue>,
+}
+
+/// A route match: the handler and how many leading bytes of the path to strip.
+pub(crate) struct Matched<'a> {
+    pub(crate) handler: &'a Handler,
+    pub(crate) strip: usize,
+}
+
+impl Router {
+    /// Builds the table, creating a client for every origin. Problems name the origin's key.
+    pub fn build(config: &Config) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut hosts = HostMap::new();
+        let mut default = None;
+        let mut sites = Vec::with_capacity(config.sites.len());
+        for (i, site) in config.sites.iter().enumerate() {
+            for host in &site.hosts {
+                hosts.insert(host, i);
+            }
+            if site.default {
+                default = Some(i);
+            }
+            let mut handler = |action: &Action, key: String| match action {
+                Action::Respond(r) => Some(Handler::Respond(Arc::new(Fixed::new(r)))),
+                Action::Proxy(origin) => match Upstream::new(origin) {
+                    Ok(u) => Some(Handler::Proxy(Arc::new(u))),
+                    Err(e) => {
+                        problems.push(Problem::new(key, e));
+                        None
+                    }
+                },
+            };
+            let fallback = site
+                .fallback
+                .as_ref()
+                .and_then(|a| handler(a, format!("sites[{i}].{}", action_key(a))));
+            let mut routes: Vec<RouteEntry> = site
+                .routes
+                .iter()
+                .enumerate()
+                .filter_map(|(j, r)| {
+                    Some(RouteEntry {
+                        prefix: r.path.as_str().into(),
+                        strip: r.strip_prefix,
+                        handler: handler(
+                            &r.action,
+                            format!("sites[{i}].routes[{j}].{}", action_key(&r.action)),
+                        )?,
+                    })
+                })
+                .collect();
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            sites.push(SiteRoutes {
+                name: site.name.as_str().into(),
+                routes: routes.into_boxed_slice(),
+                fallback,
+                hsts: site
+                    .hsts
+                    .as_ref()
+                    .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
+            });
+        }
+        if problems.is_empty() {
+            Ok(Self {
+                hosts,
+                default,
+                sites,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The site for a request host (no port): claimed by name, else the default site.
+    pub(crate) fn site_for(&self, host: &str) -> Option<usize> {
+        self.hosts.get(host).copied().or(self.default)
+    }
+
+    /// The site a TLS handshake chose for this SNI (`None`: no SNI sent).
+    pub(crate) fn site_for_sni(&self, sni: Option<&str>) -> Option<usize> {
+        match sni {
+            Some(name) => self.site_for(name),
+            None => self.default,
+        }
+    }
+
+    /// Whether some site claims `host` by name (the default site does not count).
+    pub(crate) fn claims(&self, host: &str) -> bool {
+        self.hosts.get(host).is_some()
+    }
+
+    /// Names of the sites, in config order.
+    pub fn site_names(&self) -> impl Iterator<Item = &str> {
+        self.sites.iter().map(|s| &*s.name)
+    }
+}
+
+fn action_key(action: &Action) -> &'static str {
+    match action {
+        Action::Proxy(_) => "origin",
+        Action::Respond(_) => "respond",
+    }
+}
+
+impl SiteRoutes {
+    /// The longest route whose prefix matches `path` on a segment boundary, else the
+    /// site's fallback.
+    pub(crate) fn route(&self, path: &str) -> Option<Matched<'_>> {
+        for r in self.routes.iter() {
+            if prefix_matches(&r.prefix, path) {
+                let strip = if r.strip {
+                    r.prefix.trim_end_matches('/').len()
+                } else {
+                    0
+                };
+                return Some(Matched {
+                    handler: &r.handler,
+                    strip,
+                });
+            }
+        }
+        self.fallback
+            .as_ref()
+            .map(|handler| Matched { handler, strip: 0 })
+    }
+}
+
+/// `/api` matches `/api` and `/api/...` but not `/apix`; `/api/` matches anything under it.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
+}
+
+impl Fixed {
+    fn new(r: &Respond) -> Self {
+        let content_type = match &r.content_type {
+            Some(ct) => HeaderValue::from_str(ct).ok(),
+            None if !r.body.is_empty() => {
+                Some(HeaderValue::from_static("text/plain; charset=utf-8"))
+            }
+            None => None,
+        };
+        Self {
+            status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK),
+            body: Bytes::from(r.body.clone()),
+            content_type,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/users"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api/", "/api/x"));
+        assert!(!prefix_matches("/api/", "/api"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn longest_prefix_wins_whatever_the_file_order() {
+        let config = portcullis_config::parse(
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    respond: { body: root }\n    routes:\n      - path: /api\n        respond: { body: api }\n      - path: /api/v2\n        strip_prefix: true\n        respond: { body: v2 }\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let router = Router::build(&config).unwrap();
+        let site = &router.sites[router.site_for("a.test").unwrap()];
+        let body = |path: &str| match site.route(path).map(|m| (m.handler, m.strip)) {
+            Some((Handler::Respond(f), strip)) => (f.body.clone(), strip),
+            _ => panic!("no respond for {path}"),
+        };
+        assert_eq!(body("/api/v2/x"), (Bytes::from("v2"), 7));
+        assert_eq!(body("/api/v1"), (Bytes::from("api"), 0));
+        assert_eq!(body("/apiv2"), (Bytes::from("root"), 0));
+        assert_eq!(body("/"), (Bytes::from("root"), 0));
+    }
+}

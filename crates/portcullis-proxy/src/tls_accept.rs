@@ -1,0 +1,72 @@
+//! The TLS handshake at the edge. The ClientHello is read first so an unknown SNI can be
+//! refused with the `unrecognized_name` alert (rustls alone would answer `access_denied`),
+//! and so later issues can pick another server config by ALPN (ACME `acme-tls/1`).
+
+use std::io;
+
+use rustls::server::Acceptor;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::StartHandshake;
+use tokio_rustls::server::TlsStream;
+
+use crate::server::Shared;
+
+/// A fatal `unrecognized_name` (112) alert record, TLS 1.2 record version.
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandshakeError {
+    #[error("no certificate for SNI {0:?}")]
+    UnknownSni(Option<String>),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+}
+
+pub(crate) async fn accept(
+    mut tcp: TcpStream,
+    shared: &Shared,
+) -> Result<TlsStream<TcpStream>, HandshakeError> {
+    let mut acceptor = Acceptor::default();
+    let accepted = loop {
+        tcp.readable().await?;
+        match acceptor.read_tls(&mut NonBlockingRead(&tcp)) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) => continue,
+            Err((err, mut alert)) => {
+                let mut buf = Vec::new();
+                let _ = alert.write_all(&mut buf);
+                let _ = tcp.write_all(&buf).await;
+                return Err(err.into());
+            }
+        }
+    };
+    let hello = accepted.client_hello();
+    let sni = hello.server_name();
+    if shared.certs.resolve(sni).is_none() {
+        let sni = sni.map(str::to_owned);
+        let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+        return Err(HandshakeError::UnknownSni(sni));
+    }
+    Ok(StartHandshake::from_parts(accepted, tcp)
+        .into_stream(shared.tls.clone())
+        .await?)
+}
+
+/// `std::io::Read` over a non-blocking socket, for rustls' synchronous `read_tls`.
+struct NonBlockingRead<'a>(&'a TcpStream);
+
+impl io::Read for NonBlockingRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
