@@ -1,0 +1,13 @@
+//! The `portcullis` binary's library half: wiring from config to a running gateway, the
+//! admin listener, and the pieces of the command line that tests drive in-process.
+
+mod admin;
+mod app;
+mod logging;
+mod proxy_cmd;
+mod summary;
+
+pub use app::{App, Prepared, StartError, open_local_ca, prepare};
+pub use logging::{LogFormat, init as init_logging};
+pub use proxy_cmd::{ProxyArgs, config as proxy_config};
+pub use summary::render as render_summary;

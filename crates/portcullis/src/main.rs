@@ -1,0 +1,169 @@
+//! `portcullis`: a TLS-terminating edge gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::{App, LogFormat, ProxyArgs, StartError};
+use portcullis_config::{Config, Problem};
+
+/// Exit status for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "A TLS-terminating edge gateway", long_about = None)]
+struct Cli {
+    /// Log output format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "PORTCULLIS_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary; exit 2 if it is invalid.
+    Check {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a one-site gateway with no config file, with a certificate from the local CA.
+    Proxy {
+        /// Host (and port, default 443) to answer on, e.g. `app.localhost:8443`.
+        #[arg(long)]
+        from: String,
+        /// Origin URL, e.g. `http://127.0.0.1:3000` (`127.0.0.1:3000` means http).
+        #[arg(long)]
+        to: String,
+        /// Origin mode: flexible, full or strict (default: from the URL's scheme).
+        #[arg(long)]
+        mode: Option<String>,
+        /// Where the local CA keeps its files.
+        #[arg(long, default_value = "./data/ca")]
+        local_ca_dir: String,
+        /// Admin listener (`/healthz`, `/readyz`), off unless given.
+        #[arg(long)]
+        admin: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    portcullis::init_logging(cli.log_format);
+    portcullis_tls::install_default_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Check { config } => check(&config),
+            Command::Run { config } => match load(&config) {
+                Ok(c) => run(c).await,
+                Err(code) => code,
+            },
+            Command::Proxy {
+                from,
+                to,
+                mode,
+                local_ca_dir,
+                admin,
+            } => {
+                let args = ProxyArgs {
+                    from,
+                    to,
+                    mode,
+                    local_ca_dir,
+                    admin,
+                };
+                match portcullis::proxy_config(&args) {
+                    Ok(c) => run(c).await,
+                    Err(problems) => report(&problems),
+                }
+            }
+        }
+    })
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    portcullis_config::load(path).map_err(|e| report(&e.problems()))
+}
+
+fn report(problems: &[Problem]) -> ExitCode {
+    for p in problems {
+        eprintln!("error: {p}");
+    }
+    let n = problems.len();
+    eprintln!(
+        "{n} problem{} found; nothing was started",
+        if n == 1 { "" } else { "s" }
+    );
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match portcullis::prepare(&config, None) {
+        Ok(prepared) => {
+            print!("{}", portcullis::render_summary(&config, &prepared.certs));
+            for w in &prepared.certs.warnings {
+                println!("warning: {w}");
+            }
+            println!("{}: OK", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => report(&problems),
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let app = match App::start(config).await {
+        Ok(app) => app,
+        Err(StartError::Config(problems)) => return report(&problems),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A drain that ran out of time has already been logged; stopping is still a success.
+    app.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending().await
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,95 @@
+//! The short summary `portcullis check` prints for a valid config.
+
+use std::fmt::Write;
+
+use portcullis_config::{Action, Config, Origin, Transport, Verify};
+use portcullis_tls::{CertSource, SiteCerts, format_time};
+
+/// Renders sites, hosts, certificate source and expiry, origins and modes.
+pub fn render(config: &Config, certs: &SiteCerts) -> String {
+    let mut out = String::new();
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+    let _ = writeln!(
+        out,
+        "listen: https {}, http {}, admin {}",
+        config.listen.https,
+        addr(config.listen.http),
+        addr(config.admin.listen)
+    );
+    for (site, cert) in config.sites.iter().zip(&certs.sites) {
+        let default = if site.default { " (default)" } else { "" };
+        let _ = writeln!(out, "site {}{default}", site.name);
+        let hosts: Vec<String> = site.hosts.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "  hosts:  {}", hosts.join(", "));
+        let tls = match (&cert.source, &cert.info) {
+            (CertSource::File(path), Some(info)) => format!(
+                "file {} (expires {}, issuer {})",
+                path.display(),
+                format_time(info.not_after),
+                info.issuer
+            ),
+            (CertSource::File(path), None) => format!("file {}", path.display()),
+            (CertSource::Local, _) => format!(
+                "local CA in {} (issued at start, re-issued weekly)",
+                config.tls.local_ca_dir.display()
+            ),
+        };
+        let _ = writeln!(out, "  tls:    {tls}");
+        if let Some(h) = &site.hsts {
+            let _ = writeln!(out, "  hsts:   {}", h.header_value());
+        }
+        for route in &site.routes {
+            let strip = if route.strip_prefix {
+                " (prefix stripped)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  route {}{strip} -> {}",
+                route.path,
+                action(&route.action)
+            );
+        }
+        match &site.fallback {
+            Some(a) if site.routes.is_empty() => {
+                let _ = writeln!(out, "  -> {}", action(a));
+            }
+            Some(a) => {
+                let _ = writeln!(out, "  otherwise -> {}", action(a));
+            }
+            None => {
+                let _ = writeln!(out, "  otherwise -> 404");
+            }
+        }
+    }
+    out
+}
+
+fn action(a: &Action) -> String {
+    match a {
+        Action::Respond(r) => format!("respond {}", r.status),
+        Action::Proxy(o) => origin(o),
+    }
+}
+
+fn origin(o: &Origin) -> String {
+    let mut s = format!("{} ({}", o.url, o.mode().as_str());
+    if let Transport::Tls(tls) = &o.transport {
+        if tls.server_name != o.host {
+            let _ = write!(s, ", server name {}", tls.server_name);
+        }
+        match &tls.verify {
+            Verify::Roots(r) => {
+                let _ = write!(s, ", {} CA certificate(s)", r.len());
+            }
+            Verify::SystemRoots => s.push_str(", system roots"),
+            Verify::Off => {}
+        }
+        if tls.client_cert.is_some() {
+            s.push_str(", client certificate");
+        }
+    }
+    s.push(')');
+    s
+}
