@@ -1,0 +1,31 @@
+//! Test harness for Portcullis: a test CA, origins on 127.0.0.1:0 (HTTP/1.1, h2, TLS,
+//! mTLS, WebSocket), the real gateway run in-process from a YAML config, a TLS client with
+//! control over SNI and ALPN, and a runner for the gateway as a separate process.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod ca;
+mod client;
+mod gateway;
+mod origin;
+mod process;
+pub mod wait;
+
+pub use ca::{Leaf, TestCa};
+pub use client::{ClientBody, Conn, Resp, TestClient, bytes, collect, empty};
+pub use gateway::{GatewayBuilder, TestGateway};
+pub use origin::{OriginBody, Seen, TestOrigin};
+pub use process::GatewayProcess;
+
+/// Installs the crypto provider and a log subscriber once per test binary.
+pub fn init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        portcullis_tls::install_default_provider();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
