@@ -1,0 +1,278 @@
+//! Protocols across the gateway: HTTP/2 and HTTP/1.1 on either side independently,
+//! WebSocket upgrades, pooled origin connections, and large bodies streamed both ways.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Version};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use portcullis_tests::{
+    ClientBody, Conn, GatewayBuilder, Resp, TestCa, TestGateway, TestOrigin, bytes, collect,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Starts a gateway with one site, `a.test`, whose certificate comes from `edge`. `rest` is
+/// given the config folder (to write CA roots into) and returns the rest of the site's YAML
+/// mapping (`origin`, `routes`).
+async fn gateway(edge: &TestCa, rest: impl FnOnce(&std::path::Path) -> String) -> TestGateway {
+    let b = GatewayBuilder::new();
+    let (cert, key) = edge.leaf(&["a.test"]).write(b.dir(), "a.test");
+    let rest = rest(b.dir());
+    b.site(&format!(
+        "{{hosts: [a.test], tls: {{cert: {}, key: {}}}, {rest}}}",
+        cert.display(),
+        key.display()
+    ))
+    .start()
+    .await
+}
+
+/// Fails the test instead of hanging when the gateway never answers.
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within 60 s: {what}"))
+}
+
+/// Sends `body` as a POST to `path` and reads the whole response.
+async fn post(conn: &mut Conn, path: &str, body: ClientBody) -> Resp {
+    let req = conn
+        .request("a.test", path)
+        .method(Method::POST)
+        .body(body)
+        .unwrap();
+    collect(conn.send(req).await.unwrap()).await
+}
+
+/// `n` bytes in 64 KiB frames with no declared length (chunked on HTTP/1.1).
+fn streamed(n: usize) -> ClientBody {
+    const CHUNK: usize = 64 * 1024;
+    let chunk = Bytes::from(vec![b'u'; CHUNK]);
+    let frames = (0..n.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(n - i * CHUNK);
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.slice(..len)))
+    });
+    BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
+#[tokio::test]
+async fn h2_clients_reach_http1_origins() {
+    let edge = TestCa::new("edge CA");
+    let origin_ca = TestCa::new("origin CA");
+    let tls_h1 = TestOrigin::https(&origin_ca.leaf(&["127.0.0.1"]), &["http/1.1"]).await;
+    let plain = TestOrigin::http().await;
+    let gw = gateway(&edge, |dir| {
+        format!(
+            "origin: http://{}, routes: [{{path: /tls, origin: {{url: 'https://{}', ca: {}}}}}]",
+            plain.addr,
+            tls_h1.addr,
+            origin_ca.write_root(dir, "origin-ca").display()
+        )
+    })
+    .await;
+    let mut conn = gw
+        .client(&edge.root_der)
+        .connect("a.test", &["h2", "http/1.1"])
+        .await
+        .unwrap();
+    assert!(conn.is_h2());
+
+    for (path, origin) in [("/tls/x", &tls_h1), ("/plain/y", &plain)] {
+        let resp = within(path, conn.get("a.test", path)).await;
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.version, Version::HTTP_2, "{path}");
+        assert_eq!(resp.text(), format!("ok GET {path}"));
+        let seen = origin.last();
+        assert_eq!(seen.path, path);
+        assert_eq!(seen.version, Version::HTTP_11, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn http1_clients_reach_h2_origins_in_full_and_strict_mode() {
+    let edge = TestCa::new("edge CA");
+    let origin_ca = TestCa::new("origin CA");
+    let h2 = TestOrigin::https(&origin_ca.leaf(&["127.0.0.1"]), &["h2"]).await;
+    let gw = gateway(&edge, |dir| {
+        format!(
+            "routes: [
+               {{path: /full, origin: {{url: 'https://{addr}', mode: full}}}},
+               {{path: /strict, origin: {{url: 'https://{addr}', mode: strict, ca: {ca}}}}}]",
+            addr = h2.addr,
+            ca = origin_ca.write_root(dir, "origin-ca").display()
+        )
+    })
+    .await;
+    let mut conn = gw
+        .client(&edge.root_der)
+        .connect("a.test", &["http/1.1"])
+        .await
+        .unwrap();
+    assert!(!conn.is_h2());
+
+    for path in ["/full/a", "/strict/b"] {
+        let resp = within(path, conn.get("a.test", path)).await;
+        assert_eq!(resp.status, 200, "{path}");
+        assert_eq!(resp.version, Version::HTTP_11, "{path}");
+        assert_eq!(resp.text(), format!("ok GET {path}"));
+        let seen = h2.last();
+        assert_eq!(seen.path, path);
+        assert_eq!(seen.version, Version::HTTP_2, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_echoes_through_the_gateway_beside_ordinary_requests() {
+    let edge = TestCa::new("edge CA");
+    let origin_ca = TestCa::new("origin CA");
+    let plain = TestOrigin::http().await;
+    // Offers h2 first: the upgrade must still reach it over HTTP/1.1.
+    let tls = TestOrigin::https(&origin_ca.leaf(&["127.0.0.1"]), &["h2", "http/1.1"]).await;
+    let gw = gateway(&edge, |dir| {
+        format!(
+            "origin: http://{}, routes: [{{path: /tls, strip_prefix: true, origin: {{url: 'https://{}', ca: {}}}}}]",
+            plain.addr,
+            tls.addr,
+            origin_ca.write_root(dir, "origin-ca").display()
+        )
+    })
+    .await;
+    let client = gw.client(&edge.root_der);
+
+    for (url, origin) in [("wss://a.test/ws", &plain), ("wss://a.test/tls/ws", &tls)] {
+        let stream = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
+        let (mut ws, resp) = within(url, tokio_tungstenite::client_async(url, stream))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101, "{url}");
+        let seen = origin.last();
+        assert_eq!(seen.path, "/ws", "{url}");
+        assert_eq!(seen.version, Version::HTTP_11, "{url}");
+        assert_eq!(seen.headers["upgrade"], "websocket", "{url}");
+
+        // An ordinary request on another connection while the tunnel is open and busy.
+        let echo = async {
+            ws.send(Message::text("hello through the gateway"))
+                .await
+                .unwrap();
+            let text = ws.next().await.unwrap().unwrap();
+            ws.send(Message::binary(vec![0u8, 1, 2, 254, 255]))
+                .await
+                .unwrap();
+            let binary = ws.next().await.unwrap().unwrap();
+            (text, binary)
+        };
+        let (echoed, plain_resp) = within(url, async {
+            tokio::join!(echo, client.get("a.test", "/alongside"))
+        })
+        .await;
+        assert_eq!(
+            echoed,
+            (
+                Message::text("hello through the gateway"),
+                Message::binary(vec![0u8, 1, 2, 254, 255])
+            ),
+            "{url}"
+        );
+        assert_eq!(plain_resp.status, 200);
+        assert_eq!(plain_resp.text(), "ok GET /alongside");
+
+        // The tunnel is still open after the other request finished.
+        let big = "x".repeat(100_000);
+        within(url, ws.send(Message::text(big.clone())))
+            .await
+            .unwrap();
+        let back = within(url, ws.next()).await.unwrap().unwrap();
+        assert_eq!(back, Message::text(big), "{url}");
+        within(url, ws.close(None)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn origin_connections_are_pooled_across_client_connections() {
+    const REQUESTS: usize = 20;
+    let edge = TestCa::new("edge CA");
+    let origin_ca = TestCa::new("origin CA");
+    let plain = TestOrigin::http().await;
+    let tls_h1 = TestOrigin::https(&origin_ca.leaf(&["127.0.0.1"]), &["http/1.1"]).await;
+    let tls_h2 = TestOrigin::https(&origin_ca.leaf(&["127.0.0.1"]), &["h2"]).await;
+    let gw = gateway(&edge, |dir| {
+        let ca = origin_ca.write_root(dir, "origin-ca");
+        format!(
+            "origin: http://{}, routes: [
+               {{path: /h1, origin: {{url: 'https://{}', ca: {ca}}}}},
+               {{path: /h2, origin: {{url: 'https://{}', ca: {ca}}}}}]",
+            plain.addr,
+            tls_h1.addr,
+            tls_h2.addr,
+            ca = ca.display()
+        )
+    })
+    .await;
+    let client = gw.client(&edge.root_der);
+
+    for (prefix, origin) in [("/plain", &plain), ("/h1", &tls_h1), ("/h2", &tls_h2)] {
+        for i in 0..REQUESTS {
+            let path = format!("{prefix}/{i}");
+            // `get` opens a fresh client connection every time.
+            let resp = within(&path, client.get("a.test", &path)).await;
+            assert_eq!(resp.status, 200, "{path}");
+            assert_eq!(resp.text(), format!("ok GET {path}"));
+        }
+        assert_eq!(origin.seen().len(), REQUESTS, "{prefix}");
+        assert!(
+            origin.connections() <= 2,
+            "{prefix}: {REQUESTS} requests used {} origin connections",
+            origin.connections()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_stream_both_ways_on_h1_and_h2() {
+    const SIZE: usize = 3 * 1024 * 1024 + 123;
+    let edge = TestCa::new("edge CA");
+    let origin_ca = TestCa::new("origin CA");
+    let plain = TestOrigin::http().await;
+    let tls_h2 = TestOrigin::https(&origin_ca.leaf(&["127.0.0.1"]), &["h2"]).await;
+    let gw = gateway(&edge, |dir| {
+        format!(
+            "origin: http://{}, routes: [{{path: /h2, strip_prefix: true, origin: {{url: 'https://{}', ca: {}}}}}]",
+            plain.addr,
+            tls_h2.addr,
+            origin_ca.write_root(dir, "origin-ca").display()
+        )
+    })
+    .await;
+    let client = gw.client(&edge.root_der);
+
+    for alpn in ["http/1.1", "h2"] {
+        let mut conn = client.connect("a.test", &[alpn]).await.unwrap();
+        assert_eq!(conn.is_h2(), alpn == "h2");
+        for (prefix, origin, origin_version) in [
+            ("", &plain, Version::HTTP_11),
+            ("/h2", &tls_h2, Version::HTTP_2),
+        ] {
+            let what = format!("{alpn} client via {prefix:?}");
+            let upload = format!("{prefix}/upload");
+
+            let fixed = within(&what, post(&mut conn, &upload, bytes(vec![b'u'; SIZE]))).await;
+            assert_eq!(fixed.status, 200, "{what}");
+            assert_eq!(fixed.text(), format!("received {SIZE}"), "{what}");
+            assert_eq!(origin.last().version, origin_version, "{what}");
+
+            let chunked = within(&what, post(&mut conn, &upload, streamed(SIZE))).await;
+            assert_eq!(chunked.status, 200, "{what}");
+            assert_eq!(chunked.text(), format!("received {SIZE}"), "{what}");
+
+            let down = within(&what, conn.get("a.test", &format!("{prefix}/bytes/{SIZE}"))).await;
+            assert_eq!(down.status, 200, "{what}");
+            assert_eq!(down.body.len(), SIZE, "{what}");
+            assert!(down.body.iter().all(|&b| b == b'x'), "{what}");
+        }
+    }
+}
