@@ -1,0 +1,183 @@
+//! The command line itself: `--version`, `--help`, and `proxy`, the one-site gateway built
+//! from two flags with a certificate from the local CA.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{GatewayProcess, TestClient, TestOrigin};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// What a finished `portcullis` run printed.
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary in `cwd` to completion; kills it and fails if it is still running after
+/// 20 s (a command that should be refused but starts a gateway would otherwise hang).
+fn portcullis(cwd: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("PORTCULLIS_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "portcullis {args:?} still running after 20 s; stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        code: status.code(),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = portcullis(dir.path(), &["--version"]);
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        format!("portcullis {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = portcullis(dir.path(), &["--help"]);
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    let commands: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        commands,
+        ["run", "check", "proxy", "help"],
+        "stdout:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("--log-format"),
+        "stdout:\n{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_serves_the_host_with_a_certificate_from_the_local_ca() {
+    let origin = TestOrigin::http().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = tmp.path().join("ca");
+    // Bare `host:port` means plain HTTP to the origin.
+    let to = origin.addr.to_string();
+    let gw = GatewayProcess::spawn(
+        Path::new(BIN),
+        &[
+            "proxy",
+            "--from",
+            "a.localhost:0",
+            "--to",
+            &to,
+            "--local-ca-dir",
+            ca_dir.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(gw.https.port(), 0);
+    assert_eq!(gw.http, None, "plain HTTP is only served with port 443");
+    assert_eq!(gw.admin, None, "admin is off unless --admin is given");
+
+    let root = CertificateDer::from_pem_file(ca_dir.join("root.crt")).unwrap();
+    let client = TestClient::new(SocketAddr::from(([127, 0, 0, 1], gw.https.port())), &root);
+    let resp = client.get("a.localhost", "/hello?x=1").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "ok GET /hello?x=1");
+    let seen = origin.last();
+    assert_eq!(seen.path, "/hello?x=1");
+    assert_eq!(seen.headers["host"], "a.localhost");
+}
+
+#[test]
+fn proxy_refuses_bad_flags_naming_the_flag() {
+    for (args, flag, says) in [
+        (
+            ["--to", "ftp://x", "--from", "a.localhost"],
+            "--to",
+            "scheme must be http or https",
+        ),
+        (
+            ["--to", "127.0.0.1:3000", "--from", "a.localhost:99999"],
+            "--from",
+            "99999",
+        ),
+        (
+            ["--to", "http://127.0.0.1:3000", "--from", "a.localhost:0"],
+            "--mode",
+            "`strict` uses TLS",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut all = vec!["proxy"];
+        all.extend(args);
+        if flag == "--mode" {
+            all.extend(["--mode", "strict"]);
+        }
+        let out = portcullis(tmp.path(), &all);
+        assert_eq!(out.code, Some(2), "{all:?}: stderr:\n{}", out.stderr);
+        let errors: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{all:?}: stderr:\n{}", out.stderr);
+        assert!(
+            errors[0].starts_with(&format!("error: {flag}: ")) && errors[0].contains(says),
+            "{all:?}: expected `error: {flag}: ...{says}...`; stderr:\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("nothing was started"),
+            "{all:?}: stderr:\n{}",
+            out.stderr
+        );
+        // The default local CA folder (./data/ca) is not created for a refused command.
+        assert!(!tmp.path().join("data").exists(), "{all:?}: created ./data");
+    }
+}

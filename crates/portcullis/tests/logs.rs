@@ -1,0 +1,98 @@
+//! `--log-format json`: every line on stderr is one JSON object, and each proxied request
+//! writes an access line with the fixed field vocabulary.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use portcullis_tests::{GatewayBuilder, GatewayProcess, TestCa, TestOrigin, wait};
+use serde_yaml::{Mapping, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Parses one log line as a JSON object. JSON is YAML, so the YAML parser reads it; the
+/// braces and the absence of line breaks keep YAML-only forms out.
+fn json_object(line: &str) -> Mapping {
+    assert!(
+        line.starts_with('{') && line.ends_with('}') && !line.contains('\n'),
+        "not one JSON object: {line}"
+    );
+    match serde_yaml::from_str::<Value>(line) {
+        Ok(Value::Mapping(m)) => m,
+        other => panic!("not a JSON object ({other:?}): {line}"),
+    }
+}
+
+fn field<'a>(m: &'a Mapping, key: &str) -> &'a Value {
+    m.get(key).unwrap_or_else(|| panic!("no `{key}` in {m:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line_with_an_access_line_per_request() {
+    let ca = TestCa::new("logs CA");
+    let origin = TestOrigin::http().await;
+    let b = GatewayBuilder::new();
+    let (cert, key) = ca.leaf(&["j.test"]).write(b.dir(), "j");
+    let origin_url = format!("http://{}", origin.addr);
+    let b = b.site(&format!(
+        "{{name: journal, hosts: [j.test], tls: {{cert: {}, key: {}}}, origin: '{origin_url}'}}",
+        cert.display(),
+        key.display(),
+    ));
+    let config = b.write_config();
+    // The harness starts the binary with `--log-format json`.
+    let gw = GatewayProcess::spawn(
+        Path::new(BIN),
+        &["run", "--config", config.to_str().unwrap()],
+    );
+
+    let client = portcullis_tests::TestClient::new(gw.https, &ca.root_der);
+    let resp = client.get("j.test", "/logged/path?q=1").await;
+    assert_eq!(resp.status, 200);
+    let body_len = resp.body.len() as u64;
+    assert_eq!(resp.text(), "ok GET /logged/path?q=1");
+
+    let access = wait::until(Duration::from_secs(10), "the access log line", || {
+        let logs = gw.logs();
+        async move {
+            logs.iter()
+                .map(|l| json_object(l))
+                .find(|m| m.get("target").and_then(Value::as_str) == Some("portcullis::access"))
+        }
+    })
+    .await;
+
+    assert_eq!(field(&access, "site").as_str(), Some("journal"));
+    assert_eq!(field(&access, "host").as_str(), Some("j.test"));
+    assert_eq!(field(&access, "method").as_str(), Some("GET"));
+    assert_eq!(field(&access, "path").as_str(), Some("/logged/path"));
+    assert_eq!(field(&access, "status").as_u64(), Some(200));
+    assert_eq!(field(&access, "bytes").as_u64(), Some(body_len));
+    assert_eq!(field(&access, "origin").as_str(), Some(origin_url.as_str()));
+    let duration = field(&access, "duration_ms").as_f64().unwrap();
+    assert!(
+        (0.0..10_000.0).contains(&duration),
+        "duration_ms {duration}"
+    );
+    assert_eq!(field(&access, "level").as_str(), Some("INFO"));
+
+    // Every line, start-up included, is a JSON object with a level and a message.
+    let logs = gw.logs();
+    assert!(logs.len() >= 2, "logs:\n{}", logs.join("\n"));
+    for line in &logs {
+        let m = json_object(line);
+        assert!(
+            m.contains_key("level") && m.contains_key("message"),
+            "{line}"
+        );
+    }
+    let serving = logs
+        .iter()
+        .map(|l| json_object(l))
+        .find(|m| m.get("message").and_then(Value::as_str) == Some("portcullis is serving"))
+        .unwrap();
+    assert_eq!(
+        field(&serving, "https").as_str(),
+        Some(gw.https.to_string().as_str())
+    );
+}

@@ -1,0 +1,127 @@
+//! Bodies stream through the gateway: 100 MB up and 100 MB down, over HTTP/1.1 and h2, leave
+//! its peak resident memory far below what holding one body would take.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use portcullis_tests::{ClientBody, Conn, GatewayBuilder, GatewayProcess, TestCa, TestOrigin};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+const SIZE: u64 = 100 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+/// Streaming needs a few MiB of buffers; holding one 100 MiB body cannot fit.
+const PEAK_RSS_LIMIT_KIB: u64 = 80 * 1024;
+
+/// A request body of `left` bytes, made 64 KiB at a time as the connection asks for them.
+struct Generated {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let take = self.left.min(CHUNK as u64);
+        self.left -= take;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..take as usize)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+fn generated(n: u64) -> ClientBody {
+    Generated {
+        left: n,
+        chunk: Bytes::from(vec![b'u'; CHUNK]),
+    }
+    .boxed()
+}
+
+/// Uploads and downloads `SIZE` bytes on `conn`.
+async fn round_trip(conn: &mut Conn, label: &str) {
+    let req = conn
+        .request("m.test", "/upload")
+        .method("POST")
+        .body(generated(SIZE))
+        .unwrap();
+    let resp = portcullis_tests::collect(conn.send(req).await.unwrap()).await;
+    assert_eq!(resp.status, 200, "{label} upload");
+    assert_eq!(resp.text(), format!("received {SIZE}"), "{label} upload");
+
+    let req = conn
+        .request("m.test", &format!("/bytes/{SIZE}"))
+        .body(portcullis_tests::empty())
+        .unwrap();
+    let resp = conn.send(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{label} download");
+    let mut body = resp.into_body();
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.unwrap().data_ref() {
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, SIZE, "{label} download");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundred_megabyte_bodies_stream_in_bounded_memory() {
+    let ca = TestCa::new("memory CA");
+    let origin = TestOrigin::http().await;
+    let b = GatewayBuilder::new();
+    let (cert, key) = ca.leaf(&["m.test"]).write(b.dir(), "m");
+    let b = b.site(&format!(
+        "{{hosts: [m.test], tls: {{cert: {}, key: {}}}, origin: 'http://{}'}}",
+        cert.display(),
+        key.display(),
+        origin.addr
+    ));
+    let config = b.write_config();
+    let gw = GatewayProcess::spawn(
+        Path::new(BIN),
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    let client = portcullis_tests::TestClient::new(gw.https, &ca.root_der);
+    let before = gw.peak_rss_kib();
+
+    let mut h1 = client.connect("m.test", &["http/1.1"]).await.unwrap();
+    assert!(!h1.is_h2());
+    round_trip(&mut h1, "HTTP/1.1").await;
+
+    let mut h2 = client.connect("m.test", &["h2"]).await.unwrap();
+    assert!(h2.is_h2());
+    round_trip(&mut h2, "h2").await;
+
+    let peak = gw.peak_rss_kib();
+    assert!(
+        peak < PEAK_RSS_LIMIT_KIB,
+        "peak RSS {peak} KiB (at start {before} KiB) after moving 400 MiB; limit {PEAK_RSS_LIMIT_KIB} KiB"
+    );
+    assert_eq!(
+        origin
+            .seen()
+            .iter()
+            .filter(|s| s.path == "/upload" || s.path == format!("/bytes/{SIZE}"))
+            .count(),
+        4
+    );
+}
