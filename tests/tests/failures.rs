@@ -184,6 +184,19 @@ async fn oversized_and_malformed_requests_get_4xx() {
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
 
+    // The gateway is not a forward proxy: CONNECT is refused, even for a configured host.
+    let mut tls = client.tls("f.test", true, &["http/1.1"]).await.unwrap();
+    tls.write_all(b"CONNECT f.test:443 HTTP/1.1\r\nHost: f.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&buf[..n]);
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+
     // No request made it to the origin, and the gateway still serves.
     assert!(origin.seen().is_empty());
     assert_eq!(client.get("f.test", "/ok").await.status, 200);

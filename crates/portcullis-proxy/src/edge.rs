@@ -65,6 +65,10 @@ async fn dispatch(
     req: Request<Incoming>,
     mut log: Option<&mut AccessLog>,
 ) -> Response<ProxyBody> {
+    if req.method() == http::Method::CONNECT {
+        // A gateway in front of fixed origins is not a forward proxy.
+        return error_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+    }
     let Some(authority) = request_authority(&req) else {
         return error_response(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
     };
