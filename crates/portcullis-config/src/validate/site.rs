@@ -1,0 +1,281 @@
+//! Sites: hosts, certificate source, HSTS, routes and fixed responses.
+
+use std::collections::HashMap;
+
+use serde_yaml::Value;
+
+use super::Validator;
+use crate::file::{CertKeyFile, HstsFile, RespondFile, RouteFile, SiteFile, SiteTlsFile};
+use crate::host::HostPattern;
+use crate::model::{Action, CertKey, Hsts, Respond, Route, Site, SiteTls, defaults};
+use crate::pem;
+
+impl Validator<'_> {
+    pub(super) fn sites(&mut self, value: Value) -> Option<Vec<Site>> {
+        let items = match value {
+            Value::Sequence(items) => items,
+            Value::Null => Vec::new(),
+            _ => {
+                self.err("sites", "must be a list of sites");
+                return None;
+            }
+        };
+        if items.is_empty() {
+            self.err("sites", "at least one site is required");
+            return None;
+        }
+        let mut sites = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.into_iter().enumerate() {
+            let key = format!("sites[{i}]");
+            match self
+                .section::<SiteFile>(item, &key)
+                .and_then(|f| self.site(&key, f))
+            {
+                Some(site) => sites.push((i, site)),
+                None => ok = false,
+            }
+        }
+        self.sites_distinct(&sites);
+        ok.then(|| sites.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Hosts, names and the default flag must each belong to one site only.
+    fn sites_distinct(&mut self, sites: &[(usize, Site)]) {
+        let mut hosts: HashMap<&HostPattern, usize> = HashMap::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut default: Option<usize> = None;
+        for (i, site) in sites {
+            for (j, host) in site.hosts.iter().enumerate() {
+                if let Some(first) = hosts.insert(host, *i) {
+                    if first != *i {
+                        self.err(
+                            format!("sites[{i}].hosts[{j}]"),
+                            format!("`{host}` is already claimed by sites[{first}]"),
+                        );
+                    } else {
+                        self.err(
+                            format!("sites[{i}].hosts[{j}]"),
+                            format!("`{host}` is listed twice"),
+                        );
+                    }
+                }
+            }
+            if let Some(first) = names.insert(&site.name, *i) {
+                self.err(
+                    format!("sites[{i}].name"),
+                    format!("name `{}` is already used by sites[{first}]", site.name),
+                );
+            }
+            if site.default {
+                match default {
+                    Some(first) => self.err(
+                        format!("sites[{i}].default"),
+                        format!("only one site can be the default; sites[{first}] already is"),
+                    ),
+                    None => default = Some(*i),
+                }
+            }
+        }
+    }
+
+    fn site(&mut self, key: &str, f: SiteFile) -> Option<Site> {
+        let before = self.problems.len();
+        let mut hosts = Vec::with_capacity(f.hosts.len());
+        if f.hosts.is_empty() {
+            self.err(format!("{key}.hosts"), "at least one host is required");
+        }
+        for (j, h) in f.hosts.iter().enumerate() {
+            match HostPattern::parse(h) {
+                Ok(p) => hosts.push(p),
+                Err(e) => self.err(format!("{key}.hosts[{j}]"), e),
+            }
+        }
+        let name = match f.name {
+            Some(n) if n.trim().is_empty() => {
+                self.err(format!("{key}.name"), "must not be empty");
+                String::new()
+            }
+            Some(n) => n,
+            None => hosts.first().map(ToString::to_string).unwrap_or_default(),
+        };
+        let tls = self.site_tls(key, f.tls);
+        let hsts = f.hsts.and_then(|h| self.hsts(key, h));
+
+        let fallback = match (f.origin, f.respond) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    key.to_owned(),
+                    "`origin` and `respond` cannot both be set; use `routes` to mix them",
+                );
+                None
+            }
+            (Some(o), None) => self
+                .origin(&format!("{key}.origin"), o.0)
+                .map(Action::Proxy),
+            (None, Some(r)) => self
+                .respond(&format!("{key}.respond"), r)
+                .map(Action::Respond),
+            (None, None) => {
+                if f.routes.is_empty() {
+                    self.err(
+                        key.to_owned(),
+                        "a site needs an `origin`, a `respond`, or `routes`",
+                    );
+                }
+                None
+            }
+        };
+        let routes = self.routes(key, f.routes);
+
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(Site {
+            name,
+            hosts,
+            default: f.default,
+            tls: tls?,
+            hsts,
+            routes,
+            fallback,
+        })
+    }
+
+    fn site_tls(&mut self, key: &str, tls: Option<SiteTlsFile>) -> Option<SiteTls> {
+        let key = format!("{key}.tls");
+        match tls {
+            None => {
+                self.err(
+                    key,
+                    "required: `local`, or a map with `cert` and `key` files",
+                );
+                None
+            }
+            Some(SiteTlsFile::Keyword(k)) if k == "local" => Some(SiteTls::Local),
+            Some(SiteTlsFile::Keyword(k)) if k == "acme" => {
+                self.err(
+                    key,
+                    "`acme` is not available in this version; use `local` or `cert`/`key` files",
+                );
+                None
+            }
+            Some(SiteTlsFile::Keyword(k)) => {
+                self.err(
+                    key,
+                    format!("unknown value `{k}`, expected `local` or a map with `cert` and `key`"),
+                );
+                None
+            }
+            Some(SiteTlsFile::Files(f)) => self.cert_key(&key, f).map(SiteTls::Files),
+        }
+    }
+
+    pub(super) fn cert_key(&mut self, key: &str, f: CertKeyFile) -> Option<CertKey> {
+        let cert_path = self.resolve(&f.cert);
+        let key_path = self.resolve(&f.key);
+        let chain = pem::read_certs(&cert_path).map_err(|e| self.err(format!("{key}.cert"), e));
+        let private = pem::read_key(&key_path).map_err(|e| self.err(format!("{key}.key"), e));
+        Some(CertKey {
+            cert_path,
+            key_path,
+            chain: chain.ok()?,
+            key: private.ok()?,
+        })
+    }
+
+    fn hsts(&mut self, key: &str, f: HstsFile) -> Option<Hsts> {
+        match f {
+            HstsFile::Enabled(false) => None,
+            HstsFile::Enabled(true) => Some(Hsts {
+                max_age: defaults::HSTS_MAX_AGE,
+                include_subdomains: false,
+                preload: false,
+            }),
+            HstsFile::Custom(o) => {
+                let max_age = o.max_age.unwrap_or(defaults::HSTS_MAX_AGE);
+                if o.preload && (!o.include_subdomains || max_age < defaults::HSTS_MAX_AGE) {
+                    self.err(
+                        format!("{key}.hsts.preload"),
+                        "preload lists require `include_subdomains: true` and `max_age` of at least one year",
+                    );
+                    return None;
+                }
+                Some(Hsts {
+                    max_age,
+                    include_subdomains: o.include_subdomains,
+                    preload: o.preload,
+                })
+            }
+        }
+    }
+
+    fn routes(&mut self, key: &str, routes: Vec<RouteFile>) -> Vec<Route> {
+        let mut out: Vec<Route> = Vec::with_capacity(routes.len());
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (j, r) in routes.into_iter().enumerate() {
+            let rkey = format!("{key}.routes[{j}]");
+            let path_ok = if !r.path.starts_with('/') {
+                self.err(format!("{rkey}.path"), "must start with `/`");
+                false
+            } else if r.path.contains(['?', '#', ' ']) {
+                self.err(
+                    format!("{rkey}.path"),
+                    "must be a plain path (no `?`, `#` or spaces)",
+                );
+                false
+            } else if let Some(first) = seen.insert(r.path.clone(), j) {
+                self.err(
+                    format!("{rkey}.path"),
+                    format!("`{}` is already routed by {key}.routes[{first}]", r.path),
+                );
+                false
+            } else {
+                true
+            };
+            let action = match (r.origin, r.respond) {
+                (Some(_), Some(_)) => {
+                    self.err(rkey.clone(), "`origin` and `respond` cannot both be set");
+                    None
+                }
+                (Some(o), None) => self
+                    .origin(&format!("{rkey}.origin"), o.0)
+                    .map(Action::Proxy),
+                (None, Some(r)) => self
+                    .respond(&format!("{rkey}.respond"), r)
+                    .map(Action::Respond),
+                (None, None) => {
+                    self.err(rkey.clone(), "a route needs an `origin` or a `respond`");
+                    None
+                }
+            };
+            if let (true, Some(action)) = (path_ok, action) {
+                out.push(Route {
+                    path: r.path,
+                    strip_prefix: r.strip_prefix,
+                    action,
+                });
+            }
+        }
+        out
+    }
+
+    fn respond(&mut self, key: &str, f: RespondFile) -> Option<Respond> {
+        let status = f.status.unwrap_or(200);
+        if !(200..=599).contains(&status) {
+            self.err(format!("{key}.status"), "must be between 200 and 599");
+            return None;
+        }
+        if let Some(ct) = &f.content_type {
+            if http::HeaderValue::from_str(ct).is_err() {
+                self.err(format!("{key}.content_type"), "not a valid header value");
+                return None;
+            }
+        }
+        Some(Respond {
+            status,
+            body: f.body.unwrap_or_default(),
+            content_type: f.content_type,
+        })
+    }
+}
