@@ -48,6 +48,44 @@ pub(crate) struct ShutdownFile {
     pub drain_timeout: Option<Duration>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AcmeFile {
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub challenge: Option<ChallengeFile>,
+    pub eab: Option<EabFile>,
+    #[serde(deserialize_with = "de_duration")]
+    pub renew_before: Option<Duration>,
+    pub backoff: BackoffFile,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub(crate) enum ChallengeFile {
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EabFile {
+    pub kid: String,
+    pub hmac_key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BackoffFile {
+    #[serde(deserialize_with = "de_duration")]
+    pub initial: Option<Duration>,
+    #[serde(deserialize_with = "de_duration")]
+    pub max: Option<Duration>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SiteFile {
@@ -63,20 +101,30 @@ pub(crate) struct SiteFile {
     pub routes: Vec<RouteFile>,
 }
 
-/// `tls: local`, `tls: acme`, or `tls: { cert: ..., key: ... }`.
+/// `tls: local`, `tls: acme`, `tls: { cert: ..., key: ... }` or `tls: { acme: true, fallback: local }`.
 #[derive(Debug)]
 pub(crate) enum SiteTlsFile {
     Keyword(String),
-    Files(CertKeyFile),
+    Map(SiteTlsMapFile),
 }
 
 impl<'de> Deserialize<'de> for SiteTlsFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         string_or_map(d, "`local`, `acme`, or a map with `cert` and `key`").map(|v| match v {
             StringOr::String(s) => SiteTlsFile::Keyword(s),
-            StringOr::Map(m) => SiteTlsFile::Files(m),
+            StringOr::Map(m) => SiteTlsFile::Map(m),
         })
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SiteTlsMapFile {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub acme: bool,
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,8 +14,9 @@ mod validate;
 pub use error::{Error, Problem, Result};
 pub use host::{HostMap, HostPattern, strip_port};
 pub use model::{
-    Action, Admin, CertKey, Config, Hsts, Limits, Listen, Mode, Origin, OriginTimeouts, OriginTls,
-    Respond, Route, Shutdown, Site, SiteTls, TlsSettings, Transport, Verify, defaults,
+    Acme, Action, Admin, CertKey, Challenge, Config, Eab, Hsts, Limits, Listen, Mode, Origin,
+    OriginTimeouts, OriginTls, Respond, Route, Shutdown, Site, SiteTls, TlsSettings, Transport,
+    Verify, defaults,
 };
 pub use units::{parse_duration, parse_size};
 pub use validate::{load, parse};

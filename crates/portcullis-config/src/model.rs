@@ -22,8 +22,62 @@ pub struct Config {
     pub limits: Limits,
     /// How the gateway stops.
     pub shutdown: Shutdown,
+    /// How certificates for `tls: acme` sites are obtained.
+    pub acme: Acme,
+    /// Where state is kept: the ACME account, issued certificates and keys.
+    pub storage: PathBuf,
     /// The sites, in file order.
     pub sites: Vec<Site>,
+}
+
+/// ACME settings (used by `tls: acme` sites).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    /// Directory URL of the CA.
+    pub directory: String,
+    /// Contact address registered with the account.
+    pub email: Option<String>,
+    /// Extra roots trusted when talking to the directory (private CAs, test servers).
+    pub ca_bundle: Vec<CertificateDer<'static>>,
+    /// Preferred challenge.
+    pub challenge: Challenge,
+    /// External Account Binding, for CAs that require one.
+    pub eab: Option<Eab>,
+    /// Renew this long before expiry instead of when a third of the lifetime remains.
+    pub renew_before: Option<Duration>,
+    /// First wait after a failed attempt; doubles with each failure.
+    pub backoff_initial: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// Orders running at once.
+    pub concurrency: usize,
+}
+
+/// ACME challenge types the gateway answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// TLS-ALPN-01 on the HTTPS listener; falls back to HTTP-01 when the CA does not offer
+    /// it and the HTTP listener is on.
+    TlsAlpn01,
+    /// HTTP-01 on the plain HTTP listener.
+    Http01,
+}
+
+/// An External Account Binding.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    /// Key identifier given by the CA.
+    pub kid: String,
+    /// The decoded HMAC key.
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Edge listener addresses.
@@ -94,6 +148,12 @@ pub enum SiteTls {
     Files(CertKey),
     /// Issued at start by the gateway's local development CA.
     Local,
+    /// Obtained and renewed by ACME. With `fallback_local`, a local-CA certificate is served
+    /// until the first one arrives.
+    Acme {
+        /// Serve a local-CA certificate while waiting.
+        fallback_local: bool,
+    },
 }
 
 /// A certificate chain and its private key, read from PEM files.
@@ -287,6 +347,19 @@ pub mod defaults {
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// `limits.header_read_timeout`.
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `acme.directory` (Let's Encrypt).
+    pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+    /// `acme.directory: letsencrypt-staging`.
+    pub const ACME_STAGING_DIRECTORY: &str =
+        "https://acme-staging-v02.api.letsencrypt.org/directory";
+    /// `acme.backoff.initial`.
+    pub const ACME_BACKOFF_INITIAL: Duration = Duration::from_secs(60);
+    /// `acme.backoff.max`.
+    pub const ACME_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+    /// `acme.concurrency`.
+    pub const ACME_CONCURRENCY: usize = 4;
+    /// `storage`.
+    pub const STORAGE: &str = "./data";
     /// `limits.max_header_size`.
     pub const MAX_HEADER_SIZE: usize = 64 * 1024;
     /// `shutdown.drain_timeout`.

@@ -298,3 +298,69 @@ fn load_reports_missing_file_and_resolves_relative_paths() {
     };
     assert_eq!(ck.cert_path, dir.path().join("site.pem"));
 }
+
+#[test]
+fn acme_settings_and_defaults() {
+    let c = parse(
+        "sites:\n  - hosts: [a.test]\n    tls: acme\n    respond: {}\n",
+        Path::new("/srv/gw"),
+    )
+    .unwrap();
+    assert_eq!(c.acme.directory, defaults::ACME_DIRECTORY);
+    assert_eq!(c.acme.challenge, Challenge::TlsAlpn01);
+    assert_eq!(c.storage, Path::new("/srv/gw/data"));
+    assert_eq!(
+        c.sites[0].tls,
+        SiteTls::Acme {
+            fallback_local: false
+        }
+    );
+
+    let dir = dir_with_pems();
+    let c = parse(
+        r#"
+storage: /var/lib/portcullis
+acme:
+  directory: letsencrypt-staging
+  email: ops@example.com
+  ca_bundle: site.pem
+  challenge: http-01
+  eab: { kid: kid-1, hmac_key: aGVsbG8 }
+  renew_before: 30d
+  backoff: { initial: 1s, max: 10s }
+  concurrency: 2
+sites:
+  - hosts: [a.test, www.a.test]
+    tls: { acme: true, fallback: local }
+    respond: {}
+"#,
+        dir.path(),
+    )
+    .unwrap();
+    assert_eq!(c.acme.directory, defaults::ACME_STAGING_DIRECTORY);
+    assert_eq!(c.acme.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(c.acme.ca_bundle.len(), 1);
+    assert_eq!(c.acme.challenge, Challenge::Http01);
+    let eab = c.acme.eab.as_ref().unwrap();
+    assert_eq!(
+        (eab.kid.as_str(), eab.hmac_key.as_slice()),
+        ("kid-1", &b"hello"[..])
+    );
+    assert_eq!(
+        c.acme.renew_before,
+        Some(std::time::Duration::from_secs(30 * 86_400))
+    );
+    assert_eq!(c.acme.backoff_initial, std::time::Duration::from_secs(1));
+    assert_eq!(c.acme.concurrency, 2);
+    assert_eq!(c.storage, Path::new("/var/lib/portcullis"));
+    assert_eq!(
+        c.sites[0].tls,
+        SiteTls::Acme {
+            fallback_local: true
+        }
+    );
+    assert!(
+        !format!("{eab:?}").contains("hello"),
+        "the HMAC key stays out of Debug output"
+    );
+}

@@ -8,13 +8,16 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use crate::error::{Error, Problem, Result};
-use crate::file::{AdminFile, LimitsFile, ListenFile, ShutdownFile, TlsFile};
+use crate::file::{AcmeFile, AdminFile, LimitsFile, ListenFile, ShutdownFile, TlsFile};
 use crate::model::{Admin, Config, Limits, Listen, Shutdown, TlsSettings, defaults};
 
+mod acme;
 mod origin;
 mod site;
 
-const TOP_LEVEL_KEYS: &[&str] = &["listen", "admin", "tls", "limits", "shutdown", "sites"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen", "admin", "tls", "limits", "shutdown", "acme", "storage", "sites",
+];
 
 /// Reads and validates the config file at `path`. Relative paths inside it are resolved
 /// against the file's folder.
@@ -121,12 +124,14 @@ impl Validator<'_> {
             }
         }
         let mut take = |k: &str| map.remove(k).unwrap_or(Value::Null);
-        let (listen, admin, tls, limits, shutdown, sites) = (
+        let (listen, admin, tls, limits, shutdown, acme, storage, sites) = (
             take("listen"),
             take("admin"),
             take("tls"),
             take("limits"),
             take("shutdown"),
+            take("acme"),
+            take("storage"),
             take("sites"),
         );
 
@@ -157,10 +162,20 @@ impl Validator<'_> {
             .map(|f| Shutdown {
                 drain_timeout: f.drain_timeout.unwrap_or(defaults::DRAIN_TIMEOUT),
             });
+        let acme = self
+            .section::<Option<AcmeFile>>(acme, "acme")
+            .map(Option::unwrap_or_default)
+            .and_then(|f| self.acme(f));
+        let storage = self
+            .section::<Option<PathBuf>>(storage, "storage")
+            .map(|p| self.resolve(&p.unwrap_or_else(|| PathBuf::from(defaults::STORAGE))));
         let sites = self.sites(sites);
 
         if let (Some(listen), Some(admin)) = (&listen, &admin) {
             self.listeners_distinct(listen, admin);
+        }
+        if let (Some(sites), Some(acme), Some(listen)) = (&sites, &acme, &listen) {
+            self.acme_sites(sites, acme, listen);
         }
         Some(Config {
             listen: listen?,
@@ -168,6 +183,8 @@ impl Validator<'_> {
             tls: tls?,
             limits: limits?,
             shutdown: shutdown?,
+            acme: acme?,
+            storage: storage?,
             sites: sites?,
         })
     }
@@ -221,6 +238,20 @@ impl Validator<'_> {
             } else if clash(a, listen.http) {
                 self.err("admin.listen", "same address as `listen.http`");
             }
+        }
+    }
+
+    pub(super) fn positive_opt(
+        &mut self,
+        value: Option<std::time::Duration>,
+        key: &str,
+    ) -> Option<std::time::Duration> {
+        match value {
+            Some(d) if d.is_zero() => {
+                self.err(key, "must be greater than zero");
+                None
+            }
+            other => other,
         }
     }
 

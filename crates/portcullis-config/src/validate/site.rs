@@ -148,26 +148,66 @@ impl Validator<'_> {
             None => {
                 self.err(
                     key,
-                    "required: `local`, or a map with `cert` and `key` files",
+                    "required: `acme`, `local`, or a map with `cert` and `key` files",
                 );
                 None
             }
             Some(SiteTlsFile::Keyword(k)) if k == "local" => Some(SiteTls::Local),
-            Some(SiteTlsFile::Keyword(k)) if k == "acme" => {
-                self.err(
-                    key,
-                    "`acme` is not available in this version; use `local` or `cert`/`key` files",
-                );
-                None
-            }
+            Some(SiteTlsFile::Keyword(k)) if k == "acme" => Some(SiteTls::Acme {
+                fallback_local: false,
+            }),
             Some(SiteTlsFile::Keyword(k)) => {
                 self.err(
                     key,
-                    format!("unknown value `{k}`, expected `local` or a map with `cert` and `key`"),
+                    format!(
+                        "unknown value `{k}`, expected `acme`, `local` or a map with `cert` and `key`"
+                    ),
                 );
                 None
             }
-            Some(SiteTlsFile::Files(f)) => self.cert_key(&key, f).map(SiteTls::Files),
+            Some(SiteTlsFile::Map(m)) if m.acme => {
+                for (set, name) in [(m.cert.is_some(), "cert"), (m.key.is_some(), "key")] {
+                    if set {
+                        self.err(
+                            format!("{key}.{name}"),
+                            "cannot be combined with `acme: true`",
+                        );
+                    }
+                }
+                match m.fallback.as_deref() {
+                    None => Some(SiteTls::Acme {
+                        fallback_local: false,
+                    }),
+                    Some("local") => Some(SiteTls::Acme {
+                        fallback_local: true,
+                    }),
+                    Some(other) => {
+                        self.err(
+                            format!("{key}.fallback"),
+                            format!("unknown value `{other}`, expected `local`"),
+                        );
+                        None
+                    }
+                }
+            }
+            Some(SiteTlsFile::Map(m)) => {
+                if m.fallback.is_some() {
+                    self.err(format!("{key}.fallback"), "only applies with `acme: true`");
+                }
+                match (m.cert, m.key) {
+                    (Some(cert), Some(k)) => self
+                        .cert_key(&key, CertKeyFile { cert, key: k })
+                        .map(SiteTls::Files),
+                    (cert, _) => {
+                        let missing = if cert.is_none() { "cert" } else { "key" };
+                        self.err(
+                            format!("{key}.{missing}"),
+                            "required (or use `tls: acme` / `tls: local`)",
+                        );
+                        None
+                    }
+                }
+            }
         }
     }
 
