@@ -1,5 +1,5 @@
-//! The plain-HTTP listener: a permanent redirect to HTTPS for hosts some site claims, 404 for
-//! everything else (so it is never an open redirect).
+//! The plain-HTTP listener: ACME HTTP-01 answers first, then a permanent redirect to HTTPS
+//! for hosts some site claims, 404 for everything else (so it is never an open redirect).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +19,20 @@ pub(crate) async fn handle(
     Ok(redirect(&shared, &req))
 }
 
+/// Where HTTP-01 validation requests arrive (RFC 8555 §8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 fn redirect(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
+    if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH) {
+        if let Some(answer) = shared.challenges.http01(token) {
+            let mut resp = Response::new(ProxyBody::bytes(answer));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return resp;
+        }
+    }
     let Some(authority) = request_authority(req) else {
         return error_response(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
     };

@@ -12,7 +12,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_config::{Limits, Listen};
-use portcullis_tls::{CertStore, server_config};
+use portcullis_tls::{CertStore, Challenges, server_config};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -29,6 +29,7 @@ use crate::router::Router;
 pub(crate) struct Shared {
     pub(crate) router: ArcSwap<Router>,
     pub(crate) certs: Arc<CertStore>,
+    pub(crate) challenges: Arc<Challenges>,
     pub(crate) tls: Arc<ServerConfig>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
@@ -88,10 +89,12 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, B
 }
 
 impl Gateway {
-    /// A gateway serving `router`'s sites with certificates from `certs`.
+    /// A gateway serving `router`'s sites with certificates from `certs`, answering ACME
+    /// challenges from `challenges`.
     pub fn new(
         router: Router,
         certs: Arc<CertStore>,
+        challenges: Arc<Challenges>,
         limits: &Limits,
     ) -> Result<Self, rustls::Error> {
         let tls = server_config(certs.clone())?;
@@ -107,6 +110,7 @@ impl Gateway {
             shared: Arc::new(Shared {
                 router: ArcSwap::from_pointee(router),
                 certs,
+                challenges,
                 tls,
                 h1,
                 h2,

@@ -4,6 +4,7 @@
 
 use std::io;
 
+use portcullis_tls::ACME_TLS_ALPN;
 use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -52,6 +53,20 @@ pub(crate) async fn accept(
     };
     let hello = accepted.client_hello();
     let sni = hello.server_name();
+    // An ACME server validating TLS-ALPN-01 offers `acme-tls/1` and nothing else (RFC 8737).
+    let acme = hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+    if acme {
+        if !sni.is_some_and(|name| shared.challenges.has_tls_alpn01(name)) {
+            let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+            return Err(HandshakeError::UnknownSni(sni.map(str::to_owned)));
+        }
+        let config = shared.challenges.tls_alpn01_config();
+        return Ok(StartHandshake::from_parts(accepted, tcp)
+            .into_stream(config)
+            .await?);
+    }
     if shared.certs.resolve(sni).is_none() {
         let sni = sni.map(str::to_owned);
         let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;

@@ -3,6 +3,8 @@
 //! origins.
 
 mod certs;
+mod challenges;
+mod fs;
 mod local_ca;
 mod origin;
 mod provider;
@@ -11,6 +13,8 @@ mod sites;
 mod store;
 
 pub use certs::{CertInfo, KeyError, certified_key, format_time};
+pub use challenges::{ACME_TLS_ALPN, Challenges, tls_alpn01_certificate};
+pub use fs::{create_private_dir, write_atomic};
 pub use local_ca::{LOCAL_LEAF_VALIDITY, LocalCa, LocalCaError};
 pub use origin::{OriginTlsConfig, origin_tls_config};
 pub use provider::{crypto_provider, install_default_provider};

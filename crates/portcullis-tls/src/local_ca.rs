@@ -2,8 +2,6 @@
 //! Leaf certificates are issued in memory at start and re-issued before they expire.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,6 +15,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::certs::certified_key;
+use crate::fs::{create_private_dir, write_atomic};
 
 /// How long a local leaf certificate is valid; the gateway re-issues well before.
 pub const LOCAL_LEAF_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
@@ -78,10 +77,7 @@ impl LocalCa {
     }
 
     fn create(dir: &Path) -> Result<(), LocalCaError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        create_private_dir(dir)
             .map_err(|e| ca_err(dir, format!("cannot create the CA folder: {e}")))?;
         let key = KeyPair::generate().map_err(|e| ca_err(dir, e))?;
         let mut params = CertificateParams::default();
@@ -103,8 +99,12 @@ impl LocalCa {
         params.not_before = (now - Duration::from_secs(3600)).into();
         params.not_after = (now + ROOT_VALIDITY).into();
         let cert = params.self_signed(&key).map_err(|e| ca_err(dir, e))?;
-        write_atomic(&dir.join(ROOT_KEY), key.serialize_pem().as_bytes(), 0o600)?;
-        write_atomic(&dir.join(ROOT_CERT), cert.pem().as_bytes(), 0o644)?;
+        let key_path = dir.join(ROOT_KEY);
+        write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
+            .map_err(|e| ca_err(&key_path, e))?;
+        let cert_path = dir.join(ROOT_CERT);
+        write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)
+            .map_err(|e| ca_err(&cert_path, e))?;
         tracing::info!(
             ca = %dir.join(ROOT_CERT).display(),
             "created a local CA; trust its root certificate to use `tls: local` sites without warnings"
@@ -174,22 +174,6 @@ fn random_serial(key: &KeyPair) -> Vec<u8> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
-/// Writes `data` to a temporary file with `mode`, then renames it over `path`.
-pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), LocalCaError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| ca_err(&tmp, e))?;
-    file.write_all(data)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ca_err(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| ca_err(path, e))
 }
 
 #[cfg(test)]

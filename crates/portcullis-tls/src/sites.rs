@@ -19,6 +19,8 @@ pub enum CertSource {
     File(PathBuf),
     /// The local development CA.
     Local,
+    /// ACME; the certificate (if any yet) comes from the ACME client, not from here.
+    Acme,
 }
 
 /// One site's certificate as loaded.
@@ -61,8 +63,9 @@ impl SiteCerts {
 }
 
 /// Loads every site's certificate. File certificates are checked (key matches, names cover
-/// the site's hosts, dates); `tls: local` sites are issued a certificate only when
-/// `local_ca` is given, so `check` never writes a CA to disk.
+/// the site's hosts, dates); `tls: local` sites, and `tls: acme` sites with a local
+/// fallback, are issued a certificate only when `local_ca` is given, so `check` never
+/// writes a CA to disk. ACME certificates themselves come from the ACME client.
 pub fn load_site_certificates(
     config: &Config,
     local_ca: Option<&LocalCa>,
@@ -97,6 +100,16 @@ pub fn load_site_certificates(
                     }
                 }
             }
+            SiteTls::Acme { fallback_local } => match (fallback_local, local_ca) {
+                (true, Some(ca)) => match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {
+                    Ok(ck) => Some((CertSource::Acme, Some(ck))),
+                    Err(e) => {
+                        problems.push(Problem::new(key.clone(), e.to_string()));
+                        None
+                    }
+                },
+                _ => Some((CertSource::Acme, None)),
+            },
             SiteTls::Local => match local_ca {
                 Some(ca) => match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {
                     Ok(ck) => Some((CertSource::Local, Some(ck))),
