@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use portcullis_acme::AcmeManager;
 use portcullis_tls::CertStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,22 +19,42 @@ use tokio::sync::watch;
 /// What the readiness check looks at.
 pub(crate) struct AdminState {
     certs: Arc<CertStore>,
+    acme: Option<Arc<AcmeManager>>,
 }
 
 impl AdminState {
-    pub(crate) fn new(certs: Arc<CertStore>) -> Self {
-        Self { certs }
+    pub(crate) fn new(certs: Arc<CertStore>, acme: Option<Arc<AcmeManager>>) -> Self {
+        Self { certs, acme }
     }
 
-    fn readiness(&self) -> Result<(), String> {
+    /// Ready when every site has a certificate to serve. The body lists the sites still
+    /// waiting for ACME, with the last error, whether or not a fallback is being served.
+    fn readiness(&self) -> Result<String, String> {
         let missing = self.certs.missing();
+        let mut lines = String::new();
+        for (site, error) in self.acme.as_ref().map(|a| a.waiting()).unwrap_or_default() {
+            let serving = if missing.contains(&site) {
+                "no certificate yet"
+            } else {
+                "serving the local fallback"
+            };
+            lines.push_str(&format!(
+                "- site {site}: waiting for its ACME certificate ({serving})"
+            ));
+            if let Some(e) = error {
+                lines.push_str(&format!("; last error: {e}"));
+            }
+            lines.push('\n');
+        }
+        for site in &missing {
+            if !lines.contains(&format!("- site {site}:")) {
+                lines.push_str(&format!("- site {site}: no certificate yet\n"));
+            }
+        }
         if missing.is_empty() {
-            Ok(())
+            Ok(lines)
         } else {
-            Err(missing
-                .iter()
-                .map(|s| format!("- site {s}: no certificate yet\n"))
-                .collect())
+            Err(lines)
         }
     }
 }
@@ -68,7 +89,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match state.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Ok(notes) => text(StatusCode::OK, format!("ready\n{notes}")),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready:\n{why}"),

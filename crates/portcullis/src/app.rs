@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_config::{Config, Problem, SiteTls};
+use portcullis_acme::{AcmeManager, AcmeSite};
+use portcullis_config::{Config, HostPattern, Problem, SiteTls};
 use portcullis_proxy::{BindError, Gateway, Listeners, Router};
-use portcullis_tls::{CertStore, LOCAL_LEAF_VALIDITY, LocalCa, SiteCerts, load_site_certificates};
+use portcullis_tls::{
+    CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteCerts, load_site_certificates,
+};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -51,14 +54,44 @@ pub fn prepare(config: &Config, local_ca: Option<&LocalCa>) -> Result<Prepared, 
     }
 }
 
-/// Opens (or creates) the local CA if some site uses `tls: local`.
+/// Opens (or creates) the local CA if some site uses `tls: local` or falls back to it.
 pub fn open_local_ca(config: &Config) -> Result<Option<LocalCa>, Problem> {
-    if !config.sites.iter().any(|s| s.tls == SiteTls::Local) {
+    let uses_local = config.sites.iter().any(|s| {
+        matches!(
+            s.tls,
+            SiteTls::Local
+                | SiteTls::Acme {
+                    fallback_local: true
+                }
+        )
+    });
+    if !uses_local {
         return Ok(None);
     }
     LocalCa::open_or_create(&config.tls.local_ca_dir)
         .map(Some)
         .map_err(|e| Problem::new("tls.local_ca_dir", e.to_string()))
+}
+
+/// The sites of a config whose certificates ACME manages.
+pub fn acme_sites(config: &Config) -> Vec<AcmeSite> {
+    config
+        .sites
+        .iter()
+        .filter(|s| matches!(s.tls, SiteTls::Acme { .. }))
+        .map(|s| AcmeSite {
+            name: s.name.clone(),
+            names: s
+                .hosts
+                .iter()
+                .filter_map(|h| match h {
+                    HostPattern::Exact(name) => Some(name.clone()),
+                    // Validation refuses wildcards for ACME sites.
+                    HostPattern::Wildcard(_) => None,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// A gateway with its listeners bound, ready to [`run`](App::run).
@@ -68,6 +101,7 @@ pub struct App {
     admin: Option<TcpListener>,
     config: Config,
     local_ca: Option<Arc<LocalCa>>,
+    acme: Option<Arc<AcmeManager>>,
 }
 
 impl App {
@@ -83,7 +117,21 @@ impl App {
         }
         let store = Arc::new(CertStore::new());
         prepared.certs.publish(&config, &store);
-        let gateway = Gateway::new(prepared.router, store, &config.limits)?;
+        let challenges = Arc::new(Challenges::new());
+        let sites = acme_sites(&config);
+        let acme = (!sites.is_empty()).then(|| {
+            let manager = AcmeManager::new(
+                &config.acme,
+                &config.storage,
+                config.listen.http.is_some(),
+                store.clone(),
+                challenges.clone(),
+            );
+            // Stored certificates are served before the first connection is accepted.
+            manager.load(&sites);
+            Arc::new(manager)
+        });
+        let gateway = Gateway::new(prepared.router, store, challenges, &config.limits)?;
         let listeners = Listeners::bind(&config.listen).await?;
         let admin = match config.admin.listen {
             Some(addr) => Some(portcullis_proxy::bind("admin", addr).await?),
@@ -95,7 +143,13 @@ impl App {
             admin,
             config,
             local_ca: local_ca.map(Arc::new),
+            acme,
         })
+    }
+
+    /// The ACME manager, when some site uses `tls: acme`.
+    pub fn acme(&self) -> Option<&Arc<AcmeManager>> {
+        self.acme.as_ref()
     }
 
     /// Address of the HTTPS listener.
@@ -127,6 +181,7 @@ impl App {
             admin,
             config,
             local_ca,
+            acme,
         } = self;
         let or_off = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         info!(
@@ -138,7 +193,7 @@ impl App {
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let admin_task = admin.map(|listener| {
-            let state = Arc::new(AdminState::new(gateway.certs().clone()));
+            let state = Arc::new(AdminState::new(gateway.certs().clone(), acme.clone()));
             tokio::spawn(admin::serve(listener, state, stop_rx.clone()))
         });
         let renew_task = local_ca.map(|ca| {
@@ -149,6 +204,7 @@ impl App {
                 LOCAL_RENEW_INTERVAL,
             ))
         });
+        let acme_task = acme.map(|manager| tokio::spawn(manager.run(stop_rx.clone())));
         let drained = gateway
             .serve(listeners, shutdown, config.shutdown.drain_timeout)
             .await;
@@ -158,6 +214,9 @@ impl App {
         }
         if let Some(task) = renew_task {
             task.abort();
+        }
+        if let Some(task) = acme_task {
+            let _ = task.await;
         }
         drained
     }
@@ -179,7 +238,9 @@ async fn renew_local_certificates(
     }
 }
 
-/// Issues a fresh certificate for every `tls: local` site and swaps it in.
+/// Issues a fresh certificate for every `tls: local` site and swaps it in. (An ACME site's
+/// local fallback is not renewed: by then ACME has long replaced it, or the fallback keeps
+/// the certificate it started with.)
 fn reissue_local(config: &Config, ca: &LocalCa, store: &CertStore) {
     for site in config.sites.iter().filter(|s| s.tls == SiteTls::Local) {
         match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {

@@ -3,11 +3,13 @@
 
 mod admin;
 mod app;
+mod certs_cmd;
 mod logging;
 mod proxy_cmd;
 mod summary;
 
-pub use app::{App, Prepared, StartError, open_local_ca, prepare};
+pub use app::{App, Prepared, StartError, acme_sites, open_local_ca, prepare};
+pub use certs_cmd::render as render_certs;
 pub use logging::{LogFormat, init as init_logging};
 pub use proxy_cmd::{ProxyArgs, config as proxy_config};
 pub use summary::render as render_summary;

@@ -40,6 +40,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List every name's certificate: source, issuer, expiry, next renewal, last error.
+    Certs {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run a one-site gateway with no config file, with a certificate from the local CA.
     Proxy {
         /// Host (and port, default 443) to answer on, e.g. `app.localhost:8443`.
@@ -77,6 +83,13 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Check { config } => check(&config),
+            Command::Certs { config } => match load(&config) {
+                Ok(c) => {
+                    print!("{}", portcullis::render_certs(&c));
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            },
             Command::Run { config } => match load(&config) {
                 Ok(c) => run(c).await,
                 Err(code) => code,

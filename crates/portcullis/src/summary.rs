@@ -29,6 +29,18 @@ pub fn render(config: &Config, certs: &SiteCerts) -> String {
                 info.issuer
             ),
             (CertSource::File(path), None) => format!("file {}", path.display()),
+            (CertSource::Acme, _) => format!(
+                "acme from {} ({}, challenge {:?}; stored in {})",
+                config.acme.directory,
+                match site.tls {
+                    portcullis_config::SiteTls::Acme {
+                        fallback_local: true,
+                    } => "local CA fallback until issued",
+                    _ => "handshakes fail until issued",
+                },
+                config.acme.challenge,
+                config.storage.display()
+            ),
             (CertSource::Local, _) => format!(
                 "local CA in {} (issued at start, re-issued weekly)",
                 config.tls.local_ca_dir.display()

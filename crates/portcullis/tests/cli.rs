@@ -90,7 +90,7 @@ fn help_lists_the_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "check", "proxy", "help"],
+        ["run", "check", "certs", "proxy", "help"],
         "stdout:\n{}",
         out.stdout
     );

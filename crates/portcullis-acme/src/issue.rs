@@ -1,0 +1,230 @@
+//! One order, start to finish: challenges answered by the gateway's listeners, validation,
+//! a CSR for a fresh key, the certificate chain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
+    OrderStatus, RetryPolicy,
+};
+use portcullis_config::Challenge;
+use portcullis_tls::{Challenges, tls_alpn01_certificate};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair};
+use tracing::debug;
+
+use crate::error::{AcmeError, Step};
+
+/// What to order.
+pub(crate) struct OrderRequest<'a> {
+    pub(crate) names: &'a [String],
+    pub(crate) replaces: Option<CertificateIdentifier<'static>>,
+    /// Challenge to try first.
+    pub(crate) prefer: Challenge,
+    /// Whether the plain HTTP listener is on (HTTP-01 possible).
+    pub(crate) http_listener: bool,
+}
+
+/// A new certificate chain and its private key, both PEM.
+pub(crate) struct Issued {
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: String,
+    /// The challenge type that validated the names.
+    pub(crate) challenge: Challenge,
+}
+
+/// Challenge answers published for one order; removed when it ends, however it ends.
+struct Published {
+    challenges: Arc<Challenges>,
+    http_tokens: Vec<String>,
+    alpn_names: Vec<String>,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        for t in &self.http_tokens {
+            self.challenges.remove_http01(t);
+        }
+        for n in &self.alpn_names {
+            self.challenges.remove_tls_alpn01(n);
+        }
+    }
+}
+
+fn acme_err(step: Step) -> impl FnOnce(instant_acme::Error) -> AcmeError {
+    move |e| AcmeError::from_acme(step, e)
+}
+
+pub(crate) async fn order(
+    account: &Account,
+    challenges: &Arc<Challenges>,
+    req: &OrderRequest<'_>,
+) -> Result<Issued, AcmeError> {
+    let identifiers: Vec<Identifier> = req.names.iter().cloned().map(Identifier::Dns).collect();
+    let mut new_order = NewOrder::new(&identifiers);
+    if let Some(id) = &req.replaces {
+        new_order = new_order.replaces(id.clone());
+    }
+    let mut order = account
+        .new_order(&new_order)
+        .await
+        .map_err(acme_err(Step::NewOrder))?;
+    debug!(url = order.url(), names = ?req.names, "order created");
+
+    let mut published = Published {
+        challenges: challenges.clone(),
+        http_tokens: Vec::new(),
+        alpn_names: Vec::new(),
+    };
+    let mut used = req.prefer;
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(acme_err(Step::Authorization))?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => {
+                return Err(AcmeError::new(
+                    Step::Authorization,
+                    format!("authorization for {} is {other:?}", authz.identifier()),
+                ));
+            }
+        }
+        let name = authz.identifier().to_string();
+        let offered: Vec<ChallengeType> =
+            authz.challenges.iter().map(|c| c.r#type.clone()).collect();
+        let kind = choose(&offered, req.prefer, req.http_listener).ok_or_else(|| {
+            AcmeError::new(
+                Step::Authorization,
+                format!(
+                    "the CA offers no challenge Portcullis can answer for {name} (offered: {offered:?}; HTTP-01 needs listen.http)"
+                ),
+            )
+        })?;
+        used = match kind {
+            ChallengeType::Http01 => Challenge::Http01,
+            _ => Challenge::TlsAlpn01,
+        };
+        let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
+            AcmeError::new(Step::Authorization, format!("challenge {kind:?} vanished"))
+        })?;
+        let key_auth = challenge.key_authorization();
+        match kind {
+            ChallengeType::Http01 => {
+                challenges.set_http01(&challenge.token, key_auth.as_str());
+                published.http_tokens.push(challenge.token.clone());
+            }
+            _ => {
+                let cert = tls_alpn01_certificate(&name, key_auth.digest().as_ref())
+                    .map_err(|e| AcmeError::new(Step::Challenge, e))?;
+                challenges.set_tls_alpn01(&name, cert);
+                published.alpn_names.push(name.clone());
+            }
+        }
+        challenge
+            .set_ready()
+            .await
+            .map_err(acme_err(Step::Challenge))?;
+    }
+
+    let status = order
+        .poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(120)))
+        .await
+        .map_err(acme_err(Step::Validation))?;
+    if status != OrderStatus::Ready {
+        return Err(validation_error(&mut order, status).await);
+    }
+    drop(published);
+
+    let key = KeyPair::generate().map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
+    let mut params = CertificateParams::new(req.names.to_vec())
+        .map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(acme_err(Step::Finalize))?;
+    let chain_pem = order
+        .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(120)))
+        .await
+        .map_err(acme_err(Step::Certificate))?;
+    Ok(Issued {
+        chain_pem,
+        key_pem: key.serialize_pem(),
+        challenge: used,
+    })
+}
+
+/// The preferred challenge if offered, else the other one we can answer.
+fn choose(
+    offered: &[ChallengeType],
+    prefer: Challenge,
+    http_listener: bool,
+) -> Option<ChallengeType> {
+    let alpn = offered.contains(&ChallengeType::TlsAlpn01);
+    let http = http_listener && offered.contains(&ChallengeType::Http01);
+    match (prefer, alpn, http) {
+        (Challenge::Http01, _, true) | (Challenge::TlsAlpn01, false, true) => {
+            Some(ChallengeType::Http01)
+        }
+        (_, true, _) => Some(ChallengeType::TlsAlpn01),
+        _ => None,
+    }
+}
+
+/// Explains an order that did not become ready, with the CA's problem for each challenge.
+async fn validation_error(order: &mut instant_acme::Order, status: OrderStatus) -> AcmeError {
+    let mut reasons = Vec::new();
+    let mut problem_type = None;
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authz)) = authorizations.next().await {
+        let name = authz.identifier().to_string();
+        if let Ok(state) = authz.refresh().await {
+            for c in &state.challenges {
+                if let Some(p) = &c.error {
+                    problem_type = problem_type.or(p.r#type.clone());
+                    reasons.push(format!("{name} ({:?}): {p}", c.r#type));
+                }
+            }
+        }
+    }
+    if let (true, Some(p)) = (reasons.is_empty(), &order.state().error) {
+        reasons.push(p.to_string());
+    }
+    let mut err = AcmeError::new(
+        Step::Validation,
+        format!(
+            "order is {status:?}: {}",
+            if reasons.is_empty() {
+                "the CA gave no reason".to_owned()
+            } else {
+                reasons.join("; ")
+            }
+        ),
+    );
+    err.problem_type = problem_type;
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_choice_prefers_then_falls_back() {
+        use ChallengeType::{Dns01, Http01, TlsAlpn01};
+        let all = [Http01, Dns01, TlsAlpn01];
+        assert_eq!(choose(&all, Challenge::TlsAlpn01, true), Some(TlsAlpn01));
+        assert_eq!(choose(&all, Challenge::Http01, true), Some(Http01));
+        assert_eq!(choose(&all, Challenge::Http01, false), Some(TlsAlpn01));
+        assert_eq!(
+            choose(&[Http01, Dns01], Challenge::TlsAlpn01, true),
+            Some(Http01)
+        );
+        assert_eq!(choose(&[Http01, Dns01], Challenge::TlsAlpn01, false), None);
+        assert_eq!(choose(&[Dns01], Challenge::TlsAlpn01, true), None);
+    }
+}

@@ -1,0 +1,17 @@
+//! Portcullis ACME: certificates for `tls: acme` sites, from account creation through
+//! challenges answered by the gateway's own listeners to renewal, with durable storage.
+//!
+//! The manager only *publishes*: certificates into the [`portcullis_tls::CertStore`] and
+//! challenge answers into [`portcullis_tls::Challenges`]; the proxy reads both.
+
+mod account;
+mod error;
+mod http;
+mod issue;
+mod manager;
+mod schedule;
+mod storage;
+
+pub use error::{AcmeError, Step};
+pub use manager::{AcmeManager, AcmeSite, AcmeStats};
+pub use storage::{SiteStatus, Storage, StoredCert, from_unix, unix};

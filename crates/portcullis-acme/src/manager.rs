@@ -1,0 +1,449 @@
+//! The ACME manager: publishes stored certificates at start, then keeps every `tls: acme`
+//! site's certificate issued and renewed, a bounded number of orders at a time and one per
+//! site, backing off after failures without ever removing a certificate being served.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{Account, CertificateIdentifier};
+use portcullis_config::{Acme, Challenge};
+use portcullis_tls::{CertStore, Challenges, format_time};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::account;
+use crate::error::{AcmeError, Step};
+use crate::http::{AcmeHttp, with_retry_after};
+use crate::issue::{self, OrderRequest};
+use crate::schedule::{backoff, random_unit, renewal_time, time_in_window};
+use crate::storage::{SiteStatus, Storage, StoredCert, from_unix, unix};
+
+/// Longest an order may take before it is abandoned and retried.
+const FLOW_TIMEOUT: Duration = Duration::from_secs(600);
+/// Immediate retries after `badNonce` before it counts as a failure.
+const BAD_NONCE_RETRIES: u32 = 5;
+/// Longest wait before asking the CA for a renewal window again.
+const ARI_RECHECK_MAX: Duration = Duration::from_secs(6 * 3600);
+
+/// A site whose certificate ACME manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSite {
+    /// The site's name (certificates are published under it).
+    pub name: String,
+    /// The DNS names the certificate must cover.
+    pub names: Vec<String>,
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct AcmeStats {
+    /// Orders that produced a certificate.
+    pub orders_succeeded: AtomicU64,
+    /// Orders (or renewal checks) that failed.
+    pub orders_failed: AtomicU64,
+    /// Unix time of the last issued certificate, 0 if none.
+    pub last_success: AtomicU64,
+}
+
+/// One site's state in the scheduler.
+struct Slot {
+    site: AcmeSite,
+    current: Option<StoredCert>,
+    due: SystemTime,
+    running: bool,
+    failures: u32,
+    bad_nonces: u32,
+    prefer_http: bool,
+    last_error: Option<String>,
+    last_success: Option<SystemTime>,
+}
+
+/// What one run of a site's task came to.
+enum Outcome {
+    Issued(StoredCert, Challenge),
+    Scheduled(SystemTime),
+    Failed(AcmeError),
+}
+
+/// Obtains and renews certificates, publishing them into the certificate store.
+pub struct AcmeManager {
+    cfg: Acme,
+    storage: Storage,
+    http: Result<AcmeHttp, String>,
+    certs: Arc<CertStore>,
+    challenges: Arc<Challenges>,
+    http_listener: bool,
+    account: tokio::sync::Mutex<Option<Account>>,
+    slots: Mutex<HashMap<String, Slot>>,
+    stats: AcmeStats,
+}
+
+impl AcmeManager {
+    /// A manager keeping state under `storage`. `http_listener` says whether HTTP-01 can be
+    /// answered.
+    pub fn new(
+        cfg: &Acme,
+        storage: &Path,
+        http_listener: bool,
+        certs: Arc<CertStore>,
+        challenges: Arc<Challenges>,
+    ) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            storage: Storage::new(storage, &cfg.directory),
+            http: AcmeHttp::new(&cfg.ca_bundle),
+            certs,
+            challenges,
+            http_listener,
+            account: tokio::sync::Mutex::new(None),
+            slots: Mutex::new(HashMap::new()),
+            stats: AcmeStats::default(),
+        }
+    }
+
+    /// The storage the manager uses.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &AcmeStats {
+        &self.stats
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes on `sites`: publishes every stored, unexpired certificate at once (so a restart
+    /// serves without waiting for the CA) and schedules the rest. Files that cannot be used
+    /// are logged by path and replaced by a fresh order.
+    pub fn load(&self, sites: &[AcmeSite]) {
+        let now = SystemTime::now();
+        let mut slots = self.slots();
+        slots.clear();
+        for site in sites {
+            let current = match self.storage.load_cert(&site.name) {
+                Ok(Some(c)) if c.info.not_after > now => Some(c),
+                Ok(Some(c)) => {
+                    info!(site = %site.name, expired = %format_time(c.info.not_after), "stored certificate has expired; ordering a new one");
+                    None
+                }
+                Ok(None) => None,
+                Err(why) => {
+                    warn!(site = %site.name, error = %why, "ignoring an unusable stored certificate; ordering a new one");
+                    None
+                }
+            };
+            if let Some(c) = &current {
+                self.certs.set_certificate(&site.name, c.key.clone());
+                info!(site = %site.name, not_after = %format_time(c.info.not_after), "serving the stored ACME certificate");
+            }
+            let status = self.storage.load_status(&site.name).unwrap_or_default();
+            slots.insert(
+                site.name.clone(),
+                Slot {
+                    site: site.clone(),
+                    current,
+                    due: now,
+                    running: false,
+                    failures: 0,
+                    bad_nonces: 0,
+                    prefer_http: false,
+                    last_error: status.last_error,
+                    last_success: status.last_success.map(from_unix),
+                },
+            );
+        }
+    }
+
+    /// Sites still waiting for their first ACME certificate, with the last error if any.
+    pub fn waiting(&self) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<_> = self
+            .slots()
+            .values()
+            .filter(|s| s.current.is_none())
+            .map(|s| (s.site.name.clone(), s.last_error.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Runs until `stop` turns true: starts every due site's task (at most
+    /// `acme.concurrency` at once, one per site) and reschedules by the outcome.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tasks: JoinSet<Outcome> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
+        loop {
+            let now = SystemTime::now();
+            let mut next = now + Duration::from_secs(3600);
+            {
+                let mut slots = self.slots();
+                let mut due: Vec<&mut Slot> = slots.values_mut().filter(|s| !s.running).collect();
+                due.sort_by_key(|s| s.due);
+                for slot in due {
+                    if slot.due <= now && tasks.len() < self.cfg.concurrency {
+                        slot.running = true;
+                        let work = self.clone().work(
+                            slot.site.clone(),
+                            slot.current.clone(),
+                            slot.prefer_http,
+                        );
+                        let handle = tasks.spawn(work);
+                        running.insert(handle.id(), slot.site.name.clone());
+                    } else if slot.due > now {
+                        next = next.min(slot.due);
+                    }
+                }
+            }
+            let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {
+                    tasks.abort_all();
+                    return;
+                }
+                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let (id, outcome) = match joined {
+                        Ok((id, outcome)) => (id, outcome),
+                        Err(e) => (
+                            e.id(),
+                            Outcome::Failed(AcmeError::new(Step::NewOrder, format!("the order task failed: {e}"))),
+                        ),
+                    };
+                    if let Some(name) = running.remove(&id) {
+                        self.settle(&name, outcome);
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// The task for one site: check whether renewal is due (asking the CA's renewal window
+    /// when it offers one), and order if it is.
+    async fn work(
+        self: Arc<Self>,
+        site: AcmeSite,
+        current: Option<StoredCert>,
+        prefer_http: bool,
+    ) -> Outcome {
+        let flow = self.check_and_order(&site, current, prefer_http);
+        let (result, retry_after) =
+            with_retry_after(tokio::time::timeout(FLOW_TIMEOUT, flow)).await;
+        match result {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(mut e)) => {
+                e.retry_after = e.retry_after.or(retry_after);
+                Outcome::Failed(e)
+            }
+            Err(_) => Outcome::Failed(AcmeError::new(
+                Step::Validation,
+                format!("gave up after {FLOW_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    async fn check_and_order(
+        &self,
+        site: &AcmeSite,
+        current: Option<StoredCert>,
+        prefer_http: bool,
+    ) -> Result<Outcome, AcmeError> {
+        let now = SystemTime::now();
+        let current = current.filter(|c| {
+            site.names
+                .iter()
+                .all(|n| c.info.names.iter().any(|have| have == n))
+        });
+        let default_due = current
+            .as_ref()
+            .map(|c| renewal_time(&c.info, self.cfg.renew_before, random_unit()));
+        let account = match self.account().await {
+            Ok(a) => a,
+            // A CA outage while nothing is due is not a failure: look again later.
+            Err(e) => match default_due {
+                Some(due) if due > now => {
+                    debug!(site = %site.name, error = %e, "CA unreachable; renewal not due yet");
+                    return Ok(Outcome::Scheduled(due.min(now + self.cfg.backoff_max)));
+                }
+                _ => return Err(e),
+            },
+        };
+        let mut replaces = None;
+        if let Some(c) = &current {
+            let id = CertificateIdentifier::try_from(&c.key.cert[0])
+                .ok()
+                .map(CertificateIdentifier::into_owned);
+            let window = match &id {
+                Some(id) => match account.renewal_info(id).await {
+                    Ok((info, recheck)) => Some((info, recheck)),
+                    Err(instant_acme::Error::Unsupported(_)) => None,
+                    Err(e) => {
+                        debug!(site = %site.name, error = %e, "renewal window unavailable; using the default schedule");
+                        None
+                    }
+                },
+                None => None,
+            };
+            match window {
+                Some((info, recheck)) => {
+                    let start = SystemTime::from(info.suggested_window.start);
+                    let end = SystemTime::from(info.suggested_window.end);
+                    let at = time_in_window(start, end, random_unit());
+                    if at > now {
+                        let recheck = recheck.clamp(Duration::from_secs(60), ARI_RECHECK_MAX);
+                        debug!(site = %site.name, renew_at = %format_time(at), "renewal window from the CA");
+                        return Ok(Outcome::Scheduled(at.min(now + recheck)));
+                    }
+                    replaces = id;
+                }
+                None => {
+                    if let Some(due) = default_due.filter(|d| *d > now) {
+                        return Ok(Outcome::Scheduled(due));
+                    }
+                }
+            }
+        }
+
+        let renewing = current.is_some();
+        info!(site = %site.name, names = ?site.names, renewing, replaces = replaces.as_ref().map(ToString::to_string), "ordering a certificate");
+        let prefer = if prefer_http && self.http_listener {
+            Challenge::Http01
+        } else {
+            self.cfg.challenge
+        };
+        let issued = issue::order(
+            &account,
+            &self.challenges,
+            &OrderRequest {
+                names: &site.names,
+                replaces,
+                prefer,
+                http_listener: self.http_listener,
+            },
+        )
+        .await?;
+        self.storage
+            .save_cert(&site.name, &issued.chain_pem, &issued.key_pem)
+            .map_err(|e| {
+                AcmeError::new(
+                    Step::Store,
+                    format!("{}: {e}", self.storage.root().display()),
+                )
+            })?;
+        let stored = self
+            .storage
+            .load_cert(&site.name)
+            .map_err(|e| AcmeError::new(Step::Store, e))?
+            .ok_or_else(|| AcmeError::new(Step::Store, "the certificate just stored is missing"))?;
+        Ok(Outcome::Issued(stored, issued.challenge))
+    }
+
+    /// The account, loading or creating it on first use.
+    async fn account(&self) -> Result<Account, AcmeError> {
+        let mut cached = self.account.lock().await;
+        if let Some(a) = cached.as_ref() {
+            return Ok(a.clone());
+        }
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|e| AcmeError::new(Step::Account, e.clone()))?;
+        let account = account::load_or_create(&self.cfg, &self.storage, http).await?;
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+
+    fn settle(&self, name: &str, outcome: Outcome) {
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(name) else {
+            return;
+        };
+        slot.running = false;
+        let now = SystemTime::now();
+        match outcome {
+            Outcome::Issued(cert, challenge) => {
+                self.certs
+                    .set_certificate(&slot.site.name, cert.key.clone());
+                info!(
+                    site = %slot.site.name,
+                    serial = %cert.info.serial,
+                    not_after = %format_time(cert.info.not_after),
+                    challenge = ?challenge,
+                    "certificate issued and now served"
+                );
+                slot.due = renewal_time(&cert.info, self.cfg.renew_before, random_unit());
+                slot.current = Some(cert);
+                slot.failures = 0;
+                slot.bad_nonces = 0;
+                slot.last_error = None;
+                slot.last_success = Some(now);
+                self.stats.orders_succeeded.fetch_add(1, Ordering::Relaxed);
+                self.stats.last_success.store(unix(now), Ordering::Relaxed);
+            }
+            Outcome::Scheduled(at) => {
+                slot.due = at;
+                debug!(site = %slot.site.name, next = %format_time(at), "next renewal check");
+            }
+            Outcome::Failed(e) => self.failed(slot, e, now),
+        }
+        let status = SiteStatus {
+            names: slot.site.names.clone(),
+            next_attempt: Some(unix(slot.due)),
+            last_error: slot.last_error.clone(),
+            failures: slot.failures,
+            last_success: slot.last_success.map(unix),
+        };
+        self.storage.save_status(&slot.site.name, &status);
+    }
+
+    fn failed(&self, slot: &mut Slot, e: AcmeError, now: SystemTime) {
+        if e.is_bad_nonce() && slot.bad_nonces < BAD_NONCE_RETRIES {
+            slot.bad_nonces += 1;
+            slot.due = now;
+            debug!(site = %slot.site.name, step = %e.step, "badNonce; retrying the order at once");
+            return;
+        }
+        if e.is_account_missing() {
+            // The CA forgot the account (a reset test CA, a deactivated account): make a new one.
+            self.storage.remove_account();
+            if let Ok(mut cached) = self.account.try_lock() {
+                *cached = None;
+            }
+        }
+        if e.step == Step::Validation && self.http_listener {
+            // The other challenge may get through where this one did not (a TLS-terminating
+            // load balancer in front of :443, say).
+            slot.prefer_http = !slot.prefer_http;
+        }
+        slot.failures += 1;
+        slot.bad_nonces = 0;
+        let mut wait = backoff(
+            self.cfg.backoff_initial,
+            self.cfg.backoff_max,
+            slot.failures,
+            random_unit(),
+        );
+        if let Some(after) = e.retry_after {
+            wait = wait.max(after.duration_since(now).unwrap_or_default());
+        }
+        slot.due = now + wait;
+        slot.last_error = Some(e.to_string());
+        self.stats.orders_failed.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            site = %slot.site.name,
+            names = ?slot.site.names,
+            step = %e.step,
+            problem = e.problem_type.as_deref().unwrap_or("-"),
+            error = %e.message,
+            failures = slot.failures,
+            retry_in_s = wait.as_secs_f64(),
+            serving = slot.current.is_some(),
+            "ACME failed; backing off"
+        );
+    }
+}

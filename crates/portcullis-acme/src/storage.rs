@@ -1,0 +1,245 @@
+//! Durable ACME state under `storage/acme/<directory>/`: the account (`account.json`) and,
+//! per site, `cert.pem`, `key.pem` (0600) and `status.json`. Everything is written
+//! atomically; anything unreadable is reported by path and treated as absent.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use instant_acme::AccountCredentials;
+use portcullis_tls::{CertInfo, certified_key, create_private_dir, write_atomic};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+/// ACME state for one directory URL (so staging and production never mix).
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+/// A certificate read back from storage.
+#[derive(Clone)]
+pub struct StoredCert {
+    /// The servable certificate and key.
+    pub key: Arc<CertifiedKey>,
+    /// What the leaf says.
+    pub info: CertInfo,
+}
+
+/// What `portcullis certs` shows about an ACME site, kept beside its certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteStatus {
+    /// Names the site asked for.
+    pub names: Vec<String>,
+    /// When the next order (or renewal check) is due, Unix seconds.
+    pub next_attempt: Option<u64>,
+    /// The last failure, with its step and the CA's problem.
+    pub last_error: Option<String>,
+    /// Failures since the last success.
+    pub failures: u32,
+    /// Last successful issuance, Unix seconds.
+    pub last_success: Option<u64>,
+}
+
+impl Storage {
+    /// State for `directory` under `storage`.
+    pub fn new(storage: &Path, directory: &str) -> Self {
+        Self {
+            root: storage.join("acme").join(directory_key(directory)),
+        }
+    }
+
+    /// The folder this directory's state lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn account_path(&self) -> PathBuf {
+        self.root.join("account.json")
+    }
+
+    fn site_dir(&self, site: &str) -> PathBuf {
+        self.root.join("sites").join(file_name(site))
+    }
+
+    /// The stored account, if there is a readable one.
+    pub fn load_account(&self) -> Result<Option<AccountCredentials>, String> {
+        let path = self.account_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                format!(
+                    "{}: not a Portcullis ACME account file: {e}",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Stores the account (0600).
+    pub fn save_account(&self, credentials: &AccountCredentials) -> io::Result<()> {
+        create_private_dir(&self.root)?;
+        let json = serde_json::to_vec_pretty(credentials).map_err(io::Error::other)?;
+        write_atomic(&self.account_path(), &json, 0o600)
+    }
+
+    /// Forgets the stored account (the CA no longer knows it).
+    pub fn remove_account(&self) {
+        let _ = fs::remove_file(self.account_path());
+    }
+
+    /// The site's stored certificate. `Ok(None)` when there is none; `Err` names a file that
+    /// exists but cannot be used (corrupt, foreign, or a key that does not match).
+    pub fn load_cert(&self, site: &str) -> Result<Option<StoredCert>, String> {
+        let dir = self.site_dir(site);
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let chain_pem = match fs::read(&cert_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", cert_path.display())),
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: not PEM: {e:?}", cert_path.display()))?;
+        let Some(leaf) = chain.first() else {
+            return Err(format!(
+                "{}: no certificate in the file",
+                cert_path.display()
+            ));
+        };
+        let info = CertInfo::parse(leaf)
+            .map_err(|e| format!("{}: not a certificate: {e}", cert_path.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&key_path)
+            .map_err(|e| format!("{}: no usable private key: {e:?}", key_path.display()))?;
+        let key = certified_key(chain, key).map_err(|e| format!("{}: {e}", key_path.display()))?;
+        Ok(Some(StoredCert { key, info }))
+    }
+
+    /// Stores a new certificate chain and its key (0600), replacing the old pair.
+    pub fn save_cert(&self, site: &str, chain_pem: &str, key_pem: &str) -> io::Result<()> {
+        let dir = self.site_dir(site);
+        create_private_dir(&dir)?;
+        // The key first: a crash in between leaves a new key with the old certificate, which
+        // `load_cert` reports as a mismatch and replaces with a fresh order.
+        write_atomic(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+        write_atomic(&dir.join("cert.pem"), chain_pem.as_bytes(), 0o644)
+    }
+
+    /// The site's recorded status.
+    pub fn load_status(&self, site: &str) -> Option<SiteStatus> {
+        let bytes = fs::read(self.site_dir(site).join("status.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Records the site's status (best effort: a failure is logged, nothing else).
+    pub fn save_status(&self, site: &str, status: &SiteStatus) {
+        let dir = self.site_dir(site);
+        let result = create_private_dir(&dir).and_then(|()| {
+            let json = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
+            write_atomic(&dir.join("status.json"), &json, 0o644)
+        });
+        if let Err(e) = result {
+            tracing::warn!(site, path = %dir.display(), error = %e, "cannot record ACME status");
+        }
+    }
+}
+
+/// Unix seconds.
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// From Unix seconds.
+pub fn from_unix(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// `https://acme-v02.api.letsencrypt.org/directory` → `acme-v02.api.letsencrypt.org_directory`.
+fn directory_key(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    file_name(rest.trim_end_matches('/'))
+}
+
+/// A name safe as one path component.
+fn file_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_safe_path_components() {
+        assert_eq!(
+            directory_key("https://acme-v02.api.letsencrypt.org/directory"),
+            "acme-v02.api.letsencrypt.org_directory"
+        );
+        assert_eq!(
+            directory_key("https://127.0.0.1:14000/dir"),
+            "127.0.0.1_14000_dir"
+        );
+        assert_eq!(file_name("../etc"), "_.._etc");
+        assert_eq!(file_name("a/b"), "a_b");
+    }
+
+    #[test]
+    fn missing_corrupt_and_foreign_files_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::new(dir.path(), "https://ca.test/dir");
+        assert!(s.load_cert("site").unwrap().is_none());
+        assert!(s.load_account().unwrap().is_none());
+
+        let site_dir = s.site_dir("site");
+        create_private_dir(&site_dir).unwrap();
+        fs::write(site_dir.join("cert.pem"), "garbage").unwrap();
+        let err = s.load_cert("site").err().unwrap();
+        assert!(err.contains("cert.pem"), "{err}");
+
+        // A certificate with somebody else's key.
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        s.save_cert("site", &a.cert.pem(), &b.signing_key.serialize_pem())
+            .unwrap();
+        let err = s.load_cert("site").err().unwrap();
+        assert!(
+            err.contains("key.pem") && err.contains("does not match"),
+            "{err}"
+        );
+
+        s.save_cert("site", &a.cert.pem(), &a.signing_key.serialize_pem())
+            .unwrap();
+        let stored = s.load_cert("site").unwrap().unwrap();
+        assert_eq!(stored.info.names, ["a.test"]);
+
+        fs::create_dir_all(s.root()).unwrap();
+        fs::write(s.account_path(), "{}").unwrap();
+        assert!(s.load_account().err().unwrap().contains("account.json"));
+
+        let status = SiteStatus {
+            names: vec!["a.test".into()],
+            failures: 2,
+            ..Default::default()
+        };
+        s.save_status("site", &status);
+        assert_eq!(s.load_status("site"), Some(status));
+    }
+}
