@@ -113,6 +113,7 @@ impl GatewayBuilder {
         let http = app.http_addr();
         let admin = app.admin_addr();
         let gateway = app.gateway().clone();
+        let acme = app.acme().cloned();
         let task = tokio::spawn(app.run(async {
             let _ = stopped.await;
         }));
@@ -121,6 +122,7 @@ impl GatewayBuilder {
             http,
             admin,
             gateway,
+            acme,
             stop: Some(stop),
             task: Some(task),
             dir: self.dir,
@@ -138,6 +140,8 @@ pub struct TestGateway {
     pub admin: Option<SocketAddr>,
     /// Handle on the running gateway.
     pub gateway: Gateway,
+    /// The ACME manager, when a site uses `tls: acme`.
+    pub acme: Option<std::sync::Arc<portcullis_acme::AcmeManager>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<bool>>,
     /// The folder holding the config, certificates and local CA.

@@ -6,7 +6,9 @@
 mod ca;
 mod client;
 mod gateway;
+pub mod logs;
 mod origin;
+mod pebble;
 mod process;
 pub mod wait;
 
@@ -14,6 +16,7 @@ pub use ca::{Leaf, TestCa};
 pub use client::{ClientBody, Conn, Resp, TestClient, bytes, collect, empty};
 pub use gateway::{GatewayBuilder, TestGateway};
 pub use origin::{OriginBody, Seen, TestOrigin};
+pub use pebble::{Pebble, PebbleOptions};
 pub use process::GatewayProcess;
 
 /// Installs the crypto provider and a log subscriber once per test binary.
@@ -25,7 +28,8 @@ pub fn init() {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_test_writer()
+            .with_ansi(false)
+            .with_writer(logs::Capture)
             .try_init();
     });
 }
