@@ -161,6 +161,17 @@ impl AcmeManager {
         }
     }
 
+    /// Each site's current certificate expiry (for the metrics endpoint).
+    pub fn not_after(&self) -> Vec<(String, SystemTime)> {
+        let mut out: Vec<_> = self
+            .slots()
+            .values()
+            .filter_map(|s| Some((s.site.name.clone(), s.current.as_ref()?.info.not_after)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Sites still waiting for their first ACME certificate, with the last error if any.
     pub fn waiting(&self) -> Vec<(String, Option<String>)> {
         let mut out: Vec<_> = self
@@ -376,7 +387,10 @@ impl AcmeManager {
                     challenge = ?challenge,
                     "certificate issued and now served"
                 );
-                slot.due = renewal_time(&cert.info, self.cfg.renew_before, random_unit());
+                // Look again within ARI's polling interval: a CA may move the window (after
+                // a mass revocation, say); without ARI the check costs no request.
+                slot.due = renewal_time(&cert.info, self.cfg.renew_before, random_unit())
+                    .min(now + ARI_RECHECK_MAX);
                 slot.current = Some(cert);
                 slot.failures = 0;
                 slot.bad_nonces = 0;
