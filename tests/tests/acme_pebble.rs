@@ -229,6 +229,9 @@ async fn a_restart_serves_stored_certificates_without_ordering() {
     .await;
     assert!(gw.stop().await);
     let orders_before = logs::lines_with(&["ordering a certificate", "site=keep"]).len();
+    let directory = pebble.directory();
+    let accounts = || logs::lines_with(&["created ACME account", &directory]).len();
+    assert_eq!(accounts(), 1);
 
     let gw = build(&pebble).start().await;
     // Served at once: the very first handshake gets the stored certificate.
@@ -251,6 +254,8 @@ async fn a_restart_serves_stored_certificates_without_ordering() {
     })
     .await;
     assert_eq!(manager.stats().orders_succeeded.load(Ordering::Relaxed), 0);
+    // The stored account was reused, not created again.
+    assert_eq!(accounts(), 1);
     assert_eq!(
         logs::lines_with(&["ordering a certificate", "site=keep"]).len(),
         orders_before

@@ -22,7 +22,13 @@ use portcullis_tls::format_time;
 #[derive(Clone, Copy)]
 enum OrderReply {
     Refuse,
-    RateLimited { retry_after: u64 },
+    /// Refuse after holding the request this long (to see how many run at once).
+    SlowRefuse {
+        ms: u64,
+    },
+    RateLimited {
+        retry_after: u64,
+    },
 }
 
 struct State {
@@ -32,6 +38,8 @@ struct State {
     window: (SystemTime, SystemTime),
     order_reply: OrderReply,
     nonce: u64,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 struct FakeCa {
@@ -57,6 +65,8 @@ impl FakeCa {
             window,
             order_reply,
             nonce: 0,
+            in_flight: 0,
+            max_in_flight: 0,
         }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -101,6 +111,19 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    let slow = match state.lock().unwrap().order_reply {
+        OrderReply::SlowRefuse { ms } if path == "/order" => Some(ms),
+        _ => None,
+    };
+    if let Some(ms) = slow {
+        {
+            let mut s = state.lock().unwrap();
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        }
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        state.lock().unwrap().in_flight -= 1;
+    }
     let mut s = state.lock().unwrap();
     s.requests.push((method.clone(), path.clone()));
     s.nonce += 1;
@@ -139,7 +162,7 @@ async fn handle(
             s.orders
                 .push((SystemTime::now(), serde_json::from_slice(&payload).unwrap()));
             match s.order_reply {
-                OrderReply::Refuse => json(
+                OrderReply::Refuse | OrderReply::SlowRefuse { .. } => json(
                     StatusCode::FORBIDDEN,
                     serde_json::json!({"type": "urn:ietf:params:acme:error:unauthorized", "detail": "refused by the fake CA"}),
                 ),
@@ -388,4 +411,40 @@ async fn a_corrupt_stored_certificate_is_logged_and_replaced_by_an_order() {
             .iter()
             .any(|p| p.starts_with("/renewal-info/"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_run_concurrently_up_to_the_bound_and_one_per_site() {
+    let now = SystemTime::now();
+    let fake = FakeCa::start((now, now), OrderReply::SlowRefuse { ms: 600 }).await;
+    let storage = tempfile::tempdir().unwrap();
+    let mut b = GatewayBuilder::new()
+        .set("storage", &format!("'{}'", storage.path().display()))
+        .set(
+            "acme",
+            &format!(
+                "{{directory: '{}', concurrency: 2, backoff: {{initial: 10s, max: 10s}}}}",
+                fake.directory()
+            ),
+        );
+    for i in 0..5 {
+        b = b.site(&format!(
+            "{{name: many{i}, hosts: [many{i}.test], tls: acme, respond: {{}}}}"
+        ));
+    }
+    let _gw = b.start().await;
+    // Five sites, each ordered once; at most two orders at a time, and two did overlap.
+    wait::until(Duration::from_secs(20), "an order per site", || async {
+        (fake.orders().len() >= 5).then_some(())
+    })
+    .await;
+    let mut names: Vec<String> = fake
+        .orders()
+        .iter()
+        .map(|(_, o)| o["identifiers"][0]["value"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 5, "one order per site: {names:?}");
+    assert_eq!(fake.state.lock().unwrap().max_in_flight, 2);
 }
