@@ -50,7 +50,8 @@ async fn create(cfg: &Acme, storage: &Storage, http: &AcmeHttp) -> Result<Accoun
         .await
         .map_err(|e| {
             let mut err = AcmeError::from_acme(Step::Account, e);
-            if cfg.eab.is_some() {
+            // Only a refusal by the CA is about the binding; a CA out of reach is not.
+            if cfg.eab.is_some() && err.problem_type.is_some() {
                 err.message = format!(
                     "the CA refused to create the account with the External Account Binding (check acme.eab.kid and acme.eab.hmac_key): {}",
                     err.message

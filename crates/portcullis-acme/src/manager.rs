@@ -314,7 +314,9 @@ impl AcmeManager {
                 }
                 None => {
                     if let Some(due) = default_due.filter(|d| *d > now) {
-                        return Ok(Outcome::Scheduled(due));
+                        // Look again within ARI's polling interval: the window may have been
+                        // unavailable only for now. Without ARI the check costs no request.
+                        return Ok(Outcome::Scheduled(due.min(now + ARI_RECHECK_MAX)));
                     }
                 }
             }
