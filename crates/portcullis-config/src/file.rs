@@ -37,8 +37,16 @@ pub(crate) struct LimitsFile {
     pub handshake_timeout: Option<Duration>,
     #[serde(deserialize_with = "de_duration")]
     pub header_read_timeout: Option<Duration>,
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
     #[serde(deserialize_with = "de_size")]
     pub max_header_size: Option<u64>,
+    #[serde(deserialize_with = "de_size")]
+    pub max_body_size: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_resets: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +107,8 @@ pub(crate) struct SiteFile {
     pub respond: Option<RespondFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_body_size: Option<u64>,
 }
 
 /// `tls: local`, `tls: acme`, `tls: { cert: ..., key: ... }` or `tls: { acme: true, fallback: local }`.

@@ -19,7 +19,7 @@ pub use model::{
     Verify, defaults,
 };
 pub use units::{parse_duration, parse_size};
-pub use validate::{load, parse};
+pub use validate::{load, parse, parse_addr};
 
 #[cfg(test)]
 mod tests;

@@ -109,10 +109,25 @@ pub struct TlsSettings {
 pub struct Limits {
     /// Time allowed to complete a TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time allowed to send a request's headers (against slowloris).
+    /// Time allowed to send a request's headers, from its first byte (against slowloris);
+    /// also the time a new connection has to start its first request.
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests (HTTP/1.1) or with
+    /// no open stream (HTTP/2).
+    pub idle_timeout: Duration,
     /// Largest request head accepted; larger gets 431.
     pub max_header_size: usize,
+    /// Largest request body accepted unless a site says otherwise; larger gets 413.
+    pub max_body_size: Option<u64>,
+    /// Client connections open at once, all listeners together; more are refused.
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address; `None` is unlimited.
+    pub max_connections_per_ip: Option<usize>,
+    /// HTTP/2 streams one connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset within 10 s before the connection is closed
+    /// (rapid reset, CVE-2023-44487).
+    pub h2_max_resets: u32,
 }
 
 /// Shutdown behaviour.
@@ -139,6 +154,8 @@ pub struct Site {
     pub routes: Vec<Route>,
     /// What requests that match no route get; `None` answers 404.
     pub fallback: Option<Action>,
+    /// Largest request body for this site (overrides `limits.max_body_size`); larger gets 413.
+    pub max_body_size: Option<u64>,
 }
 
 /// Source of a site's certificate.
@@ -362,6 +379,16 @@ pub mod defaults {
     pub const STORAGE: &str = "./data";
     /// `limits.max_header_size`.
     pub const MAX_HEADER_SIZE: usize = 64 * 1024;
+    /// `limits.idle_timeout`.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `limits.max_connections`.
+    pub const MAX_CONNECTIONS: usize = 16_384;
+    /// `limits.max_connections_per_ip` (0 in the file means unlimited).
+    pub const MAX_CONNECTIONS_PER_IP: usize = 512;
+    /// `limits.h2_max_concurrent_streams`.
+    pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+    /// `limits.h2_max_resets` (per connection, per 10 s).
+    pub const H2_MAX_RESETS: u32 = 200;
     /// `shutdown.drain_timeout`.
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// `origin.timeouts.connect`.

@@ -33,6 +33,12 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.admin.listen, Some("127.0.0.1:9901".parse().unwrap()));
     assert_eq!(c.tls.local_ca_dir, Path::new("/etc/portcullis/data/ca"));
     assert_eq!(c.limits.header_read_timeout, defaults::HEADER_READ_TIMEOUT);
+    assert_eq!(c.limits.idle_timeout, defaults::IDLE_TIMEOUT);
+    assert_eq!(
+        c.limits.max_connections_per_ip,
+        Some(defaults::MAX_CONNECTIONS_PER_IP)
+    );
+    assert_eq!(c.limits.max_body_size, None);
     let site = &c.sites[0];
     assert_eq!(site.name, "example.com");
     let Some(Action::Proxy(o)) = &site.fallback else {
@@ -363,4 +369,19 @@ sites:
         !format!("{eab:?}").contains("hello"),
         "the HMAC key stays out of Debug output"
     );
+}
+
+#[test]
+fn limits_can_be_set_and_unlimited_per_ip() {
+    let c = parse(
+        "limits: { idle_timeout: 90s, max_body_size: 1MiB, max_connections: 100, max_connections_per_ip: 0, h2_max_concurrent_streams: 10, h2_max_resets: 50 }\nsites:\n  - hosts: [a.test]\n    tls: local\n    max_body_size: 2KiB\n    respond: {}\n",
+        Path::new("."),
+    )
+    .unwrap();
+    let l = &c.limits;
+    assert_eq!(l.idle_timeout, std::time::Duration::from_secs(90));
+    assert_eq!(l.max_body_size, Some(1 << 20));
+    assert_eq!((l.max_connections, l.max_connections_per_ip), (100, None));
+    assert_eq!((l.h2_max_concurrent_streams, l.h2_max_resets), (10, 50));
+    assert_eq!(c.sites[0].max_body_size, Some(2048));
 }

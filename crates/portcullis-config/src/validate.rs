@@ -9,9 +9,10 @@ use serde_yaml::Value;
 
 use crate::error::{Error, Problem, Result};
 use crate::file::{AcmeFile, AdminFile, LimitsFile, ListenFile, ShutdownFile, TlsFile};
-use crate::model::{Admin, Config, Limits, Listen, Shutdown, TlsSettings, defaults};
+use crate::model::{Admin, Config, Listen, Shutdown, TlsSettings, defaults};
 
 mod acme;
+mod limits;
 mod origin;
 mod site;
 
@@ -255,33 +256,6 @@ impl Validator<'_> {
         }
     }
 
-    fn limits(&mut self, f: LimitsFile) -> Option<Limits> {
-        let handshake_timeout = self.positive(
-            f.handshake_timeout,
-            defaults::HANDSHAKE_TIMEOUT,
-            "limits.handshake_timeout",
-        );
-        let header_read_timeout = self.positive(
-            f.header_read_timeout,
-            defaults::HEADER_READ_TIMEOUT,
-            "limits.header_read_timeout",
-        );
-        // hyper cannot parse a request head in less than 8 KiB of buffer.
-        let max_header_size = match f.max_header_size {
-            None => defaults::MAX_HEADER_SIZE,
-            Some(n) if (8192..=16 << 20).contains(&n) => n as usize,
-            Some(_) => {
-                self.err("limits.max_header_size", "must be between 8KiB and 16MiB");
-                return None;
-            }
-        };
-        Some(Limits {
-            handshake_timeout: handshake_timeout?,
-            header_read_timeout: header_read_timeout?,
-            max_header_size,
-        })
-    }
-
     pub(super) fn positive(
         &mut self,
         value: Option<std::time::Duration>,
@@ -307,7 +281,7 @@ fn push_key(path: &mut String, key: &str) {
 }
 
 /// `0.0.0.0:443`, `[::]:443`, `:443` (all IPv4 interfaces) or `localhost:8443`.
-fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
     if let Ok(a) = text.parse::<SocketAddr>() {
         return Ok(a);

@@ -127,6 +127,9 @@ impl Validator<'_> {
             }
         };
         let routes = self.routes(key, f.routes);
+        if f.max_body_size == Some(0) {
+            self.err(format!("{key}.max_body_size"), "must be greater than zero");
+        }
 
         if self.problems.len() > before {
             return None;
@@ -139,6 +142,7 @@ impl Validator<'_> {
             hsts,
             routes,
             fallback,
+            max_body_size: f.max_body_size,
         })
     }
 
