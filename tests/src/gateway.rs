@@ -113,7 +113,8 @@ impl GatewayBuilder {
         let http = app.http_addr();
         let admin = app.admin_addr();
         let gateway = app.gateway().clone();
-        let acme = app.acme().cloned();
+        let acme = app.acme();
+        let controller = app.controller().clone();
         let task = tokio::spawn(app.run(async {
             let _ = stopped.await;
         }));
@@ -123,6 +124,8 @@ impl GatewayBuilder {
             admin,
             gateway,
             acme,
+            controller,
+            config_path: path,
             stop: Some(stop),
             task: Some(task),
             dir: self.dir,
@@ -142,6 +145,10 @@ pub struct TestGateway {
     pub gateway: Gateway,
     /// The ACME manager, when a site uses `tls: acme`.
     pub acme: Option<std::sync::Arc<portcullis_acme::AcmeManager>>,
+    /// The control plane (reload).
+    pub controller: std::sync::Arc<portcullis::Controller>,
+    /// The config file the gateway runs from.
+    pub config_path: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<bool>>,
     /// The folder holding the config, certificates and local CA.

@@ -79,7 +79,9 @@ pub struct AcmeManager {
     http_listener: bool,
     account: tokio::sync::Mutex<Option<Account>>,
     slots: Mutex<HashMap<String, Slot>>,
-    stats: AcmeStats,
+    stats: Arc<AcmeStats>,
+    /// Wakes the scheduler when the set of sites changes.
+    wake: tokio::sync::Notify,
 }
 
 impl AcmeManager {
@@ -91,6 +93,7 @@ impl AcmeManager {
         http_listener: bool,
         certs: Arc<CertStore>,
         challenges: Arc<Challenges>,
+        stats: Arc<AcmeStats>,
     ) -> Self {
         Self {
             cfg: cfg.clone(),
@@ -101,7 +104,8 @@ impl AcmeManager {
             http_listener,
             account: tokio::sync::Mutex::new(None),
             slots: Mutex::new(HashMap::new()),
-            stats: AcmeStats::default(),
+            stats,
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -123,10 +127,26 @@ impl AcmeManager {
     /// serves without waiting for the CA) and schedules the rest. Files that cannot be used
     /// are logged by path and replaced by a fresh order.
     pub fn load(&self, sites: &[AcmeSite]) {
+        self.slots().clear();
+        self.update_sites(sites);
+    }
+
+    /// Changes the set of sites (a reload): sites that stay keep their state and
+    /// certificate, new ones are loaded from storage as at start, removed ones are dropped.
+    pub fn update_sites(&self, sites: &[AcmeSite]) {
         let now = SystemTime::now();
         let mut slots = self.slots();
-        slots.clear();
+        slots.retain(|name, _| sites.iter().any(|s| &s.name == name));
         for site in sites {
+            if let Some(slot) = slots.get_mut(&site.name) {
+                if slot.site.names != site.names {
+                    // New names need a certificate that covers them.
+                    slot.site = site.clone();
+                    slot.due = now;
+                    slot.failures = 0;
+                }
+                continue;
+            }
             let current = match self.storage.load_cert(&site.name) {
                 Ok(Some(c)) if c.info.not_after > now => Some(c),
                 Ok(Some(c)) => {
@@ -159,6 +179,13 @@ impl AcmeManager {
                 },
             );
         }
+        drop(slots);
+        self.wake.notify_one();
+    }
+
+    /// The certificate ACME currently provides for `site`, if any.
+    pub fn certificate(&self, site: &str) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.slots().get(site)?.current.as_ref()?.key.clone())
     }
 
     /// Each site's current certificate expiry (for the metrics endpoint).
@@ -230,6 +257,7 @@ impl AcmeManager {
                     }
                 }
                 () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => {}
             }
         }
     }
@@ -374,7 +402,7 @@ impl AcmeManager {
     fn settle(&self, name: &str, outcome: Outcome) {
         let mut slots = self.slots();
         let Some(slot) = slots.get_mut(name) else {
-            return;
+            return; // removed by a reload while its task ran
         };
         slot.running = false;
         let now = SystemTime::now();
@@ -391,8 +419,17 @@ impl AcmeManager {
                 );
                 // Look again within ARI's polling interval: a CA may move the window (after
                 // a mass revocation, say); without ARI the check costs no request.
-                slot.due = renewal_time(&cert.info, self.cfg.renew_before, random_unit())
-                    .min(now + ARI_RECHECK_MAX);
+                let covers = slot
+                    .site
+                    .names
+                    .iter()
+                    .all(|n| cert.info.names.iter().any(|have| have == n));
+                slot.due = if covers {
+                    renewal_time(&cert.info, self.cfg.renew_before, random_unit())
+                        .min(now + ARI_RECHECK_MAX)
+                } else {
+                    now // the site's names changed while this order ran
+                };
                 slot.current = Some(cert);
                 slot.failures = 0;
                 slot.bad_nonces = 0;

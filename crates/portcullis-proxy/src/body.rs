@@ -1,9 +1,12 @@
-//! The response body the edge sends: fixed bytes or an origin's stream, passed through frame
-//! by frame (never buffered), counting bytes for the access log line written when it ends.
+//! Bodies in both directions. The response body the edge sends is fixed bytes or an
+//! origin's stream, passed through frame by frame (never buffered); it carries the request's
+//! [`Exchange`], which records metrics and the access log line when the response ends. The
+//! request body towards an origin enforces the site's size limit.
 
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -13,6 +16,9 @@ use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::edge::ConnInfo;
+use crate::metrics::RouteMetrics;
+
 /// `tracing` target of access log lines; filter it with `RUST_LOG=portcullis::access=off`.
 pub const ACCESS_LOG_TARGET: &str = "portcullis::access";
 
@@ -20,7 +26,7 @@ pub const ACCESS_LOG_TARGET: &str = "portcullis::access";
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
-    log: Option<Box<AccessLog>>,
+    exchange: Option<Exchange>,
 }
 
 #[derive(Debug)]
@@ -40,19 +46,20 @@ impl ProxyBody {
         let b = b.into();
         Self {
             kind: Kind::Bytes((!b.is_empty()).then_some(b)),
-            log: None,
+            exchange: None,
         }
     }
 
     pub(crate) fn origin(body: Incoming) -> Self {
         Self {
             kind: Kind::Origin(body),
-            log: None,
+            exchange: None,
         }
     }
 
-    pub(crate) fn set_log(&mut self, log: Option<Box<AccessLog>>) {
-        self.log = log;
+    /// Hands the request's bookkeeping to the body, to be finished when it ends.
+    pub(crate) fn attach(&mut self, exchange: Exchange) {
+        self.exchange = Some(exchange);
     }
 }
 
@@ -69,7 +76,9 @@ impl Body for ProxyBody {
             Kind::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Origin(body) => Pin::new(body).poll_frame(cx),
         };
-        if let (Some(log), Poll::Ready(Some(Ok(f)))) = (&mut this.log, &frame) {
+        if let (Some(log), Poll::Ready(Some(Ok(f)))) =
+            (this.exchange.as_mut().and_then(|e| e.log.as_mut()), &frame)
+        {
             if let Some(data) = f.data_ref() {
                 log.bytes += data.len() as u64;
             }
@@ -92,9 +101,49 @@ impl Body for ProxyBody {
     }
 }
 
-impl Drop for ProxyBody {
+/// One request from arrival to the end of its response. Created when the request arrives;
+/// moved into the response body once there is one. Dropping it ends the request for the
+/// connection's clock, records the route's metrics and writes the access log line. Dropped
+/// without a response, the client gave up on it (an HTTP/2 reset), which counts towards
+/// `limits.h2_max_resets`.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    conn: Arc<ConnInfo>,
+    start: Instant,
+    pub(crate) route: Option<Arc<RouteMetrics>>,
+    pub(crate) status: u16,
+    pub(crate) log: Option<Box<AccessLog>>,
+    pub(crate) responded: bool,
+}
+
+impl Exchange {
+    pub(crate) fn begin(conn: Arc<ConnInfo>, log: Option<Box<AccessLog>>) -> Self {
+        conn.clock.begin_request();
+        Self {
+            conn,
+            start: Instant::now(),
+            route: None,
+            status: 0,
+            log,
+            responded: false,
+        }
+    }
+}
+
+impl Drop for Exchange {
     fn drop(&mut self) {
-        if let Some(log) = self.log.take() {
+        self.conn.clock.end_request();
+        if !self.responded {
+            if self.conn.clock.note_reset(self.conn.max_resets) {
+                self.conn.clock.abuse.notify_one();
+            }
+            return;
+        }
+        if let Some(route) = &self.route {
+            route.observe(self.status, self.start.elapsed().as_secs_f64());
+        }
+        if let Some(log) = &mut self.log {
+            log.status = self.status;
             log.emit();
         }
     }
@@ -136,5 +185,68 @@ impl AccessLog {
             origin = self.origin.as_deref().unwrap_or("-"),
             "request"
         );
+    }
+}
+
+/// The request body sent to an origin: the client's stream, cut off with an error once it
+/// passes the site's size limit.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    limit: Option<(u64, Arc<AtomicBool>)>,
+}
+
+/// The client sent more than `max_body_size`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the limit")]
+pub(crate) struct BodyTooLarge;
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming) -> Self {
+        Self { inner, limit: None }
+    }
+
+    /// Limits the body to `max` bytes; `exceeded` is set if the client sends more.
+    pub(crate) fn limited(inner: Incoming, max: u64, exceeded: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            limit: Some((max, exceeded)),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let (Some((left, exceeded)), Some(data)) = (&mut this.limit, frame.data_ref()) {
+            match left.checked_sub(data.len() as u64) {
+                Some(rest) => *left = rest,
+                None => {
+                    exceeded.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

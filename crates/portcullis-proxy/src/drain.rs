@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::time::Duration;
 
 use hyper::body::Body;
 use hyper::rt::{Read, Write};
@@ -11,6 +12,8 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch};
+
+use crate::conn::{ConnClock, Expired};
 
 /// Owned by the server; starts and awaits the drain.
 pub(crate) struct Drain {
@@ -64,16 +67,46 @@ impl DrainWatch {
         let _ = self.signal.wait_for(|stop| *stop).await;
     }
 
-    /// Runs `conn` to completion, asking it to close gracefully once the drain starts.
-    pub(crate) async fn watch<C: GracefulConn>(mut self, conn: C) -> C::Output {
+    /// Runs a client connection under its limits: closed gracefully when the drain starts
+    /// or it sits idle too long, cut off at once when its request head is too slow or it
+    /// floods resets. Returns the connection's own result, or why it was cut off.
+    pub(crate) async fn supervise<C: GracefulConn>(
+        mut self,
+        conn: C,
+        clock: &ConnClock,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Supervised<C::Output> {
         let mut conn = pin!(conn);
-        tokio::select! {
-            out = conn.as_mut() => return out,
-            () = self.signalled() => {}
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                out = conn.as_mut() => return Supervised::Done(out),
+                () = self.signalled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                expired = clock.watchdog(header_timeout, idle_timeout), if !closing => match expired {
+                    Expired::Head => return Supervised::HeadTimeout,
+                    Expired::Idle => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                },
+                () = clock.abuse.notified() => return Supervised::Abusive,
+            }
         }
-        conn.as_mut().graceful_shutdown();
-        conn.await
     }
+}
+
+/// How a supervised connection ended.
+pub(crate) enum Supervised<T> {
+    /// It finished (or closed gracefully); its own result.
+    Done(T),
+    /// Cut off: the request head did not arrive in time.
+    HeadTimeout,
+    /// Cut off: too many streams reset by the client.
+    Abusive,
 }
 
 /// A hyper connection that can be asked to finish in-flight requests and close.

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -13,7 +14,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
-use crate::body::{AccessLog, ProxyBody};
+use crate::body::{AccessLog, Exchange, ProxyBody, RequestBody};
+use crate::conn::ConnClock;
 use crate::error::OriginError;
 use crate::headers::{self, ClientAddr};
 use crate::router::{Fixed, Handler, Router};
@@ -29,6 +31,10 @@ pub(crate) struct ConnInfo {
     pub(crate) client: ClientAddr,
     /// Upgraded tunnels hold a copy so a drain waits for them too.
     pub(crate) drain: crate::drain::DrainWatch,
+    /// Tracks requests in flight, idle time and client resets.
+    pub(crate) clock: Arc<ConnClock>,
+    /// `limits.h2_max_resets` when the connection was made.
+    pub(crate) max_resets: u32,
 }
 
 /// Handles one request from a TLS client.
@@ -37,7 +43,7 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut log = AccessLog::enabled().then(|| {
+    let log = AccessLog::enabled().then(|| {
         Box::new(AccessLog {
             start: Instant::now(),
             peer: conn.peer.ip(),
@@ -50,12 +56,13 @@ pub(crate) async fn handle(
             bytes: 0,
         })
     });
+    // Dropped here without a response if the client gives up on the request.
+    let mut exchange = Exchange::begin(conn.clone(), log);
     let router = shared.router.load_full();
-    let mut resp = dispatch(&router, &conn, req, log.as_deref_mut()).await;
-    if let Some(log) = &mut log {
-        log.status = resp.status().as_u16();
-    }
-    resp.body_mut().set_log(log);
+    let mut resp = dispatch(&router, &conn, req, &mut exchange).await;
+    exchange.status = resp.status().as_u16();
+    exchange.responded = true;
+    resp.body_mut().attach(exchange);
     Ok(resp)
 }
 
@@ -63,8 +70,9 @@ async fn dispatch(
     router: &Router,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    mut log: Option<&mut AccessLog>,
+    exchange: &mut Exchange,
 ) -> Response<ProxyBody> {
+    exchange.route = Some(router.unrouted.clone());
     if req.method() == http::Method::CONNECT {
         // A gateway in front of fixed origins is not a forward proxy.
         return error_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
@@ -93,7 +101,8 @@ async fn dispatch(
         );
     }
     let site = &router.sites[site_idx];
-    if let Some(log) = log.as_deref_mut() {
+    exchange.route = Some(site.unmatched.clone());
+    if let Some(log) = exchange.log.as_deref_mut() {
         log.site = Some(site.name.clone());
         log.host = Some(authority.clone());
     }
@@ -102,13 +111,20 @@ async fn dispatch(
         add_hsts(&mut resp, site.hsts.as_ref());
         return resp;
     };
+    exchange.route = Some(matched.metrics.clone());
     let mut resp = match matched.handler {
         Handler::Respond(fixed) => fixed_response(fixed),
         Handler::Proxy(upstream) => {
-            if let Some(log) = log {
+            if let Some(log) = exchange.log.as_deref_mut() {
                 log.origin = Some(upstream.label.clone());
             }
-            forward(upstream, conn, req, authority, matched.strip, &site.name).await
+            let target = Target {
+                authority,
+                strip: matched.strip,
+                max_body: site.max_body,
+                site: &site.name,
+            };
+            forward(upstream, conn, req, target).await
         }
     };
     add_hsts(&mut resp, site.hsts.as_ref());
@@ -152,14 +168,36 @@ pub(crate) fn error_response(status: StatusCode, body: &'static str) -> Response
     resp
 }
 
+/// Where a proxied request goes and under which limits.
+struct Target<'a> {
+    authority: Authority,
+    strip: usize,
+    max_body: Option<u64>,
+    site: &'a str,
+}
+
 async fn forward(
     upstream: &Upstream,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    authority: Authority,
-    strip: usize,
-    site: &str,
+    target: Target<'_>,
 ) -> Response<ProxyBody> {
+    let Target {
+        authority,
+        strip,
+        max_body,
+        site,
+    } = target;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(max), Some(len)) = (max_body, declared) {
+        if len > max {
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+    }
     let upgrade = headers::wants_upgrade(req.headers(), req.version());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -200,6 +238,16 @@ async fn forward(
     } else {
         &upstream.client
     };
+    // A declared length was checked above; a streamed body is cut off where it passes.
+    let too_large = max_body
+        .filter(|_| declared.is_none())
+        .map(|max| (max, Arc::new(AtomicBool::new(false))));
+    let body = match &too_large {
+        Some((max, flag)) => RequestBody::limited(body, *max, flag.clone()),
+        None => RequestBody::new(body),
+    };
+    upstream.metrics.requests.inc();
+    let timer = upstream.metrics.duration.start_timer();
     let pending = client.request(Request::from_parts(parts, body));
     let result = match tokio::time::timeout(upstream.response_header_timeout, pending).await {
         Ok(Ok(resp)) => Ok(resp),
@@ -209,8 +257,21 @@ async fn forward(
         )),
     };
     let mut resp = match result {
-        Ok(resp) => resp,
+        Ok(resp) => {
+            timer.observe_duration();
+            resp
+        }
+        Err(_)
+            if too_large
+                .as_ref()
+                .is_some_and(|(_, f)| f.load(Ordering::Acquire)) =>
+        {
+            timer.stop_and_discard();
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
         Err(e) => {
+            timer.stop_and_discard();
+            upstream.metrics.error(e.kind().label());
             let status = e.status(upstream.verify_failure_status);
             warn!(
                 site,

@@ -6,11 +6,13 @@
 //! parts (files, the local CA, ACME) publish into.
 
 mod body;
+mod conn;
 mod connector;
 mod drain;
 mod edge;
 mod error;
 mod headers;
+pub mod metrics;
 mod redirect;
 mod router;
 mod server;
@@ -19,6 +21,7 @@ mod upstream;
 
 pub use body::{ACCESS_LOG_TARGET, ProxyBody};
 pub use error::{BindError, OriginError, OriginFailureKind};
+pub use metrics::ProxyMetrics;
 pub use router::Router;
-pub use server::{Gateway, Listeners, bind};
+pub use server::{Gateway, ListenerKind, Listeners, bind};
 pub use upstream::Upstream;

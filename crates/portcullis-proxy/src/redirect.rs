@@ -8,15 +8,21 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::ProxyBody;
-use crate::edge::{error_response, request_authority};
+use crate::body::{Exchange, ProxyBody};
+use crate::edge::{ConnInfo, error_response, request_authority};
 use crate::server::Shared;
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(redirect(&shared, &req))
+    let mut exchange = Exchange::begin(conn, None);
+    let mut resp = redirect(&shared, &req);
+    exchange.status = resp.status().as_u16();
+    exchange.responded = true;
+    resp.body_mut().attach(exchange);
+    Ok(resp)
 }
 
 /// Where HTTP-01 validation requests arrive (RFC 8555 §8.3).

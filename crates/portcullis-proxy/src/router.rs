@@ -1,12 +1,14 @@
 //! The routing table: one immutable snapshot of every site, route and origin, built from a
 //! config and swapped whole on reload.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use portcullis_config::{Action, Config, HostMap, Problem, Respond};
 
+use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::upstream::Upstream;
 
 /// Sites by host, with their routes and origins.
@@ -15,6 +17,8 @@ pub struct Router {
     hosts: HostMap<usize>,
     default: Option<usize>,
     pub(crate) sites: Vec<SiteRoutes>,
+    /// Metrics for requests no site answers (400, 421).
+    pub(crate) unrouted: Arc<RouteMetrics>,
 }
 
 #[derive(Debug)]
@@ -22,8 +26,12 @@ pub(crate) struct SiteRoutes {
     pub(crate) name: Arc<str>,
     /// Longest prefix first, so the first match is the longest.
     routes: Box<[RouteEntry]>,
-    fallback: Option<Handler>,
+    fallback: Option<(Handler, Arc<RouteMetrics>)>,
     pub(crate) hsts: Option<HeaderValue>,
+    /// Largest request body accepted (the site's, else `limits.max_body_size`).
+    pub(crate) max_body: Option<u64>,
+    /// Metrics for requests of this site that no route or fallback answers (404).
+    pub(crate) unmatched: Arc<RouteMetrics>,
 }
 
 #[derive(Debug)]
@@ -31,6 +39,7 @@ struct RouteEntry {
     prefix: Box<str>,
     strip: bool,
     handler: Handler,
+    metrics: Arc<RouteMetrics>,
 }
 
 /// What a matched request gets.
@@ -52,11 +61,25 @@ pub(crate) struct Fixed {
 pub(crate) struct Matched<'a> {
     pub(crate) handler: &'a Handler,
     pub(crate) strip: usize,
+    pub(crate) metrics: &'a Arc<RouteMetrics>,
 }
 
 impl Router {
     /// Builds the table, creating a client for every origin. Problems name the origin's key.
-    pub fn build(config: &Config) -> Result<Self, Vec<Problem>> {
+    /// Origins that `previous` already had, unchanged, keep their client and its pooled
+    /// connections.
+    pub fn build(
+        config: &Config,
+        metrics: &ProxyMetrics,
+        previous: Option<&Router>,
+    ) -> Result<Self, Vec<Problem>> {
+        let mut reusable: HashMap<&str, Vec<&Arc<Upstream>>> = HashMap::new();
+        for upstream in previous.into_iter().flat_map(Router::upstreams) {
+            reusable
+                .entry(upstream.origin().url.as_str())
+                .or_default()
+                .push(upstream);
+        }
         let mut problems = Vec::new();
         let mut hosts = HostMap::new();
         let mut default = None;
@@ -70,18 +93,26 @@ impl Router {
             }
             let mut handler = |action: &Action, key: String| match action {
                 Action::Respond(r) => Some(Handler::Respond(Arc::new(Fixed::new(r)))),
-                Action::Proxy(origin) => match Upstream::new(origin) {
-                    Ok(u) => Some(Handler::Proxy(Arc::new(u))),
-                    Err(e) => {
-                        problems.push(Problem::new(key, e));
-                        None
+                Action::Proxy(origin) => {
+                    let same = reusable
+                        .get(origin.url.as_str())
+                        .and_then(|c| c.iter().find(|u| u.origin() == origin));
+                    if let Some(upstream) = same {
+                        return Some(Handler::Proxy(Arc::clone(upstream)));
                     }
-                },
+                    match Upstream::new(origin, metrics) {
+                        Ok(u) => Some(Handler::Proxy(Arc::new(u))),
+                        Err(e) => {
+                            problems.push(Problem::new(key, e));
+                            None
+                        }
+                    }
+                }
             };
-            let fallback = site
-                .fallback
-                .as_ref()
-                .and_then(|a| handler(a, format!("sites[{i}].{}", action_key(a))));
+            let fallback = site.fallback.as_ref().and_then(|a| {
+                let h = handler(a, format!("sites[{i}].{}", action_key(a)))?;
+                Some((h, Arc::new(metrics.route(&site.name, "*"))))
+            });
             let mut routes: Vec<RouteEntry> = site
                 .routes
                 .iter()
@@ -94,6 +125,7 @@ impl Router {
                             &r.action,
                             format!("sites[{i}].routes[{j}].{}", action_key(&r.action)),
                         )?,
+                        metrics: Arc::new(metrics.route(&site.name, &r.path)),
                     })
                 })
                 .collect();
@@ -106,6 +138,8 @@ impl Router {
                     .hsts
                     .as_ref()
                     .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
+                max_body: site.max_body_size.or(config.limits.max_body_size),
+                unmatched: Arc::new(metrics.route(&site.name, "-")),
             });
         }
         if problems.is_empty() {
@@ -113,10 +147,25 @@ impl Router {
                 hosts,
                 default,
                 sites,
+                unrouted: Arc::new(metrics.unrouted()),
             })
         } else {
             Err(problems)
         }
+    }
+
+    /// Every origin client in the table.
+    fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.sites.iter().flat_map(|s| {
+            s.routes
+                .iter()
+                .map(|r| &r.handler)
+                .chain(s.fallback.as_ref().map(|(h, _)| h))
+                .filter_map(|h| match h {
+                    Handler::Proxy(u) => Some(u),
+                    Handler::Respond(_) => None,
+                })
+        })
     }
 
     /// The site for a request host (no port): claimed by name, else the default site.
@@ -164,12 +213,15 @@ impl SiteRoutes {
                 return Some(Matched {
                     handler: &r.handler,
                     strip,
+                    metrics: &r.metrics,
                 });
             }
         }
-        self.fallback
-            .as_ref()
-            .map(|handler| Matched { handler, strip: 0 })
+        self.fallback.as_ref().map(|(handler, metrics)| Matched {
+            handler,
+            strip: 0,
+            metrics,
+        })
     }
 }
 
@@ -219,7 +271,7 @@ mod tests {
             std::path::Path::new("."),
         )
         .unwrap();
-        let router = Router::build(&config).unwrap();
+        let router = Router::build(&config, &ProxyMetrics::unregistered(), None).unwrap();
         let site = &router.sites[router.site_for("a.test").unwrap()];
         let body = |path: &str| match site.route(path).map(|m| (m.handler, m.strip)) {
             Some((Handler::Respond(f), strip)) => (f.body.clone(), strip),
@@ -229,5 +281,36 @@ mod tests {
         assert_eq!(body("/api/v1"), (Bytes::from("api"), 0));
         assert_eq!(body("/apiv2"), (Bytes::from("root"), 0));
         assert_eq!(body("/"), (Bytes::from("root"), 0));
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+
+    fn config(origin_b: &str) -> Config {
+        portcullis_config::parse(
+            &format!(
+                "sites:\n  - hosts: [a.test]\n    tls: local\n    origin: http://127.0.0.1:1\n  - hosts: [b.test]\n    tls: local\n    origin: {origin_b}\n"
+            ),
+            std::path::Path::new("."),
+        )
+        .unwrap()
+    }
+
+    fn upstream(router: &Router, site: usize) -> Arc<Upstream> {
+        match &router.sites[site].fallback {
+            Some((Handler::Proxy(u), _)) => u.clone(),
+            _ => panic!("no origin"),
+        }
+    }
+
+    #[test]
+    fn unchanged_origins_keep_their_client_across_a_rebuild() {
+        let m = ProxyMetrics::unregistered();
+        let first = Router::build(&config("http://127.0.0.1:2"), &m, None).unwrap();
+        let second = Router::build(&config("http://127.0.0.1:3"), &m, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&upstream(&first, 0), &upstream(&second, 0)));
+        assert!(!Arc::ptr_eq(&upstream(&first, 1), &upstream(&second, 1)));
     }
 }

@@ -1,10 +1,13 @@
-//! Listeners and connection handling: accept, TLS, HTTP/1.1 or HTTP/2 by ALPN, and a
-//! graceful drain on shutdown.
+//! Listeners and connection handling: accept under the connection caps, TLS, HTTP/1.1 or
+//! HTTP/2 by ALPN, each connection supervised for slow heads, idleness and reset floods,
+//! and a graceful drain on shutdown. Listeners can be replaced while running (reload binds
+//! the new socket before the old one closes).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -16,14 +19,59 @@ use portcullis_tls::{CertStore, Challenges, server_config};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::drain::{Drain, DrainWatch};
+use crate::conn::{ClockedIo, ConnClock, ConnPermit, ConnTracker};
+use crate::drain::{Drain, DrainWatch, Supervised};
 use crate::edge::{self, ConnInfo};
 use crate::error::BindError;
 use crate::headers::ClientAddr;
+use crate::metrics::{ListenerMetrics, ProxyMetrics, RejectReason};
 use crate::redirect;
 use crate::router::Router;
+
+/// What a new connection is held to; swapped whole when the limits change.
+pub(crate) struct ConnSettings {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_connections_per_ip: Option<usize>,
+    h2_max_resets: u32,
+}
+
+impl ConnSettings {
+    fn new(limits: &Limits) -> Self {
+        let mut h1 = http1::Builder::new();
+        // Slow heads and idle keep-alive are timed by the connection's own watchdog, which
+        // tells the two apart (hyper's header timer also runs while a connection is idle).
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_header_size(limits.max_header_size)
+            .max_buf_size(limits.max_header_size.max(8192) + 8192);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            // Streams reset before the application sees them (the h2 crate's own guard
+            // against rapid reset); resets after that are counted per connection here.
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(1024));
+        Self {
+            h1,
+            h2,
+            handshake_timeout: limits.handshake_timeout,
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            h2_max_resets: limits.h2_max_resets,
+        }
+    }
+}
 
 /// State shared by every connection; each request reads the router snapshot once.
 pub(crate) struct Shared {
@@ -31,9 +79,9 @@ pub(crate) struct Shared {
     pub(crate) certs: Arc<CertStore>,
     pub(crate) challenges: Arc<Challenges>,
     pub(crate) tls: Arc<ServerConfig>,
-    h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
-    handshake_timeout: Duration,
+    settings: ArcSwap<ConnSettings>,
+    conns: Arc<ConnTracker>,
+    pub(crate) metrics: ProxyMetrics,
     https_port: AtomicU16,
 }
 
@@ -44,10 +92,36 @@ impl Shared {
     }
 }
 
+/// Which edge listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// The TLS listener.
+    Https,
+    /// The plain HTTP listener (redirects, ACME HTTP-01).
+    Http,
+}
+
+impl ListenerKind {
+    fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Https => "https",
+            ListenerKind::Http => "http",
+        }
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
 /// The edge: HTTPS with SNI certificates, and plain HTTP redirects.
 #[derive(Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
+    listeners: Arc<Mutex<HashMap<ListenerKind, Running>>>,
+    drain: Arc<Mutex<Option<Drain>>>,
 }
 
 /// Bound listening sockets, ready to serve.
@@ -79,6 +153,11 @@ impl Listeners {
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
+
+    /// The HTTPS and HTTP sockets, to hand to [`Gateway::listen`].
+    pub fn into_parts(self) -> (TcpListener, Option<TcpListener>) {
+        (self.https, self.http)
+    }
 }
 
 /// Binds a TCP listener, describing failures for a human.
@@ -90,39 +169,41 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, B
 
 impl Gateway {
     /// A gateway serving `router`'s sites with certificates from `certs`, answering ACME
-    /// challenges from `challenges`.
+    /// challenges from `challenges`, recording into `metrics`.
     pub fn new(
         router: Router,
         certs: Arc<CertStore>,
         challenges: Arc<Challenges>,
         limits: &Limits,
+        metrics: ProxyMetrics,
     ) -> Result<Self, rustls::Error> {
         let tls = server_config(certs.clone())?;
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_header_size(limits.max_header_size)
-            .max_buf_size(limits.max_header_size.max(8192) + 8192);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
         Ok(Self {
             shared: Arc::new(Shared {
                 router: ArcSwap::from_pointee(router),
                 certs,
                 challenges,
                 tls,
-                h1,
-                h2,
-                handshake_timeout: limits.handshake_timeout,
+                settings: ArcSwap::from_pointee(ConnSettings::new(limits)),
+                conns: Arc::new(ConnTracker::default()),
+                metrics,
                 https_port: AtomicU16::new(443),
             }),
+            listeners: Arc::new(Mutex::new(HashMap::new())),
+            drain: Arc::new(Mutex::new(Some(Drain::new()))),
         })
     }
 
     /// Replaces the routing table; requests already running finish on the old one.
     pub fn set_router(&self, router: Router) {
         self.shared.router.store(Arc::new(router));
+    }
+
+    /// Applies new limits to connections accepted from now on.
+    pub fn set_limits(&self, limits: &Limits) {
+        self.shared
+            .settings
+            .store(Arc::new(ConnSettings::new(limits)));
     }
 
     /// The current routing table.
@@ -135,44 +216,81 @@ impl Gateway {
         &self.shared.certs
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
-    /// finish for up to `drain_timeout`. Returns true if everything finished in time.
-    pub async fn serve(
-        &self,
-        listeners: Listeners,
-        shutdown: impl Future<Output = ()>,
-        drain_timeout: Duration,
-    ) -> bool {
-        let shared = &self.shared;
-        shared
-            .https_port
-            .store(listeners.https_addr().port(), Ordering::Relaxed);
-        let drain = Drain::new();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let https = tokio::spawn(accept_loop(
-            listeners.https,
-            stop_rx.clone(),
-            drain.watcher(),
-            shared.clone(),
-            Proto::Https,
-        ));
-        let http = listeners.http.map(|l| {
-            tokio::spawn(accept_loop(
-                l,
-                stop_rx.clone(),
-                drain.watcher(),
-                shared.clone(),
-                Proto::Http,
-            ))
-        });
-        shutdown.await;
-        let _ = stop_tx.send(true);
-        let _ = https.await;
-        if let Some(http) = http {
-            let _ = http.await;
+    /// The data path's metrics.
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.shared.metrics
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.conns.open()
+    }
+
+    fn listeners(&self) -> std::sync::MutexGuard<'_, HashMap<ListenerKind, Running>> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts accepting on `listener` as the `kind` listener. A listener of that kind
+    /// already running stops accepting once this one has started; its connections go on.
+    pub fn listen(&self, kind: ListenerKind, listener: TcpListener) {
+        let Some(watcher) = self
+            .drain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Drain::watcher)
+        else {
+            return; // shutting down
+        };
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has a local address");
+        if kind == ListenerKind::Https {
+            self.shared.https_port.store(addr.port(), Ordering::Relaxed);
         }
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            listener,
+            stopped,
+            watcher,
+            self.shared.clone(),
+            kind,
+        ));
+        let previous = self.listeners().insert(kind, Running { addr, stop, task });
+        if let Some(old) = previous {
+            let _ = old.stop.send(true);
+            info!(listener = kind.label(), old = %old.addr, new = %addr, "listener moved");
+        }
+    }
+
+    /// Stops accepting on the `kind` listener, if it runs; its connections go on.
+    pub fn stop_listener(&self, kind: ListenerKind) {
+        if let Some(old) = self.listeners().remove(&kind) {
+            let _ = old.stop.send(true);
+        }
+    }
+
+    /// Where the `kind` listener accepts now.
+    pub fn listener_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.listeners().get(&kind).map(|r| r.addr)
+    }
+
+    /// Stops every listener, then lets in-flight requests finish for up to
+    /// `drain_timeout`. Returns true if everything finished in time.
+    pub async fn shutdown(&self, drain_timeout: Duration) -> bool {
+        let running: Vec<Running> = self.listeners().drain().map(|(_, r)| r).collect();
+        for r in &running {
+            let _ = r.stop.send(true);
+        }
+        for r in running {
+            let _ = r.task.await;
+        }
+        let Some(drain) = self.drain.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return true;
+        };
         info!(
             drain_timeout_s = drain_timeout.as_secs_f64(),
+            open = self.open_connections(),
             "stopped accepting; draining connections"
         );
         match tokio::time::timeout(drain_timeout, drain.drain()).await {
@@ -181,17 +299,29 @@ impl Gateway {
                 true
             }
             Err(_) => {
-                warn!("drain timeout reached; closing the remaining connections");
+                warn!(
+                    open = self.open_connections(),
+                    "drain timeout reached; closing the remaining connections"
+                );
                 false
             }
         }
     }
-}
 
-#[derive(Clone, Copy, Debug)]
-enum Proto {
-    Https,
-    Http,
+    /// Serves `listeners` until `shutdown` completes, then [`shutdown`](Self::shutdown)s.
+    pub async fn serve(
+        &self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+        drain_timeout: Duration,
+    ) -> bool {
+        self.listen(ListenerKind::Https, listeners.https);
+        if let Some(http) = listeners.http {
+            self.listen(ListenerKind::Http, http);
+        }
+        shutdown.await;
+        self.shutdown(drain_timeout).await
+    }
 }
 
 async fn accept_loop(
@@ -199,8 +329,9 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     watcher: DrainWatch,
     shared: Arc<Shared>,
-    proto: Proto,
+    kind: ListenerKind,
 ) {
+    let metrics = shared.metrics.listener(kind.label());
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.changed() => return,
@@ -214,73 +345,183 @@ async fn accept_loop(
                 }
             },
         };
+        let settings = shared.settings.load_full();
+        let permit = match shared.conns.acquire(
+            peer.ip(),
+            settings.max_connections,
+            settings.max_connections_per_ip,
+        ) {
+            Ok(p) => p,
+            Err(reason) => {
+                metrics.rejected(reason);
+                debug!(%peer, ?reason, "connection refused");
+                continue;
+            }
+        };
+        metrics.accepted.inc();
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let watcher = watcher.clone();
-        let span = tracing::debug_span!("conn", %peer, ?proto);
+        let metrics = metrics.clone();
+        let span = tracing::debug_span!("conn", %peer, listener = kind.label());
         tokio::spawn(
             async move {
-                match proto {
-                    Proto::Https => serve_tls(shared, tcp, peer, watcher).await,
-                    Proto::Http => serve_plain(shared, tcp, watcher).await,
+                let open = OpenGuard::new(&metrics, permit);
+                match kind {
+                    ListenerKind::Https => {
+                        serve_tls(&shared, &settings, tcp, peer, watcher, &metrics).await
+                    }
+                    ListenerKind::Http => {
+                        serve_plain(&shared, &settings, tcp, peer, watcher, &metrics).await
+                    }
                 }
+                drop(open);
             }
             .instrument(span),
         );
     }
 }
 
-async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, watcher: DrainWatch) {
-    let tls = match tokio::time::timeout(
-        shared.handshake_timeout,
-        crate::tls_accept::accept(tcp, &shared),
+/// Counts a connection as open while it lives, and holds its place under the caps.
+struct OpenGuard {
+    gauge: prometheus::IntGauge,
+    _permit: ConnPermit,
+}
+
+impl OpenGuard {
+    fn new(metrics: &ListenerMetrics, permit: ConnPermit) -> Self {
+        metrics.open.inc();
+        Self {
+            gauge: metrics.open.clone(),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+async fn serve_tls(
+    shared: &Arc<Shared>,
+    settings: &ConnSettings,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    watcher: DrainWatch,
+    metrics: &ListenerMetrics,
+) {
+    let accepted = tokio::time::timeout(
+        settings.handshake_timeout,
+        crate::tls_accept::accept(tcp, shared),
     )
-    .await
-    {
+    .await;
+    let tls = match accepted {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            shared.metrics.handshake_failed(e.reason());
             debug!(failure = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            shared.metrics.handshake_failed("timeout");
             debug!("TLS handshake timed out");
             return;
         }
     };
     let (_, session) = tls.get_ref();
+    let version = match session.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "other",
+    };
+    shared.metrics.handshake_ok(version);
     let h2 = session.alpn_protocol() == Some(b"h2");
+    let sni = session.server_name().map(Box::from);
+    let clock = Arc::new(ConnClock::new(!h2));
     let conn = Arc::new(ConnInfo {
         peer,
-        sni: session.server_name().map(Box::from),
+        sni,
         client: ClientAddr::new(peer.ip()),
         drain: watcher.clone(),
+        clock: clock.clone(),
+        max_resets: settings.h2_max_resets,
     });
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| edge::handle(shared.clone(), conn.clone(), req))
     };
-    let io = TokioIo::new(tls);
-    let result = if h2 {
-        watcher.watch(shared.h2.serve_connection(io, svc)).await
+    let io = TokioIo::new(ClockedIo::new(tls, clock.clone()));
+    let (header, idle) = (settings.header_read_timeout, settings.idle_timeout);
+    let outcome = if h2 {
+        let conn = settings.h2.serve_connection(io, svc);
+        match watcher.supervise(conn, &clock, header, idle).await {
+            Supervised::Done(r) => Supervised::Done(r.map_err(|e| e.to_string())),
+            Supervised::HeadTimeout => Supervised::HeadTimeout,
+            Supervised::Abusive => Supervised::Abusive,
+        }
     } else {
-        watcher
-            .watch(shared.h1.serve_connection(io, svc).with_upgrades())
-            .await
+        let conn = settings.h1.serve_connection(io, svc).with_upgrades();
+        match watcher.supervise(conn, &clock, header, idle).await {
+            Supervised::Done(r) => Supervised::Done(r.map_err(|e| e.to_string())),
+            Supervised::HeadTimeout => Supervised::HeadTimeout,
+            Supervised::Abusive => Supervised::Abusive,
+        }
     };
-    if let Err(e) = result {
-        debug!(error = %e, "connection ended with an error");
-    }
+    finish(outcome, metrics, peer);
 }
 
-async fn serve_plain(shared: Arc<Shared>, tcp: TcpStream, watcher: DrainWatch) {
+async fn serve_plain(
+    shared: &Arc<Shared>,
+    settings: &ConnSettings,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    watcher: DrainWatch,
+    metrics: &ListenerMetrics,
+) {
+    let clock = Arc::new(ConnClock::new(true));
+    let conn = Arc::new(ConnInfo {
+        peer,
+        sni: None,
+        client: ClientAddr::new(peer.ip()),
+        drain: watcher.clone(),
+        clock: clock.clone(),
+        max_resets: settings.h2_max_resets,
+    });
     let svc = {
         let shared = shared.clone();
-        service_fn(move |req| redirect::handle(shared.clone(), req))
+        service_fn(move |req| redirect::handle(shared.clone(), conn.clone(), req))
     };
-    if let Err(e) = watcher
-        .watch(shared.h1.serve_connection(TokioIo::new(tcp), svc))
+    let io = TokioIo::new(ClockedIo::new(tcp, clock.clone()));
+    let conn = settings.h1.serve_connection(io, svc);
+    let outcome = match watcher
+        .supervise(
+            conn,
+            &clock,
+            settings.header_read_timeout,
+            settings.idle_timeout,
+        )
         .await
     {
-        debug!(error = %e, "connection ended with an error");
+        Supervised::Done(r) => Supervised::Done(r.map_err(|e| e.to_string())),
+        Supervised::HeadTimeout => Supervised::HeadTimeout,
+        Supervised::Abusive => Supervised::Abusive,
+    };
+    finish(outcome, metrics, peer);
+}
+
+fn finish(outcome: Supervised<Result<(), String>>, metrics: &ListenerMetrics, peer: SocketAddr) {
+    match outcome {
+        Supervised::Done(Ok(())) => {}
+        Supervised::Done(Err(e)) => debug!(error = %e, "connection ended with an error"),
+        Supervised::HeadTimeout => {
+            metrics.rejected(RejectReason::HeaderTimeout);
+            debug!("request head too slow; connection closed");
+        }
+        Supervised::Abusive => {
+            metrics.rejected(RejectReason::RapidReset);
+            warn!(%peer, "too many HTTP/2 streams reset by the client; connection closed");
+        }
     }
 }

@@ -27,6 +27,39 @@ pub(crate) enum HandshakeError {
     Tls(#[from] rustls::Error),
 }
 
+impl HandshakeError {
+    /// A fixed label for the `reason` of the handshake failure metric.
+    pub(crate) fn reason(&self) -> &'static str {
+        use rustls::Error;
+        match self {
+            HandshakeError::UnknownSni(_) => "unknown_sni",
+            HandshakeError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => "eof",
+            HandshakeError::Io(e) => match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+                Some(tls) => reason_of(tls),
+                None => "io",
+            },
+            HandshakeError::Tls(e) => reason_of(e),
+        }
+    }
+}
+
+fn reason_of(e: &rustls::Error) -> &'static str {
+    use rustls::{Error, PeerIncompatible};
+    match e {
+        Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon) => "no_shared_cipher",
+        Error::PeerIncompatible(PeerIncompatible::NoKxGroupsInCommon) => "no_shared_group",
+        Error::PeerIncompatible(PeerIncompatible::NoSignatureSchemesInCommon) => {
+            "no_shared_signature"
+        }
+        Error::PeerIncompatible(_) => "incompatible",
+        Error::AlertReceived(_) => "alert_received",
+        Error::InvalidMessage(_)
+        | Error::InappropriateMessage { .. }
+        | Error::InappropriateHandshakeMessage { .. } => "protocol",
+        _ => "other",
+    }
+}
+
 pub(crate) async fn accept(
     mut tcp: TcpStream,
     shared: &Shared,

@@ -6,20 +6,22 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http::uri::Scheme;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Origin, Transport};
 use portcullis_tls::origin_tls_config;
 
+use crate::body::RequestBody;
 use crate::connector::OriginConnector;
+use crate::metrics::{OriginMetrics, ProxyMetrics};
 
 /// A ready-to-use origin.
 pub struct Upstream {
     pub(crate) label: Arc<str>,
     pub(crate) scheme: Scheme,
-    pub(crate) client: Client<OriginConnector, Incoming>,
-    pub(crate) upgrade_client: Client<OriginConnector, Incoming>,
+    pub(crate) client: Client<OriginConnector, RequestBody>,
+    pub(crate) upgrade_client: Client<OriginConnector, RequestBody>,
+    pub(crate) metrics: OriginMetrics,
     pub(crate) response_header_timeout: Duration,
     pub(crate) verify_failure_status: StatusCode,
     origin: Origin,
@@ -35,7 +37,7 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Builds the clients for `origin`; the error says what is wrong with its TLS settings.
-    pub fn new(origin: &Origin) -> Result<Self, String> {
+    pub fn new(origin: &Origin, metrics: &ProxyMetrics) -> Result<Self, String> {
         let connect = origin.timeouts.connect;
         let (scheme, normal, upgrade) = match &origin.transport {
             Transport::Plain => {
@@ -66,6 +68,7 @@ impl Upstream {
             scheme,
             client: client(normal, origin.timeouts.idle),
             upgrade_client: client(upgrade, origin.timeouts.idle),
+            metrics: metrics.origin(&origin.url),
             response_header_timeout: origin.timeouts.response_header,
             verify_failure_status: StatusCode::from_u16(origin.verify_failure_status)
                 .unwrap_or(StatusCode::BAD_GATEWAY),
@@ -80,7 +83,7 @@ impl Upstream {
     }
 }
 
-fn client(connector: OriginConnector, idle: Duration) -> Client<OriginConnector, Incoming> {
+fn client(connector: OriginConnector, idle: Duration) -> Client<OriginConnector, RequestBody> {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle)
         .pool_timer(TokioTimer::new())

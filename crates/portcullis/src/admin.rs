@@ -1,82 +1,41 @@
-//! The admin listener: `/healthz` (the process is alive) and `/readyz` (listeners bound,
-//! config loaded, every site has a certificate).
+//! The admin listener: `GET /healthz` (the process is alive), `GET /readyz` (listeners
+//! bound, config loaded, every site has a certificate), `GET /metrics` (Prometheus text
+//! format) and `POST /reload` (re-read the config file; used by `portcullis reload`).
 
 use std::convert::Infallible;
+use std::fmt::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use portcullis_acme::AcmeManager;
-use portcullis_tls::CertStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// What the readiness check looks at.
-pub(crate) struct AdminState {
-    certs: Arc<CertStore>,
-    acme: Option<Arc<AcmeManager>>,
-}
-
-impl AdminState {
-    pub(crate) fn new(certs: Arc<CertStore>, acme: Option<Arc<AcmeManager>>) -> Self {
-        Self { certs, acme }
-    }
-
-    /// Ready when every site has a certificate to serve. The body lists the sites still
-    /// waiting for ACME, with the last error, whether or not a fallback is being served.
-    fn readiness(&self) -> Result<String, String> {
-        let missing = self.certs.missing();
-        let mut lines = String::new();
-        for (site, error) in self.acme.as_ref().map(|a| a.waiting()).unwrap_or_default() {
-            let serving = if missing.contains(&site) {
-                "no certificate yet"
-            } else {
-                "serving the local fallback"
-            };
-            lines.push_str(&format!(
-                "- site {site}: waiting for its ACME certificate ({serving})"
-            ));
-            if let Some(e) = error {
-                lines.push_str(&format!("; last error: {e}"));
-            }
-            lines.push('\n');
-        }
-        for site in &missing {
-            if !lines.contains(&format!("- site {site}:")) {
-                lines.push_str(&format!("- site {site}: no certificate yet\n"));
-            }
-        }
-        if missing.is_empty() {
-            Ok(lines)
-        } else {
-            Err(lines)
-        }
-    }
-}
+use crate::controller::Controller;
 
 pub(crate) async fn serve(
     listener: TcpListener,
-    state: Arc<AdminState>,
+    controller: Arc<Controller>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let (tcp, _) = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(_) => continue,
             },
         };
-        let state = state.clone();
+        let controller = controller.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                let controller = controller.clone();
+                async move { Ok::<_, Infallible>(route(&controller, &req).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -85,17 +44,73 @@ pub(crate) async fn serve(
     }
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match state.readiness() {
+async fn route(controller: &Arc<Controller>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET | &Method::HEAD, "/readyz") => match readiness(controller) {
             Ok(notes) => text(StatusCode::OK, format!("ready\n{notes}")),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready:\n{why}"),
             ),
         },
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            controller.refresh_metrics().await;
+            let mut resp = text(StatusCode::OK, controller.telemetry.render());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        (&Method::POST, "/reload") => match controller.reload().await {
+            Ok(summary) => {
+                let mut body = format!("reloaded: {} sites\n", summary.sites);
+                for m in &summary.moved_listeners {
+                    let _ = writeln!(body, "listener {m}");
+                }
+                text(StatusCode::OK, body)
+            }
+            Err(problems) => {
+                let body: String = problems.iter().map(|p| format!("{p}\n")).collect();
+                text(StatusCode::UNPROCESSABLE_ENTITY, body)
+            }
+        },
+        (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into()),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Ready when every site has a certificate to serve. The body lists the sites still
+/// waiting for ACME, with the last error, whether or not a fallback is being served.
+fn readiness(controller: &Controller) -> Result<String, String> {
+    let missing = controller.gateway().certs().missing();
+    let mut lines = String::new();
+    let waiting = controller.acme().map(|a| a.waiting()).unwrap_or_default();
+    for (site, error) in waiting {
+        let serving = if missing.contains(&site) {
+            "no certificate yet"
+        } else {
+            "serving the local fallback"
+        };
+        let _ = write!(
+            lines,
+            "- site {site}: waiting for its ACME certificate ({serving})"
+        );
+        if let Some(e) = error {
+            let _ = write!(lines, "; last error: {e}");
+        }
+        lines.push('\n');
+    }
+    for site in &missing {
+        if !lines.contains(&format!("- site {site}:")) {
+            let _ = writeln!(lines, "- site {site}: no certificate yet");
+        }
+    }
+    if missing.is_empty() {
+        Ok(lines)
+    } else {
+        Err(lines)
     }
 }
 

@@ -2,19 +2,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use portcullis_acme::{AcmeManager, AcmeSite};
+use portcullis_acme::{AcmeManager, AcmeSite, AcmeStats};
 use portcullis_config::{Config, HostPattern, Problem, SiteTls};
-use portcullis_proxy::{BindError, Gateway, Listeners, Router};
-use portcullis_tls::{
-    CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteCerts, load_site_certificates,
-};
+use portcullis_proxy::{BindError, Gateway, ListenerKind, Listeners, ProxyMetrics, Router};
+use portcullis_tls::{CertStore, Challenges, LocalCa, SiteCerts, load_site_certificates};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminState};
+use crate::controller::{Controller, Parts};
+use crate::telemetry::Telemetry;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +39,13 @@ pub struct Prepared {
 
 /// Loads certificates and builds the routing table, collecting every problem. With
 /// `local_ca`, `tls: local` sites are issued certificates; without, they are left empty.
-pub fn prepare(config: &Config, local_ca: Option<&LocalCa>) -> Result<Prepared, Vec<Problem>> {
+pub fn prepare(
+    config: &Config,
+    local_ca: Option<&LocalCa>,
+    metrics: &ProxyMetrics,
+) -> Result<Prepared, Vec<Problem>> {
     let certs = load_site_certificates(config, local_ca);
-    let router = Router::build(config);
+    let router = Router::build(config, metrics, None);
     match (certs, router) {
         (Ok(certs), Ok(router)) => Ok(Prepared { certs, router }),
         (certs, router) => Err(certs
@@ -96,28 +99,41 @@ pub fn acme_sites(config: &Config) -> Vec<AcmeSite> {
 
 /// A gateway with its listeners bound, ready to [`run`](App::run).
 pub struct App {
-    gateway: Gateway,
+    controller: Arc<Controller>,
     listeners: Listeners,
     admin: Option<TcpListener>,
-    config: Config,
-    local_ca: Option<Arc<LocalCa>>,
-    acme: Option<Arc<AcmeManager>>,
 }
 
 impl App {
-    /// Validates what the config refers to, then binds every listener.
+    /// Validates what the config refers to, then binds every listener. A gateway started
+    /// this way has no file to reload from.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with(None, config).await
+    }
+
+    /// Loads, validates and binds `path`; `reload` re-reads it.
+    pub async fn start_from_file(path: &Path) -> Result<Self, StartError> {
+        let config = portcullis_config::load(path).map_err(|e| StartError::Config(e.problems()))?;
+        Self::start_with(Some(path.to_owned()), config).await
+    }
+
+    async fn start_with(path: Option<PathBuf>, config: Config) -> Result<Self, StartError> {
         let local_ca = open_local_ca(&config).map_err(|p| StartError::Config(vec![p]))?;
-        let prepared = prepare(&config, local_ca.as_ref()).map_err(StartError::Config)?;
-        for w in &prepared.certs.warnings {
+        let telemetry = Telemetry::new().map_err(|e| {
+            StartError::Config(vec![Problem::new("", format!("metrics setup failed: {e}"))])
+        })?;
+        let Prepared { certs, router } =
+            prepare(&config, local_ca.as_ref(), &telemetry.proxy).map_err(StartError::Config)?;
+        for w in &certs.warnings {
             warn!(key = %w.key, "{}", w.message);
         }
         if let Some(ca) = &local_ca {
             info!(root = %ca.root_cert_path().display(), "local CA in use; trust this root certificate to avoid browser warnings");
         }
         let store = Arc::new(CertStore::new());
-        prepared.certs.publish(&config, &store);
+        certs.publish(&config, &store);
         let challenges = Arc::new(Challenges::new());
+        let acme_stats = Arc::new(AcmeStats::default());
         let sites = acme_sites(&config);
         let acme = (!sites.is_empty()).then(|| {
             let manager = AcmeManager::new(
@@ -126,30 +142,49 @@ impl App {
                 config.listen.http.is_some(),
                 store.clone(),
                 challenges.clone(),
+                acme_stats.clone(),
             );
             // Stored certificates are served before the first connection is accepted.
             manager.load(&sites);
             Arc::new(manager)
         });
-        let gateway = Gateway::new(prepared.router, store, challenges, &config.limits)?;
+        let gateway = Gateway::new(
+            router,
+            store,
+            challenges.clone(),
+            &config.limits,
+            telemetry.proxy.clone(),
+        )?;
         let listeners = Listeners::bind(&config.listen).await?;
         let admin = match config.admin.listen {
             Some(addr) => Some(portcullis_proxy::bind("admin", addr).await?),
             None => None,
         };
-        Ok(Self {
+        let controller = Arc::new(Controller::new(Parts {
+            path,
+            config,
             gateway,
+            challenges,
+            telemetry,
+            local_ca,
+            acme,
+            acme_stats,
+        }));
+        Ok(Self {
+            controller,
             listeners,
             admin,
-            config,
-            local_ca: local_ca.map(Arc::new),
-            acme,
         })
     }
 
+    /// The control plane: configuration, reload, ACME.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
     /// The ACME manager, when some site uses `tls: acme`.
-    pub fn acme(&self) -> Option<&Arc<AcmeManager>> {
-        self.acme.as_ref()
+    pub fn acme(&self) -> Option<Arc<AcmeManager>> {
+        self.controller.acme()
     }
 
     /// Address of the HTTPS listener.
@@ -169,92 +204,51 @@ impl App {
 
     /// The running gateway (to swap routes or certificates).
     pub fn gateway(&self) -> &Gateway {
-        &self.gateway
+        self.controller.gateway()
     }
 
-    /// Serves until `shutdown` completes, then drains for up to the configured drain
-    /// timeout. Returns true if every connection finished in time.
+    /// Serves until `shutdown` completes, then drains for up to the drain timeout in force.
+    /// Returns true if every connection finished in time.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let App {
-            gateway,
+            controller,
             listeners,
             admin,
-            config,
-            local_ca,
-            acme,
         } = self;
         let or_off = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let sites = controller.config().await.sites.len();
         info!(
             https = %listeners.https_addr(),
             http = %or_off(listeners.http_addr()),
             admin = %or_off(admin.as_ref().and_then(|l| l.local_addr().ok())),
-            sites = config.sites.len(),
+            sites,
             "portcullis is serving"
         );
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let admin_task = admin.map(|listener| {
-            let state = Arc::new(AdminState::new(gateway.certs().clone(), acme.clone()));
-            tokio::spawn(admin::serve(listener, state, stop_rx.clone()))
-        });
-        let renew_task = local_ca.map(|ca| {
-            tokio::spawn(renew_local_certificates(
-                config.clone(),
-                ca,
-                gateway.certs().clone(),
-                LOCAL_RENEW_INTERVAL,
-            ))
-        });
-        let acme_task = acme.map(|manager| tokio::spawn(manager.run(stop_rx.clone())));
-        let drained = gateway
-            .serve(listeners, shutdown, config.shutdown.drain_timeout)
-            .await;
-        let _ = stop_tx.send(true);
-        if let Some(task) = admin_task {
-            let _ = task.await;
+        let gateway = controller.gateway().clone();
+        let (https, http) = listeners.into_parts();
+        gateway.listen(ListenerKind::Https, https);
+        if let Some(http) = http {
+            gateway.listen(ListenerKind::Http, http);
         }
-        if let Some(task) = renew_task {
-            task.abort();
+        controller.start_tasks(admin).await;
+        let watcher = controller.watch_file();
+        shutdown.await;
+        if let Some(w) = watcher {
+            w.abort();
         }
-        if let Some(task) = acme_task {
-            let _ = task.await;
-        }
+        // The drain timeout in force now, after any reloads.
+        let drain_timeout = controller.config().await.shutdown.drain_timeout;
+        let drained = gateway.shutdown(drain_timeout).await;
+        controller.stop_tasks().await;
         drained
-    }
-}
-
-/// How often local certificates are re-issued: well inside their validity.
-const LOCAL_RENEW_INTERVAL: Duration = Duration::from_secs(LOCAL_LEAF_VALIDITY.as_secs() / 7);
-
-/// Re-issues the certificates of `tls: local` sites every `every`, forever.
-async fn renew_local_certificates(
-    config: Config,
-    ca: Arc<LocalCa>,
-    store: Arc<CertStore>,
-    every: Duration,
-) {
-    loop {
-        tokio::time::sleep(every).await;
-        reissue_local(&config, &ca, &store);
-    }
-}
-
-/// Issues a fresh certificate for every `tls: local` site and swaps it in. (An ACME site's
-/// local fallback is not renewed: by then ACME has long replaced it, or the fallback keeps
-/// the certificate it started with.)
-fn reissue_local(config: &Config, ca: &LocalCa, store: &CertStore) {
-    for site in config.sites.iter().filter(|s| s.tls == SiteTls::Local) {
-        match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {
-            Ok(cert) => {
-                store.set_certificate(&site.name, cert);
-            }
-            Err(e) => warn!(site = %site.name, error = %e, "cannot re-issue local certificate"),
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::controller::reissue_local;
 
     #[test]
     fn local_certificates_are_reissued_into_the_store() {
@@ -266,7 +260,7 @@ mod tests {
         );
         let config = portcullis_config::parse(&yaml, dir.path()).unwrap();
         let ca = open_local_ca(&config).unwrap().unwrap();
-        let prepared = prepare(&config, Some(&ca)).unwrap();
+        let prepared = prepare(&config, Some(&ca), &ProxyMetrics::unregistered()).unwrap();
         let store = CertStore::new();
         prepared.certs.publish(&config, &store);
         let before = store.certificate("a.localhost").unwrap();

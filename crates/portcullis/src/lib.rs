@@ -4,12 +4,17 @@
 mod admin;
 mod app;
 mod certs_cmd;
+mod controller;
 mod logging;
 mod proxy_cmd;
+mod reload_cmd;
 mod summary;
+mod telemetry;
 
 pub use app::{App, Prepared, StartError, acme_sites, open_local_ca, prepare};
 pub use certs_cmd::render as render_certs;
+pub use controller::{Controller, ReloadSummary};
 pub use logging::{LogFormat, init as init_logging};
 pub use proxy_cmd::{ProxyArgs, config as proxy_config};
+pub use reload_cmd::{ReloadOutcome, admin_address, request_reload};
 pub use summary::render as render_summary;

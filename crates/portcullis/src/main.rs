@@ -40,6 +40,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the running gateway to reload its config file (through its admin listener).
+    Reload {
+        /// The YAML config file (read for the admin address).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List every name's certificate: source, issuer, expiry, next renewal, last error.
     Certs {
         /// The YAML config file.
@@ -90,10 +96,8 @@ fn main() -> ExitCode {
                 }
                 Err(code) => code,
             },
-            Command::Run { config } => match load(&config) {
-                Ok(c) => run(c).await,
-                Err(code) => code,
-            },
+            Command::Run { config } => run(App::start_from_file(&config).await).await,
+            Command::Reload { config } => reload(&config).await,
             Command::Proxy {
                 from,
                 to,
@@ -109,7 +113,7 @@ fn main() -> ExitCode {
                     admin,
                 };
                 match portcullis::proxy_config(&args) {
-                    Ok(c) => run(c).await,
+                    Ok(c) => run(App::start(c).await).await,
                     Err(problems) => report(&problems),
                 }
             }
@@ -138,7 +142,11 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match portcullis::prepare(&config, None) {
+    match portcullis::prepare(
+        &config,
+        None,
+        &portcullis_proxy::ProxyMetrics::unregistered(),
+    ) {
         Ok(prepared) => {
             print!("{}", portcullis::render_summary(&config, &prepared.certs));
             for w in &prepared.certs.warnings {
@@ -151,8 +159,32 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
-    let app = match App::start(config).await {
+async fn reload(config: &std::path::Path) -> ExitCode {
+    let outcome = match portcullis::admin_address(config) {
+        Ok(addr) => portcullis::request_reload(addr).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(portcullis::ReloadOutcome::Reloaded(summary)) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Ok(portcullis::ReloadOutcome::Refused(problems)) => {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            eprintln!("reload refused; the gateway keeps its current configuration");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(started: Result<App, StartError>) -> ExitCode {
+    let app = match started {
         Ok(app) => app,
         Err(StartError::Config(problems)) => return report(&problems),
         Err(e) => {
@@ -160,8 +192,21 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let controller = app.controller().clone();
+    let hangups = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with `portcullis reload`");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading");
+            let _ = controller.reload().await;
+        }
+    });
     // A drain that ran out of time has already been logged; stopping is still a success.
     app.run(shutdown_signal()).await;
+    hangups.abort();
     ExitCode::SUCCESS
 }
 

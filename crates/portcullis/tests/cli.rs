@@ -90,7 +90,7 @@ fn help_lists_the_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "check", "certs", "proxy", "help"],
+        ["run", "check", "reload", "certs", "proxy", "help"],
         "stdout:\n{}",
         out.stdout
     );

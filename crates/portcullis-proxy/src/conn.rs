@@ -1,0 +1,306 @@
+//! Per-connection bookkeeping: the connection caps (total and per client IP), the clock that
+//! tells an idle keep-alive connection from one still sending its request head, and the
+//! HTTP/2 reset counter that cuts off rapid-reset floods.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::metrics::RejectReason;
+
+/// Counts open client connections, in total and per IP.
+#[derive(Debug, Default)]
+pub(crate) struct ConnTracker {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Held while a connection is open; gives its place back when dropped.
+#[derive(Debug)]
+pub(crate) struct ConnPermit {
+    tracker: Arc<ConnTracker>,
+    ip: IpAddr,
+}
+
+impl ConnTracker {
+    /// Takes a place for a connection from `ip`, unless a cap is reached.
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: Option<usize>,
+    ) -> Result<ConnPermit, RejectReason> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(RejectReason::MaxConnections);
+        }
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if max_per_ip.is_some_and(|max| *n >= max) {
+            drop(per_ip);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(RejectReason::MaxConnectionsPerIp);
+        }
+        *n += 1;
+        Ok(ConnPermit {
+            tracker: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .tracker
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        self.tracker.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `head_since` when no request head is being read.
+const NONE: u64 = u64::MAX;
+
+/// What a connection is doing, in milliseconds since it was accepted.
+#[derive(Debug)]
+pub(crate) struct ConnClock {
+    start: Instant,
+    /// Requests whose responses are not finished yet.
+    inflight: AtomicU32,
+    /// When the current request head started arriving (HTTP/1.1 only), or `NONE`.
+    head_since: AtomicU64,
+    /// When the connection last became idle.
+    idle_since: AtomicU64,
+    /// HTTP/1.1: a read while idle starts a request head.
+    tracks_heads: bool,
+    /// Client-reset streams in the current 10 s window, and when the window began.
+    resets: Mutex<(u64, u32)>,
+    /// Woken when the connection must be cut off (reset flood).
+    pub(crate) abuse: Notify,
+}
+
+/// Why the watchdog fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// A request head took longer than `header_read_timeout`.
+    Head,
+    /// Idle for `idle_timeout`.
+    Idle,
+}
+
+impl ConnClock {
+    /// A clock for a new connection. An HTTP/1.1 connection starts as if reading a head, so
+    /// a client that connects and says nothing gets `header_read_timeout`, not the idle time.
+    pub(crate) fn new(http1: bool) -> Self {
+        Self {
+            start: Instant::now(),
+            inflight: AtomicU32::new(0),
+            head_since: AtomicU64::new(if http1 { 0 } else { NONE }),
+            idle_since: AtomicU64::new(0),
+            tracks_heads: http1,
+            resets: Mutex::new((0, 0)),
+            abuse: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn on_read(&self) {
+        if self.tracks_heads
+            && self.inflight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == NONE
+        {
+            self.head_since.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// A request's head has arrived and is being handled.
+    pub(crate) fn begin_request(&self) {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(NONE, Ordering::Release);
+    }
+
+    /// A response has been sent (or abandoned).
+    pub(crate) fn end_request(&self) {
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// Counts a stream the client cancelled; true when the limit per 10 s is exceeded.
+    pub(crate) fn note_reset(&self, limit: u32) -> bool {
+        let now = self.now_ms();
+        let mut r = self.resets.lock().unwrap_or_else(|e| e.into_inner());
+        if now.saturating_sub(r.0) > 10_000 {
+            *r = (now, 0);
+        }
+        r.1 += 1;
+        r.1 > limit
+    }
+
+    /// Resolves when the connection has been idle for `idle`, or (HTTP/1.1) a request head
+    /// has taken longer than `header`.
+    pub(crate) async fn watchdog(&self, header: Duration, idle: Duration) -> Expired {
+        let (header, idle) = (header.as_millis() as u64, idle.as_millis() as u64);
+        loop {
+            let now = self.now_ms();
+            let head = self.head_since.load(Ordering::Acquire);
+            let (deadline, kind) = if self.inflight.load(Ordering::Acquire) > 0 {
+                (now + idle, None)
+            } else if head != NONE {
+                (head + header, Some(Expired::Head))
+            } else {
+                (
+                    self.idle_since.load(Ordering::Acquire) + idle,
+                    Some(Expired::Idle),
+                )
+            };
+            match kind {
+                Some(kind) if now >= deadline => return kind,
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now).max(1)))
+                        .await
+                }
+            }
+        }
+    }
+}
+
+/// A client stream that tells the connection clock when bytes arrive.
+pub(crate) struct ClockedIo<T> {
+    inner: T,
+    clock: Arc<ConnClock>,
+}
+
+impl<T> ClockedIo<T> {
+    pub(crate) fn new(inner: T, clock: Arc<ConnClock>) -> Self {
+        Self { inner, clock }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClockedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.clock.on_read();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClockedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_total_and_per_ip_and_give_places_back() {
+        let t = Arc::new(ConnTracker::default());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let p1 = t.acquire(a, 3, Some(2)).unwrap();
+        let _p2 = t.acquire(a, 3, Some(2)).unwrap();
+        assert!(matches!(
+            t.acquire(a, 3, Some(2)),
+            Err(RejectReason::MaxConnectionsPerIp)
+        ));
+        let _p3 = t.acquire(b, 3, Some(2)).unwrap();
+        assert!(matches!(
+            t.acquire(b, 3, Some(2)),
+            Err(RejectReason::MaxConnections)
+        ));
+        assert_eq!(t.open(), 3);
+        drop(p1);
+        assert_eq!(t.open(), 2);
+        assert!(t.acquire(a, 3, Some(2)).is_ok());
+        assert!(t.acquire(a, 10, None).is_ok());
+    }
+
+    #[test]
+    fn resets_are_counted_per_window() {
+        let c = ConnClock::new(false);
+        for _ in 0..5 {
+            assert!(!c.note_reset(5));
+        }
+        assert!(c.note_reset(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_tells_slow_heads_from_idle_connections() {
+        let (header, idle) = (Duration::from_secs(10), Duration::from_secs(60));
+        // A new HTTP/1.1 connection that sends nothing: the head timeout.
+        let c = ConnClock::new(true);
+        assert_eq!(c.watchdog(header, idle).await, Expired::Head);
+        // After a request, idle until the idle timeout.
+        let c = ConnClock::new(true);
+        c.begin_request();
+        c.end_request();
+        let started = tokio::time::Instant::now();
+        assert_eq!(c.watchdog(header, idle).await, Expired::Idle);
+        assert!(started.elapsed() >= idle);
+        // HTTP/2 never has a head phase.
+        let c = ConnClock::new(false);
+        c.on_read();
+        assert_eq!(c.watchdog(header, idle).await, Expired::Idle);
+    }
+}

@@ -1,0 +1,268 @@
+//! Every Portcullis metric: the names (one catalogue for the whole gateway), and the data
+//! path's own metrics, registered into a registry the caller passes in.
+//!
+//! Labels are bounded by the configuration, never by what clients send: `site` (a site's
+//! name), `route` (a route's path), `origin` (an origin URL as written), `code` (a status
+//! class such as `2xx`), `listener`, and fixed sets of reasons.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// Metric names, in one place (`docs/metrics.md` is the catalogue).
+pub mod names {
+    /// Requests answered, by `site`, `route`, `code` (status class).
+    pub const HTTP_REQUESTS: &str = "portcullis_http_requests_total";
+    /// Request duration, first byte in to last byte out, by `site`, `route`.
+    pub const HTTP_REQUEST_DURATION: &str = "portcullis_http_request_duration_seconds";
+    /// Requests sent to origins, by `origin`.
+    pub const ORIGIN_REQUESTS: &str = "portcullis_origin_requests_total";
+    /// Failed origin requests, by `origin`, `kind` (connect, timeout, tls, reset).
+    pub const ORIGIN_ERRORS: &str = "portcullis_origin_errors_total";
+    /// Time from sending a request to an origin to its response headers, by `origin`.
+    pub const ORIGIN_DURATION: &str = "portcullis_origin_response_duration_seconds";
+    /// Client connections open now, by `listener`.
+    pub const CONNECTIONS_OPEN: &str = "portcullis_connections_open";
+    /// Client connections accepted, by `listener`.
+    pub const CONNECTIONS: &str = "portcullis_connections_total";
+    /// Client connections refused or cut off, by `listener`, `reason`.
+    pub const CONNECTIONS_REJECTED: &str = "portcullis_connections_rejected_total";
+    /// TLS handshakes, by `result` (ok, failed) and `version`.
+    pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
+    /// Failed TLS handshakes, by `reason`.
+    pub const TLS_HANDSHAKE_FAILURES: &str = "portcullis_tls_handshake_failures_total";
+    /// Certificate expiry, Unix seconds, by `site`, `source` (file, local, acme).
+    pub const CERTIFICATE_NOT_AFTER: &str = "portcullis_certificate_not_after_timestamp_seconds";
+    /// ACME orders, by `result` (success, failure).
+    pub const ACME_ORDERS: &str = "portcullis_acme_orders_total";
+    /// Last ACME issuance, Unix seconds (0 if none yet).
+    pub const ACME_LAST_SUCCESS: &str = "portcullis_acme_last_success_timestamp_seconds";
+    /// Configuration reloads, by `result` (success, failure).
+    pub const CONFIG_RELOADS: &str = "portcullis_config_reloads_total";
+    /// Last successful configuration load, Unix seconds.
+    pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
+        "portcullis_config_last_reload_success_timestamp_seconds";
+}
+
+/// Why a connection was refused or cut off (the `reason` label).
+#[derive(Debug, Clone, Copy)]
+pub enum RejectReason {
+    /// `limits.max_connections` reached.
+    MaxConnections,
+    /// `limits.max_connections_per_ip` reached.
+    MaxConnectionsPerIp,
+    /// The request head did not arrive within `limits.header_read_timeout`.
+    HeaderTimeout,
+    /// Too many HTTP/2 streams reset by the client (`limits.h2_max_resets`).
+    RapidReset,
+}
+
+impl RejectReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::HeaderTimeout => "header_timeout",
+            Self::RapidReset => "h2_rapid_reset",
+        }
+    }
+}
+
+/// Latency buckets, in seconds: 1 ms to 1 min.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The data path's metrics.
+#[derive(Debug, Clone)]
+pub struct ProxyMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    origin_requests: IntCounterVec,
+    origin_errors: IntCounterVec,
+    origin_duration: HistogramVec,
+    connections_open: IntGaugeVec,
+    connections: IntCounterVec,
+    rejected: IntCounterVec,
+    handshakes: IntCounterVec,
+    handshake_failures: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    c: T,
+) -> prometheus::Result<T> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl ProxyMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                    labels,
+                )?,
+            )
+        };
+        Ok(Self {
+            requests: counter(
+                names::HTTP_REQUESTS,
+                "HTTP requests answered, by site, route and status class.",
+                &["site", "route", "code"],
+            )?,
+            duration: histogram(
+                names::HTTP_REQUEST_DURATION,
+                "Time from a request's arrival to the end of its response.",
+                &["site", "route"],
+            )?,
+            origin_requests: counter(
+                names::ORIGIN_REQUESTS,
+                "Requests forwarded to origins.",
+                &["origin"],
+            )?,
+            origin_errors: counter(
+                names::ORIGIN_ERRORS,
+                "Origin requests that failed, by kind: connect, timeout, tls, reset.",
+                &["origin", "kind"],
+            )?,
+            origin_duration: histogram(
+                names::ORIGIN_DURATION,
+                "Time from sending a request to an origin to receiving its response headers.",
+                &["origin"],
+            )?,
+            connections_open: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(names::CONNECTIONS_OPEN, "Client connections open now."),
+                    &["listener"],
+                )?,
+            )?,
+            connections: counter(
+                names::CONNECTIONS,
+                "Client connections accepted.",
+                &["listener"],
+            )?,
+            rejected: counter(
+                names::CONNECTIONS_REJECTED,
+                "Client connections refused or cut off by a limit.",
+                &["listener", "reason"],
+            )?,
+            handshakes: counter(
+                names::TLS_HANDSHAKES,
+                "TLS handshakes, by result and protocol version.",
+                &["result", "version"],
+            )?,
+            handshake_failures: counter(
+                names::TLS_HANDSHAKE_FAILURES,
+                "Failed TLS handshakes, by reason.",
+                &["reason"],
+            )?,
+        })
+    }
+
+    /// Metrics with a private registry, for tests and tools that do not export them.
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("a fresh registry accepts every metric")
+    }
+
+    pub(crate) fn route(&self, site: &str, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.requests.with_label_values(&[site, route, c])),
+            duration: self.duration.with_label_values(&[site, route]),
+        }
+    }
+
+    /// Requests that matched no site (400, 421) are counted under site `-`.
+    pub(crate) fn unrouted(&self) -> RouteMetrics {
+        self.route("-", "-")
+    }
+
+    pub(crate) fn origin(&self, origin: &str) -> OriginMetrics {
+        OriginMetrics {
+            requests: self.origin_requests.with_label_values(&[origin]),
+            errors: ["connect", "timeout", "tls", "reset"]
+                .map(|k| self.origin_errors.with_label_values(&[origin, k])),
+            duration: self.origin_duration.with_label_values(&[origin]),
+        }
+    }
+
+    pub(crate) fn listener(&self, listener: &'static str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.connections_open.with_label_values(&[listener]),
+            accepted: self.connections.with_label_values(&[listener]),
+            rejected: self.rejected.clone(),
+            listener,
+        }
+    }
+
+    pub(crate) fn handshake_ok(&self, version: &str) {
+        self.handshakes.with_label_values(&["ok", version]).inc();
+    }
+
+    pub(crate) fn handshake_failed(&self, reason: &str) {
+        self.handshakes
+            .with_label_values(&["failed", "unknown"])
+            .inc();
+        self.handshake_failures.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Handles for one route, resolved when the router is built so a request only increments.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteMetrics {
+    by_class: [IntCounter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub(crate) fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+/// Handles for one origin.
+#[derive(Debug, Clone)]
+pub(crate) struct OriginMetrics {
+    pub(crate) requests: IntCounter,
+    errors: [IntCounter; 4],
+    pub(crate) duration: Histogram,
+}
+
+impl OriginMetrics {
+    pub(crate) fn error(&self, kind: &str) {
+        let i = match kind {
+            "connect" => 0,
+            "timeout" => 1,
+            "tls" => 2,
+            _ => 3,
+        };
+        self.errors[i].inc();
+    }
+}
+
+/// Handles for one listener.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerMetrics {
+    pub(crate) open: prometheus::IntGauge,
+    pub(crate) accepted: IntCounter,
+    rejected: IntCounterVec,
+    listener: &'static str,
+}
+
+impl ListenerMetrics {
+    pub(crate) fn rejected(&self, reason: RejectReason) {
+        self.rejected
+            .with_label_values(&[self.listener, reason.label()])
+            .inc();
+    }
+}
