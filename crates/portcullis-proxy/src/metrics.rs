@@ -42,6 +42,25 @@ pub mod names {
     /// Last successful configuration load, Unix seconds.
     pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
         "portcullis_config_last_reload_success_timestamp_seconds";
+
+    /// Every name above.
+    pub const ALL: &[&str] = &[
+        HTTP_REQUESTS,
+        HTTP_REQUEST_DURATION,
+        ORIGIN_REQUESTS,
+        ORIGIN_ERRORS,
+        ORIGIN_DURATION,
+        CONNECTIONS_OPEN,
+        CONNECTIONS,
+        CONNECTIONS_REJECTED,
+        TLS_HANDSHAKES,
+        TLS_HANDSHAKE_FAILURES,
+        CERTIFICATE_NOT_AFTER,
+        ACME_ORDERS,
+        ACME_LAST_SUCCESS,
+        CONFIG_RELOADS,
+        CONFIG_LAST_RELOAD_SUCCESS,
+    ];
 }
 
 /// Why a connection was refused or cut off (the `reason` label).

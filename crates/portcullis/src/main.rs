@@ -76,6 +76,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     portcullis::init_logging(cli.log_format);
     portcullis_tls::install_default_provider();
+    // Every connection is a file descriptor; the usual soft limit of 1024 is far too low
+    // for an edge. Raise it to the hard limit, as nginx's worker_rlimit_nofile would.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
