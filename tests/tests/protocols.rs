@@ -11,7 +11,7 @@ use http::{Method, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use portcullis_tests::{
-    ClientBody, Conn, GatewayBuilder, Resp, TestCa, TestGateway, TestOrigin, bytes, collect,
+    ClientBody, Conn, GatewayBuilder, Resp, TestCa, TestGateway, TestOrigin, bytes, collect, wait,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -180,6 +180,15 @@ async fn websocket_echoes_through_the_gateway_beside_ordinary_requests() {
         );
         assert_eq!(plain_resp.status, 200);
         assert_eq!(plain_resp.text(), "ok GET /alongside");
+
+        // The tunnel still counts as an open client connection (for the caps and the
+        // connections_open gauge) after its HTTP connection handed it over.
+        wait::until(
+            Duration::from_secs(10),
+            "only the tunnel to stay open",
+            || async { (gw.gateway.open_connections() == 1).then_some(()) },
+        )
+        .await;
 
         // The tunnel is still open after the other request finished.
         let big = "x".repeat(100_000);

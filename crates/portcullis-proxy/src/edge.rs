@@ -30,11 +30,14 @@ pub(crate) struct ConnInfo {
     pub(crate) sni: Option<Box<str>>,
     pub(crate) client: ClientAddr,
     /// Upgraded tunnels hold a copy so a drain waits for them too.
-    pub(crate) drain: crate::drain::DrainWatch,
+    pub(crate) _drain: crate::drain::DrainWatch,
     /// Tracks requests in flight, idle time and client resets.
     pub(crate) clock: Arc<ConnClock>,
     /// `limits.h2_max_resets` when the connection was made.
     pub(crate) max_resets: u32,
+    /// Keeps the connection counted (and its place under the caps) while anything uses
+    /// it, an upgraded tunnel included.
+    pub(crate) _open: crate::server::OpenGuard,
 }
 
 /// Handles one request from a TLS client.
@@ -68,7 +71,7 @@ pub(crate) async fn handle(
 
 async fn dispatch(
     router: &Router,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     req: Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Response<ProxyBody> {
@@ -178,7 +181,7 @@ struct Target<'a> {
 
 async fn forward(
     upstream: &Upstream,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     target: Target<'_>,
 ) -> Response<ProxyBody> {
@@ -289,7 +292,7 @@ async fn forward(
     match (switching, client_upgrade) {
         (true, Some(client_side)) => {
             let origin_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_side, origin_side, conn.drain.clone()));
+            tokio::spawn(tunnel(client_side, origin_side, conn.clone()));
             headers::strip_hop_by_hop(resp.headers_mut(), true);
         }
         _ => headers::strip_hop_by_hop(resp.headers_mut(), false),
@@ -301,7 +304,8 @@ async fn forward(
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     origin: hyper::upgrade::OnUpgrade,
-    _drain: crate::drain::DrainWatch,
+    // Holds the drain token and the connection's place under the caps until it closes.
+    _conn: Arc<ConnInfo>,
 ) {
     let (client, origin) = match tokio::join!(client, origin) {
         (Ok(c), Ok(o)) => (c, o),

@@ -369,13 +369,12 @@ async fn accept_loop(
                 let open = OpenGuard::new(&metrics, permit);
                 match kind {
                     ListenerKind::Https => {
-                        serve_tls(&shared, &settings, tcp, peer, watcher, &metrics).await
+                        serve_tls(&shared, &settings, tcp, peer, watcher, &metrics, open).await
                     }
                     ListenerKind::Http => {
-                        serve_plain(&shared, &settings, tcp, peer, watcher, &metrics).await
+                        serve_plain(&shared, &settings, tcp, peer, watcher, &metrics, open).await
                     }
                 }
-                drop(open);
             }
             .instrument(span),
         );
@@ -383,7 +382,8 @@ async fn accept_loop(
 }
 
 /// Counts a connection as open while it lives, and holds its place under the caps.
-struct OpenGuard {
+#[derive(Debug)]
+pub(crate) struct OpenGuard {
     gauge: prometheus::IntGauge,
     _permit: ConnPermit,
 }
@@ -411,6 +411,7 @@ async fn serve_tls(
     peer: SocketAddr,
     watcher: DrainWatch,
     metrics: &ListenerMetrics,
+    open: OpenGuard,
 ) {
     let accepted = tokio::time::timeout(
         settings.handshake_timeout,
@@ -444,9 +445,10 @@ async fn serve_tls(
         peer,
         sni,
         client: ClientAddr::new(peer.ip()),
-        drain: watcher.clone(),
+        _drain: watcher.clone(),
         clock: clock.clone(),
         max_resets: settings.h2_max_resets,
+        _open: open,
     });
     let svc = {
         let shared = shared.clone();
@@ -479,15 +481,17 @@ async fn serve_plain(
     peer: SocketAddr,
     watcher: DrainWatch,
     metrics: &ListenerMetrics,
+    open: OpenGuard,
 ) {
     let clock = Arc::new(ConnClock::new(true));
     let conn = Arc::new(ConnInfo {
         peer,
         sni: None,
         client: ClientAddr::new(peer.ip()),
-        drain: watcher.clone(),
+        _drain: watcher.clone(),
         clock: clock.clone(),
         max_resets: settings.h2_max_resets,
+        _open: open,
     });
     let svc = {
         let shared = shared.clone();
