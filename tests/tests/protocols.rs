@@ -181,15 +181,6 @@ async fn websocket_echoes_through_the_gateway_beside_ordinary_requests() {
         assert_eq!(plain_resp.status, 200);
         assert_eq!(plain_resp.text(), "ok GET /alongside");
 
-        // The tunnel still counts as an open client connection (for the caps and the
-        // connections_open gauge) after its HTTP connection handed it over.
-        wait::until(
-            Duration::from_secs(10),
-            "only the tunnel to stay open",
-            || async { (gw.gateway.open_connections() == 1).then_some(()) },
-        )
-        .await;
-
         // The tunnel is still open after the other request finished.
         let big = "x".repeat(100_000);
         within(url, ws.send(Message::text(big.clone())))
@@ -284,4 +275,55 @@ async fn large_bodies_stream_both_ways_on_h1_and_h2() {
             assert!(down.body.iter().all(|&b| b == b'x'), "{what}");
         }
     }
+}
+
+/// After the switch the socket belongs to the tunnel: it stays counted as an open client
+/// connection (for the caps and the gauge) and the idle timeout, which is about HTTP
+/// keep-alive, does not close it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_stays_counted_and_outlives_the_idle_timeout() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let b = GatewayBuilder::new().set("limits", "{idle_timeout: 1s, header_read_timeout: 1s}");
+    let (cert, key) = edge.leaf(&["a.test"]).write(b.dir(), "a");
+    let gw = b
+        .site(&format!(
+            "{{hosts: [a.test], tls: {{cert: '{}', key: '{}'}}, origin: 'http://{}'}}",
+            cert.display(),
+            key.display(),
+            origin.addr
+        ))
+        .start()
+        .await;
+    let stream = gw
+        .client(&edge.root_der)
+        .tls("a.test", true, &["http/1.1"])
+        .await
+        .unwrap();
+    let (mut ws, _) = within(
+        "ws",
+        tokio_tungstenite::client_async("wss://a.test/ws", stream),
+    )
+    .await
+    .unwrap();
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    let mut rounds = 0;
+    while std::time::Instant::now() < until {
+        assert_eq!(gw.gateway.open_connections(), 1, "round {rounds}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        within("echo", ws.send(Message::text("still here")))
+            .await
+            .unwrap();
+        let back = within("echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(back, Message::text("still here"));
+        rounds += 1;
+    }
+    assert!(rounds >= 5);
+    drop(ws);
+    wait::until(
+        Duration::from_secs(10),
+        "the tunnel to be released",
+        || async { (gw.gateway.open_connections() == 0).then_some(()) },
+    )
+    .await;
 }
