@@ -105,9 +105,7 @@ impl GatewayBuilder {
     /// Starts the gateway from the written config file.
     pub async fn try_start(self) -> Result<TestGateway, StartError> {
         let path = self.write_config();
-        let config =
-            portcullis_config::load(&path).map_err(|e| StartError::Config(e.problems()))?;
-        let app = App::start(config).await?;
+        let app = App::start_from_file(&path).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let https = app.https_addr();
         let http = app.http_addr();

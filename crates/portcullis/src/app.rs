@@ -108,16 +108,21 @@ impl App {
     /// Validates what the config refers to, then binds every listener. A gateway started
     /// this way has no file to reload from.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        Self::start_with(None, config).await
+        Self::start_with(None, None, config).await
     }
 
     /// Loads, validates and binds `path`; `reload` re-reads it.
     pub async fn start_from_file(path: &Path) -> Result<Self, StartError> {
+        let loaded = std::fs::read(path).ok();
         let config = portcullis_config::load(path).map_err(|e| StartError::Config(e.problems()))?;
-        Self::start_with(Some(path.to_owned()), config).await
+        Self::start_with(Some(path.to_owned()), loaded, config).await
     }
 
-    async fn start_with(path: Option<PathBuf>, config: Config) -> Result<Self, StartError> {
+    async fn start_with(
+        path: Option<PathBuf>,
+        loaded: Option<Vec<u8>>,
+        config: Config,
+    ) -> Result<Self, StartError> {
         let local_ca = open_local_ca(&config).map_err(|p| StartError::Config(vec![p]))?;
         let telemetry = Telemetry::new().map_err(|e| {
             StartError::Config(vec![Problem::new("", format!("metrics setup failed: {e}"))])
@@ -162,6 +167,7 @@ impl App {
         };
         let controller = Arc::new(Controller::new(Parts {
             path,
+            loaded,
             config,
             gateway,
             challenges,

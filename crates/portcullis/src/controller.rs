@@ -68,11 +68,16 @@ pub struct Controller {
     acme_stats: Arc<AcmeStats>,
     acme: ArcSwapOption<AcmeManager>,
     state: tokio::sync::Mutex<State>,
+    /// The config file's content as last loaded (or tried), so the watcher reacts only to
+    /// edits made since.
+    loaded: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 /// Everything a controller starts from.
 pub(crate) struct Parts {
     pub(crate) path: Option<PathBuf>,
+    /// The file's content as it was loaded.
+    pub(crate) loaded: Option<Vec<u8>>,
     pub(crate) config: Config,
     pub(crate) gateway: Gateway,
     pub(crate) challenges: Arc<Challenges>,
@@ -95,6 +100,7 @@ impl Controller {
     pub(crate) fn new(parts: Parts) -> Self {
         let Parts {
             path,
+            loaded,
             config,
             gateway,
             challenges,
@@ -110,6 +116,7 @@ impl Controller {
             telemetry,
             acme_stats,
             acme: ArcSwapOption::new(acme.clone()),
+            loaded: std::sync::Mutex::new(loaded),
             state: tokio::sync::Mutex::new(State {
                 config,
                 local_ca: local_ca.map(Arc::new),
@@ -211,6 +218,7 @@ impl Controller {
         path: &std::path::Path,
     ) -> Result<ReloadSummary, Vec<Problem>> {
         // 1. Everything that can fail, with nothing applied yet.
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = std::fs::read(path).ok();
         let new = portcullis_config::load(path).map_err(|e| e.problems())?;
         let old = &st.config;
         let local_ca = if new.tls.local_ca_dir == old.tls.local_ca_dir && st.local_ca.is_some() {
@@ -360,10 +368,10 @@ impl Controller {
         let path = self.path.clone()?;
         let me = self.clone();
         Some(tokio::spawn(async move {
-            let mut last = std::fs::read(&path).ok();
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
                 let now = std::fs::read(&path).ok();
+                let last = me.loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if now.is_none() || now == last {
                     continue; // gone for a moment (an editor's rename) or unchanged
                 }
@@ -373,7 +381,6 @@ impl Controller {
                 if settled != now {
                     continue;
                 }
-                last = settled;
                 info!(config = %path.display(), "config file changed; reloading");
                 let _ = me.reload().await;
             }

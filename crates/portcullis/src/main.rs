@@ -93,6 +93,9 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Installed before anything starts, so a SIGHUP never meets the default action
+        // (which would end the process).
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         match cli.command {
             Command::Check { config } => check(&config),
             Command::Certs { config } => match load(&config) {
@@ -102,7 +105,7 @@ fn main() -> ExitCode {
                 }
                 Err(code) => code,
             },
-            Command::Run { config } => run(App::start_from_file(&config).await).await,
+            Command::Run { config } => run(App::start_from_file(&config).await, hangup).await,
             Command::Reload { config } => reload(&config).await,
             Command::Proxy {
                 from,
@@ -119,7 +122,7 @@ fn main() -> ExitCode {
                     admin,
                 };
                 match portcullis::proxy_config(&args) {
-                    Ok(c) => run(App::start(c).await).await,
+                    Ok(c) => run(App::start(c).await, hangup).await,
                     Err(problems) => report(&problems),
                 }
             }
@@ -189,7 +192,10 @@ async fn reload(config: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(started: Result<App, StartError>) -> ExitCode {
+async fn run(
+    started: Result<App, StartError>,
+    hangup: Option<tokio::signal::unix::Signal>,
+) -> ExitCode {
     let app = match started {
         Ok(app) => app,
         Err(StartError::Config(problems)) => return report(&problems),
@@ -200,8 +206,7 @@ async fn run(started: Result<App, StartError>) -> ExitCode {
     };
     let controller = app.controller().clone();
     let hangups = tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Some(mut hup) = hangup else {
             tracing::warn!("cannot listen for SIGHUP; reload with `portcullis reload`");
             return;
         };
