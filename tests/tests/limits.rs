@@ -644,3 +644,65 @@ async fn request_bodies_over_the_limit_get_413() {
     let resp = upload(&client, "plain.test", chunked(8192)).await;
     assert_eq!(resp.status, 413, "{}", resp.text());
 }
+
+/// A raw HTTP/2 client (the `h2` crate) sending HEADERS and RST_STREAM back to back, as the
+/// CVE-2023-44487 attack does: whichever guard trips first (h2's own for streams reset
+/// before they are accepted, or the gateway's count of abandoned requests), the connection
+/// is closed and counted, and others are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_raw_headers_then_reset_flood_is_cut_off_and_counted() {
+    let ca = TestCa::new("limits CA");
+    let origin = TestOrigin::http().await;
+    let gw = gateway(
+        &ca,
+        "{h2_max_resets: 100}",
+        &format!("origin: http://{}", origin.addr),
+    )
+    .await;
+    let client = gw.client(&ca.root_der);
+    let tls = client.tls(HOST, true, &["h2"]).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut sent = 0;
+    for i in 0..10_000 {
+        let req = Request::get(format!("https://{HOST}/slow/5000?flood={i}"))
+            .body(())
+            .unwrap();
+        match sender.send_request(req, true) {
+            Ok((_response, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+        if i % 64 == 0 {
+            tokio::task::yield_now().await;
+            if driver.is_finished() {
+                break;
+            }
+        }
+    }
+    let ended = within(
+        Duration::from_secs(10),
+        "the flooding connection to end",
+        driver,
+    )
+    .await
+    .unwrap();
+    assert!(
+        ended.is_err(),
+        "the connection should end with an error, not cleanly"
+    );
+    assert!(sent < 10_000, "the gateway never stopped the flood");
+    wait::until(Duration::from_secs(10), "the cut-off counted", || async {
+        let n = metric(
+            gw.admin.unwrap(),
+            "portcullis_connections_rejected_total",
+            &[("listener", "https"), ("reason", "h2_rapid_reset")],
+        )
+        .await;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(client.get(HOST, "/after").await.text(), "ok GET /after");
+}

@@ -459,6 +459,9 @@ async fn serve_tls(
     let outcome = if h2 {
         let conn = settings.h2.serve_connection(io, svc);
         match watcher.supervise(conn, &clock, header, idle).await {
+            // The h2 crate's own guard (streams reset before they were accepted) ends the
+            // connection with ENHANCE_YOUR_CALM: the same abuse, counted the same way.
+            Supervised::Done(Err(e)) if calmed_down(&e) => Supervised::Abusive,
             Supervised::Done(r) => Supervised::Done(r.map_err(|e| e.to_string())),
             Supervised::HeadTimeout => Supervised::HeadTimeout,
             Supervised::Abusive => Supervised::Abusive,
@@ -472,6 +475,18 @@ async fn serve_tls(
         }
     };
     finish(outcome, metrics, peer);
+}
+
+/// Whether an HTTP/2 connection ended because the client had to be told to calm down.
+fn calmed_down(err: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        source = e.source();
+    }
+    false
 }
 
 async fn serve_plain(
