@@ -99,6 +99,17 @@ impl DrainWatch {
     }
 }
 
+impl<T, E: std::fmt::Display> Supervised<Result<T, E>> {
+    /// The same outcome with the connection's error as text.
+    pub(crate) fn err_to_string(self) -> Supervised<Result<T, String>> {
+        match self {
+            Supervised::Done(r) => Supervised::Done(r.map_err(|e| e.to_string())),
+            Supervised::HeadTimeout => Supervised::HeadTimeout,
+            Supervised::Abusive => Supervised::Abusive,
+        }
+    }
+}
+
 /// How a supervised connection ended.
 pub(crate) enum Supervised<T> {
     /// It finished (or closed gracefully); its own result.

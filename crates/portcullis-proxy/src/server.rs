@@ -462,17 +462,14 @@ async fn serve_tls(
             // The h2 crate's own guard (streams reset before they were accepted) ends the
             // connection with ENHANCE_YOUR_CALM: the same abuse, counted the same way.
             Supervised::Done(Err(e)) if calmed_down(&e) => Supervised::Abusive,
-            Supervised::Done(r) => Supervised::Done(r.map_err(|e| e.to_string())),
-            Supervised::HeadTimeout => Supervised::HeadTimeout,
-            Supervised::Abusive => Supervised::Abusive,
+            other => other.err_to_string(),
         }
     } else {
         let conn = settings.h1.serve_connection(io, svc).with_upgrades();
-        match watcher.supervise(conn, &clock, header, idle).await {
-            Supervised::Done(r) => Supervised::Done(r.map_err(|e| e.to_string())),
-            Supervised::HeadTimeout => Supervised::HeadTimeout,
-            Supervised::Abusive => Supervised::Abusive,
-        }
+        watcher
+            .supervise(conn, &clock, header, idle)
+            .await
+            .err_to_string()
     };
     finish(outcome, metrics, peer);
 }
@@ -514,19 +511,11 @@ async fn serve_plain(
     };
     let io = TokioIo::new(ClockedIo::new(tcp, clock.clone()));
     let conn = settings.h1.serve_connection(io, svc);
-    let outcome = match watcher
-        .supervise(
-            conn,
-            &clock,
-            settings.header_read_timeout,
-            settings.idle_timeout,
-        )
+    let (header, idle) = (settings.header_read_timeout, settings.idle_timeout);
+    let outcome = watcher
+        .supervise(conn, &clock, header, idle)
         .await
-    {
-        Supervised::Done(r) => Supervised::Done(r.map_err(|e| e.to_string())),
-        Supervised::HeadTimeout => Supervised::HeadTimeout,
-        Supervised::Abusive => Supervised::Abusive,
-    };
+        .err_to_string();
     finish(outcome, metrics, peer);
 }
 
