@@ -13,6 +13,7 @@ mod edge;
 mod error;
 mod headers;
 pub mod metrics;
+mod proxy_protocol;
 mod redirect;
 mod router;
 mod server;
@@ -22,6 +23,9 @@ mod upstream;
 pub use body::{ACCESS_LOG_TARGET, ProxyBody};
 pub use error::{BindError, OriginError, OriginFailureKind};
 pub use metrics::ProxyMetrics;
+pub use proxy_protocol::{
+    Parsed, ProxyAddrs, ProxyHeader, ProxyProtocolError, encode_v1, encode_v2, parse, read_header,
+};
 pub use router::Router;
 pub use server::{Gateway, ListenerKind, Listeners, bind};
 pub use upstream::Upstream;
