@@ -1,11 +1,13 @@
 //! Test harness for Portcullis: a test CA, origins on 127.0.0.1:0 (HTTP/1.1, h2, TLS,
 //! mTLS, WebSocket), the real gateway run in-process from a YAML config, a TLS client with
-//! control over SNI and ALPN, and a runner for the gateway as a separate process.
+//! control over SNI and ALPN, a gRPC service and client (h2c and TLS origins), and a runner
+//! for the gateway as a separate process.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod ca;
 mod client;
 mod gateway;
+pub mod grpc;
 pub mod logs;
 mod origin;
 mod pebble;

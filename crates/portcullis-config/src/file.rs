@@ -16,6 +16,14 @@ use crate::units::{de_duration, de_size};
 pub(crate) struct ListenFile {
     pub https: Option<String>,
     pub http: Option<String>,
+    pub proxy_protocol: Option<ListenProxyProtocolFile>,
+}
+
+/// `listen.proxy_protocol: { trusted: [CIDR, ...] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenProxyProtocolFile {
+    pub trusted: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,7 +203,7 @@ impl<'de> Deserialize<'de> for OriginFile {
         .map(|v| {
             OriginFile(match v {
                 StringOr::String(url) => OriginMapFile {
-                    url,
+                    url: Some(url),
                     ..OriginMapFile::default()
                 },
                 StringOr::Map(m) => m,
@@ -207,7 +215,8 @@ impl<'de> Deserialize<'de> for OriginFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OriginMapFile {
-    pub url: String,
+    pub url: Option<String>,
+    pub servers: Option<Vec<ServerFile>>,
     pub mode: Option<ModeFile>,
     pub ca: Option<PathBuf>,
     pub server_name: Option<String>,
@@ -215,6 +224,117 @@ pub(crate) struct OriginMapFile {
     #[serde(default)]
     pub timeouts: OriginTimeoutsFile,
     pub verify_failure_status: Option<u16>,
+    pub balance: Option<BalanceFile>,
+    pub hash: Option<HashFile>,
+    #[serde(default)]
+    pub health: HealthFile,
+    pub retries: Option<RetriesFile>,
+    pub proxy_protocol: Option<String>,
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+/// One of an origin's `servers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerFile {
+    pub url: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BalanceFile {
+    RoundRobin,
+    LeastRequests,
+    RandomTwo,
+    Hash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HashKeyFile {
+    Header,
+    Cookie,
+    ClientIp,
+}
+
+/// `hash: { key: header, name: X-User }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HashFile {
+    pub key: HashKeyFile,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HealthFile {
+    pub active: Option<ActiveHealthFile>,
+    pub passive: Option<PassiveHealthFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ActiveHealthFile {
+    pub path: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Option<Duration>,
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Option<Duration>,
+    pub expect: Option<CodeOrText>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+/// `passive: off`, or the map.
+#[derive(Debug)]
+pub(crate) enum PassiveHealthFile {
+    Keyword(String),
+    Map(PassiveHealthMapFile),
+}
+
+impl<'de> Deserialize<'de> for PassiveHealthFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_map(d, "`off`, or a map with `failures`, `window`, `eject`").map(|v| match v {
+            StringOr::String(s) => PassiveHealthFile::Keyword(s),
+            StringOr::Map(m) => PassiveHealthFile::Map(m),
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PassiveHealthMapFile {
+    pub failures: Option<u32>,
+    #[serde(deserialize_with = "de_duration")]
+    pub window: Option<Duration>,
+    #[serde(deserialize_with = "de_duration")]
+    pub eject: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RetriesFile {
+    pub attempts: Option<u32>,
+    pub on: Option<Vec<CodeOrText>>,
+    pub budget: Option<NumberOrText>,
+}
+
+/// A status code or a word (`502`, `connect`, `200-399`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum CodeOrText {
+    Code(u16),
+    Text(String),
+}
+
+/// `20%` or `0.2`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum NumberOrText {
+    Number(f64),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

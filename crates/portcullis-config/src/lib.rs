@@ -13,9 +13,11 @@ mod validate;
 
 pub use error::{Error, Problem, Result};
 pub use host::{HostMap, HostPattern, strip_port};
+pub use ipnet::IpNet;
 pub use model::{
-    Acme, Action, Admin, CertKey, Challenge, Config, Eab, Hsts, Limits, Listen, Mode, Origin,
-    OriginTimeouts, OriginTls, Respond, Route, Shutdown, Site, SiteTls, TlsSettings, Transport,
+    Acme, Action, ActiveHealth, Admin, Balance, CertKey, Challenge, Config, Eab, HashKey, Health,
+    Hsts, Limits, Listen, Mode, Origin, OriginServer, OriginTimeouts, OriginTls, PassiveHealth,
+    ProxyProtocolVersion, Respond, Retries, Route, Shutdown, Site, SiteTls, TlsSettings, Transport,
     Verify, defaults,
 };
 pub use units::{parse_duration, parse_size};

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use ipnet::IpNet;
+
 use crate::host::HostPattern;
 
 /// A whole, valid configuration.
@@ -28,6 +30,9 @@ pub struct Config {
     pub storage: PathBuf,
     /// The sites, in file order.
     pub sites: Vec<Site>,
+    /// Peers whose `X-Forwarded-For` and `Forwarded` headers are kept and appended to;
+    /// from anyone else they are replaced.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// ACME settings (used by `tls: acme` sites).
@@ -88,6 +93,9 @@ pub struct Listen {
     /// Plain HTTP listener for redirects and ACME HTTP-01 (default `0.0.0.0:80`), or `None`
     /// when set to `off`.
     pub http: Option<SocketAddr>,
+    /// Peers that must open each connection with a PROXY protocol header (v1 or v2),
+    /// whose addresses then stand for the client's. Empty: PROXY protocol is not accepted.
+    pub proxy_protocol_trusted: Vec<IpNet>,
 }
 
 /// Admin listener.
@@ -238,7 +246,7 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Forward to an origin.
-    Proxy(Origin),
+    Proxy(Box<Origin>),
     /// Answer directly.
     Respond(Respond),
 }
@@ -254,21 +262,131 @@ pub struct Respond {
     pub content_type: Option<String>,
 }
 
-/// An origin server and how to reach it.
+/// An origin: one or more servers, how to reach them, and how to share requests among
+/// them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Origin {
-    /// The URL as written, for logs and summaries.
+    /// The URL as written (`url`), or the servers' URLs joined by `, `, for logs and
+    /// summaries.
+    pub url: String,
+    /// The servers, in file order (one for the `url` form).
+    pub servers: Vec<OriginServer>,
+    /// Plaintext or TLS, and how TLS is verified (the same for every server).
+    pub transport: Transport,
+    /// How a server is picked for a request.
+    pub balance: Balance,
+    /// Active and passive health checking.
+    pub health: Health,
+    /// When a failed request is tried again on another server.
+    pub retries: Retries,
+    /// Timeouts towards this origin.
+    pub timeouts: OriginTimeouts,
+    /// Send a PROXY protocol header on each new connection to a server.
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// HTTP/2 with prior knowledge to a plaintext origin (gRPC).
+    pub h2c: bool,
+    /// Status returned when strict verification of the origin fails (502 or 526).
+    pub verify_failure_status: u16,
+}
+
+/// One server of an origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginServer {
+    /// The URL as written; also the `origin` label of its metrics.
     pub url: String,
     /// Host to connect to (name or IP, IPv6 without brackets).
     pub host: String,
     /// Port to connect to.
     pub port: u16,
-    /// Plaintext or TLS, and how TLS is verified.
-    pub transport: Transport,
-    /// Timeouts towards this origin.
-    pub timeouts: OriginTimeouts,
-    /// Status returned when strict verification of the origin fails (502 or 526).
-    pub verify_failure_status: u16,
+    /// Share of requests relative to the other servers (default 1).
+    pub weight: u32,
+}
+
+/// How requests are shared among an origin's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted round robin, smooth (no bursts to one server).
+    RoundRobin,
+    /// The server with the fewest requests in flight, relative to its weight.
+    LeastRequests,
+    /// Two servers picked at random, the one with fewer requests in flight wins.
+    RandomTwo,
+    /// Consistent (rendezvous) hashing of a request key: a key stays on one server, and
+    /// only the keys of a removed server move.
+    Hash(HashKey),
+}
+
+/// What `balance: hash` hashes. A request without the key is balanced round robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header's value (name lowercase).
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+/// Health checking of an origin's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Periodic requests to each server.
+    pub active: Option<ActiveHealth>,
+    /// Ejection after failures seen on real traffic.
+    pub passive: Option<PassiveHealth>,
+}
+
+/// `health.active`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveHealth {
+    /// Path requested (with the first site host as `Host`), default `/`.
+    pub path: String,
+    /// Time between checks of one server (default 5 s).
+    pub interval: Duration,
+    /// Time a check may take (default 2 s).
+    pub timeout: Duration,
+    /// Statuses that count as healthy, inclusive (default 200–399).
+    pub expect: (u16, u16),
+    /// Good checks in a row that bring a down server back (default 2).
+    pub rise: u32,
+    /// Failed checks in a row that take a server down (default 3).
+    pub fall: u32,
+}
+
+/// `health.passive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Failures within `window` that eject a server (default 5).
+    pub failures: u32,
+    /// Window the failures are counted in (default 10 s).
+    pub window: Duration,
+    /// How long an ejected server stays out (default 30 s).
+    pub eject: Duration,
+}
+
+/// `retries`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retries {
+    /// Tries after the first (0: never retry).
+    pub attempts: u32,
+    /// Retry when a connection to a server cannot be made (any method: nothing was sent).
+    pub on_connect: bool,
+    /// Retry when a connection breaks before the response (idempotent methods only).
+    pub on_reset: bool,
+    /// Retry on these response statuses (idempotent methods only).
+    pub on_status: Vec<u16>,
+    /// Retries allowed as a fraction of requests (over 10 s; a few per second are always
+    /// allowed), so a sick origin is not hit by a retry storm.
+    pub budget: f64,
+}
+
+/// PROXY protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
 }
 
 impl Origin {
@@ -318,8 +436,9 @@ pub enum Transport {
 /// TLS towards an origin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OriginTls {
-    /// Name sent as SNI and verified in strict mode (default: the URL's host).
-    pub server_name: String,
+    /// Name sent as SNI and verified in strict mode, for every server (`None`: each
+    /// server's own host).
+    pub server_name: Option<String>,
     /// How the origin's certificate is checked.
     pub verify: Verify,
     /// Client certificate for authenticated origin pulls.
@@ -397,6 +516,22 @@ pub mod defaults {
     pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
     /// `origin.timeouts.idle`.
     pub const ORIGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+    /// `health.active.interval`.
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    /// `health.active.timeout`.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    /// `health.active.rise`.
+    pub const HEALTH_RISE: u32 = 2;
+    /// `health.active.fall`.
+    pub const HEALTH_FALL: u32 = 3;
+    /// `health.passive.failures`.
+    pub const PASSIVE_FAILURES: u32 = 5;
+    /// `health.passive.window`.
+    pub const PASSIVE_WINDOW: Duration = Duration::from_secs(10);
+    /// `health.passive.eject`.
+    pub const PASSIVE_EJECT: Duration = Duration::from_secs(30);
+    /// `retries.budget`.
+    pub const RETRY_BUDGET: f64 = 0.2;
     /// `hsts.max_age` when `hsts: true`.
     pub const HSTS_MAX_AGE: Duration = Duration::from_secs(31_536_000);
 }

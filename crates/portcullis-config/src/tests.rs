@@ -1,3 +1,5 @@
+mod origins;
+
 use std::path::Path;
 
 use super::*;
@@ -45,7 +47,7 @@ fn minimal_config_gets_defaults() {
         panic!("expected an origin")
     };
     assert_eq!(
-        (o.host.as_str(), o.port, o.mode()),
+        (o.servers[0].host.as_str(), o.servers[0].port, o.mode()),
         ("127.0.0.1", 3000, Mode::Flexible)
     );
     assert_eq!(o.timeouts.connect, defaults::CONNECT_TIMEOUT);
@@ -107,7 +109,7 @@ sites:
     let Transport::Tls(tls) = &o.transport else {
         panic!()
     };
-    assert_eq!(tls.server_name, "app.internal");
+    assert_eq!(tls.server_name.as_deref(), Some("app.internal"));
     assert!(matches!(tls.verify, Verify::Roots(ref r) if r.len() == 1));
     assert!(tls.client_cert.is_some());
     let paths: Vec<_> = site.routes.iter().map(|r| r.path.as_str()).collect();
@@ -115,7 +117,10 @@ sites:
     let Action::Proxy(v6) = &site.routes[1].action else {
         panic!()
     };
-    assert_eq!((v6.host.as_str(), v6.mode()), ("::1", Mode::Strict));
+    assert_eq!(
+        (v6.servers[0].host.as_str(), v6.mode()),
+        ("::1", Mode::Strict)
+    );
 }
 
 /// Each broken config must be refused with a message that names the exact key.

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
@@ -17,7 +18,15 @@ mod origin;
 mod site;
 
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen", "admin", "tls", "limits", "shutdown", "acme", "storage", "sites",
+    "listen",
+    "admin",
+    "tls",
+    "limits",
+    "shutdown",
+    "acme",
+    "storage",
+    "trusted_proxies",
+    "sites",
 ];
 
 /// Reads and validates the config file at `path`. Relative paths inside it are resolved
@@ -125,6 +134,7 @@ impl Validator<'_> {
             }
         }
         let mut take = |k: &str| map.remove(k).unwrap_or(Value::Null);
+        let trusted_proxies = take("trusted_proxies");
         let (listen, admin, tls, limits, shutdown, acme, storage, sites) = (
             take("listen"),
             take("admin"),
@@ -170,6 +180,9 @@ impl Validator<'_> {
         let storage = self
             .section::<Option<PathBuf>>(storage, "storage")
             .map(|p| self.resolve(&p.unwrap_or_else(|| PathBuf::from(defaults::STORAGE))));
+        let trusted_proxies = self
+            .section::<Option<Vec<String>>>(trusted_proxies, "trusted_proxies")
+            .map(|list| self.cidrs(&list.unwrap_or_default(), "trusted_proxies"));
         let sites = self.sites(sites);
 
         if let (Some(listen), Some(admin)) = (&listen, &admin) {
@@ -187,7 +200,27 @@ impl Validator<'_> {
             acme: acme?,
             storage: storage?,
             sites: sites?,
+            trusted_proxies: trusted_proxies?,
         })
+    }
+
+    /// `10.0.0.0/8`, `2001:db8::/32`, or one address.
+    fn cidrs(&mut self, list: &[String], key: &str) -> Vec<IpNet> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, text) in list.iter().enumerate() {
+            let text = text.trim();
+            match text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.err(
+                    format!("{key}[{i}]"),
+                    format!("`{text}` is not an address or a CIDR range such as `10.0.0.0/8`"),
+                ),
+            }
+        }
+        out
     }
 
     fn listen(&mut self, f: ListenFile) -> Option<Listen> {
@@ -201,9 +234,21 @@ impl Validator<'_> {
                 .addr(other.unwrap_or(defaults::HTTP), "listen.http")
                 .map(Some),
         };
+        let proxy_protocol_trusted = match f.proxy_protocol {
+            Some(pp) if pp.trusted.is_empty() => {
+                self.err(
+                    "listen.proxy_protocol.trusted",
+                    "list the load balancers allowed to send PROXY headers",
+                );
+                Vec::new()
+            }
+            Some(pp) => self.cidrs(&pp.trusted, "listen.proxy_protocol.trusted"),
+            None => Vec::new(),
+        };
         Some(Listen {
             https: https?,
             http: http?,
+            proxy_protocol_trusted,
         })
     }
 

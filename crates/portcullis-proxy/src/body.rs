@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 
 use crate::edge::ConnInfo;
 use crate::metrics::RouteMetrics;
+use crate::upstream::InFlight;
 
 /// `tracing` target of access log lines; filter it with `RUST_LOG=portcullis::access=off`.
 pub const ACCESS_LOG_TARGET: &str = "portcullis::access";
@@ -27,6 +28,8 @@ pub const ACCESS_LOG_TARGET: &str = "portcullis::access";
 pub struct ProxyBody {
     kind: Kind,
     exchange: Option<Exchange>,
+    /// Counts the origin server's request in flight until the response is finished.
+    _in_flight: Option<InFlight>,
 }
 
 #[derive(Debug)]
@@ -47,13 +50,16 @@ impl ProxyBody {
         Self {
             kind: Kind::Bytes((!b.is_empty()).then_some(b)),
             exchange: None,
+            _in_flight: None,
         }
     }
 
-    pub(crate) fn origin(body: Incoming) -> Self {
+    /// An origin's response body; `in_flight` is released when it ends.
+    pub(crate) fn origin(body: Incoming, in_flight: Option<InFlight>) -> Self {
         Self {
             kind: Kind::Origin(body),
             exchange: None,
+            _in_flight: in_flight,
         }
     }
 

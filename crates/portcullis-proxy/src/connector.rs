@@ -1,6 +1,9 @@
-//! Opens connections to one origin: TCP with a deadline, then TLS when the mode asks for it.
-//! The URI the pool hands in is ignored; each origin has its own connector and address, so
-//! the pool key can carry the client's Host while the socket goes to the origin.
+//! Opens connections to one origin server: TCP with a deadline, a PROXY protocol header when
+//! the origin wants one, then TLS when the mode asks for it. Each server has its own
+//! connector and address, so the URI the pool hands in only keys the pool: normally it
+//! carries the client's Host; for PROXY protocol origins it carries the client's and the
+//! listener's addresses (see [`pool_authority`]), so connections are never shared between
+//! clients and the connector knows what header to write.
 
 use std::future::Future;
 use std::io;
@@ -9,17 +12,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::{IpAddr, SocketAddr};
+
 use http::Uri;
+use http::uri::Authority;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use portcullis_config::ProxyProtocolVersion;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::error::{OriginError, OriginFailureKind};
+use crate::proxy_protocol::{ProxyAddrs, encode_v1, encode_v2};
 
 #[derive(Clone)]
 pub(crate) struct OriginConnector {
@@ -31,6 +39,7 @@ struct Target {
     port: u16,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     connect_timeout: Duration,
+    proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 impl OriginConnector {
@@ -39,6 +48,7 @@ impl OriginConnector {
         port: u16,
         tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
         connect_timeout: Duration,
+        proxy_protocol: Option<ProxyProtocolVersion>,
     ) -> Self {
         Self {
             target: Arc::new(Target {
@@ -46,7 +56,74 @@ impl OriginConnector {
                 port,
                 tls,
                 connect_timeout,
+                proxy_protocol,
             }),
+        }
+    }
+}
+
+/// The pool key of a PROXY protocol origin's connections for one client: both addresses,
+/// as a host name (`<source ip hex>.<port>.<destination ip hex>.<port>.pp`).
+pub(crate) fn pool_authority(addrs: &ProxyAddrs) -> Option<Authority> {
+    let hex = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4
+            .octets()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        IpAddr::V6(v6) => v6
+            .octets()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    };
+    let (s, d) = (addrs.source, addrs.destination);
+    Authority::try_from(format!(
+        "{}.{}.{}.{}.pp",
+        hex(s.ip()),
+        s.port(),
+        hex(d.ip()),
+        d.port()
+    ))
+    .ok()
+}
+
+/// The addresses [`pool_authority`] put in a URI, if it holds any.
+fn addrs_from(uri: &Uri) -> Option<ProxyAddrs> {
+    let host = uri.host()?.strip_suffix(".pp")?;
+    let mut parts = host.split('.');
+    let mut addr = || -> Option<SocketAddr> {
+        let hex = parts.next()?;
+        let port = parts.next()?.parse().ok()?;
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        let ip = match bytes.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+            16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+            _ => return None,
+        };
+        Some(SocketAddr::new(ip, port))
+    };
+    Some(ProxyAddrs {
+        source: addr()?,
+        destination: addr()?,
+    })
+}
+
+/// The PROXY header for a connection: the client's addresses, or `LOCAL` for the gateway's
+/// own connections (health checks).
+fn proxy_header(version: ProxyProtocolVersion, addrs: Option<&ProxyAddrs>) -> Vec<u8> {
+    match (version, addrs) {
+        (ProxyProtocolVersion::V1, Some(a)) => encode_v1(a),
+        (ProxyProtocolVersion::V2, Some(a)) => encode_v2(a),
+        (ProxyProtocolVersion::V1, None) => b"PROXY UNKNOWN\r\n".to_vec(),
+        (ProxyProtocolVersion::V2, None) => {
+            let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            // Version 2, command LOCAL, no addresses.
+            h.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+            h
         }
     }
 }
@@ -60,10 +137,13 @@ impl tower_service::Service<Uri> for OriginConnector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _uri: Uri) -> Self::Future {
+    fn call(&mut self, uri: Uri) -> Self::Future {
         let target = self.target.clone();
+        let header = target
+            .proxy_protocol
+            .map(|v| proxy_header(v, addrs_from(&uri).as_ref()));
         Box::pin(async move {
-            match tokio::time::timeout(target.connect_timeout, connect(&target)).await {
+            match tokio::time::timeout(target.connect_timeout, connect(&target, header)).await {
                 Ok(result) => result.map(TokioIo::new),
                 Err(_) => Err(OriginError::new(
                     OriginFailureKind::ConnectTimeout,
@@ -77,9 +157,17 @@ impl tower_service::Service<Uri> for OriginConnector {
     }
 }
 
-async fn connect(target: &Target) -> Result<OriginStream, OriginError> {
-    let tcp = connect_tcp(target).await?;
+async fn connect(target: &Target, header: Option<Vec<u8>>) -> Result<OriginStream, OriginError> {
+    let mut tcp = connect_tcp(target).await?;
     let _ = tcp.set_nodelay(true);
+    if let Some(header) = header {
+        tcp.write_all(&header).await.map_err(|e| {
+            OriginError::new(
+                OriginFailureKind::Connect,
+                format!("PROXY header to {}:{}: {e}", target.host, target.port),
+            )
+        })?;
+    }
     let Some((config, name)) = &target.tls else {
         return Ok(OriginStream::Plain(tcp));
     };
@@ -215,5 +303,33 @@ impl AsyncWrite for OriginStream {
             OriginStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             OriginStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_addresses_survive_the_pool_key() {
+        for (s, d) in [
+            ("203.0.113.7:51234", "192.0.2.1:443"),
+            ("[2001:db8::7]:1", "[::1]:8443"),
+        ] {
+            let addrs = ProxyAddrs {
+                source: s.parse().unwrap(),
+                destination: d.parse().unwrap(),
+            };
+            let authority = pool_authority(&addrs).unwrap();
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query("/")
+                .build()
+                .unwrap();
+            assert_eq!(addrs_from(&uri), Some(addrs));
+        }
+        let plain: Uri = "http://example.com/".parse().unwrap();
+        assert_eq!(addrs_from(&plain), None);
     }
 }

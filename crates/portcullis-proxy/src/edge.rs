@@ -16,16 +16,22 @@ use tracing::{debug, warn};
 
 use crate::body::{AccessLog, Exchange, ProxyBody, RequestBody};
 use crate::conn::ConnClock;
-use crate::error::OriginError;
+use crate::connector::pool_authority;
+use crate::error::{OriginError, OriginFailureKind};
+use crate::grpc;
 use crate::headers::{self, ClientAddr};
+use crate::proxy_protocol::ProxyAddrs;
+use crate::replay::{ReplayBody, Replayable};
 use crate::router::{Fixed, Handler, Router};
 use crate::server::Shared;
-use crate::upstream::Upstream;
+use crate::upstream::{InFlight, Upstream};
 
 /// What the edge knows about one client connection.
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: std::net::SocketAddr,
+    /// The listener's address this connection came in on.
+    pub(crate) local: std::net::SocketAddr,
     /// The SNI the client sent, lowercase (rustls normalises it).
     pub(crate) sni: Option<Box<str>>,
     pub(crate) client: ClientAddr,
@@ -62,7 +68,11 @@ pub(crate) async fn handle(
     // Dropped here without a response if the client gives up on the request.
     let mut exchange = Exchange::begin(conn.clone(), log);
     let router = shared.router.load_full();
+    let grpc = grpc::is_grpc(req.headers());
     let mut resp = dispatch(&router, &conn, req, &mut exchange).await;
+    if grpc {
+        grpc::convert_gateway_error(&mut resp);
+    }
     exchange.status = resp.status().as_u16();
     exchange.responded = true;
     resp.body_mut().attach(exchange);
@@ -118,16 +128,13 @@ async fn dispatch(
     let mut resp = match matched.handler {
         Handler::Respond(fixed) => fixed_response(fixed),
         Handler::Proxy(upstream) => {
-            if let Some(log) = exchange.log.as_deref_mut() {
-                log.origin = Some(upstream.label.clone());
-            }
             let target = Target {
                 authority,
                 strip: matched.strip,
                 max_body: site.max_body,
                 site: &site.name,
             };
-            forward(upstream, conn, req, target).await
+            forward(upstream, conn, req, target, exchange.log.as_deref_mut()).await
         }
     };
     add_hsts(&mut resp, site.hsts.as_ref());
@@ -164,6 +171,7 @@ pub(crate) fn fixed_response(fixed: &Fixed) -> Response<ProxyBody> {
 pub(crate) fn error_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::bytes(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(grpc::GatewayError(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -184,6 +192,7 @@ async fn forward(
     conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     target: Target<'_>,
+    log: Option<&mut AccessLog>,
 ) -> Response<ProxyBody> {
     let Target {
         authority,
@@ -225,9 +234,21 @@ async fn forward(
         parts.version,
         upgrade,
     );
+    let key = upstream.hash_key(&parts.headers, conn.peer.ip());
+    // The pool is keyed by the URI's authority: the client's Host normally; for PROXY
+    // protocol origins the client's own addresses, so its connections are its own.
+    let pool_key = if upstream.proxy_protocol {
+        pool_authority(&ProxyAddrs {
+            source: conn.peer,
+            destination: conn.local,
+        })
+        .unwrap_or_else(|| authority.clone())
+    } else {
+        authority
+    };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(upstream.scheme.clone());
-    uri.authority = Some(authority);
+    uri.authority = Some(pool_key);
     uri.path_and_query = Some(path_and_query);
     parts.uri = match Uri::from_parts(uri) {
         Ok(u) => u,
@@ -236,11 +257,6 @@ async fn forward(
     // The origin connection's own protocol (h1 or h2 by ALPN) is chosen by the pool.
     parts.version = http::Version::HTTP_11;
 
-    let client = if upgrade {
-        &upstream.upgrade_client
-    } else {
-        &upstream.client
-    };
     // A declared length was checked above; a streamed body is cut off where it passes.
     let too_large = max_body
         .filter(|_| declared.is_none())
@@ -249,44 +265,137 @@ async fn forward(
         Some((max, flag)) => RequestBody::limited(body, *max, flag.clone()),
         None => RequestBody::new(body),
     };
-    upstream.metrics.requests.inc();
-    let timer = upstream.metrics.duration.start_timer();
-    let pending = client.request(Request::from_parts(parts, body));
-    let result = match tokio::time::timeout(upstream.response_header_timeout, pending).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(OriginError::from_client(&e)),
-        Err(_) => Err(OriginError::response_timeout(
-            upstream.response_header_timeout,
-        )),
+    let attempts = if upgrade {
+        0
+    } else {
+        upstream.retries.attempts
     };
-    let mut resp = match result {
-        Ok(resp) => {
-            timer.observe_duration();
-            resp
-        }
-        Err(_)
-            if too_large
-                .as_ref()
-                .is_some_and(|(_, f)| f.load(Ordering::Acquire)) =>
-        {
-            timer.stop_and_discard();
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-        }
-        Err(e) => {
-            timer.stop_and_discard();
-            upstream.metrics.error(e.kind().label());
-            let status = e.status(upstream.verify_failure_status);
+    let idempotent = parts.method.is_idempotent();
+    let (mut single, replay) = if attempts == 0 {
+        (Some(ReplayBody::direct(body)), None)
+    } else {
+        (None, Some(Replayable::new(body)))
+    };
+    upstream.note_request();
+
+    let mut tried: Vec<usize> = Vec::new();
+    let (backend, mut resp, in_flight) = loop {
+        let Some(i) = upstream.pick(key, &tried) else {
             warn!(
                 site,
                 origin = &*upstream.label,
-                failure = e.kind().label(),
-                status = status.as_u16(),
-                error = %e,
-                "origin request failed"
+                "no origin server available"
             );
-            return error_response(status, status_text(status));
+            return unavailable(upstream.retry_after());
+        };
+        let backend = &upstream.backends[i];
+        let retries_left = tried.len() < attempts as usize;
+        let body = match (&replay, single.take()) {
+            (Some(r), _) => r.attempt(),
+            (None, Some(b)) => b,
+            // A single attempt never comes back here.
+            (None, None) => {
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    status_text(StatusCode::BAD_GATEWAY),
+                );
+            }
+        };
+        let req = if retries_left {
+            let mut copy = Request::new(body);
+            *copy.method_mut() = parts.method.clone();
+            *copy.uri_mut() = parts.uri.clone();
+            *copy.version_mut() = parts.version;
+            *copy.headers_mut() = parts.headers.clone();
+            copy
+        } else {
+            Request::from_parts(
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                body,
+            )
+        };
+        let client = if upgrade {
+            &backend.upgrade_client
+        } else {
+            &backend.client
+        };
+        backend.metrics.requests.inc();
+        let timer = backend.metrics.duration.start_timer();
+        let in_flight = InFlight::new(backend);
+        let pending = client.request(req);
+        let result = match tokio::time::timeout(upstream.response_header_timeout, pending).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(OriginError::from_client(&e)),
+            Err(_) => Err(OriginError::response_timeout(
+                upstream.response_header_timeout,
+            )),
+        };
+        let untouched = replay.as_ref().is_some_and(Replayable::untouched);
+        let may_retry = |connect: bool| {
+            retries_left && untouched && (connect || idempotent) && upstream.take_retry()
+        };
+        match result {
+            Ok(resp) => {
+                timer.observe_duration();
+                let status = resp.status().as_u16();
+                if !upstream.retries.on_status.contains(&status) {
+                    break (backend, resp, in_flight);
+                }
+                backend.record_failure();
+                if !may_retry(false) {
+                    break (backend, resp, in_flight);
+                }
+                debug!(
+                    site,
+                    origin = &*backend.label,
+                    status,
+                    "retrying on another server"
+                );
+            }
+            Err(_)
+                if too_large
+                    .as_ref()
+                    .is_some_and(|(_, f)| f.load(Ordering::Acquire)) =>
+            {
+                timer.stop_and_discard();
+                return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            }
+            Err(e) => {
+                timer.stop_and_discard();
+                backend.metrics.error(e.kind().label());
+                backend.record_failure();
+                let kind = e.kind();
+                let retry = if kind.is_connect() {
+                    upstream.retries.on_connect && may_retry(true)
+                } else {
+                    kind == OriginFailureKind::Reset
+                        && upstream.retries.on_reset
+                        && may_retry(false)
+                };
+                let status = e.status(upstream.verify_failure_status);
+                warn!(
+                    site,
+                    origin = &*backend.label,
+                    failure = kind.label(),
+                    status = status.as_u16(),
+                    retry,
+                    error = %e,
+                    "origin request failed"
+                );
+                if !retry {
+                    if let Some(log) = log {
+                        log.origin = Some(backend.label.clone());
+                    }
+                    return error_response(status, status_text(status));
+                }
+            }
         }
+        backend.metrics.retries.inc();
+        tried.push(i);
     };
+    if let Some(log) = log {
+        log.origin = Some(backend.label.clone());
+    }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, client_upgrade) {
@@ -297,7 +406,20 @@ async fn forward(
         }
         _ => headers::strip_hop_by_hop(resp.headers_mut(), false),
     }
-    resp.map(ProxyBody::origin)
+    resp.map(|body| ProxyBody::origin(body, Some(in_flight)))
+}
+
+/// 503 when every server of the origin is down or ejected.
+fn unavailable(retry_after: std::time::Duration) -> Response<ProxyBody> {
+    let mut resp = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "503 Service Unavailable: no origin server is available\n",
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after.as_secs().max(1)),
+    );
+    resp
 }
 
 /// Copies bytes both ways between an upgraded client connection and its origin.

@@ -39,6 +39,20 @@ impl OriginFailureKind {
         }
     }
 
+    /// True for failures before anything was sent to the origin (connect, TLS), which
+    /// are safe to retry for any method.
+    pub fn is_connect(self) -> bool {
+        matches!(
+            self,
+            Self::Refused
+                | Self::ConnectTimeout
+                | Self::Resolve
+                | Self::Connect
+                | Self::Verify
+                | Self::Tls
+        )
+    }
+
     /// True for the two timeouts, which answer 504.
     pub fn is_timeout(self) -> bool {
         matches!(self, Self::ConnectTimeout | Self::ResponseTimeout)

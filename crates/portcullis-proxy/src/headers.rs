@@ -87,10 +87,12 @@ pub(crate) struct ClientAddr {
     pub(crate) ip: HeaderValue,
     /// `for=203.0.113.7` or `for="[2001:db8::1]"`, for `Forwarded`.
     pub(crate) forwarded_for: String,
+    /// The peer is a trusted proxy: its forwarding headers are kept and appended to.
+    pub(crate) trusted: bool,
 }
 
 impl ClientAddr {
-    pub(crate) fn new(ip: std::net::IpAddr) -> Self {
+    pub(crate) fn new(ip: std::net::IpAddr, trusted: bool) -> Self {
         let ip = match ip {
             std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,
@@ -104,13 +106,15 @@ impl ClientAddr {
         Self {
             ip: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")),
             forwarded_for,
+            trusted,
         }
     }
 }
 
-/// Rewrites a client request's headers for the origin: drops hop-by-hop headers, replaces
-/// any forwarding headers the client sent (they are not trusted), and sets `Host`, `Via`,
-/// `X-Forwarded-*` and `Forwarded`.
+/// Rewrites a client request's headers for the origin: drops hop-by-hop headers, sets
+/// `Host` and `Via`, and the forwarding headers. From a trusted proxy, `X-Forwarded-For`
+/// and `Forwarded` are appended to and its `X-Forwarded-Proto`/`-Host` kept; from anyone
+/// else, whatever the client sent is replaced.
 pub(crate) fn prepare_request(
     headers: &mut HeaderMap,
     client: &ClientAddr,
@@ -119,18 +123,41 @@ pub(crate) fn prepare_request(
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
+    let keep =
+        |headers: &HeaderMap, name: &HeaderName| client.trusted && headers.contains_key(name);
     if let Ok(host) = HeaderValue::from_str(authority) {
-        headers.insert(X_FORWARDED_HOST, host.clone());
+        if !keep(headers, &X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
         headers.insert(header::HOST, host);
     }
-    headers.insert(X_FORWARDED_FOR, client.ip.clone());
-    headers.insert(X_FORWARDED_PROTO, HTTPS);
-    let forwarded = format!(
+    if !keep(headers, &X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HTTPS);
+    }
+    let xff = match joined(headers, &X_FORWARDED_FOR).filter(|_| client.trusted) {
+        Some(before) => HeaderValue::from_str(&format!(
+            "{before}, {}",
+            client.ip.to_str().unwrap_or("unknown")
+        ))
+        .unwrap_or_else(|_| client.ip.clone()),
+        None => client.ip.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR, xff);
+    let element = format!(
         "{};host=\"{}\";proto=https",
         client.forwarded_for, authority
     );
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(header::FORWARDED, v);
+    let forwarded = match joined(headers, &header::FORWARDED).filter(|_| client.trusted) {
+        Some(before) => format!("{before}, {element}"),
+        None => element,
+    };
+    match HeaderValue::from_str(&forwarded) {
+        Ok(v) => {
+            headers.insert(header::FORWARDED, v);
+        }
+        Err(_) => {
+            headers.remove(header::FORWARDED);
+        }
     }
     headers.append(
         header::VIA,
@@ -140,6 +167,17 @@ pub(crate) fn prepare_request(
             _ => VIA_H1,
         },
     );
+}
+
+/// Every value of a header, joined by `, ` (`None` when absent or not text).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?.to_str().ok()?.to_owned();
+    values.try_fold(first, |mut acc, v| {
+        acc.push_str(", ");
+        acc.push_str(v.to_str().ok()?);
+        Some(acc)
+    })
 }
 
 #[cfg(test)]
@@ -197,7 +235,7 @@ mod tests {
             ("x-forwarded-proto", "http"),
             ("via", "1.1 corp-proxy"),
         ]);
-        let client = ClientAddr::new("2001:db8::7".parse().unwrap());
+        let client = ClientAddr::new("2001:db8::7".parse().unwrap(), false);
         prepare_request(&mut h, &client, "example.com:8443", Version::HTTP_2, false);
         assert_eq!(h["x-forwarded-for"], "2001:db8::7");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -213,8 +251,33 @@ mod tests {
 
     #[test]
     fn mapped_ipv4_is_shown_as_ipv4() {
-        let c = ClientAddr::new("::ffff:192.0.2.1".parse().unwrap());
+        let c = ClientAddr::new("::ffff:192.0.2.1".parse().unwrap(), false);
         assert_eq!(c.ip, "192.0.2.1");
         assert_eq!(c.forwarded_for, "for=192.0.2.1");
+    }
+
+    #[test]
+    fn a_trusted_proxy_s_forwarding_headers_are_appended_to() {
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.1, 10.0.0.2"),
+            ("forwarded", "for=198.51.100.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "public.example"),
+        ]);
+        let client = ClientAddr::new("10.0.0.3".parse().unwrap(), true);
+        prepare_request(&mut h, &client, "example.com", Version::HTTP_11, false);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.0.0.2, 10.0.0.3");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.1, for=10.0.0.3;host=\"example.com\";proto=https"
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "public.example");
+
+        // A trusted proxy that sent nothing gets the usual headers.
+        let mut h = HeaderMap::new();
+        prepare_request(&mut h, &client, "example.com", Version::HTTP_11, false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 }

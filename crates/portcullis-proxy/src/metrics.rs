@@ -6,7 +6,8 @@
 //! class such as `2xx`), `listener`, and fixed sets of reasons.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Metric names, in one place (`docs/metrics.md` is the catalogue).
@@ -21,6 +22,14 @@ pub mod names {
     pub const ORIGIN_ERRORS: &str = "portcullis_origin_errors_total";
     /// Time from sending a request to an origin to its response headers, by `origin`.
     pub const ORIGIN_DURATION: &str = "portcullis_origin_response_duration_seconds";
+    /// Whether an origin server takes requests (1) or is down or ejected (0), by `origin`.
+    pub const ORIGIN_SERVER_UP: &str = "portcullis_origin_server_up";
+    /// Origin servers taken out of rotation by passive health checking, by `origin`.
+    pub const ORIGIN_EJECTIONS: &str = "portcullis_origin_ejections_total";
+    /// Requests tried again after failing on a server, by `origin` (the server that failed).
+    pub const ORIGIN_RETRIES: &str = "portcullis_origin_retries_total";
+    /// Active health checks, by `origin`, `result` (ok, failed).
+    pub const ORIGIN_HEALTH_CHECKS: &str = "portcullis_origin_health_checks_total";
     /// Client connections open now, by `listener`.
     pub const CONNECTIONS_OPEN: &str = "portcullis_connections_open";
     /// Client connections accepted, by `listener`.
@@ -50,6 +59,10 @@ pub mod names {
         ORIGIN_REQUESTS,
         ORIGIN_ERRORS,
         ORIGIN_DURATION,
+        ORIGIN_SERVER_UP,
+        ORIGIN_EJECTIONS,
+        ORIGIN_RETRIES,
+        ORIGIN_HEALTH_CHECKS,
         CONNECTIONS_OPEN,
         CONNECTIONS,
         CONNECTIONS_REJECTED,
@@ -74,6 +87,8 @@ pub enum RejectReason {
     HeaderTimeout,
     /// Too many HTTP/2 streams reset by the client (`limits.h2_max_resets`).
     RapidReset,
+    /// A peer that must send a PROXY protocol header sent none, or a broken one.
+    ProxyProtocol,
 }
 
 impl RejectReason {
@@ -83,6 +98,7 @@ impl RejectReason {
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
             Self::HeaderTimeout => "header_timeout",
             Self::RapidReset => "h2_rapid_reset",
+            Self::ProxyProtocol => "proxy_protocol",
         }
     }
 }
@@ -100,6 +116,10 @@ pub struct ProxyMetrics {
     origin_requests: IntCounterVec,
     origin_errors: IntCounterVec,
     origin_duration: HistogramVec,
+    origin_up: IntGaugeVec,
+    origin_ejections: IntCounterVec,
+    origin_retries: IntCounterVec,
+    origin_checks: IntCounterVec,
     connections_open: IntGaugeVec,
     connections: IntCounterVec,
     rejected: IntCounterVec,
@@ -156,6 +176,31 @@ impl ProxyMetrics {
                 "Time from sending a request to an origin to receiving its response headers.",
                 &["origin"],
             )?,
+            origin_up: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::ORIGIN_SERVER_UP,
+                        "Whether an origin server takes requests (1) or is down or ejected (0).",
+                    ),
+                    &["origin"],
+                )?,
+            )?,
+            origin_ejections: counter(
+                names::ORIGIN_EJECTIONS,
+                "Origin servers ejected by passive health checking.",
+                &["origin"],
+            )?,
+            origin_retries: counter(
+                names::ORIGIN_RETRIES,
+                "Requests tried again after failing on this origin server.",
+                &["origin"],
+            )?,
+            origin_checks: counter(
+                names::ORIGIN_HEALTH_CHECKS,
+                "Active health checks of origin servers, by result.",
+                &["origin", "result"],
+            )?,
             connections_open: register(
                 registry,
                 IntGaugeVec::new(
@@ -210,6 +255,10 @@ impl ProxyMetrics {
             errors: ["connect", "timeout", "tls", "reset"]
                 .map(|k| self.origin_errors.with_label_values(&[origin, k])),
             duration: self.origin_duration.with_label_values(&[origin]),
+            up: self.origin_up.with_label_values(&[origin]),
+            ejections: self.origin_ejections.with_label_values(&[origin]),
+            retries: self.origin_retries.with_label_values(&[origin]),
+            checks: ["ok", "failed"].map(|r| self.origin_checks.with_label_values(&[origin, r])),
         }
     }
 
@@ -255,9 +304,17 @@ pub(crate) struct OriginMetrics {
     pub(crate) requests: IntCounter,
     errors: [IntCounter; 4],
     pub(crate) duration: Histogram,
+    pub(crate) up: IntGauge,
+    pub(crate) ejections: IntCounter,
+    pub(crate) retries: IntCounter,
+    checks: [IntCounter; 2],
 }
 
 impl OriginMetrics {
+    pub(crate) fn health_check(&self, ok: bool) {
+        self.checks[usize::from(!ok)].inc();
+    }
+
     pub(crate) fn error(&self, kind: &str) {
         let i = match kind {
             "connect" => 0,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
-use portcullis_config::{Action, Config, HostMap, Problem, Respond};
+use std::net::IpAddr;
+
+use portcullis_config::{Action, Config, HostMap, IpNet, Problem, Respond};
 
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::upstream::Upstream;
@@ -19,6 +21,10 @@ pub struct Router {
     pub(crate) sites: Vec<SiteRoutes>,
     /// Metrics for requests no site answers (400, 421).
     pub(crate) unrouted: Arc<RouteMetrics>,
+    /// Peers that open connections with a PROXY protocol header.
+    proxy_protocol_trusted: Box<[IpNet]>,
+    /// Peers whose forwarding headers are kept.
+    trusted_proxies: Box<[IpNet]>,
 }
 
 #[derive(Debug)]
@@ -96,12 +102,12 @@ impl Router {
                 Action::Proxy(origin) => {
                     let same = reusable
                         .get(origin.url.as_str())
-                        .and_then(|c| c.iter().find(|u| u.origin() == origin));
+                        .and_then(|c| c.iter().find(|u| *u.origin() == **origin));
                     if let Some(upstream) = same {
                         return Some(Handler::Proxy(Arc::clone(upstream)));
                     }
                     match Upstream::new(origin, metrics) {
-                        Ok(u) => Some(Handler::Proxy(Arc::new(u))),
+                        Ok(u) => Some(Handler::Proxy(u)),
                         Err(e) => {
                             problems.push(Problem::new(key, e));
                             None
@@ -148,6 +154,8 @@ impl Router {
                 default,
                 sites,
                 unrouted: Arc::new(metrics.unrouted()),
+                proxy_protocol_trusted: config.listen.proxy_protocol_trusted.clone().into(),
+                trusted_proxies: config.trusted_proxies.clone().into(),
             })
         } else {
             Err(problems)
@@ -186,10 +194,28 @@ impl Router {
         self.hosts.get(host).is_some()
     }
 
+    /// Whether connections from `ip` must start with a PROXY protocol header.
+    pub(crate) fn expects_proxy_protocol(&self, ip: IpAddr) -> bool {
+        contains(&self.proxy_protocol_trusted, ip)
+    }
+
+    /// Whether `ip` is a trusted proxy, whose forwarding headers are kept.
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
+        contains(&self.trusted_proxies, ip)
+    }
+
     /// Names of the sites, in config order.
     pub fn site_names(&self) -> impl Iterator<Item = &str> {
         self.sites.iter().map(|s| &*s.name)
     }
+}
+
+fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 fn action_key(action: &Action) -> &'static str {

@@ -28,6 +28,7 @@ use crate::edge::{self, ConnInfo};
 use crate::error::BindError;
 use crate::headers::ClientAddr;
 use crate::metrics::{ListenerMetrics, ProxyMetrics, RejectReason};
+use crate::proxy_protocol::{ProxyHeader, ProxyProtocolError, read_header};
 use crate::redirect;
 use crate::router::Router;
 
@@ -346,10 +347,13 @@ async fn accept_loop(
             },
         };
         let settings = shared.settings.load_full();
+        // A load balancer sending PROXY headers carries many clients on one address, so
+        // the per-IP cap does not apply to it.
+        let proxied = shared.router.load().expects_proxy_protocol(peer.ip());
         let permit = match shared.conns.acquire(
             peer.ip(),
             settings.max_connections,
-            settings.max_connections_per_ip,
+            settings.max_connections_per_ip.filter(|_| !proxied),
         ) {
             Ok(p) => p,
             Err(reason) => {
@@ -367,12 +371,47 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 let open = OpenGuard::new(&metrics, permit);
+                let mut tcp = tcp;
+                let (peer, local) = if proxied {
+                    match read_header(&mut tcp, settings.header_read_timeout).await {
+                        Ok(ProxyHeader::Proxied(addrs)) => (addrs.source, Some(addrs.destination)),
+                        Ok(ProxyHeader::Local) => (peer, None),
+                        // A load balancer's TCP health check connects and closes.
+                        Err(ProxyProtocolError::Closed) => return,
+                        Err(e) => {
+                            metrics.rejected(RejectReason::ProxyProtocol);
+                            debug!(%peer, error = %e, "PROXY protocol header refused");
+                            return;
+                        }
+                    }
+                } else {
+                    (peer, None)
+                };
+                let local = local.unwrap_or_else(|| local_addr(&tcp));
                 match kind {
                     ListenerKind::Https => {
-                        serve_tls(&shared, &settings, tcp, peer, watcher, &metrics, open).await
+                        serve_tls(
+                            &shared,
+                            &settings,
+                            tcp,
+                            (peer, local),
+                            watcher,
+                            &metrics,
+                            open,
+                        )
+                        .await
                     }
                     ListenerKind::Http => {
-                        serve_plain(&shared, &settings, tcp, peer, watcher, &metrics, open).await
+                        serve_plain(
+                            &shared,
+                            &settings,
+                            tcp,
+                            (peer, local),
+                            watcher,
+                            &metrics,
+                            open,
+                        )
+                        .await
                     }
                 }
             }
@@ -408,7 +447,7 @@ async fn serve_tls(
     shared: &Arc<Shared>,
     settings: &ConnSettings,
     tcp: TcpStream,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     watcher: DrainWatch,
     metrics: &ListenerMetrics,
     open: OpenGuard,
@@ -443,8 +482,9 @@ async fn serve_tls(
     let clock = Arc::new(ConnClock::new(!h2));
     let conn = Arc::new(ConnInfo {
         peer,
+        local,
         sni,
-        client: ClientAddr::new(peer.ip()),
+        client: ClientAddr::new(peer.ip(), shared.router.load().trusts(peer.ip())),
         _drain: watcher.clone(),
         clock: clock.clone(),
         max_resets: settings.h2_max_resets,
@@ -490,7 +530,7 @@ async fn serve_plain(
     shared: &Arc<Shared>,
     settings: &ConnSettings,
     tcp: TcpStream,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     watcher: DrainWatch,
     metrics: &ListenerMetrics,
     open: OpenGuard,
@@ -498,8 +538,9 @@ async fn serve_plain(
     let clock = Arc::new(ConnClock::new(true));
     let conn = Arc::new(ConnInfo {
         peer,
+        local,
         sni: None,
-        client: ClientAddr::new(peer.ip()),
+        client: ClientAddr::new(peer.ip(), shared.router.load().trusts(peer.ip())),
         _drain: watcher.clone(),
         clock: clock.clone(),
         max_resets: settings.h2_max_resets,
@@ -517,6 +558,12 @@ async fn serve_plain(
         .await
         .err_to_string();
     finish(outcome, metrics, peer);
+}
+
+/// The address a connection came in on (for PROXY headers sent to origins).
+fn local_addr(tcp: &TcpStream) -> SocketAddr {
+    tcp.local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 fn finish(outcome: Supervised<Result<(), String>>, metrics: &ListenerMetrics, peer: SocketAddr) {

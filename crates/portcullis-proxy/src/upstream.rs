@@ -1,29 +1,41 @@
-//! One origin as the data path uses it: a pooled client (h1 or h2 by ALPN), a second client
-//! that offers only HTTP/1.1 for upgrades, and the origin's timeouts.
+//! One origin as the data path uses it: its servers, how one is picked for a request, when
+//! a failed request is tried again, and the origin's timeouts.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use http::header::{self, HeaderMap};
 use http::uri::Scheme;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use portcullis_config::{Origin, Transport};
+use portcullis_config::{HashKey, Origin, Retries, Transport};
 use portcullis_tls::origin_tls_config;
 
-use crate::body::RequestBody;
-use crate::connector::OriginConnector;
-use crate::metrics::{OriginMetrics, ProxyMetrics};
+use crate::metrics::ProxyMetrics;
+
+mod backend;
+mod balance;
+mod budget;
+mod health;
+
+use backend::stable_hash;
+pub(crate) use backend::{Backend, InFlight};
+use balance::Balancer;
+use budget::RetryBudget;
 
 /// A ready-to-use origin.
 pub struct Upstream {
     pub(crate) label: Arc<str>,
     pub(crate) scheme: Scheme,
-    pub(crate) client: Client<OriginConnector, RequestBody>,
-    pub(crate) upgrade_client: Client<OriginConnector, RequestBody>,
-    pub(crate) metrics: OriginMetrics,
+    pub(crate) backends: Box<[Arc<Backend>]>,
+    balancer: Balancer,
+    hash_key: Option<HashKey>,
+    pub(crate) retries: Retries,
+    budget: Option<RetryBudget>,
     pub(crate) response_header_timeout: Duration,
     pub(crate) verify_failure_status: StatusCode,
+    /// Connections carry a PROXY header, so each client gets connections of its own.
+    pub(crate) proxy_protocol: bool,
     origin: Origin,
 }
 
@@ -36,44 +48,42 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the clients for `origin`; the error says what is wrong with its TLS settings.
-    pub fn new(origin: &Origin, metrics: &ProxyMetrics) -> Result<Self, String> {
-        let connect = origin.timeouts.connect;
-        let (scheme, normal, upgrade) = match &origin.transport {
-            Transport::Plain => {
-                let c = OriginConnector::new(&origin.host, origin.port, None, connect);
-                (Scheme::HTTP, c.clone(), c)
-            }
-            Transport::Tls(tls) => {
-                let cfg = origin_tls_config(tls)?;
-                (
-                    Scheme::HTTPS,
-                    OriginConnector::new(
-                        &origin.host,
-                        origin.port,
-                        Some((cfg.any_http, cfg.server_name.clone())),
-                        connect,
-                    ),
-                    OriginConnector::new(
-                        &origin.host,
-                        origin.port,
-                        Some((cfg.http1, cfg.server_name)),
-                        connect,
-                    ),
-                )
-            }
+    /// Builds the clients for every server of `origin`, and starts its health checks when
+    /// called inside a Tokio runtime (they stop when the upstream is dropped). The error
+    /// says what is wrong with its TLS settings.
+    pub fn new(origin: &Origin, metrics: &ProxyMetrics) -> Result<Arc<Self>, String> {
+        let (scheme, tls) = match &origin.transport {
+            Transport::Plain => (Scheme::HTTP, None),
+            Transport::Tls(tls) => (Scheme::HTTPS, Some(origin_tls_config(tls)?)),
         };
-        Ok(Self {
+        let backends = origin
+            .servers
+            .iter()
+            .map(|s| Backend::new(origin, s, tls.as_ref(), metrics).map(Arc::new))
+            .collect::<Result<Box<[_]>, _>>()?;
+        let upstream = Arc::new(Self {
             label: origin.url.as_str().into(),
             scheme,
-            client: client(normal, origin.timeouts.idle),
-            upgrade_client: client(upgrade, origin.timeouts.idle),
-            metrics: metrics.origin(&origin.url),
+            balancer: Balancer::new(&origin.balance, &backends),
+            backends,
+            hash_key: match &origin.balance {
+                portcullis_config::Balance::Hash(k) => Some(k.clone()),
+                _ => None,
+            },
+            retries: origin.retries.clone(),
+            budget: (origin.retries.attempts > 0).then(|| RetryBudget::new(origin.retries.budget)),
             response_header_timeout: origin.timeouts.response_header,
             verify_failure_status: StatusCode::from_u16(origin.verify_failure_status)
                 .unwrap_or(StatusCode::BAD_GATEWAY),
+            proxy_protocol: origin.proxy_protocol.is_some(),
             origin: origin.clone(),
-        })
+        });
+        if let Some(active) = &origin.health.active {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                health::spawn_checks(&upstream, active);
+            }
+        }
+        Ok(upstream)
     }
 
     /// The configuration this upstream was built from (to reuse it when a reload leaves
@@ -81,14 +91,79 @@ impl Upstream {
     pub fn origin(&self) -> &Origin {
         &self.origin
     }
+
+    /// The request's hash key, when the origin balances by hash and the request has one.
+    pub(crate) fn hash_key(&self, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
+        match self.hash_key.as_ref()? {
+            HashKey::Header(name) => headers
+                .get(name.as_str())
+                .map(|v| stable_hash(v.as_bytes())),
+            HashKey::Cookie(name) => cookie(headers, name).map(stable_hash),
+            HashKey::ClientIp => Some(match client {
+                IpAddr::V4(v4) => stable_hash(&v4.octets()),
+                IpAddr::V6(v6) => stable_hash(&v6.octets()),
+            }),
+        }
+    }
+
+    /// A server for the next attempt (see [`Balancer::pick`]).
+    pub(crate) fn pick(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
+        self.balancer.pick(&self.backends, key, tried)
+    }
+
+    /// A first attempt is made (feeds the retry budget).
+    pub(crate) fn note_request(&self) {
+        if let Some(b) = &self.budget {
+            b.deposit();
+        }
+    }
+
+    /// Whether the retry budget allows one more retry (and takes it).
+    pub(crate) fn take_retry(&self) -> bool {
+        self.budget.as_ref().is_some_and(RetryBudget::withdraw)
+    }
+
+    /// How long clients should wait when no server is available: until the first ejected
+    /// server returns, or about one round of health checks.
+    pub(crate) fn retry_after(&self) -> Duration {
+        let ejected = self.backends.iter().filter_map(|b| b.ejected_for()).min();
+        let checks = self
+            .origin
+            .health
+            .active
+            .as_ref()
+            .map(|a| a.interval * a.rise);
+        ejected
+            .or(checks)
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_secs(1))
+    }
 }
 
-fn client(connector: OriginConnector, idle: Duration) -> Client<OriginConnector, RequestBody> {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        // The Host header is set from the client's request, never from the pool key.
-        .set_host(false)
-        .build(connector)
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1; session=abc ; b=2".parse().unwrap());
+        h.append(header::COOKIE, "c=3".parse().unwrap());
+        assert_eq!(cookie(&h, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "c"), Some(&b"3"[..]));
+        assert_eq!(cookie(&h, "sess"), None);
+    }
 }

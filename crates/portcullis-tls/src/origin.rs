@@ -21,8 +21,15 @@ pub struct OriginTlsConfig {
     pub any_http: Arc<ClientConfig>,
     /// Offers only `http/1.1`, for requests that upgrade the connection (WebSocket).
     pub http1: Arc<ClientConfig>,
-    /// The name sent as SNI and verified in strict mode.
-    pub server_name: ServerName<'static>,
+    /// The name sent as SNI and verified in strict mode for every server (`None`: each
+    /// server's own host, see [`server_name`]).
+    pub server_name: Option<ServerName<'static>>,
+}
+
+/// A host name or IP address as rustls sends and verifies it.
+pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(name.to_owned())
+        .map_err(|_| format!("`{name}` is not a valid server name"))
 }
 
 /// Builds the client configs for an origin; the error says what is wrong with its settings.
@@ -62,8 +69,7 @@ pub fn origin_tls_config(tls: &OriginTls) -> Result<OriginTlsConfig, String> {
                 .map_err(|e| format!("client_cert: {e}"))?
         }
     };
-    let server_name = ServerName::try_from(tls.server_name.clone())
-        .map_err(|_| format!("`{}` is not a valid server name", tls.server_name))?;
+    let server_name = tls.server_name.as_deref().map(server_name).transpose()?;
     let mut http1 = config.clone();
     http1.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -128,7 +128,7 @@ mod tests {
         let Some(Action::Proxy(o)) = &c.sites[0].fallback else {
             panic!()
         };
-        assert_eq!((o.port, o.mode()), (3000, Mode::Flexible));
+        assert_eq!((o.servers[0].port, o.mode()), (3000, Mode::Flexible));
 
         let c = config(&args("example.com", "https://10.0.0.5")).unwrap();
         assert_eq!(c.listen.https.port(), 443);

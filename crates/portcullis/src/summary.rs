@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use portcullis_config::{Action, Config, Origin, Transport, Verify};
+use portcullis_config::{Action, Balance, Config, Origin, Transport, Verify};
 use portcullis_tls::{CertSource, SiteCerts, format_time};
 
 /// Renders sites, hosts, certificate source and expiry, origins and modes.
@@ -88,8 +88,8 @@ fn action(a: &Action) -> String {
 fn origin(o: &Origin) -> String {
     let mut s = format!("{} ({}", o.url, o.mode().as_str());
     if let Transport::Tls(tls) = &o.transport {
-        if tls.server_name != o.host {
-            let _ = write!(s, ", server name {}", tls.server_name);
+        if let Some(name) = &tls.server_name {
+            let _ = write!(s, ", server name {name}");
         }
         match &tls.verify {
             Verify::Roots(r) => {
@@ -101,6 +101,24 @@ fn origin(o: &Origin) -> String {
         if tls.client_cert.is_some() {
             s.push_str(", client certificate");
         }
+    }
+    if o.servers.len() > 1 {
+        let balance = match &o.balance {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequests => "least_requests",
+            Balance::RandomTwo => "random_two",
+            Balance::Hash(_) => "hash",
+        };
+        let _ = write!(s, ", {} servers, {balance}", o.servers.len());
+    }
+    if o.health.active.is_some() {
+        s.push_str(", health checked");
+    }
+    if let Some(v) = o.proxy_protocol {
+        let _ = write!(s, ", PROXY {v:?}");
+    }
+    if o.h2c {
+        s.push_str(", h2c");
     }
     s.push(')');
     s

@@ -112,7 +112,7 @@ impl Validator<'_> {
             }
             (Some(o), None) => self
                 .origin(&format!("{key}.origin"), o.0)
-                .map(Action::Proxy),
+                .map(|o| Action::Proxy(Box::new(o))),
             (None, Some(r)) => self
                 .respond(&format!("{key}.respond"), r)
                 .map(Action::Respond),
@@ -284,7 +284,7 @@ impl Validator<'_> {
                 }
                 (Some(o), None) => self
                     .origin(&format!("{rkey}.origin"), o.0)
-                    .map(Action::Proxy),
+                    .map(|o| Action::Proxy(Box::new(o))),
                 (None, Some(r)) => self
                     .respond(&format!("{rkey}.respond"), r)
                     .map(Action::Respond),
