@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use portcullis_config::{Action, Balance, Config, Origin, Transport, Verify};
+use portcullis_config::{Action, Balance, Config, Origin, ProxyProtocolVersion, Transport, Verify};
 use portcullis_tls::{CertSource, SiteCerts, format_time};
 
 /// Renders sites, hosts, certificate source and expiry, origins and modes.
@@ -114,8 +114,10 @@ fn origin(o: &Origin) -> String {
     if o.health.active.is_some() {
         s.push_str(", health checked");
     }
-    if let Some(v) = o.proxy_protocol {
-        let _ = write!(s, ", PROXY {v:?}");
+    match o.proxy_protocol {
+        Some(ProxyProtocolVersion::V1) => s.push_str(", PROXY protocol v1"),
+        Some(ProxyProtocolVersion::V2) => s.push_str(", PROXY protocol v2"),
+        None => {}
     }
     if o.h2c {
         s.push_str(", h2c");

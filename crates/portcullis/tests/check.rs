@@ -102,7 +102,7 @@ fn check_summarises_a_valid_config() {
         "shop",
         "[shop.test, www.shop.test]",
         &["shop.test", "www.shop.test"],
-        "name: shop, origin: http://127.0.0.1:3000",
+        "name: shop, origin: http://127.0.0.1:3000, routes: [{path: /lb, origin: {servers: [{url: 'http://10.0.0.5:80', weight: 2}, {url: 'http://10.0.0.6:80'}], balance: least_requests, health: {active: {path: /healthz}}, proxy_protocol: v2}}]",
     );
     let api = file_site(
         &dir,
@@ -129,7 +129,8 @@ fn check_summarises_a_valid_config() {
             "  tls:    file {} (expires 4096-01-01T00:00:00Z",
             dir.join("shop.pem").display()
         ),
-        "  -> http://127.0.0.1:3000 (flexible)".to_owned(),
+        "  route /lb -> http://10.0.0.5:80, http://10.0.0.6:80 (flexible, 2 servers, least_requests, health checked, PROXY protocol v2)".to_owned(),
+        "  otherwise -> http://127.0.0.1:3000 (flexible)".to_owned(),
         "site api.test".to_owned(),
         "  hosts:  api.test".to_owned(),
         format!(
