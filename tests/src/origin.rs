@@ -3,7 +3,11 @@
 //!
 //! Paths: `/slow/<ms>` answers after a delay; `/bytes/<n>` streams n bytes; `/upload`
 //! counts the request body; `/ws` is a WebSocket echo; `/status/<code>`; `/hop` answers
-//! with hop-by-hop headers; anything else answers `ok <method> <path>`.
+//! with hop-by-hop headers; anything else answers `ok <method> <path>`. Every response
+//! carries `x-origin: <port>`, so a test with several origins sees which one answered.
+//!
+//! An origin can be stopped (listener and open connections closed, as a crashed server)
+//! and started again on the same address with [`TestOrigin::http_on`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,6 +55,10 @@ pub struct Seen {
 struct State {
     connections: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
+    /// The `x-origin` header of every response: the listening port.
+    port: u16,
+    /// The tasks serving accepted connections, so `stop` can close them.
+    serving: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A running origin; stops when dropped.
@@ -87,13 +95,48 @@ impl TestOrigin {
         Self::start(Some(tls_config(leaf, alpn, Some(client_ca)))).await
     }
 
+    /// Plaintext HTTP/1.1 (and h2c) on `addr`: a port an origin had before it was
+    /// stopped. Binding is retried for a few seconds in case something briefly holds it.
+    pub async fn http_on(addr: SocketAddr) -> Self {
+        crate::init();
+        let listener = crate::wait::until(
+            Duration::from_secs(5),
+            "the port to be free",
+            || async move { TcpListener::bind(addr).await.ok() },
+        )
+        .await;
+        Self::serve(listener, None)
+    }
+
     async fn start(tls: Option<Arc<ServerConfig>>) -> Self {
         crate::init();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, tls)
+    }
+
+    fn serve(listener: TcpListener, tls: Option<Arc<ServerConfig>>) -> Self {
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            port: addr.port(),
+            ..State::default()
+        });
         let task = tokio::spawn(accept_loop(listener, tls, state.clone()));
         Self { addr, state, task }
+    }
+
+    /// Stops as a crashed server would: the port refuses connections and every open
+    /// connection is closed, with no response to requests in progress. Returns once all
+    /// of it is closed.
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let serving = std::mem::take(&mut *self.state.serving.lock().unwrap());
+        for task in &serving {
+            task.abort();
+        }
+        for task in serving {
+            let _ = task.await;
+        }
     }
 
     /// Connections accepted so far.
@@ -145,9 +188,10 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<ServerConfig>>, stat
             continue;
         };
         state.connections.fetch_add(1, Ordering::SeqCst);
+        let tracked = state.clone();
         let state = state.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let serving = tokio::spawn(async move {
             match tls {
                 None => {
                     let svc = service_fn(move |req| handle(state.clone(), false, req));
@@ -177,6 +221,9 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<ServerConfig>>, stat
                 }
             }
         });
+        let mut tasks = tracked.serving.lock().unwrap();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(serving);
     }
 }
 
@@ -187,8 +234,19 @@ fn full(body: impl Into<Bytes>) -> OriginBody {
 async fn handle(
     state: Arc<State>,
     client_cert: bool,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<OriginBody>, Infallible> {
+    let port = state.port;
+    let mut resp = respond(state, client_cert, req).await;
+    resp.headers_mut().insert("x-origin", port.into());
+    Ok(resp)
+}
+
+async fn respond(
+    state: Arc<State>,
+    client_cert: bool,
+    mut req: Request<Incoming>,
+) -> Response<OriginBody> {
     let path = req
         .uri()
         .path_and_query()
@@ -206,7 +264,7 @@ async fn handle(
         .trim_start_matches('/')
         .splitn(2, '/')
         .collect();
-    let resp = match segments.as_slice() {
+    match segments.as_slice() {
         ["slow", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
             Response::new(full("slow done"))
@@ -241,8 +299,7 @@ async fn handle(
             .body(full("hop"))
             .unwrap(),
         _ => Response::new(full(format!("ok {} {}", req.method(), path))),
-    };
-    Ok(resp)
+    }
 }
 
 /// `n` bytes of `x` in 64 KiB chunks, produced as they are read (never held in memory).
