@@ -63,7 +63,7 @@ impl Balancer {
             (Kind::Hash, Some(key)) => rendezvous(backends, key, usable),
             (Kind::LeastRequests, _) => self.least_requests(backends, usable),
             (Kind::RandomTwo, _) => random_two(backends, usable),
-            _ => self.round_robin(usable),
+            _ => self.round_robin(usable, tried.is_empty()),
         };
         pick(&usable).or_else(|| {
             // Every untried server is down: a server already tried is better than none.
@@ -73,9 +73,16 @@ impl Balancer {
         })
     }
 
-    fn round_robin(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    /// The next usable server in the cycle. A retry (`advance` false) looks from the
+    /// current position without moving it, so retries away from a dead server do not
+    /// skip the servers after it and send it more than its share of first attempts.
+    fn round_robin(&self, usable: &dyn Fn(usize) -> bool, advance: bool) -> Option<usize> {
         let n = self.cycle.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = if advance {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed)
+        };
         (0..n)
             .map(|k| self.cycle[(start + k) % n] as usize)
             .find(|&i| usable(i))
