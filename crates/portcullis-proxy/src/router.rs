@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use portcullis_config::{Action, Config, HostMap, IpNet, Problem, Respond};
 
 use crate::metrics::{ProxyMetrics, RouteMetrics};
-use crate::upstream::Upstream;
+use crate::upstream::{Backend, Upstream};
 
 /// Sites by host, with their routes and origins.
 #[derive(Debug)]
@@ -80,11 +80,16 @@ impl Router {
         previous: Option<&Router>,
     ) -> Result<Self, Vec<Problem>> {
         let mut reusable: HashMap<&str, Vec<&Arc<Upstream>>> = HashMap::new();
+        // Servers by URL, so a changed origin keeps what is known of its servers' health.
+        let mut known: HashMap<&str, &Arc<Backend>> = HashMap::new();
         for upstream in previous.into_iter().flat_map(Router::upstreams) {
             reusable
                 .entry(upstream.origin().url.as_str())
                 .or_default()
                 .push(upstream);
+            for b in upstream.backends.iter() {
+                known.insert(&b.label, b);
+            }
         }
         let mut problems = Vec::new();
         let mut hosts = HostMap::new();
@@ -106,7 +111,7 @@ impl Router {
                     if let Some(upstream) = same {
                         return Some(Handler::Proxy(Arc::clone(upstream)));
                     }
-                    match Upstream::new(origin, metrics) {
+                    match Upstream::with_known(origin, metrics, &|url| known.get(url).copied()) {
                         Ok(u) => Some(Handler::Proxy(u)),
                         Err(e) => {
                             problems.push(Problem::new(key, e));
@@ -338,5 +343,33 @@ mod reuse_tests {
         let second = Router::build(&config("http://127.0.0.1:3"), &m, Some(&first)).unwrap();
         assert!(Arc::ptr_eq(&upstream(&first, 0), &upstream(&second, 0)));
         assert!(!Arc::ptr_eq(&upstream(&first, 1), &upstream(&second, 1)));
+    }
+
+    #[test]
+    fn a_changed_origin_keeps_what_it_knew_of_its_servers_health() {
+        let m = ProxyMetrics::unregistered();
+        let servers = |extra: &str| {
+            config(&format!(
+                "{{servers: [{{url: 'http://127.0.0.1:2'}}, {{url: 'http://127.0.0.1:3'}}{extra}]}}"
+            ))
+        };
+        let first = Router::build(&servers(""), &m, None).unwrap();
+        let old = upstream(&first, 1);
+        old.backends[0].set_active_up(false);
+        for _ in 0..5 {
+            old.backends[1].record_failure();
+        }
+        assert!(!old.backends[0].available() && !old.backends[1].available());
+
+        let second =
+            Router::build(&servers(", {url: 'http://127.0.0.1:4'}"), &m, Some(&first)).unwrap();
+        let new = upstream(&second, 1);
+        assert!(
+            !Arc::ptr_eq(&old, &new),
+            "the origin changed, so it was rebuilt"
+        );
+        assert!(!new.backends[0].available(), "a down server stays down");
+        assert!(!new.backends[1].available(), "an ejection runs its course");
+        assert!(new.backends[2].available(), "a new server starts up");
     }
 }

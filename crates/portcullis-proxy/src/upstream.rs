@@ -52,6 +52,17 @@ impl Upstream {
     /// called inside a Tokio runtime (they stop when the upstream is dropped). The error
     /// says what is wrong with its TLS settings.
     pub fn new(origin: &Origin, metrics: &ProxyMetrics) -> Result<Arc<Self>, String> {
+        Self::with_known(origin, metrics, &|_| None)
+    }
+
+    /// Like [`new`](Self::new), with the servers a previous configuration had (by URL):
+    /// a server that was down or ejected stays so until its checks or ejection say
+    /// otherwise, whatever else changed in the origin.
+    pub(crate) fn with_known<'a>(
+        origin: &Origin,
+        metrics: &ProxyMetrics,
+        known: &dyn Fn(&str) -> Option<&'a Arc<Backend>>,
+    ) -> Result<Arc<Self>, String> {
         let (scheme, tls) = match &origin.transport {
             Transport::Plain => (Scheme::HTTP, None),
             Transport::Tls(tls) => (Scheme::HTTPS, Some(origin_tls_config(tls)?)),
@@ -59,7 +70,13 @@ impl Upstream {
         let backends = origin
             .servers
             .iter()
-            .map(|s| Backend::new(origin, s, tls.as_ref(), metrics).map(Arc::new))
+            .map(|s| {
+                let b = Backend::new(origin, s, tls.as_ref(), metrics)?;
+                if let Some(old) = known(&s.url) {
+                    b.inherit_health(old);
+                }
+                Ok::<_, String>(Arc::new(b))
+            })
             .collect::<Result<Box<[_]>, _>>()?;
         let upstream = Arc::new(Self {
             label: origin.url.as_str().into(),

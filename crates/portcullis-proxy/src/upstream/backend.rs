@@ -194,6 +194,18 @@ impl Backend {
         }
     }
 
+    /// Takes over what `old` (the same server under the previous configuration) knew:
+    /// down stays down until `rise` good checks, an ejection runs its course.
+    pub(crate) fn inherit_health(&self, old: &Backend) {
+        self.active_up
+            .store(old.active_up.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let (Some(p), Some(left)) = (&self.passive, old.ejected_for()) {
+            let until = self.now_ms() + u64::try_from(left.as_millis()).unwrap_or(u64::MAX / 2);
+            p.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
+        }
+        self.refresh_gauge();
+    }
+
     /// A check's verdict changed the server's state (after `rise` or `fall` in a row).
     pub(crate) fn set_active_up(&self, up: bool) {
         if self.active_up.swap(up, Ordering::AcqRel) != up {
