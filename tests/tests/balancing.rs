@@ -747,6 +747,14 @@ async fn a_hashed_header_sticks_and_removing_a_server_moves_only_its_keys() {
             "moved keys went {moved_to:?}"
         );
     }
+    // The removed server's series are gone from /metrics; the others stay.
+    let page = scrape(&gw).await;
+    let server_url = |port: u16| format!("http://127.0.0.1:{port}");
+    assert!(
+        !page.contains(&format!("origin=\"{}\"", server_url(removed))),
+        "series of the removed server remain:\n{page}"
+    );
+    assert_eq!(metric(&page, UP, &[("origin", &server_url(ports[0]))]), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,6 +262,21 @@ impl ProxyMetrics {
         }
     }
 
+    /// Drops every series of an origin server that is no longer configured.
+    pub(crate) fn forget_origin(&self, origin: &str) {
+        let _ = self.origin_requests.remove_label_values(&[origin]);
+        let _ = self.origin_duration.remove_label_values(&[origin]);
+        let _ = self.origin_up.remove_label_values(&[origin]);
+        let _ = self.origin_ejections.remove_label_values(&[origin]);
+        let _ = self.origin_retries.remove_label_values(&[origin]);
+        for kind in ["connect", "timeout", "tls", "reset"] {
+            let _ = self.origin_errors.remove_label_values(&[origin, kind]);
+        }
+        for result in ["ok", "failed"] {
+            let _ = self.origin_checks.remove_label_values(&[origin, result]);
+        }
+    }
+
     pub(crate) fn listener(&self, listener: &'static str) -> ListenerMetrics {
         ListenerMetrics {
             open: self.connections_open.with_label_values(&[listener]),

@@ -181,6 +181,12 @@ impl Router {
         })
     }
 
+    /// The `origin` metric label of every origin server in the table.
+    pub(crate) fn server_labels(&self) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.upstreams()
+            .flat_map(|u| u.backends.iter().map(|b| b.label.clone()))
+    }
+
     /// The site for a request host (no port): claimed by name, else the default site.
     pub(crate) fn site_for(&self, host: &str) -> Option<usize> {
         self.hosts.get(host).copied().or(self.default)

@@ -197,7 +197,12 @@ impl Gateway {
 
     /// Replaces the routing table; requests already running finish on the old one.
     pub fn set_router(&self, router: Router) {
-        self.shared.router.store(Arc::new(router));
+        let kept: std::collections::HashSet<Arc<str>> = router.server_labels().collect();
+        let old = self.shared.router.swap(Arc::new(router));
+        // Series of servers no longer configured would report their last state forever.
+        for gone in old.server_labels().filter(|l| !kept.contains(l)) {
+            self.shared.metrics.forget_origin(&gone);
+        }
     }
 
     /// Applies new limits to connections accepted from now on.
