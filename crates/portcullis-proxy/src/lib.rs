@@ -11,6 +11,7 @@ mod connector;
 mod drain;
 mod edge;
 mod error;
+mod forward;
 mod grpc;
 mod headers;
 pub mod metrics;

@@ -1,0 +1,294 @@
+//! Forwarding one request to an origin: the request rewritten for it, a server picked, the
+//! attempt made, and tried again elsewhere when that is safe; then the response (or the
+//! upgraded tunnel) handed back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use crate::body::{AccessLog, ProxyBody, RequestBody};
+use crate::connector::pool_authority;
+use crate::edge::{ConnInfo, error_response};
+use crate::error::{OriginError, OriginFailureKind};
+use crate::headers;
+use crate::proxy_protocol::ProxyAddrs;
+use crate::replay::{ReplayBody, Replayable};
+use crate::upstream::{InFlight, Upstream};
+
+/// Where a proxied request goes and under which limits.
+pub(crate) struct Target<'a> {
+    pub(crate) authority: Authority,
+    pub(crate) strip: usize,
+    pub(crate) max_body: Option<u64>,
+    pub(crate) site: &'a str,
+}
+
+pub(crate) async fn forward(
+    upstream: &Upstream,
+    conn: &Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+    target: Target<'_>,
+    log: Option<&mut AccessLog>,
+) -> Response<ProxyBody> {
+    let Target {
+        authority,
+        strip,
+        max_body,
+        site,
+    } = target;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(max), Some(len)) = (max_body, declared) {
+        if len > max {
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+    }
+    let upgrade = headers::wants_upgrade(req.headers(), req.version());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    let path_and_query = match (strip, parts.uri.path_and_query()) {
+        (0, Some(pq)) => pq.clone(),
+        (n, Some(pq)) => {
+            let rest = &pq.path()[n.min(pq.path().len())..];
+            let rest = if rest.is_empty() { "/" } else { rest };
+            let stripped = match pq.query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_owned(),
+            };
+            PathAndQuery::try_from(stripped).unwrap_or_else(|_| PathAndQuery::from_static("/"))
+        }
+        (_, None) => PathAndQuery::from_static("/"),
+    };
+    headers::prepare_request(
+        &mut parts.headers,
+        &conn.client,
+        authority.as_str(),
+        parts.version,
+        upgrade,
+    );
+    let key = upstream.hash_key(&parts.headers, conn.peer.ip());
+    // The pool is keyed by the URI's authority: the client's Host normally; for PROXY
+    // protocol origins the client's own addresses, so its connections are its own.
+    let pool_key = if upstream.proxy_protocol {
+        pool_authority(&ProxyAddrs {
+            source: conn.peer,
+            destination: conn.local,
+        })
+        .unwrap_or_else(|| authority.clone())
+    } else {
+        authority
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(upstream.scheme.clone());
+    uri.authority = Some(pool_key);
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = match Uri::from_parts(uri) {
+        Ok(u) => u,
+        Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid request target\n"),
+    };
+    // The origin connection's own protocol (h1 or h2 by ALPN) is chosen by the pool.
+    parts.version = http::Version::HTTP_11;
+
+    // A declared length was checked above; a streamed body is cut off where it passes.
+    let too_large = max_body
+        .filter(|_| declared.is_none())
+        .map(|max| (max, Arc::new(AtomicBool::new(false))));
+    let body = match &too_large {
+        Some((max, flag)) => RequestBody::limited(body, *max, flag.clone()),
+        None => RequestBody::new(body),
+    };
+    let attempts = if upgrade {
+        0
+    } else {
+        upstream.retries.attempts
+    };
+    let idempotent = parts.method.is_idempotent();
+    let (mut single, replay) = if attempts == 0 {
+        (Some(ReplayBody::direct(body)), None)
+    } else {
+        (None, Some(Replayable::new(body)))
+    };
+    upstream.note_request();
+
+    let mut tried: Vec<usize> = Vec::new();
+    let (backend, mut resp, in_flight) = loop {
+        let Some(i) = upstream.pick(key, &tried) else {
+            warn!(
+                site,
+                origin = &*upstream.label,
+                "no origin server available"
+            );
+            return unavailable(upstream.retry_after());
+        };
+        let backend = &upstream.backends[i];
+        let retries_left = tried.len() < attempts as usize;
+        let body = match (&replay, single.take()) {
+            (Some(r), _) => r.attempt(),
+            (None, Some(b)) => b,
+            // A single attempt never comes back here.
+            (None, None) => {
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    status_text(StatusCode::BAD_GATEWAY),
+                );
+            }
+        };
+        let req = if retries_left {
+            let mut copy = Request::new(body);
+            *copy.method_mut() = parts.method.clone();
+            *copy.uri_mut() = parts.uri.clone();
+            *copy.version_mut() = parts.version;
+            *copy.headers_mut() = parts.headers.clone();
+            copy
+        } else {
+            Request::from_parts(
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0),
+                body,
+            )
+        };
+        let client = if upgrade {
+            &backend.upgrade_client
+        } else {
+            &backend.client
+        };
+        backend.metrics.requests.inc();
+        let timer = backend.metrics.duration.start_timer();
+        let in_flight = InFlight::new(backend);
+        let pending = client.request(req);
+        let result = match tokio::time::timeout(upstream.response_header_timeout, pending).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(OriginError::from_client(&e)),
+            Err(_) => Err(OriginError::response_timeout(
+                upstream.response_header_timeout,
+            )),
+        };
+        let untouched = replay.as_ref().is_some_and(Replayable::untouched);
+        let may_retry = |connect: bool| {
+            retries_left && untouched && (connect || idempotent) && upstream.take_retry()
+        };
+        match result {
+            Ok(resp) => {
+                timer.observe_duration();
+                let status = resp.status().as_u16();
+                if !upstream.retries.on_status.contains(&status) {
+                    break (backend, resp, in_flight);
+                }
+                backend.record_failure();
+                if !may_retry(false) {
+                    break (backend, resp, in_flight);
+                }
+                debug!(
+                    site,
+                    origin = &*backend.label,
+                    status,
+                    "retrying on another server"
+                );
+            }
+            Err(_)
+                if too_large
+                    .as_ref()
+                    .is_some_and(|(_, f)| f.load(Ordering::Acquire)) =>
+            {
+                timer.stop_and_discard();
+                return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            }
+            Err(e) => {
+                timer.stop_and_discard();
+                backend.metrics.error(e.kind().label());
+                backend.record_failure();
+                let kind = e.kind();
+                let retry = if kind.is_connect() {
+                    upstream.retries.on_connect && may_retry(true)
+                } else {
+                    kind == OriginFailureKind::Reset
+                        && upstream.retries.on_reset
+                        && may_retry(false)
+                };
+                let status = e.status(upstream.verify_failure_status);
+                warn!(
+                    site,
+                    origin = &*backend.label,
+                    failure = kind.label(),
+                    status = status.as_u16(),
+                    retry,
+                    error = %e,
+                    "origin request failed"
+                );
+                if !retry {
+                    if let Some(log) = log {
+                        log.origin = Some(backend.label.clone());
+                    }
+                    return error_response(status, status_text(status));
+                }
+            }
+        }
+        backend.metrics.retries.inc();
+        tried.push(i);
+    };
+    if let Some(log) = log {
+        log.origin = Some(backend.label.clone());
+    }
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match (switching, client_upgrade) {
+        (true, Some(client_side)) => {
+            let origin_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, origin_side, conn.clone()));
+            headers::strip_hop_by_hop(resp.headers_mut(), true);
+        }
+        _ => headers::strip_hop_by_hop(resp.headers_mut(), false),
+    }
+    resp.map(|body| ProxyBody::origin(body, Some(in_flight)))
+}
+
+/// 503 when every server of the origin is down or ejected.
+fn unavailable(retry_after: std::time::Duration) -> Response<ProxyBody> {
+    let mut resp = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "503 Service Unavailable: no origin server is available\n",
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after.as_secs().max(1)),
+    );
+    resp
+}
+
+/// Copies bytes both ways between an upgraded client connection and its origin.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    origin: hyper::upgrade::OnUpgrade,
+    // Holds the drain token and the connection's place under the caps until it closes.
+    _conn: Arc<ConnInfo>,
+) {
+    let (client, origin) = match tokio::join!(client, origin) {
+        (Ok(c), Ok(o)) => (c, o),
+        (c, o) => {
+            debug!(client = ?c.err(), origin = ?o.err(), "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut origin) = (TokioIo::new(client), TokioIo::new(origin));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut origin).await {
+        debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+fn status_text(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        502 => "502 Bad Gateway: the origin could not be reached or failed\n",
+        504 => "504 Gateway Timeout: the origin did not answer in time\n",
+        526 => "526 Invalid SSL Certificate: the origin's certificate failed verification\n",
+        _ => "origin error\n",
+    }
+}
