@@ -19,6 +19,7 @@ Keys are written 0600. Nothing here is meant to be kept: write into a temporary 
 
 import argparse
 import datetime
+import importlib.util
 import os
 import subprocess
 import sys
@@ -136,12 +137,10 @@ def main():
     os.makedirs(os.path.join(a.out, "certs"), exist_ok=True)
     names = [f"site-{i}.bench.test" for i in range(a.n + a.extra)]
     t0 = time.monotonic()
-    try:
-        import cryptography  # noqa: F401
-
+    if importlib.util.find_spec("cryptography"):
         gen_cryptography(a.out, names)
         how = "python cryptography"
-    except ImportError:
+    else:
         gen_openssl(a.out, names)
         how = "openssl"
     with open(os.path.join(a.out, "names.txt"), "w") as f:
