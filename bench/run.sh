@@ -116,13 +116,11 @@ log "building bench/tlsload"
 cargo build -q --release --manifest-path "$BENCH/tlsload/Cargo.toml" --target-dir "$TARGET/bench-tools" >&2
 TLSLOAD=$TARGET/bench-tools/release/tlsload
 
-NCPU=$(nproc)
-if [ "$NCPU" -ge 2 ]; then
-    LOAD_CPU=0
-    PROXY_CPU=1
-else
-    LOAD_CPU=0
-    PROXY_CPU=0
+# The first two CPUs this process may use (0 and 1 on a plain machine).
+read -r NCPU LOAD_CPU PROXY_CPU < <(python3 -c 'import os
+c = sorted(os.sched_getaffinity(0))
+print(len(c), c[0], c[1] if len(c) > 1 else c[0])')
+if [ "$NCPU" -lt 2 ]; then
     log "only one CPU: proxy and load generator share it; the figures mean little"
 fi
 # Everything this script starts inherits CPU $LOAD_CPU; proxies are started on $PROXY_CPU.
