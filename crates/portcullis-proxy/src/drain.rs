@@ -3,7 +3,7 @@
 //! the last token is dropped.
 
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::time::Duration;
 
 use hyper::body::Body;
@@ -70,14 +70,17 @@ impl DrainWatch {
     /// Runs a client connection under its limits: closed gracefully when the drain starts
     /// or it sits idle too long, cut off at once when its request head is too slow or it
     /// floods resets. Returns the connection's own result, or why it was cut off.
+    ///
+    /// The connection comes boxed: this future lives in the connection's task for as long
+    /// as the connection, which then holds a pointer rather than the connection's state
+    /// (and the state of whichever protocol it does not speak).
     pub(crate) async fn supervise<C: GracefulConn>(
         mut self,
-        conn: C,
+        mut conn: Pin<Box<C>>,
         clock: &ConnClock,
         header_timeout: Duration,
         idle_timeout: Duration,
     ) -> Supervised<C::Output> {
-        let mut conn = pin!(conn);
         let mut closing = false;
         loop {
             tokio::select! {

@@ -60,7 +60,17 @@ fn reason_of(e: &rustls::Error) -> &'static str {
     }
 }
 
+/// Reads the ClientHello, picks the server config, and completes the handshake. The stream
+/// comes boxed: it lives as long as the connection, and a box keeps its 1 KiB+ of rustls
+/// state out of the futures that hold it.
 pub(crate) async fn accept(
+    tcp: TcpStream,
+    shared: &Shared,
+) -> Result<Box<TlsStream<TcpStream>>, HandshakeError> {
+    handshake(tcp, shared).await.map(Box::new)
+}
+
+async fn handshake(
     mut tcp: TcpStream,
     shared: &Shared,
 ) -> Result<TlsStream<TcpStream>, HandshakeError> {
