@@ -436,3 +436,42 @@ async fn routes_forward_to_their_own_origins_and_strip_prefixes() {
     assert_eq!(assets.seen().len(), 1);
     assert_eq!(site_origin.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn sites_in_front_of_one_origin_share_its_connections_and_keep_their_host() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let mut b = GatewayBuilder::new();
+    let names = ["a.test", "b.test", "c.test", "d.test"];
+    for name in names {
+        let (cert, key) = edge.leaf(&[name]).write(b.dir(), name);
+        b = b.site(&format!(
+            "{{hosts: [{name}], tls: {{cert: {}, key: {}}}, origin: 'http://{}'}}",
+            cert.display(),
+            key.display(),
+            origin.addr
+        ));
+    }
+    let gw = b.start().await;
+    let client = gw.client(&edge.root_der);
+    // One request after another, each site in turn, twice: one origin connection is
+    // enough for all of them (as with nginx's upstream keepalive), where a pool per Host
+    // would open one per site.
+    for round in 0..2 {
+        for name in names {
+            let resp = within(name, client.get(name, &format!("/{round}"))).await;
+            assert_eq!(resp.status, 200, "{name}");
+            let seen = origin.last();
+            assert_eq!(
+                seen.headers["host"], name,
+                "the origin sees the site's Host"
+            );
+            assert_eq!(seen.path, format!("/{round}"));
+        }
+    }
+    assert_eq!(
+        origin.connections(),
+        1,
+        "one origin connection for every site"
+    );
+}

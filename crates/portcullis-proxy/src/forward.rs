@@ -77,16 +77,20 @@ pub(crate) async fn forward(
         upgrade,
     );
     let key = upstream.hash_key(&parts.headers, conn.peer.ip());
-    // The pool is keyed by the URI's authority: the client's Host normally; for PROXY
-    // protocol origins the client's own addresses, so its connections are its own.
+    // The pool is keyed by the URI's authority (each server has its own pool): for PROXY
+    // protocol origins the client's own addresses, so its connections are its own; for
+    // origins that may speak HTTP/2 the client's Host, which becomes `:authority`; else one
+    // key, so HTTP/1.1 connections serve every site (the Host header is set above).
     let pool_key = if upstream.proxy_protocol {
         pool_authority(&ProxyAddrs {
             source: conn.peer,
             destination: conn.local,
         })
         .unwrap_or_else(|| authority.clone())
-    } else {
+    } else if upstream.pool_by_host {
         authority
+    } else {
+        Authority::from_static("origin")
     };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(upstream.scheme.clone());

@@ -73,7 +73,9 @@ pub(crate) struct Matched<'a> {
 impl Router {
     /// Builds the table, creating a client for every origin. Problems name the origin's key.
     /// Origins that `previous` already had, unchanged, keep their client and its pooled
-    /// connections.
+    /// connections; identical origins of several sites or routes share one (one pool, one
+    /// set of health checks), so a thousand sites in front of one origin keep a few origin
+    /// connections rather than a thousand.
     pub fn build(
         config: &Config,
         metrics: &ProxyMetrics,
@@ -83,14 +85,18 @@ impl Router {
         // Servers by URL, so a changed origin keeps what is known of its servers' health.
         let mut known: HashMap<&str, &Arc<Backend>> = HashMap::new();
         for upstream in previous.into_iter().flat_map(Router::upstreams) {
-            reusable
-                .entry(upstream.origin().url.as_str())
-                .or_default()
-                .push(upstream);
+            let same_url = reusable.entry(upstream.origin().url.as_str()).or_default();
+            // Shared upstreams appear once per site or route that uses them.
+            if same_url.iter().any(|u| Arc::ptr_eq(u, upstream)) {
+                continue;
+            }
+            same_url.push(upstream);
             for b in upstream.backends.iter() {
                 known.insert(&b.label, b);
             }
         }
+        // Upstreams built so far in this table, by URL.
+        let mut built: HashMap<String, Vec<Arc<Upstream>>> = HashMap::new();
         let mut problems = Vec::new();
         let mut hosts = HostMap::new();
         let mut default = None;
@@ -105,14 +111,24 @@ impl Router {
             let mut handler = |action: &Action, key: String| match action {
                 Action::Respond(r) => Some(Handler::Respond(Arc::new(Fixed::new(r)))),
                 Action::Proxy(origin) => {
-                    let same = reusable
-                        .get(origin.url.as_str())
-                        .and_then(|c| c.iter().find(|u| *u.origin() == **origin));
-                    if let Some(upstream) = same {
-                        return Some(Handler::Proxy(Arc::clone(upstream)));
-                    }
-                    match Upstream::with_known(origin, metrics, &|url| known.get(url).copied()) {
-                        Ok(u) => Some(Handler::Proxy(u)),
+                    let url = origin.url.as_str();
+                    let same = |u: &&Arc<Upstream>| *u.origin() == **origin;
+                    let shared = built.get(url).and_then(|c| c.iter().find(same));
+                    let same = shared.or_else(|| reusable.get(url)?.iter().copied().find(same));
+                    let upstream = match same {
+                        Some(upstream) => Ok(Arc::clone(upstream)),
+                        None => {
+                            Upstream::with_known(origin, metrics, &|url| known.get(url).copied())
+                        }
+                    };
+                    match upstream {
+                        Ok(u) => {
+                            let here = built.entry(url.to_owned()).or_default();
+                            if !here.iter().any(|b| Arc::ptr_eq(b, &u)) {
+                                here.push(u.clone());
+                            }
+                            Some(Handler::Proxy(u))
+                        }
                         Err(e) => {
                             problems.push(Problem::new(key, e));
                             None
@@ -349,6 +365,21 @@ mod reuse_tests {
         let second = Router::build(&config("http://127.0.0.1:3"), &m, Some(&first)).unwrap();
         assert!(Arc::ptr_eq(&upstream(&first, 0), &upstream(&second, 0)));
         assert!(!Arc::ptr_eq(&upstream(&first, 1), &upstream(&second, 1)));
+    }
+
+    #[test]
+    fn identical_origins_of_different_sites_share_one_upstream() {
+        let m = ProxyMetrics::unregistered();
+        let first = Router::build(&config("http://127.0.0.1:1"), &m, None).unwrap();
+        assert!(Arc::ptr_eq(&upstream(&first, 0), &upstream(&first, 1)));
+        let different = Router::build(&config("http://127.0.0.1:2"), &m, None).unwrap();
+        assert!(!Arc::ptr_eq(
+            &upstream(&different, 0),
+            &upstream(&different, 1)
+        ));
+        // A rebuild keeps the shared one, shared.
+        let second = Router::build(&config("http://127.0.0.1:1"), &m, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&upstream(&first, 0), &upstream(&second, 1)));
     }
 
     #[test]
