@@ -15,8 +15,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_config::{Limits, Listen};
-use portcullis_tls::{CertStore, Challenges, server_config};
-use rustls::ServerConfig;
+use portcullis_tls::{CertStore, Challenges, EdgeTls, server_config};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -79,7 +78,7 @@ pub(crate) struct Shared {
     pub(crate) router: ArcSwap<Router>,
     pub(crate) certs: Arc<CertStore>,
     pub(crate) challenges: Arc<Challenges>,
-    pub(crate) tls: Arc<ServerConfig>,
+    pub(crate) tls: EdgeTls,
     settings: ArcSwap<ConnSettings>,
     conns: Arc<ConnTracker>,
     pub(crate) metrics: ProxyMetrics,

@@ -115,8 +115,9 @@ async fn handshake(
         let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
         return Err(HandshakeError::UnknownSni(sni));
     }
+    let config = shared.tls.for_hello(&hello);
     Ok(StartHandshake::from_parts(accepted, tcp)
-        .into_stream(shared.tls.clone())
+        .into_stream(config)
         .await?)
 }
 

@@ -18,6 +18,6 @@ pub use fs::{create_private_dir, write_atomic};
 pub use local_ca::{LOCAL_LEAF_VALIDITY, LocalCa, LocalCaError};
 pub use origin::{OriginTlsConfig, origin_tls_config, server_name};
 pub use provider::{crypto_provider, install_default_provider};
-pub use server::{EDGE_ALPN, server_config};
+pub use server::{EDGE_ALPN, EdgeTls, server_config};
 pub use sites::{CertSource, SiteCert, SiteCerts, load_site_certificates};
 pub use store::{CertStore, SiteBinding};
