@@ -332,7 +332,7 @@ EOF
         "$BIN" check --config "$conf" >"$TMP/logs/portcullis-check.out" 2>&1 ||
             { cat "$TMP/logs/portcullis-check.out" >&2; return 1; }
         spawn "$TMP/logs/portcullis-$mode.log" taskset -c "$PROXY_CPU" \
-            env TOKIO_WORKER_THREADS=1 RUST_LOG=info,portcullis::access=off "$BIN" run --config "$conf"
+            env RUST_LOG=info,portcullis::access=off "$BIN" run --workers 1 --config "$conf"
         ;;
     nginx)
         local upstream ssl_lines=
@@ -603,7 +603,7 @@ sites_run() { # $1: number of sites, $2: repetition
     local t0 start_s
     t0=$(date +%s.%N)
     spawn "$TMP/logs/portcullis-sites-$n.log" taskset -c "$PROXY_CPU" \
-        env TOKIO_WORKER_THREADS=1 RUST_LOG=info,portcullis::access=off "$BIN" run --config "$dir/sites.yaml"
+        env RUST_LOG=info,portcullis::access=off "$BIN" run --workers 1 --config "$dir/sites.yaml"
     PROXY_PID=$STARTED
     start_s=$($PY wait-ready "http://127.0.0.1:$admin/readyz" --since "$t0" --timeout 300)
     wait_http "--resolve site-0.bench.test:$port:127.0.0.1 https://site-0.bench.test:$port/" "portcullis ($n sites)"

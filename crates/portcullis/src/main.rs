@@ -22,6 +22,9 @@ struct Cli {
         env = "PORTCULLIS_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// Threads that serve connections (default: one per CPU).
+    #[arg(long, global = true, env = "PORTCULLIS_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,10 +85,14 @@ fn main() -> ExitCode {
         Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A multi-thread runtime also for one worker: Tokio's current-thread scheduler measured
+    // no cheaper per request here (callgrind: the same instructions; wall time within the
+    // noise), and it would run the main task and reloads on the serving thread.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.workers {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -134,6 +134,59 @@ async fn proxy_serves_the_host_with_a_certificate_from_the_local_ca() {
     assert_eq!(seen.headers["host"], "a.localhost");
 }
 
+/// Names of the process's threads that are Tokio workers.
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_sets_the_serving_threads() {
+    let origin = TestOrigin::http().await;
+    let tmp = tempfile::tempdir().unwrap();
+    for (workers, expected) in [("1", 1), ("3", 3)] {
+        let ca_dir = tmp.path().join(format!("ca-{workers}"));
+        let to = origin.addr.to_string();
+        let gw = GatewayProcess::spawn(
+            Path::new(BIN),
+            &[
+                "proxy",
+                "--workers",
+                workers,
+                "--from",
+                "a.localhost:0",
+                "--to",
+                &to,
+                "--local-ca-dir",
+                ca_dir.to_str().unwrap(),
+            ],
+        );
+        let root = CertificateDer::from_pem_file(ca_dir.join("root.crt")).unwrap();
+        let client = TestClient::new(SocketAddr::from(([127, 0, 0, 1], gw.https.port())), &root);
+        for _ in 0..3 {
+            assert_eq!(client.get("a.localhost", "/").await.status, 200);
+        }
+        assert_eq!(worker_threads(gw.pid()), expected, "--workers {workers}");
+    }
+    let out = portcullis(
+        tmp.path(),
+        &[
+            "proxy",
+            "--workers",
+            "0",
+            "--from",
+            "a.localhost",
+            "--to",
+            "127.0.0.1:1",
+        ],
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--workers"), "{}", out.stderr);
+}
+
 #[test]
 fn proxy_refuses_bad_flags_naming_the_flag() {
     for (args, flag, says) in [
