@@ -829,3 +829,52 @@ async fn saving_the_file_adds_a_site_without_a_reload_call() {
     assert_eq!(resp, (StatusCode::OK, "new".into()));
     gw.stop().await;
 }
+
+// --- 7. Certificate files ----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_unchanged_certificates_loads_rewritten_ones_and_refuses_broken_ones() {
+    let files = Files::new();
+    let sites = [
+        files.site("a.test", "respond: {body: a}"),
+        files.site("b.test", "respond: {body: b}"),
+    ];
+    files.write(ANY_PORT, &sites);
+    let gw = Running::start(&files).await;
+    let client = files.client(gw.https);
+    let store = gw.controller.gateway().certs();
+    let (a0, b0) = (
+        store.certificate("a.test").unwrap(),
+        store.certificate("b.test").unwrap(),
+    );
+
+    // Files unchanged: both sites keep the key loaded at start.
+    gw.reload().await;
+    assert!(Arc::ptr_eq(&a0, &store.certificate("a.test").unwrap()));
+    assert!(Arc::ptr_eq(&b0, &store.certificate("b.test").unwrap()));
+
+    // b's files rewritten in place, same paths: the reload serves the new certificate.
+    let fresh = files.ca.leaf(&["b.test"]);
+    fresh.write(files.dir.path(), "b.test");
+    gw.reload().await;
+    assert!(Arc::ptr_eq(&a0, &store.certificate("a.test").unwrap()));
+    let conn = within("b.test", client.connect("b.test", &["h2"]))
+        .await
+        .unwrap();
+    assert_eq!(conn.peer_leaf, fresh.cert_der);
+
+    // b's key replaced by one of another certificate: refused, named, and the certificate
+    // loaded before keeps serving.
+    let other = files.ca.leaf(&["b.test"]);
+    std::fs::write(files.dir.path().join("b.test.key"), &other.key_pem).unwrap();
+    let problems = within("reload", gw.controller.reload())
+        .await
+        .expect_err("a key that does not match its certificate was accepted");
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["sites[1].tls.key"], "{problems:?}");
+    let conn = within("b.test", client.connect("b.test", &["h2"]))
+        .await
+        .unwrap();
+    assert_eq!(conn.peer_leaf, fresh.cert_der);
+    gw.stop().await;
+}

@@ -1,11 +1,12 @@
 //! Certificates for the sites of a config: loaded from files or issued by the local CA, with
 //! the checks `portcullis check` reports.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use portcullis_config::{Config, Problem, SiteTls};
+use portcullis_config::{CertKey, Config, Problem, Site, SiteTls};
 use rustls::sign::CertifiedKey;
 
 use crate::certs::{CertInfo, KeyError, certified_key, format_time};
@@ -66,72 +67,35 @@ impl SiteCerts {
 /// the site's hosts, dates); `tls: local` sites, and `tls: acme` sites with a local
 /// fallback, are issued a certificate only when `local_ca` is given, so `check` never
 /// writes a CA to disk. ACME certificates themselves come from the ACME client.
+///
+/// `previous` is the config loaded last and what this function loaded for it: a site whose
+/// certificate and key files read the same as then (paths and content) gets the same
+/// servable key back instead of a new one. Loading a key is most of the cost of a reload
+/// with many sites, as the key is checked by deriving its public key.
 pub fn load_site_certificates(
     config: &Config,
     local_ca: Option<&LocalCa>,
+    previous: Option<(&Config, &SiteCerts)>,
 ) -> Result<SiteCerts, Vec<Problem>> {
+    let reusable = reusable(previous);
     let mut out = SiteCerts::default();
     let mut problems = Vec::new();
     let now = SystemTime::now();
     for (i, site) in config.sites.iter().enumerate() {
         let key = format!("sites[{i}].tls");
-        let loaded = match &site.tls {
-            SiteTls::Files(files) => {
-                match certified_key(files.chain.clone(), files.key.clone_key()) {
-                    Ok(ck) => Some((CertSource::File(files.cert_path.clone()), Some(ck))),
-                    Err(e @ (KeyError::BadKey(_) | KeyError::Mismatch)) => {
-                        let msg = match e {
-                            KeyError::Mismatch => format!(
-                                "{} does not match the certificate in {}",
-                                files.key_path.display(),
-                                files.cert_path.display()
-                            ),
-                            other => format!("{}: {other}", files.key_path.display()),
-                        };
-                        problems.push(Problem::new(format!("{key}.key"), msg));
-                        None
-                    }
-                    Err(e) => {
-                        problems.push(Problem::new(
-                            format!("{key}.cert"),
-                            format!("{}: {e}", files.cert_path.display()),
-                        ));
-                        None
-                    }
-                }
-            }
-            SiteTls::Acme { fallback_local } => match (fallback_local, local_ca) {
-                (true, Some(ca)) => match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {
-                    Ok(ck) => Some((CertSource::Acme, Some(ck))),
-                    Err(e) => {
-                        problems.push(Problem::new(key.clone(), e.to_string()));
-                        None
-                    }
-                },
-                _ => Some((CertSource::Acme, None)),
-            },
-            SiteTls::Local => match local_ca {
-                Some(ca) => match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {
-                    Ok(ck) => Some((CertSource::Local, Some(ck))),
-                    Err(e) => {
-                        problems.push(Problem::new(key.clone(), e.to_string()));
-                        None
-                    }
-                },
-                None => Some((CertSource::Local, None)),
-            },
+        let reused = match &site.tls {
+            SiteTls::Files(files) => reusable
+                .get(files.cert_path.as_path())
+                .filter(|(was, _)| *was == files)
+                .map(|(_, cert)| *cert),
+            _ => None,
         };
-        let Some((source, ck)) = loaded else { continue };
-        let info = match ck.as_ref().map(|ck| CertInfo::parse(&ck.cert[0])) {
-            Some(Ok(info)) => Some(info),
-            Some(Err(e)) => {
-                problems.push(Problem::new(
-                    format!("{key}.cert"),
-                    format!("not a valid X.509 certificate: {e}"),
-                ));
-                continue;
-            }
-            None => None,
+        let (source, ck, info) = match reused {
+            Some(cert) => (cert.source.clone(), cert.key.clone(), cert.info.clone()),
+            None => match load_one(site, local_ca, &key, &mut problems) {
+                Some(loaded) => loaded,
+                None => continue,
+            },
         };
         if let (Some(info), CertSource::File(path)) = (&info, &source) {
             for (j, host) in site.hosts.iter().enumerate() {
@@ -174,3 +138,93 @@ pub fn load_site_certificates(
         Err(problems)
     }
 }
+
+/// The file certificates of a previous load, by certificate path, with the files as they
+/// were read then.
+fn reusable<'a>(
+    previous: Option<(&'a Config, &'a SiteCerts)>,
+) -> HashMap<&'a Path, (&'a CertKey, &'a SiteCert)> {
+    let Some((config, certs)) = previous else {
+        return HashMap::new();
+    };
+    config
+        .sites
+        .iter()
+        .zip(&certs.sites)
+        .filter_map(|(site, cert)| match (&site.tls, &cert.key) {
+            // The names are compared because a failed load leaves gaps in `certs`.
+            (SiteTls::Files(files), Some(_)) if cert.site == site.name => {
+                Some((files.cert_path.as_path(), (files, cert)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Loads or issues one site's certificate, recording what is wrong in `problems`.
+fn load_one(
+    site: &Site,
+    local_ca: Option<&LocalCa>,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<(CertSource, Option<Arc<CertifiedKey>>, Option<CertInfo>)> {
+    let (source, ck) = match &site.tls {
+        SiteTls::Files(files) => match certified_key(files.chain.clone(), files.key.clone_key()) {
+            Ok(ck) => (CertSource::File(files.cert_path.clone()), Some(ck)),
+            Err(e @ (KeyError::BadKey(_) | KeyError::Mismatch)) => {
+                let msg = match e {
+                    KeyError::Mismatch => format!(
+                        "{} does not match the certificate in {}",
+                        files.key_path.display(),
+                        files.cert_path.display()
+                    ),
+                    other => format!("{}: {other}", files.key_path.display()),
+                };
+                problems.push(Problem::new(format!("{key}.key"), msg));
+                return None;
+            }
+            Err(e) => {
+                problems.push(Problem::new(
+                    format!("{key}.cert"),
+                    format!("{}: {e}", files.cert_path.display()),
+                ));
+                return None;
+            }
+        },
+        SiteTls::Acme { fallback_local } => match (fallback_local, local_ca) {
+            (true, Some(ca)) => match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {
+                Ok(ck) => (CertSource::Acme, Some(ck)),
+                Err(e) => {
+                    problems.push(Problem::new(key, e.to_string()));
+                    return None;
+                }
+            },
+            _ => (CertSource::Acme, None),
+        },
+        SiteTls::Local => match local_ca {
+            Some(ca) => match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {
+                Ok(ck) => (CertSource::Local, Some(ck)),
+                Err(e) => {
+                    problems.push(Problem::new(key, e.to_string()));
+                    return None;
+                }
+            },
+            None => (CertSource::Local, None),
+        },
+    };
+    let info = match ck.as_ref().map(|ck| CertInfo::parse(&ck.cert[0])) {
+        Some(Ok(info)) => Some(info),
+        Some(Err(e)) => {
+            problems.push(Problem::new(
+                format!("{key}.cert"),
+                format!("not a valid X.509 certificate: {e}"),
+            ));
+            return None;
+        }
+        None => None,
+    };
+    Some((source, ck, info))
+}
+
+#[cfg(test)]
+mod tests;

@@ -44,7 +44,7 @@ pub fn prepare(
     local_ca: Option<&LocalCa>,
     metrics: &ProxyMetrics,
 ) -> Result<Prepared, Vec<Problem>> {
-    let certs = load_site_certificates(config, local_ca);
+    let certs = load_site_certificates(config, local_ca, None);
     let router = Router::build(config, metrics, None);
     match (certs, router) {
         (Ok(certs), Ok(router)) => Ok(Prepared { certs, router }),
@@ -169,6 +169,7 @@ impl App {
             path,
             loaded,
             config,
+            certs,
             gateway,
             challenges,
             telemetry,

@@ -10,7 +10,7 @@ use portcullis_tls::{CertInfo, format_time, load_site_certificates};
 
 /// One row per host of every site.
 pub fn render(config: &Config) -> String {
-    let files = load_site_certificates(config, None).ok();
+    let files = load_site_certificates(config, None, None).ok();
     let storage = Storage::new(&config.storage, &config.acme.directory);
     let mut rows: Vec<[String; 7]> = vec![[
         "NAME".into(),

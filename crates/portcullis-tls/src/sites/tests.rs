@@ -1,0 +1,82 @@
+use std::path::Path;
+
+use super::*;
+
+/// Writes a fresh self-signed certificate for `host` and its key as `<name>.pem` and
+/// `<name>.key`; with `key_of`, the key of another certificate instead.
+fn write_pair(dir: &Path, name: &str, host: &str, key_of: Option<&str>) {
+    let made = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+    let other = key_of.map(|h| rcgen::generate_simple_self_signed(vec![h.to_owned()]).unwrap());
+    let key = other.as_ref().unwrap_or(&made).signing_key.serialize_pem();
+    std::fs::write(dir.join(format!("{name}.pem")), made.cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
+}
+
+/// Two sites with their own files; `a` also claims a host its certificate does not name.
+fn config(dir: &Path) -> Config {
+    let yaml = "sites:\n\
+        \x20 - hosts: [a.test, x.test]\n    tls: { cert: a.pem, key: a.key }\n    respond: {}\n\
+        \x20 - hosts: [b.test]\n    tls: { cert: b.pem, key: b.key }\n    respond: {}\n";
+    portcullis_config::parse(yaml, dir).unwrap()
+}
+
+fn key(certs: &SiteCerts, i: usize) -> &Arc<CertifiedKey> {
+    certs.sites[i].key.as_ref().unwrap()
+}
+
+#[test]
+fn unchanged_files_keep_their_key_and_a_rewritten_file_is_loaded_again() {
+    crate::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), "a", "a.test", None);
+    write_pair(dir.path(), "b", "b.test", None);
+    let first_config = config(dir.path());
+    let first = load_site_certificates(&first_config, None, None).unwrap();
+
+    // The same files read again: nothing is loaded anew, and the warnings are the same.
+    let same_config = config(dir.path());
+    let same = load_site_certificates(&same_config, None, Some((&first_config, &first))).unwrap();
+    assert!(Arc::ptr_eq(key(&first, 0), key(&same, 0)));
+    assert!(Arc::ptr_eq(key(&first, 1), key(&same, 1)));
+    assert_eq!(same.warnings, first.warnings);
+    assert_eq!(
+        same.warnings
+            .iter()
+            .map(|w| w.key.as_str())
+            .collect::<Vec<_>>(),
+        ["sites[0].hosts[1]"]
+    );
+
+    // `b` rewritten in place (same paths, new certificate and key): only `b` is new.
+    write_pair(dir.path(), "b", "b.test", None);
+    let next_config = config(dir.path());
+    let next = load_site_certificates(&next_config, None, Some((&same_config, &same))).unwrap();
+    assert!(Arc::ptr_eq(key(&same, 0), key(&next, 0)));
+    assert!(!Arc::ptr_eq(key(&same, 1), key(&next, 1)));
+    let SiteTls::Files(files) = &next_config.sites[1].tls else {
+        panic!("b has files")
+    };
+    assert_eq!(key(&next, 1).cert, files.chain);
+    assert_ne!(key(&next, 1).cert, key(&same, 1).cert);
+}
+
+#[test]
+fn a_rewritten_key_that_does_not_match_is_refused_despite_a_previous_load() {
+    crate::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), "a", "a.test", None);
+    write_pair(dir.path(), "b", "b.test", None);
+    let first_config = config(dir.path());
+    let first = load_site_certificates(&first_config, None, None).unwrap();
+
+    write_pair(dir.path(), "b", "b.test", Some("elsewhere.test"));
+    let broken = config(dir.path());
+    let problems =
+        load_site_certificates(&broken, None, Some((&first_config, &first))).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["sites[1].tls.key"], "{problems:?}");
+    assert!(
+        problems[0].message.contains("does not match"),
+        "{problems:?}"
+    );
+}
