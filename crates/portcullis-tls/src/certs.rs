@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_config::HostPattern;
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SigningKey};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -30,11 +30,13 @@ pub fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<CertifiedKey>, KeyError> {
-    let provider = crypto_provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| KeyError::BadKey(e.to_string()))?;
+    let signing = match ecdsa_key(&key) {
+        Some(signing) => signing,
+        None => crypto_provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| KeyError::BadKey(e.to_string()))?,
+    };
     let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
@@ -44,6 +46,30 @@ pub fn certified_key(
         Err(e) => Err(KeyError::BadCertificate(e.to_string())),
     }
 }
+
+/// A PKCS#8 EC key loaded as ECDSA directly. The provider's loader tries RSA first, and
+/// aws-lc parses an EC key and checks it (deriving its public key) before refusing it as RSA,
+/// then does it all again as ECDSA: twice the work for the P-256 keys Portcullis' ACME
+/// client and local CA make. `None` for any other key, or one this cannot load: those take
+/// the provider's loader, which reports what is wrong.
+fn ecdsa_key(key: &PrivateKeyDer<'_>) -> Option<Arc<dyn SigningKey>> {
+    let PrivateKeyDer::Pkcs8(pkcs8) = key else {
+        return None;
+    };
+    // The algorithm identifier follows the version within the first bytes.
+    let head = pkcs8.secret_pkcs8_der().get(..32)?;
+    if !head
+        .windows(EC_PUBLIC_KEY.len())
+        .any(|w| w == EC_PUBLIC_KEY)
+    {
+        return None;
+    }
+    // The provider's own ECDSA loader (it is aws-lc-rs, see `crypto_provider`).
+    rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(key).ok()
+}
+
+/// The DER of OID 1.2.840.10045.2.1, `id-ecPublicKey`: the PKCS#8 algorithm of an EC key.
+const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 
 /// What a leaf certificate says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +178,33 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ec_keys_load_directly_and_other_keys_through_the_provider() {
+        let ec = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let ec_key = PrivateKeyDer::try_from(ec.signing_key.serialize_der()).unwrap();
+        assert!(ecdsa_key(&ec_key).is_some());
+        let ck = certified_key(vec![ec.cert.der().clone()], ec_key).unwrap();
+        assert_eq!(ck.key.algorithm(), rustls::SignatureAlgorithm::ECDSA);
+
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["b.test".into()])
+            .unwrap()
+            .self_signed(&ed)
+            .unwrap();
+        let ed_key = PrivateKeyDer::try_from(ed.serialize_der()).unwrap();
+        assert!(ecdsa_key(&ed_key).is_none());
+        let ck = certified_key(vec![cert.der().clone()], ed_key).unwrap();
+        assert_eq!(ck.key.algorithm(), rustls::SignatureAlgorithm::ED25519);
+
+        // A key of another certificate is still refused.
+        let other = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let other_key = PrivateKeyDer::try_from(other.signing_key.serialize_der()).unwrap();
+        assert_eq!(
+            certified_key(vec![ec.cert.der().clone()], other_key).unwrap_err(),
+            KeyError::Mismatch
+        );
+    }
 
     #[test]
     fn formats_dates() {
