@@ -42,6 +42,15 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// the `Upgrade` header and a `Connection: upgrade` survive, so the switch reaches the
 /// other side.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests and responses carry none of these: one look at each name present is
+    // cheaper than a lookup per hop-by-hop name.
+    if !keep_upgrade
+        && !headers
+            .keys()
+            .any(|name| name == header::TE || HOP_BY_HOP.contains(name))
+    {
+        return;
+    }
     // Names listed in Connection are hop-by-hop too; collect them only when there are any
     // beyond the usual keep-alive/close/upgrade, so the common case does no allocation.
     let listed: Vec<HeaderName> = headers
@@ -134,7 +143,8 @@ pub(crate) fn prepare_request(
     if !keep(headers, &X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HTTPS);
     }
-    let xff = match joined(headers, &X_FORWARDED_FOR).filter(|_| client.trusted) {
+    let trusted_xff = client.trusted.then(|| joined(headers, &X_FORWARDED_FOR));
+    let xff = match trusted_xff.flatten() {
         Some(before) => HeaderValue::from_str(&format!(
             "{before}, {}",
             client.ip.to_str().unwrap_or("unknown")
@@ -147,7 +157,8 @@ pub(crate) fn prepare_request(
         "{};host=\"{}\";proto=https",
         client.forwarded_for, authority
     );
-    let forwarded = match joined(headers, &header::FORWARDED).filter(|_| client.trusted) {
+    let trusted_forwarded = client.trusted.then(|| joined(headers, &header::FORWARDED));
+    let forwarded = match trusted_forwarded.flatten() {
         Some(before) => format!("{before}, {element}"),
         None => element,
     };
@@ -210,6 +221,31 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_is_removed_on_its_own() {
+        // The common case skips the removals when no hop-by-hop name is present; any one
+        // of them alone must still be seen.
+        for (name, value) in [
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic x"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+        ] {
+            let mut h = map(&[(name, value), ("accept", "*/*")]);
+            strip_hop_by_hop(&mut h, false);
+            let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["accept"], "{name}");
+        }
+        let mut h = map(&[("te", "trailers"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "TE: trailers is kept");
     }
 
     #[test]
