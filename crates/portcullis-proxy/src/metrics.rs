@@ -267,6 +267,14 @@ impl ProxyMetrics {
         }
     }
 
+    /// Drops the request series of a route that is no longer configured.
+    pub(crate) fn forget_route(&self, site: &str, route: &str) {
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = self.requests.remove_label_values(&[site, route, class]);
+        }
+        let _ = self.duration.remove_label_values(&[site, route]);
+    }
+
     /// Drops every series of an origin server that is no longer configured.
     pub(crate) fn forget_origin(&self, origin: &str) {
         let _ = self.origin_requests.remove_label_values(&[origin]);
@@ -319,6 +327,11 @@ struct ResolvedRoute {
 }
 
 impl RouteMetrics {
+    /// `site`, `route`.
+    pub(crate) fn labels(&self) -> (&str, &str) {
+        (&self.labels.0, &self.labels.1)
+    }
+
     pub(crate) fn observe(&self, status: u16, seconds: f64) {
         let r = self.resolved.get_or_init(|| {
             let (site, route) = &*self.labels;

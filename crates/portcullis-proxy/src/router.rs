@@ -197,6 +197,27 @@ impl Router {
         })
     }
 
+    /// The `site` and `route` labels of every route's series in the table.
+    fn route_labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.sites.iter().flat_map(|s| {
+            s.routes
+                .iter()
+                .map(|r| &r.metrics)
+                .chain(s.fallback.as_ref().map(|(_, m)| m))
+                .chain(std::iter::once(&s.unmatched))
+                .map(|m| m.labels())
+        })
+    }
+
+    /// Drops the request series of routes `self` had and `new` has not (a site or route
+    /// removed or renamed by a reload), so they do not report their last value forever.
+    pub(crate) fn forget_routes_missing_from(&self, new: &Router, metrics: &ProxyMetrics) {
+        let kept: std::collections::HashSet<(&str, &str)> = new.route_labels().collect();
+        for (site, route) in self.route_labels().filter(|l| !kept.contains(l)) {
+            metrics.forget_route(site, route);
+        }
+    }
+
     /// The `origin` metric label of every origin server in the table.
     pub(crate) fn server_labels(&self) -> impl Iterator<Item = Arc<str>> + '_ {
         self.upstreams()
@@ -334,6 +355,55 @@ mod tests {
         assert_eq!(body("/api/v1"), (Bytes::from("api"), 0));
         assert_eq!(body("/apiv2"), (Bytes::from("root"), 0));
         assert_eq!(body("/"), (Bytes::from("root"), 0));
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    fn sites(yaml_sites: &[&str]) -> Config {
+        let sites: String = yaml_sites
+            .iter()
+            .map(|name| {
+                format!(
+                    "  - {{name: {name}, hosts: [{name}.test], tls: local, respond: {{body: x}}}}\n"
+                )
+            })
+            .collect();
+        portcullis_config::parse(&format!("sites:\n{sites}"), std::path::Path::new(".")).unwrap()
+    }
+
+    fn series_sites(registry: &prometheus::Registry) -> Vec<String> {
+        let mut out: Vec<String> = registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == crate::metrics::names::HTTP_REQUESTS)
+            .flat_map(|f| f.get_metric().iter())
+            .filter_map(|m| m.get_label().iter().find(|l| l.name() == "site"))
+            .map(|l| l.value().to_owned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn a_removed_site_s_request_series_go_with_it() {
+        let registry = prometheus::Registry::new();
+        let m = ProxyMetrics::new(&registry).unwrap();
+        let old = Router::build(&sites(&["a", "b"]), &m, None).unwrap();
+        for site in &old.sites {
+            site.route("/").unwrap().metrics.observe(200, 0.01);
+        }
+        assert_eq!(series_sites(&registry), ["a", "b"]);
+        let new = Router::build(&sites(&["a"]), &m, Some(&old)).unwrap();
+        old.forget_routes_missing_from(&new, &m);
+        assert_eq!(
+            series_sites(&registry),
+            ["a"],
+            "b's series are gone, a's stay"
+        );
     }
 }
 

@@ -197,7 +197,9 @@ impl Gateway {
     /// Replaces the routing table; requests already running finish on the old one.
     pub fn set_router(&self, router: Router) {
         let kept: std::collections::HashSet<Arc<str>> = router.server_labels().collect();
-        let old = self.shared.router.swap(Arc::new(router));
+        let router = Arc::new(router);
+        let old = self.shared.router.swap(router.clone());
+        old.forget_routes_missing_from(&router, &self.shared.metrics);
         // Series of servers no longer configured would report their last state forever.
         for gone in old.server_labels().filter(|l| !kept.contains(l)) {
             self.shared.metrics.forget_origin(&gone);
