@@ -243,8 +243,10 @@ impl ProxyMetrics {
     /// time, and hundreds of thousands of `/metrics` lines for routes never used).
     pub(crate) fn route(&self, site: &str, route: &str) -> RouteMetrics {
         RouteMetrics {
-            labels: Box::new((site.into(), route.into())),
-            vecs: Box::new((self.requests.clone(), self.duration.clone())),
+            site: site.into(),
+            route: route.into(),
+            requests: self.requests.clone(),
+            duration: self.duration.clone(),
             resolved: OnceLock::new(),
         }
     }
@@ -269,7 +271,7 @@ impl ProxyMetrics {
 
     /// Drops the request series of a route that is no longer configured.
     pub(crate) fn forget_route(&self, site: &str, route: &str) {
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        for class in STATUS_CLASSES {
             let _ = self.requests.remove_label_values(&[site, route, class]);
         }
         let _ = self.duration.remove_label_values(&[site, route]);
@@ -314,11 +316,15 @@ impl ProxyMetrics {
 /// Handles for one route, resolved on its first request; later requests only increment.
 #[derive(Debug)]
 pub(crate) struct RouteMetrics {
-    /// `site`, `route`.
-    labels: Box<(Box<str>, Box<str>)>,
-    vecs: Box<(IntCounterVec, HistogramVec)>,
+    site: Box<str>,
+    route: Box<str>,
+    requests: IntCounterVec,
+    duration: HistogramVec,
     resolved: OnceLock<ResolvedRoute>,
 }
+
+/// The `code` label values, in the order `RouteMetrics` keeps its counters.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Debug)]
 struct ResolvedRoute {
@@ -329,17 +335,16 @@ struct ResolvedRoute {
 impl RouteMetrics {
     /// `site`, `route`.
     pub(crate) fn labels(&self) -> (&str, &str) {
-        (&self.labels.0, &self.labels.1)
+        (&self.site, &self.route)
     }
 
     pub(crate) fn observe(&self, status: u16, seconds: f64) {
         let r = self.resolved.get_or_init(|| {
-            let (site, route) = &*self.labels;
-            let (requests, duration) = &*self.vecs;
+            let (site, route) = (&*self.site, &*self.route);
             ResolvedRoute {
-                by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                    .map(|c| requests.with_label_values(&[site, route, c])),
-                duration: duration.with_label_values(&[site, route]),
+                by_class: STATUS_CLASSES
+                    .map(|c| self.requests.with_label_values(&[site, route, c])),
+                duration: self.duration.with_label_values(&[site, route]),
             }
         });
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -393,27 +398,25 @@ impl ListenerMetrics {
     }
 }
 
+/// The `site` labels of the request counter's series in `registry`, sorted, once each.
+#[cfg(test)]
+pub(crate) fn sites_with_series(registry: &Registry) -> Vec<String> {
+    let mut sites: Vec<String> = registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == names::HTTP_REQUESTS)
+        .flat_map(|f| f.get_metric().iter())
+        .filter_map(|m| m.get_label().iter().find(|l| l.name() == "site"))
+        .map(|l| l.value().to_owned())
+        .collect();
+    sites.sort();
+    sites.dedup();
+    sites
+}
+
 #[cfg(test)]
 mod route_tests {
     use super::*;
-
-    /// The `site` labels of the request counter's series.
-    fn sites_with_series(registry: &Registry) -> Vec<String> {
-        let mut sites: Vec<String> = registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == names::HTTP_REQUESTS)
-            .flat_map(|f| f.get_metric().iter())
-            .filter_map(|m| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == "site")
-                    .map(|l| l.value().to_owned())
-            })
-            .collect();
-        sites.dedup();
-        sites
-    }
 
     #[test]
     fn a_route_gets_its_series_on_its_first_request() {

@@ -113,20 +113,19 @@ impl Router {
                 Action::Proxy(origin) => {
                     let url = origin.url.as_str();
                     let same = |u: &&Arc<Upstream>| *u.origin() == **origin;
-                    let shared = built.get(url).and_then(|c| c.iter().find(same));
-                    let same = shared.or_else(|| reusable.get(url)?.iter().copied().find(same));
-                    let upstream = match same {
-                        Some(upstream) => Ok(Arc::clone(upstream)),
-                        None => {
-                            Upstream::with_known(origin, metrics, &|url| known.get(url).copied())
-                        }
-                    };
+                    if let Some(u) = built.get(url).and_then(|c| c.iter().find(same)) {
+                        return Some(Handler::Proxy(u.clone()));
+                    }
+                    let upstream =
+                        match reusable.get(url).and_then(|c| c.iter().copied().find(same)) {
+                            Some(u) => Ok(Arc::clone(u)),
+                            None => Upstream::with_known(origin, metrics, &|url| {
+                                known.get(url).copied()
+                            }),
+                        };
                     match upstream {
                         Ok(u) => {
-                            let here = built.entry(url.to_owned()).or_default();
-                            if !here.iter().any(|b| Arc::ptr_eq(b, &u)) {
-                                here.push(u.clone());
-                            }
+                            built.entry(url.to_owned()).or_default().push(u.clone());
                             Some(Handler::Proxy(u))
                         }
                         Err(e) => {
@@ -374,20 +373,6 @@ mod metrics_tests {
         portcullis_config::parse(&format!("sites:\n{sites}"), std::path::Path::new(".")).unwrap()
     }
 
-    fn series_sites(registry: &prometheus::Registry) -> Vec<String> {
-        let mut out: Vec<String> = registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == crate::metrics::names::HTTP_REQUESTS)
-            .flat_map(|f| f.get_metric().iter())
-            .filter_map(|m| m.get_label().iter().find(|l| l.name() == "site"))
-            .map(|l| l.value().to_owned())
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-
     #[test]
     fn a_removed_site_s_request_series_go_with_it() {
         let registry = prometheus::Registry::new();
@@ -396,11 +381,11 @@ mod metrics_tests {
         for site in &old.sites {
             site.route("/").unwrap().metrics.observe(200, 0.01);
         }
-        assert_eq!(series_sites(&registry), ["a", "b"]);
+        assert_eq!(crate::metrics::sites_with_series(&registry), ["a", "b"]);
         let new = Router::build(&sites(&["a"]), &m, Some(&old)).unwrap();
         old.forget_routes_missing_from(&new, &m);
         assert_eq!(
-            series_sites(&registry),
+            crate::metrics::sites_with_series(&registry),
             ["a"],
             "b's series are gone, a's stay"
         );
