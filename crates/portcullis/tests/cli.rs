@@ -101,31 +101,29 @@ fn help_lists_the_commands() {
     );
 }
 
+/// Starts `portcullis proxy` for `a.localhost` in front of `origin` (a bare `host:port`,
+/// which means plain HTTP) with `extra` flags and its local CA in `ca_dir`; returns it with
+/// a client that trusts that CA.
+fn start_proxy(origin: &TestOrigin, ca_dir: &Path, extra: &[&str]) -> (GatewayProcess, TestClient) {
+    let to = origin.addr.to_string();
+    let mut args = vec!["proxy", "--from", "a.localhost:0", "--to", &to];
+    args.extend(["--local-ca-dir", ca_dir.to_str().unwrap()]);
+    args.extend(extra);
+    let gw = GatewayProcess::spawn(Path::new(BIN), &args);
+    let root = CertificateDer::from_pem_file(ca_dir.join("root.crt")).unwrap();
+    let client = TestClient::new(SocketAddr::from(([127, 0, 0, 1], gw.https.port())), &root);
+    (gw, client)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_serves_the_host_with_a_certificate_from_the_local_ca() {
     let origin = TestOrigin::http().await;
     let tmp = tempfile::tempdir().unwrap();
-    let ca_dir = tmp.path().join("ca");
-    // Bare `host:port` means plain HTTP to the origin.
-    let to = origin.addr.to_string();
-    let gw = GatewayProcess::spawn(
-        Path::new(BIN),
-        &[
-            "proxy",
-            "--from",
-            "a.localhost:0",
-            "--to",
-            &to,
-            "--local-ca-dir",
-            ca_dir.to_str().unwrap(),
-        ],
-    );
+    let (gw, client) = start_proxy(&origin, &tmp.path().join("ca"), &[]);
     assert_ne!(gw.https.port(), 0);
     assert_eq!(gw.http, None, "plain HTTP is only served with port 443");
     assert_eq!(gw.admin, None, "admin is off unless --admin is given");
 
-    let root = CertificateDer::from_pem_file(ca_dir.join("root.crt")).unwrap();
-    let client = TestClient::new(SocketAddr::from(([127, 0, 0, 1], gw.https.port())), &root);
     let resp = client.get("a.localhost", "/hello?x=1").await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "ok GET /hello?x=1");
@@ -134,7 +132,7 @@ async fn proxy_serves_the_host_with_a_certificate_from_the_local_ca() {
     assert_eq!(seen.headers["host"], "a.localhost");
 }
 
-/// Names of the process's threads that are Tokio workers.
+/// How many of the process's threads are Tokio workers.
 fn worker_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -149,23 +147,7 @@ async fn workers_sets_the_serving_threads() {
     let tmp = tempfile::tempdir().unwrap();
     for (workers, expected) in [("1", 1), ("3", 3)] {
         let ca_dir = tmp.path().join(format!("ca-{workers}"));
-        let to = origin.addr.to_string();
-        let gw = GatewayProcess::spawn(
-            Path::new(BIN),
-            &[
-                "proxy",
-                "--workers",
-                workers,
-                "--from",
-                "a.localhost:0",
-                "--to",
-                &to,
-                "--local-ca-dir",
-                ca_dir.to_str().unwrap(),
-            ],
-        );
-        let root = CertificateDer::from_pem_file(ca_dir.join("root.crt")).unwrap();
-        let client = TestClient::new(SocketAddr::from(([127, 0, 0, 1], gw.https.port())), &root);
+        let (gw, client) = start_proxy(&origin, &ca_dir, &["--workers", workers]);
         for _ in 0..3 {
             assert_eq!(client.get("a.localhost", "/").await.status, 200);
         }

@@ -20,18 +20,24 @@ fn config(dir: &Path) -> Config {
     portcullis_config::parse(yaml, dir).unwrap()
 }
 
+/// Writes both sites' files and loads them with nothing to reuse.
+fn first_load(dir: &Path) -> (Config, SiteCerts) {
+    crate::install_default_provider();
+    write_pair(dir, "a", "a.test", None);
+    write_pair(dir, "b", "b.test", None);
+    let config = config(dir);
+    let certs = load_site_certificates(&config, None, None).unwrap();
+    (config, certs)
+}
+
 fn key(certs: &SiteCerts, i: usize) -> &Arc<CertifiedKey> {
     certs.sites[i].key.as_ref().unwrap()
 }
 
 #[test]
 fn unchanged_files_keep_their_key_and_a_rewritten_file_is_loaded_again() {
-    crate::install_default_provider();
     let dir = tempfile::tempdir().unwrap();
-    write_pair(dir.path(), "a", "a.test", None);
-    write_pair(dir.path(), "b", "b.test", None);
-    let first_config = config(dir.path());
-    let first = load_site_certificates(&first_config, None, None).unwrap();
+    let (first_config, first) = first_load(dir.path());
 
     // The same files read again: nothing is loaded anew, and the warnings are the same.
     let same_config = config(dir.path());
@@ -62,12 +68,8 @@ fn unchanged_files_keep_their_key_and_a_rewritten_file_is_loaded_again() {
 
 #[test]
 fn a_rewritten_key_that_does_not_match_is_refused_despite_a_previous_load() {
-    crate::install_default_provider();
     let dir = tempfile::tempdir().unwrap();
-    write_pair(dir.path(), "a", "a.test", None);
-    write_pair(dir.path(), "b", "b.test", None);
-    let first_config = config(dir.path());
-    let first = load_site_certificates(&first_config, None, None).unwrap();
+    let (first_config, first) = first_load(dir.path());
 
     write_pair(dir.path(), "b", "b.test", Some("elsewhere.test"));
     let broken = config(dir.path());
