@@ -1,5 +1,6 @@
 //! Protocols across the gateway: HTTP/2 and HTTP/1.1 on either side independently,
-//! WebSocket upgrades, pooled origin connections, and large bodies streamed both ways.
+//! WebSocket upgrades, pooled origin connections, large bodies streamed both ways, and
+//! HTTP/1.1 keep-alive connections that give their buffers back while idle.
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
@@ -13,7 +14,11 @@ use hyper::body::Frame;
 use portcullis_tests::{
     ClientBody, Conn, GatewayBuilder, Resp, TestCa, TestGateway, TestOrigin, bytes, collect, wait,
 };
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+
+/// Longer than an idle HTTP/1.1 connection keeps its buffers (50 ms) before it is released.
+const PAST_RELEASE: Duration = Duration::from_millis(300);
 
 /// Starts a gateway with one site, `a.test`, whose certificate comes from `edge`. `rest` is
 /// given the config folder (to write CA roots into) and returns the rest of the site's YAML
@@ -326,4 +331,115 @@ async fn a_websocket_stays_counted_and_outlives_the_idle_timeout() {
         || async { (gw.gateway.open_connections() == 0).then_some(()) },
     )
     .await;
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`; returns its head's
+/// status line and its body.
+async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> (String, String) {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// An idle HTTP/1.1 connection gives its HTTP buffers back and is served again when the
+/// client sends: ordinary requests, pipelined ones, a head split across the idle time, and
+/// a WebSocket upgrade, all on the same TLS connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_released_while_idle_serves_again() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let gw = gateway(&edge, |_| format!("origin: http://{}", origin.addr)).await;
+    let client = gw.client(&edge.root_der);
+    let mut tls = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: a.test\r\n\r\n");
+
+    tls.write_all(get("/one").as_bytes()).await.unwrap();
+    let (status, body) = within("first", read_response(&mut tls)).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok GET /one")
+    );
+
+    // Pipelined after the connection was released.
+    tokio::time::sleep(PAST_RELEASE).await;
+    let two = get("/two") + &get("/three");
+    tls.write_all(two.as_bytes()).await.unwrap();
+    for path in ["/two", "/three"] {
+        let (status, body) = within(path, read_response(&mut tls)).await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{path}");
+        assert_eq!(body, format!("ok GET {path}"));
+    }
+
+    // A head that stops half-way, then goes on after more than the release time: the
+    // connection is not idle while a head is arriving, and no byte of it is lost.
+    tokio::time::sleep(PAST_RELEASE).await;
+    let four = get("/four");
+    let (first, rest) = four.split_at(10);
+    tls.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(PAST_RELEASE).await;
+    tls.write_all(rest.as_bytes()).await.unwrap();
+    let (status, body) = within("/four", read_response(&mut tls)).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok GET /four")
+    );
+
+    // A WebSocket on the released connection: the tunnel gets the client's stream.
+    tokio::time::sleep(PAST_RELEASE).await;
+    let (mut ws, resp) = within(
+        "upgrade",
+        tokio_tungstenite::client_async("wss://a.test/ws", tls),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("after a rest")).await.unwrap();
+    let echoed = within("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echoed, Message::text("after a rest"));
+    ws.close(None).await.unwrap();
+    let paths: Vec<String> = origin.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/one", "/two", "/three", "/four", "/ws"]);
+}
+
+/// A released connection is still drained: on shutdown it is closed at once, with a TLS
+/// close_notify (a clean end of stream, not a cut connection).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_connection_closes_cleanly_on_shutdown() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let gw = gateway(&edge, |_| format!("origin: http://{}", origin.addr)).await;
+    let client = gw.client(&edge.root_der);
+    let mut tls = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
+    tls.write_all(b"GET /one HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _) = within("request", read_response(&mut tls)).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    tokio::time::sleep(PAST_RELEASE).await;
+
+    let started = std::time::Instant::now();
+    assert!(within("drain", gw.stop()).await, "drain did not finish");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drain waited on an idle connection"
+    );
+    let mut rest = Vec::new();
+    let read = within("close", tls.read_to_end(&mut rest)).await;
+    assert_eq!(read.unwrap(), 0, "expected close_notify and nothing else");
 }

@@ -1,12 +1,13 @@
 //! Per-connection bookkeeping: the connection caps (total and per client IP), the clock that
-//! tells an idle keep-alive connection from one still sending its request head, and the
-//! HTTP/2 reset counter that cuts off rapid-reset floods.
+//! tells an idle keep-alive connection from one still sending its request head (or still
+//! waiting for the client to read its response), and the HTTP/2 reset counter that cuts
+//! off rapid-reset floods.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -91,10 +92,14 @@ pub(crate) struct ConnClock {
     start: Instant,
     /// Requests whose responses are not finished yet.
     inflight: AtomicU32,
+    /// Requests begun so far (wrapping).
+    begun: AtomicU32,
     /// When the current request head started arriving (HTTP/1.1 only), or `NONE`.
     head_since: AtomicU64,
     /// When the connection last became idle.
     idle_since: AtomicU64,
+    /// The last write or flush could not finish: the client is not reading what it was sent.
+    write_blocked: AtomicBool,
     /// HTTP/1.1: a read while idle starts a request head.
     tracks_heads: bool,
     /// Client-reset streams in the current 10 s window, and when the window began.
@@ -119,8 +124,10 @@ impl ConnClock {
         Self {
             start: Instant::now(),
             inflight: AtomicU32::new(0),
+            begun: AtomicU32::new(0),
             head_since: AtomicU64::new(if http1 { 0 } else { NONE }),
             idle_since: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
             tracks_heads: http1,
             resets: Mutex::new((0, 0)),
             abuse: Notify::new(),
@@ -143,6 +150,7 @@ impl ConnClock {
     /// A request's head has arrived and is being handled.
     pub(crate) fn begin_request(&self) {
         self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.begun.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(NONE, Ordering::Release);
     }
 
@@ -151,6 +159,29 @@ impl ConnClock {
         if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since.store(self.now_ms(), Ordering::Release);
         }
+    }
+
+    /// When the connection became idle, if it is idle now: no request in flight, none
+    /// arriving, and everything sent taken by the client.
+    pub(crate) fn quiet_since(&self) -> Option<Instant> {
+        let quiet = self.inflight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == NONE
+            && !self.write_blocked();
+        quiet.then(|| self.start + Duration::from_millis(self.idle_since.load(Ordering::Acquire)))
+    }
+
+    /// Requests begun so far; compared, tells whether any began in between.
+    pub(crate) fn begun(&self) -> u32 {
+        self.begun.load(Ordering::Relaxed)
+    }
+
+    fn note_write(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// Whether the last write or flush was left waiting for the client to read.
+    pub(crate) fn write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed)
     }
 
     /// Counts a stream the client cancelled; true when the limit per 10 s is exceeded.
@@ -202,6 +233,10 @@ impl<T> ClockedIo<T> {
     pub(crate) fn new(inner: T, clock: Arc<ConnClock>) -> Self {
         Self { inner, clock }
     }
+
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ClockedIo<T> {
@@ -226,7 +261,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClockedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.clock.note_write(poll.is_pending());
+        poll
     }
 
     fn poll_write_vectored(
@@ -234,7 +272,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClockedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.clock.note_write(poll.is_pending());
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -242,7 +283,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClockedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.clock.note_write(poll.is_pending());
+        poll
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

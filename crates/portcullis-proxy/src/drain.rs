@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hyper::body::Body;
 use hyper::rt::{Read, Write};
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch};
@@ -75,15 +75,16 @@ impl DrainWatch {
     /// as the connection, which then holds a pointer rather than the connection's state
     /// (and the state of whichever protocol it does not speak).
     pub(crate) async fn supervise<C: GracefulConn>(
-        mut self,
+        &mut self,
         mut conn: Pin<Box<C>>,
         clock: &ConnClock,
-        header_timeout: Duration,
-        idle_timeout: Duration,
+        (header_timeout, idle_timeout): (Duration, Duration),
     ) -> Supervised<C::Output> {
         let mut closing = false;
         loop {
             tokio::select! {
+                // The connection first: its progress decides what the clock says.
+                biased;
                 out = conn.as_mut() => return Supervised::Done(out),
                 () = self.signalled(), if !closing => {
                     closing = true;
@@ -126,32 +127,6 @@ pub(crate) enum Supervised<T> {
 /// A hyper connection that can be asked to finish in-flight requests and close.
 pub(crate) trait GracefulConn: Future {
     fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, B> GracefulConn for http1::UpgradeableConnection<I, S>
-where
-    I: Read + Write + Unpin + Send + 'static,
-    S: HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
-
-impl<I, S, B> GracefulConn for http1::Connection<I, S>
-where
-    I: Read + Write + Unpin + 'static,
-    S: HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http1::Connection::graceful_shutdown(self);
-    }
 }
 
 impl<I, S, B> GracefulConn for http2::Connection<I, S, TokioExecutor>

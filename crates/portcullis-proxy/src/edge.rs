@@ -2,7 +2,7 @@
 //! route, then a fixed response or the origin.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -10,12 +10,14 @@ use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::body::{AccessLog, Exchange, ProxyBody};
 use crate::conn::ConnClock;
 use crate::forward::{Target, forward};
 use crate::grpc;
+use crate::h1::Upgraded;
 use crate::headers::ClientAddr;
 use crate::router::{Fixed, Handler, Router};
 use crate::server::Shared;
@@ -38,6 +40,25 @@ pub(crate) struct ConnInfo {
     /// Keeps the connection counted (and its place under the caps) while anything uses
     /// it, an upgraded tunnel included.
     pub(crate) _open: crate::server::OpenGuard,
+    /// Where the client's stream goes once a response has switched protocols.
+    pub(crate) upgrade: Mutex<Option<oneshot::Sender<Upgraded>>>,
+}
+
+impl ConnInfo {
+    /// The client's stream, once the switching response has been sent (HTTP/1.1 only).
+    pub(crate) fn hand_over(&self) -> oneshot::Receiver<Upgraded> {
+        let (tx, rx) = oneshot::channel();
+        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Whoever waits for the client's stream, if a response switched protocols.
+    pub(crate) fn take_upgrade(&self) -> Option<oneshot::Sender<Upgraded>> {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 /// Handles one request from a TLS client.

@@ -10,12 +10,14 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::body::{AccessLog, ProxyBody, RequestBody};
 use crate::connector::pool_authority;
 use crate::edge::{ConnInfo, error_response};
 use crate::error::{OriginError, OriginFailureKind};
+use crate::h1::Upgraded;
 use crate::headers;
 use crate::proxy_protocol::ProxyAddrs;
 use crate::replay::{ReplayBody, Replayable};
@@ -32,7 +34,7 @@ pub(crate) struct Target<'a> {
 pub(crate) async fn forward(
     upstream: &Upstream,
     conn: &Arc<ConnInfo>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     target: Target<'_>,
     log: Option<&mut AccessLog>,
 ) -> Response<ProxyBody> {
@@ -53,7 +55,6 @@ pub(crate) async fn forward(
         }
     }
     let upgrade = headers::wants_upgrade(req.headers(), req.version());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
     let path_and_query = match (strip, parts.uri.path_and_query()) {
@@ -244,10 +245,10 @@ pub(crate) async fn forward(
     }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    match (switching, client_upgrade) {
-        (true, Some(client_side)) => {
+    match (switching, upgrade) {
+        (true, true) => {
             let origin_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_side, origin_side, conn.clone()));
+            tokio::spawn(tunnel(conn.hand_over(), origin_side, conn.clone()));
             headers::strip_hop_by_hop(resp.headers_mut(), true);
         }
         _ => headers::strip_hop_by_hop(resp.headers_mut(), false),
@@ -270,7 +271,7 @@ fn unavailable(retry_after: std::time::Duration) -> Response<ProxyBody> {
 
 /// Copies bytes both ways between an upgraded client connection and its origin.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: oneshot::Receiver<Upgraded>,
     origin: hyper::upgrade::OnUpgrade,
     // Holds the drain token and the connection's place under the caps until it closes.
     _conn: Arc<ConnInfo>,
@@ -282,7 +283,7 @@ async fn tunnel(
             return;
         }
     };
-    let (mut client, mut origin) = (TokioIo::new(client), TokioIo::new(origin));
+    let (mut client, mut origin) = (client, TokioIo::new(origin));
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut origin).await {
         debug!(error = %e, "upgraded connection ended with an error");
     }

@@ -13,6 +13,7 @@ mod edge;
 mod error;
 mod forward;
 mod grpc;
+mod h1;
 mod headers;
 pub mod metrics;
 mod proxy_protocol;

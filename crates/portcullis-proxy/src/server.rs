@@ -25,6 +25,7 @@ use crate::conn::{ClockedIo, ConnClock, ConnPermit, ConnTracker};
 use crate::drain::{Drain, DrainWatch, Supervised};
 use crate::edge::{self, ConnInfo};
 use crate::error::BindError;
+use crate::h1;
 use crate::headers::ClientAddr;
 use crate::metrics::{ListenerMetrics, ProxyMetrics, RejectReason};
 use crate::proxy_protocol::{ProxyHeader, ProxyProtocolError, read_header};
@@ -497,12 +498,12 @@ async fn serve_tls(
     metrics: &ListenerMetrics,
     open: OpenGuard,
 ) {
-    // Boxed, like the connections below, so the handshake's state is freed when it ends
-    // rather than sized into the task that outlives it.
-    let accepted = tokio::time::timeout(
+    // Boxed, like the connections below, so the handshake's state (and its timer) is freed
+    // when it ends rather than sized into the task that outlives it.
+    let accepted = Box::pin(tokio::time::timeout(
         settings.handshake_timeout,
-        Box::pin(crate::tls_accept::accept(tcp, shared)),
-    )
+        crate::tls_accept::accept(tcp, shared),
+    ))
     .await;
     let tls = match accepted {
         Ok(Ok(tls)) => tls,
@@ -536,14 +537,20 @@ async fn serve_tls(
         clock: clock.clone(),
         max_resets: settings.h2_max_resets,
         _open: open,
+        upgrade: Mutex::new(None),
     });
-    let io = TokioIo::new(ClockedIo::new(tls, clock.clone()));
-    let (header, idle) = (settings.header_read_timeout, settings.idle_timeout);
+    let timeouts = (settings.header_read_timeout, settings.idle_timeout);
     let shared = shared.clone();
+    let mut watcher = watcher;
     let outcome = if h2 {
-        let svc = service_fn(move |req| edge::handle(shared.clone(), conn.clone(), req));
-        let conn = Box::pin(settings.h2.serve_connection(io, svc));
-        match watcher.supervise(conn, &clock, header, idle).await {
+        let io = TokioIo::new(ClockedIo::new(tls, clock.clone()));
+        let svc = {
+            let conn = conn.clone();
+            service_fn(move |req| edge::handle(shared.clone(), conn.clone(), req))
+        };
+        // Boxed, so an HTTP/1.1 connection's task is not sized for HTTP/2's supervision.
+        let h2 = Box::pin(settings.h2.serve_connection(io, svc));
+        match Box::pin(watcher.supervise(h2, &clock, timeouts)).await {
             // The h2 crate's own guard (streams reset before they were accepted) ends the
             // connection with ENHANCE_YOUR_CALM: the same abuse, counted the same way.
             Supervised::Done(Err(e)) if calmed_down(&e) => Supervised::Abusive,
@@ -552,13 +559,21 @@ async fn serve_tls(
     } else {
         // hyper keeps an HTTP/1.1 connection's request future allocated between requests;
         // boxed, it is a pointer while the connection is idle. (HTTP/2 streams are tasks
-        // of their own, freed when they end.)
-        let svc = service_fn(move |req| Box::pin(edge::handle(shared.clone(), conn.clone(), req)));
-        let conn = Box::pin(settings.h1.serve_connection(io, svc).with_upgrades());
-        watcher
-            .supervise(conn, &clock, header, idle)
-            .await
-            .err_to_string()
+        // of their own, freed when they end.) The serving loop is boxed too, so neither
+        // protocol's state is sized into the other's task.
+        let svc = {
+            let conn = conn.clone();
+            service_fn(move |req| Box::pin(edge::handle(shared.clone(), conn.clone(), req)))
+        };
+        Box::pin(h1::serve(
+            &settings.h1,
+            tls,
+            svc,
+            &conn,
+            &mut watcher,
+            timeouts,
+        ))
+        .await
     };
     finish(outcome, metrics, peer);
 }
@@ -591,21 +606,26 @@ async fn serve_plain(
         sni: None,
         client: ClientAddr::new(peer.ip(), shared.router.load().trusts(peer.ip())),
         _drain: watcher.clone(),
-        clock: clock.clone(),
+        clock,
         max_resets: settings.h2_max_resets,
         _open: open,
+        upgrade: Mutex::new(None),
     });
     let svc = {
-        let shared = shared.clone();
-        service_fn(move |req| redirect::handle(shared.clone(), conn.clone(), req))
+        let (shared, conn) = (shared.clone(), conn.clone());
+        service_fn(move |req| Box::pin(redirect::handle(shared.clone(), conn.clone(), req)))
     };
-    let io = TokioIo::new(ClockedIo::new(tcp, clock.clone()));
-    let conn = Box::pin(settings.h1.serve_connection(io, svc));
-    let (header, idle) = (settings.header_read_timeout, settings.idle_timeout);
-    let outcome = watcher
-        .supervise(conn, &clock, header, idle)
-        .await
-        .err_to_string();
+    let timeouts = (settings.header_read_timeout, settings.idle_timeout);
+    let mut watcher = watcher;
+    let outcome = Box::pin(h1::serve(
+        &settings.h1,
+        tcp,
+        svc,
+        &conn,
+        &mut watcher,
+        timeouts,
+    ))
+    .await;
     finish(outcome, metrics, peer);
 }
 

@@ -1,0 +1,351 @@
+//! HTTP/1.1 client connections, served by hyper one stretch at a time.
+//!
+//! A hyper connection keeps an 8 KiB read buffer and an 8 KiB header buffer for as long as
+//! it lives, idle or not: most of what an idle keep-alive connection costs. So once a
+//! connection has sat idle for [`RELEASE_AFTER`], with everything it sent flushed, its hyper
+//! connection is ended without closing the client's, and the socket is watched with no
+//! buffers at all; when the client sends again a new hyper connection picks up where the
+//! old one stopped (nginx frees its request buffers between requests the same way).
+//!
+//! Ending hyper's connection ourselves also means a switch of protocols (WebSocket) takes
+//! the client's stream from here, rather than from hyper's upgrade machinery.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::HttpService;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
+use tracing::trace;
+
+use crate::conn::{ClockedIo, ConnClock};
+use crate::drain::{DrainWatch, GracefulConn, Supervised};
+use crate::edge::ConnInfo;
+
+/// How long an HTTP/1.1 connection sits idle before its buffers are freed. Serving a
+/// released connection again costs about a third of a request's work (a new hyper
+/// connection, its buffers, timers), so a busy connection must not pay it: at 50 ms only
+/// clients sending fewer than 20 requests a second on a connection do, and their idle
+/// connections hold no buffers after a moment; keep-alive times are seconds to minutes.
+pub(crate) const RELEASE_AFTER: Duration = Duration::from_millis(50);
+
+/// How long closing a finished connection (TLS close_notify, then FIN) may take.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client's byte stream: TCP, or TLS over TCP.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when the socket has something to read (or has failed, or reached its end).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ClientIo for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ClientIo for Box<TlsStream<TcpStream>> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper read until the stream had nothing more; whatever TLS holds is an incomplete
+        // record, so only new bytes on the socket can make a request.
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+/// A client connection after it switched protocols, for its tunnel.
+pub(crate) type Upgraded = Box<dyn UpgradedIo>;
+
+/// What an upgraded client connection can do.
+pub(crate) trait UpgradedIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpgradedIo for T {}
+
+impl std::fmt::Debug for dyn UpgradedIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upgraded")
+    }
+}
+
+/// Serves an HTTP/1.1 connection until it closes, is cut off, or switches protocols
+/// (the stream then goes to the tunnel waiting in `conn`).
+pub(crate) async fn serve<T, S, B>(
+    builder: &http1::Builder,
+    io: T,
+    mut service: S,
+    conn: &ConnInfo,
+    watcher: &mut DrainWatch,
+    timeouts: (Duration, Duration),
+) -> Supervised<Result<(), String>>
+where
+    T: ClientIo,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let clock = &conn.clock;
+    let mut stream = Rewind::new(ClockedIo::new(io, clock.clone()));
+    loop {
+        let stretch = Stretch {
+            conn: Some(builder.serve_connection(TokioIo::new(stream), service)),
+            clock: clock.clone(),
+            release: Box::pin(tokio::time::sleep(RELEASE_AFTER)),
+            armed_for: None,
+            begun: clock.begun(),
+            closing: false,
+        };
+        // Boxed: a released connection waits in `parked`, without this future's state.
+        let supervised = Box::pin(watcher.supervise(Box::pin(stretch), clock, timeouts));
+        let (parts, released) = match supervised.await {
+            Supervised::Done(Ok(done)) => done,
+            Supervised::Done(Err(e)) => return Supervised::Done(Err(e.to_string())),
+            Supervised::HeadTimeout => return Supervised::HeadTimeout,
+            Supervised::Abusive => return Supervised::Abusive,
+        };
+        stream = parts.io.into_inner();
+        stream.rewind(parts.read_buf);
+        service = parts.service;
+        if let Some(tunnel) = conn.take_upgrade() {
+            let _ = tunnel.send(Box::new(stream));
+            return Supervised::Done(Ok(()));
+        }
+        if !released || !parked(&stream, clock, watcher, timeouts).await {
+            // What hyper does when it finishes a connection itself.
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, stream.shutdown()).await;
+            return Supervised::Done(Ok(()));
+        }
+        trace!("client sent again; serving the released connection");
+    }
+}
+
+/// Waits, holding no HTTP buffers, until the client sends again (true), the drain starts
+/// or the connection has been idle for the idle timeout (false).
+async fn parked<T: ClientIo>(
+    stream: &Rewind<ClockedIo<T>>,
+    clock: &ConnClock,
+    watcher: &mut DrainWatch,
+    (header, idle): (Duration, Duration),
+) -> bool {
+    if !stream.pre.is_empty() {
+        return true;
+    }
+    trace!("idle; HTTP buffers released");
+    let readable = std::future::poll_fn(|cx| stream.inner.get_ref().poll_read_ready(cx));
+    tokio::select! {
+        ready = readable => ready.is_ok(),
+        () = watcher.signalled() => false,
+        _ = clock.watchdog(header, idle) => false,
+    }
+}
+
+/// One hyper connection over the client's stream, ended without closing the stream: when
+/// either side is done, or when it has been idle for [`RELEASE_AFTER`] (released).
+struct Stretch<I, S: HttpService<Incoming>> {
+    conn: Option<http1::Connection<I, S>>,
+    clock: Arc<ConnClock>,
+    /// Fires `RELEASE_AFTER` into the current idle spell.
+    release: Pin<Box<Sleep>>,
+    /// The idle spell `release` is set for.
+    armed_for: Option<Instant>,
+    /// The clock's count of requests begun when this stretch started.
+    begun: u32,
+    /// hyper was told to finish: the connection closes rather than being released.
+    closing: bool,
+}
+
+impl<I, S, B> Future for Stretch<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// hyper's parts, and whether the connection was released rather than finished.
+    type Output = hyper::Result<(http1::Parts<I, S>, bool)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.poll_conn(cx)?.is_ready() {
+            return Poll::Ready(Ok((this.take_parts(), false)));
+        }
+        // hyper waits for the client: released once that has lasted RELEASE_AFTER with no
+        // request in flight, none arriving and nothing left unsent.
+        if this.closing {
+            return Poll::Pending;
+        }
+        let Some(since) = this.clock.quiet_since() else {
+            return Poll::Pending;
+        };
+        if this.armed_for != Some(since) {
+            this.armed_for = Some(since);
+            // Later than the deadline set before, so tokio only moves it, cheaply.
+            this.release.as_mut().reset(since + RELEASE_AFTER);
+        }
+        ready!(this.release.as_mut().poll(cx));
+        if this.clock.begun() == this.begun {
+            // Woken by its client, which sent no request: hyper has read nothing.
+            return Poll::Ready(Ok((this.take_parts(), true)));
+        }
+        // Between requests hyper ends the connection at once, sending nothing. If it is
+        // still busy after all (a request body the response did not wait for), it finishes
+        // that first and the connection closes, as it would have anyway.
+        this.closing = true;
+        if let Some(conn) = this.conn.as_mut() {
+            Pin::new(conn).graceful_shutdown();
+        }
+        ready!(this.poll_conn(cx))?;
+        Poll::Ready(Ok((this.take_parts(), true)))
+    }
+}
+
+impl<I, S, B> Stretch<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Ready when hyper is done with the connection and has flushed what it wrote.
+    fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("a stretch is not polled after it ended");
+        ready!(conn.poll_without_shutdown(cx))?;
+        // Done by hyper's reckoning, but its last bytes may still be in its write buffer,
+        // which goes with it: polling again flushes (the failed flush registered the wake).
+        if self.clock.write_blocked() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn take_parts(&mut self) -> http1::Parts<I, S> {
+        self.conn.take().expect("a stretch ends once").into_parts()
+    }
+}
+
+impl<I, S, B> GracefulConn for Stretch<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        this.closing = true;
+        if let Some(conn) = this.conn.as_mut() {
+            Pin::new(conn).graceful_shutdown();
+        }
+    }
+}
+
+/// A stream with bytes read ahead of it (by a finished hyper connection) given back.
+pub(crate) struct Rewind<T> {
+    pre: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            pre: Bytes::new(),
+            inner,
+        }
+    }
+
+    /// Puts `front` back before whatever is still unread. The bytes are copied: `front` is
+    /// a view into the finished connection's read buffer and would keep all of it alive.
+    fn rewind(&mut self, front: Bytes) {
+        if front.is_empty() {
+            return;
+        }
+        let mut both = BytesMut::with_capacity(front.len() + self.pre.len());
+        both.extend_from_slice(&front);
+        both.extend_from_slice(&self.pre);
+        self.pre = both.freeze();
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pre.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = this.pre.len().min(buf.remaining());
+        buf.put_slice(&this.pre[..n]);
+        this.pre.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn rewound_bytes_come_first_in_order() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut r = Rewind::new(a);
+        b.write_all(b"!").await.unwrap();
+        r.rewind(Bytes::from_static(b"lo"));
+        r.rewind(Bytes::from_static(b"hel"));
+        let mut got = [0u8; 6];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello!");
+    }
+}
