@@ -101,7 +101,7 @@ where
             conn: Some(builder.serve_connection(TokioIo::new(stream), service)),
             clock: clock.clone(),
             release: Box::pin(tokio::time::sleep(RELEASE_AFTER)),
-            armed_for: None,
+            armed: false,
             begun: clock.begun(),
             closing: false,
         };
@@ -154,10 +154,10 @@ async fn parked<T: ClientIo>(
 struct Stretch<I, S: HttpService<Incoming>> {
     conn: Option<http1::Connection<I, S>>,
     clock: Arc<ConnClock>,
-    /// Fires `RELEASE_AFTER` into the current idle spell.
+    /// Fires `RELEASE_AFTER` into a quiet spell (or earlier, for an older spell).
     release: Pin<Box<Sleep>>,
-    /// The idle spell `release` is set for.
-    armed_for: Option<Instant>,
+    /// `release` is set and polled.
+    armed: bool,
     /// The clock's count of requests begun when this stretch started.
     begun: u32,
     /// hyper was told to finish: the connection closes rather than being released.
@@ -189,10 +189,16 @@ where
         let Some(since) = this.clock.quiet_since() else {
             return Poll::Pending;
         };
-        if this.armed_for != Some(since) {
-            this.armed_for = Some(since);
-            // Later than the deadline set before, so tokio only moves it, cheaply.
-            this.release.as_mut().reset(since + RELEASE_AFTER);
+        // The timer is set once and moved only when it fires before the current quiet spell
+        // is old enough, so a busy connection pays a few loads per request, not a timer.
+        let due = since + RELEASE_AFTER;
+        if !this.armed {
+            this.armed = true;
+            this.release.as_mut().reset(due);
+        } else if !this.release.is_elapsed() {
+            return Poll::Pending;
+        } else if Instant::now() < due {
+            this.release.as_mut().reset(due);
         }
         ready!(this.release.as_mut().poll(cx));
         if this.clock.begun() == this.begun {
