@@ -57,6 +57,25 @@ fn generated(n: u64) -> ClientBody {
     .boxed()
 }
 
+/// The gateway as a process serving one site, `m.test`, in front of `origin`; `args` come
+/// after `run`. The builder returned holds the config folder.
+fn start(ca: &TestCa, origin: &TestOrigin, args: &[&str]) -> (GatewayBuilder, GatewayProcess) {
+    let b = GatewayBuilder::new();
+    let (cert, key) = ca.leaf(&["m.test"]).write(b.dir(), "m");
+    let b = b.site(&format!(
+        "{{hosts: [m.test], tls: {{cert: {}, key: {}}}, origin: 'http://{}'}}",
+        cert.display(),
+        key.display(),
+        origin.addr
+    ));
+    let config = b.write_config();
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", config.to_str().unwrap()]);
+    let gw = GatewayProcess::spawn(Path::new(BIN), &all);
+    (b, gw)
+}
+
 /// Uploads and downloads `SIZE` bytes on `conn`.
 async fn round_trip(conn: &mut Conn, label: &str) {
     let req = conn
@@ -88,19 +107,7 @@ async fn round_trip(conn: &mut Conn, label: &str) {
 async fn hundred_megabyte_bodies_stream_in_bounded_memory() {
     let ca = TestCa::new("memory CA");
     let origin = TestOrigin::http().await;
-    let b = GatewayBuilder::new();
-    let (cert, key) = ca.leaf(&["m.test"]).write(b.dir(), "m");
-    let b = b.site(&format!(
-        "{{hosts: [m.test], tls: {{cert: {}, key: {}}}, origin: 'http://{}'}}",
-        cert.display(),
-        key.display(),
-        origin.addr
-    ));
-    let config = b.write_config();
-    let gw = GatewayProcess::spawn(
-        Path::new(BIN),
-        &["run", "--config", config.to_str().unwrap()],
-    );
+    let (_config, gw) = start(&ca, &origin, &[]);
     let client = portcullis_tests::TestClient::new(gw.https, &ca.root_der);
     let before = gw.peak_rss_kib();
 
@@ -140,26 +147,8 @@ const IDLE_KIB_LIMIT: u64 = 16;
 async fn idle_keep_alive_connections_hold_no_http_buffers() {
     let ca = TestCa::new("memory CA");
     let origin = TestOrigin::http().await;
-    let b = GatewayBuilder::new();
-    let (cert, key) = ca.leaf(&["m.test"]).write(b.dir(), "m");
-    let b = b.site(&format!(
-        "{{hosts: [m.test], tls: {{cert: {}, key: {}}}, origin: 'http://{}'}}",
-        cert.display(),
-        key.display(),
-        origin.addr
-    ));
-    let config = b.write_config();
     // One worker, as in the benchmark: memory is not spread over per-thread arenas.
-    let gw = GatewayProcess::spawn(
-        Path::new(BIN),
-        &[
-            "run",
-            "--workers",
-            "1",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
+    let (_config, gw) = start(&ca, &origin, &["--workers", "1"]);
     let client = portcullis_tests::TestClient::new(gw.https, &ca.root_der);
     // Warm up: the origin pool, the session cache, the allocator's first arenas.
     for _ in 0..20 {
