@@ -95,6 +95,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let clock = &conn.clock;
+    // A tunnel waiting for the stream holds `conn`, where its sender sits: however this
+    // ends, the sender goes, so such a tunnel ends too instead of holding the connection.
+    let _unclaimed = Unclaimed(conn);
     let mut stream = Rewind::new(ClockedIo::new(io, clock.clone()));
     loop {
         let stretch = Stretch {
@@ -126,6 +129,15 @@ where
             return Supervised::Done(Ok(()));
         }
         trace!("client sent again; serving the released connection");
+    }
+}
+
+/// Drops the hand-over to a tunnel if the stream never got to it.
+struct Unclaimed<'a>(&'a ConnInfo);
+
+impl Drop for Unclaimed<'_> {
+    fn drop(&mut self) {
+        drop(self.0.take_upgrade());
     }
 }
 
