@@ -45,6 +45,11 @@ pub(crate) struct ConnSettings {
 }
 
 impl ConnSettings {
+    /// The request head and idle timeouts, as the supervisor takes them.
+    fn timeouts(&self) -> (Duration, Duration) {
+        (self.header_read_timeout, self.idle_timeout)
+    }
+
     fn new(limits: &Limits) -> Self {
         let mut h1 = http1::Builder::new();
         // Slow heads and idle keep-alive are timed by the connection's own watchdog, which
@@ -494,7 +499,7 @@ async fn serve_tls(
     settings: &ConnSettings,
     tcp: TcpStream,
     (peer, local): (SocketAddr, SocketAddr),
-    watcher: DrainWatch,
+    mut watcher: DrainWatch,
     metrics: &ListenerMetrics,
     open: OpenGuard,
 ) {
@@ -527,22 +532,11 @@ async fn serve_tls(
     shared.metrics.handshake_ok(version);
     let h2 = session.alpn_protocol() == Some(b"h2");
     let sni = session.server_name().map(Box::from);
-    let clock = Arc::new(ConnClock::new(!h2));
-    let conn = Arc::new(ConnInfo {
-        peer,
-        local,
-        sni,
-        client: ClientAddr::new(peer.ip(), shared.router.load().trusts(peer.ip())),
-        _drain: watcher.clone(),
-        clock: clock.clone(),
-        max_resets: settings.h2_max_resets,
-        _open: open,
-        upgrade: Mutex::new(None),
-    });
-    let timeouts = (settings.header_read_timeout, settings.idle_timeout);
+    let conn = conn_info(shared, settings, (peer, local), sni, !h2, &watcher, open);
+    let timeouts = settings.timeouts();
     let shared = shared.clone();
-    let mut watcher = watcher;
     let outcome = if h2 {
+        let clock = conn.clock.clone();
         let io = TokioIo::new(ClockedIo::new(tls, clock.clone()));
         let svc = {
             let conn = conn.clone();
@@ -595,28 +589,16 @@ async fn serve_plain(
     settings: &ConnSettings,
     tcp: TcpStream,
     (peer, local): (SocketAddr, SocketAddr),
-    watcher: DrainWatch,
+    mut watcher: DrainWatch,
     metrics: &ListenerMetrics,
     open: OpenGuard,
 ) {
-    let clock = Arc::new(ConnClock::new(true));
-    let conn = Arc::new(ConnInfo {
-        peer,
-        local,
-        sni: None,
-        client: ClientAddr::new(peer.ip(), shared.router.load().trusts(peer.ip())),
-        _drain: watcher.clone(),
-        clock,
-        max_resets: settings.h2_max_resets,
-        _open: open,
-        upgrade: Mutex::new(None),
-    });
+    let conn = conn_info(shared, settings, (peer, local), None, true, &watcher, open);
     let svc = {
         let (shared, conn) = (shared.clone(), conn.clone());
         service_fn(move |req| Box::pin(redirect::handle(shared.clone(), conn.clone(), req)))
     };
-    let timeouts = (settings.header_read_timeout, settings.idle_timeout);
-    let mut watcher = watcher;
+    let timeouts = settings.timeouts();
     let outcome = Box::pin(h1::serve(
         &settings.h1,
         tcp,
@@ -627,6 +609,29 @@ async fn serve_plain(
     ))
     .await;
     finish(outcome, metrics, peer);
+}
+
+/// What a connection's requests see of it. `http1`: its clock times request heads.
+fn conn_info(
+    shared: &Shared,
+    settings: &ConnSettings,
+    (peer, local): (SocketAddr, SocketAddr),
+    sni: Option<Box<str>>,
+    http1: bool,
+    watcher: &DrainWatch,
+    open: OpenGuard,
+) -> Arc<ConnInfo> {
+    Arc::new(ConnInfo {
+        peer,
+        local,
+        sni,
+        client: ClientAddr::new(peer.ip(), shared.router.load().trusts(peer.ip())),
+        _drain: watcher.clone(),
+        clock: Arc::new(ConnClock::new(http1)),
+        max_resets: settings.h2_max_resets,
+        _open: open,
+        upgrade: Mutex::new(None),
+    })
 }
 
 /// The address a connection came in on (for PROXY headers sent to origins).
