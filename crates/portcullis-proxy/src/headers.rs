@@ -4,8 +4,9 @@ use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
-/// non-standard ones proxies traditionally drop).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// non-standard ones proxies traditionally drop). A `static`: a `const` array would be built
+/// and dropped again at every use, eight names at a time.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -42,49 +43,78 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// the `Upgrade` header and a `Connection: upgrade` survive, so the switch reaches the
 /// other side.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests and responses carry none of these: one look at each name present is
-    // cheaper than a lookup per hop-by-hop name.
-    if !keep_upgrade
-        && !headers
-            .keys()
-            .any(|name| name == header::TE || HOP_BY_HOP.contains(name))
-    {
+    // Most messages carry none of these, or `Connection: keep-alive` alone: one look at each
+    // name present says which to remove, so nothing is looked up that is not there.
+    let present = headers.keys().fold(0, |marks, name| marks | hop_mark(name));
+    if present == 0 && !keep_upgrade {
         return;
     }
-    // Names listed in Connection are hop-by-hop too; collect them only when there are any
-    // beyond the usual keep-alive/close/upgrade, so the common case does no allocation.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("keep-alive")
-                && !t.eq_ignore_ascii_case("upgrade")
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        if keep_upgrade && (name == header::UPGRADE) {
-            continue;
+    if present & CONNECTION_PRESENT != 0 {
+        // Names listed in Connection are hop-by-hop too; collect them only when there are
+        // any beyond the usual keep-alive/close/upgrade, so the common case does no
+        // allocation.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter(|v| {
+                !USUAL_TOKENS
+                    .iter()
+                    .any(|t| v.as_bytes().eq_ignore_ascii_case(t))
+            })
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.is_empty()
+                    && !USUAL_TOKENS
+                        .iter()
+                        .any(|u| t.as_bytes().eq_ignore_ascii_case(u))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
         }
-        headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 && !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // `TE: trailers` is end-to-end in practice (gRPC needs it); any other TE is dropped.
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    if present & TE_PRESENT != 0
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
+    }
+}
+
+/// `strip_hop_by_hop`'s mark for `Connection`, `HOP_BY_HOP[0]`.
+const CONNECTION_PRESENT: u16 = 1;
+/// `strip_hop_by_hop`'s mark for `TE`, after one bit per `HOP_BY_HOP` name.
+const TE_PRESENT: u16 = 1 << HOP_BY_HOP.len();
+/// `Connection` tokens that name no other header.
+const USUAL_TOKENS: [&[u8]; 3] = [b"keep-alive", b"close", b"upgrade"];
+
+/// Bit `i` for `HOP_BY_HOP[i]`, `TE_PRESENT` for `TE`, else 0. Matching the name's text
+/// is one length switch and a compare, where comparing `HeaderName`s is one per entry.
+fn hop_mark(name: &HeaderName) -> u16 {
+    match name.as_str() {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "proxy-authenticate" => 1 << 3,
+        "proxy-authorization" => 1 << 4,
+        "trailer" => 1 << 5,
+        "transfer-encoding" => 1 << 6,
+        "upgrade" => 1 << 7,
+        "te" => TE_PRESENT,
+        _ => 0,
     }
 }
 
@@ -204,6 +234,15 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn each_hop_by_hop_name_has_its_own_mark() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_mark(name), 1 << i, "{name}");
+        }
+        assert_eq!(hop_mark(&header::TE), TE_PRESENT);
+        assert_eq!(hop_mark(&header::ACCEPT), 0);
     }
 
     #[test]
