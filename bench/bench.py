@@ -341,6 +341,41 @@ def cmd_idle(a):
     print(json.dumps(record, sort_keys=True))
 
 
+def cmd_probe(a):
+    """One request every --every seconds on one keep-alive TLS connection until the file
+    --stop appears (or --timeout passes); prints the slowest and the median, in ms."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", a.port), timeout=30),
+                          server_hostname=a.name)
+    req = f"GET / HTTP/1.1\r\nHost: {a.name}\r\nUser-Agent: bench-probe\r\n\r\n".encode()
+    buf, took, errors = b"", [], 0
+    end = time.monotonic() + a.timeout
+    while not os.path.exists(a.stop) and time.monotonic() < end:
+        t0 = time.perf_counter()
+        tls.sendall(req)
+        while b"\r\n\r\n" not in buf:
+            chunk = tls.recv(65536)
+            if not chunk:
+                raise SystemExit("probe: the gateway closed the connection")
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        m = re.search(rb"content-length:\s*(\d+)", head, re.I)
+        length = int(m.group(1)) if m else 0
+        while len(buf) < length:
+            buf += tls.recv(65536)
+        buf = buf[length:]
+        took.append(time.perf_counter() - t0)
+        errors += not head.startswith(b"HTTP/1.1 200")
+        time.sleep(a.every)
+    tls.close()
+    print(json.dumps({"requests": len(took), "errors": errors,
+                      "slowest_ms": round(max(took, default=0) * 1000, 1),
+                      "median_ms": round(statistics.median(took or [0]) * 1000, 2)}))
+
+
 def cmd_record(a):
     record = {}
     for k, v in labels(a.pairs).items():
@@ -546,8 +581,9 @@ def cmd_summary(a):
         out.append("### Many sites (Portcullis, ECDSA P-256 certificates, one per site)\n")
         out.append("| sites | start to /readyz, s | RSS ready, MiB | RSS after the handshake run, MiB | "
                    "idle CPU, % of a core | reload unchanged, s | reload +1 site, s | "
+                   "slowest request during the reloads, ms | "
                    "new TLS conn/s, first pass | new TLS conn/s (SNI over all sites) | proxy CPU |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         hs = {}
         for n in sorted({int(r["sites"]) for r in sites}):
             rs = [r for r in sites if int(r["sites"]) == n]
@@ -555,7 +591,8 @@ def cmd_summary(a):
             cells = [f"{n:,}"]
             for key, scale, digits in (("start_s", 1, 2), ("rss_ready_kib", 1 / 1024, 1),
                                        ("rss_after_kib", 1 / 1024, 1), ("idle_cpu", 100, 1),
-                                       ("reload_same_s", 1, 2), ("reload_plus1_s", 1, 2)):
+                                       ("reload_same_s", 1, 2), ("reload_plus1_s", 1, 2),
+                                       ("reload_slowest_ms", 1, 0)):
                 cells.append(fmt_spread([r[key] * scale for r in rs if key in r], digits))
             cells.append(fmt_spread([r["handshake_first_rps"] for r in rs if "handshake_first_rps" in r]))
             hs[n] = statistics.median(r["handshake_rps"] for r in clean)
@@ -667,6 +704,13 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--label", action="append")
     p.set_defaults(fn=cmd_idle)
+    p = sub.add_parser("probe")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--stop", required=True)
+    p.add_argument("--every", type=float, default=0.005)
+    p.add_argument("--timeout", type=float, default=300)
+    p.set_defaults(fn=cmd_probe)
     p = sub.add_parser("record")
     p.add_argument("--out", required=True)
     p.add_argument("pairs", nargs="*")

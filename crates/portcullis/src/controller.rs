@@ -227,57 +227,15 @@ impl Controller {
         path: &std::path::Path,
     ) -> Result<ReloadSummary, Vec<Problem>> {
         // 1. Everything that can fail, with nothing applied yet.
-        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = std::fs::read(path).ok();
-        let new = portcullis_config::load(path).map_err(|e| e.problems())?;
+        let Prepared {
+            new,
+            local_ca,
+            certs,
+            router,
+            keys,
+        } = off_the_workers(|| self.prepare(st, path))?;
         let old = &st.config;
-        let local_ca = if new.tls.local_ca_dir == old.tls.local_ca_dir && st.local_ca.is_some() {
-            st.local_ca.clone()
-        } else {
-            open_local_ca(&new).map_err(|p| vec![p])?.map(Arc::new)
-        };
-        let certs = load_site_certificates(&new, None, Some((&st.config, &st.certs)));
-        let router = Router::build(&new, self.gateway.metrics(), Some(&self.gateway.router()));
-        let (certs, router) = match (certs, router) {
-            (Ok(c), Ok(r)) => (c, r),
-            (c, r) => {
-                return Err(c
-                    .err()
-                    .into_iter()
-                    .flatten()
-                    .chain(r.err().into_iter().flatten())
-                    .collect());
-            }
-        };
-        for w in &certs.warnings {
-            warn!(key = %w.key, "{}", w.message);
-        }
         let store = self.gateway.certs();
-        // By name: a scan of the old sites for each new one is quadratic, 10^8 comparisons
-        // at 10,000 sites.
-        let old_sites: HashMap<&str, &Site> =
-            old.sites.iter().map(|o| (o.name.as_str(), o)).collect();
-        let mut keys = Vec::with_capacity(new.sites.len());
-        for (i, (site, loaded)) in new.sites.iter().zip(&certs.sites).enumerate() {
-            let unchanged = old_sites
-                .get(site.name.as_str())
-                .is_some_and(|o| o.hosts == site.hosts && o.tls == site.tls);
-            let have = store.certificate(&site.name).is_some();
-            let issue_local = match site.tls {
-                SiteTls::Files(_) => false,
-                SiteTls::Local => !(unchanged && have),
-                SiteTls::Acme { fallback_local } => fallback_local && !have,
-            };
-            let key = match (&site.tls, issue_local, &local_ca) {
-                (SiteTls::Files(_), _, _) => loaded.key.clone(),
-                (_, true, Some(ca)) => {
-                    Some(ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY).map_err(|e| {
-                        vec![Problem::new(format!("sites[{i}].tls"), e.to_string())]
-                    })?)
-                }
-                _ => None,
-            };
-            keys.push(key);
-        }
         let mut moved = Vec::new();
         let https = rebind("https", Some(old.listen.https), Some(new.listen.https)).await?;
         let http = rebind("http", old.listen.http, new.listen.http).await?;
@@ -338,6 +296,69 @@ impl Controller {
         st.config = new;
         st.certs = certs;
         Ok(summary)
+    }
+
+    /// Reads and checks the file, loads certificates and builds the router: a reload's
+    /// work that can fail, none of it applied.
+    fn prepare(&self, st: &State, path: &std::path::Path) -> Result<Prepared, Vec<Problem>> {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = std::fs::read(path).ok();
+        let new = portcullis_config::load(path).map_err(|e| e.problems())?;
+        let old = &st.config;
+        let local_ca = if new.tls.local_ca_dir == old.tls.local_ca_dir && st.local_ca.is_some() {
+            st.local_ca.clone()
+        } else {
+            open_local_ca(&new).map_err(|p| vec![p])?.map(Arc::new)
+        };
+        let certs = load_site_certificates(&new, None, Some((&st.config, &st.certs)));
+        let router = Router::build(&new, self.gateway.metrics(), Some(&self.gateway.router()));
+        let (certs, router) = match (certs, router) {
+            (Ok(c), Ok(r)) => (c, r),
+            (c, r) => {
+                return Err(c
+                    .err()
+                    .into_iter()
+                    .flatten()
+                    .chain(r.err().into_iter().flatten())
+                    .collect());
+            }
+        };
+        for w in &certs.warnings {
+            warn!(key = %w.key, "{}", w.message);
+        }
+        let store = self.gateway.certs();
+        // By name: a scan of the old sites for each new one is quadratic, 10^8 comparisons
+        // at 10,000 sites.
+        let old_sites: HashMap<&str, &Site> =
+            old.sites.iter().map(|o| (o.name.as_str(), o)).collect();
+        let mut keys = Vec::with_capacity(new.sites.len());
+        for (i, (site, loaded)) in new.sites.iter().zip(&certs.sites).enumerate() {
+            let unchanged = old_sites
+                .get(site.name.as_str())
+                .is_some_and(|o| o.hosts == site.hosts && o.tls == site.tls);
+            let have = store.certificate(&site.name).is_some();
+            let issue_local = match site.tls {
+                SiteTls::Files(_) => false,
+                SiteTls::Local => !(unchanged && have),
+                SiteTls::Acme { fallback_local } => fallback_local && !have,
+            };
+            let key = match (&site.tls, issue_local, &local_ca) {
+                (SiteTls::Files(_), _, _) => loaded.key.clone(),
+                (_, true, Some(ca)) => {
+                    Some(ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY).map_err(|e| {
+                        vec![Problem::new(format!("sites[{i}].tls"), e.to_string())]
+                    })?)
+                }
+                _ => None,
+            };
+            keys.push(key);
+        }
+        Ok(Prepared {
+            new,
+            local_ca,
+            certs,
+            router,
+            keys,
+        })
     }
 
     /// Keeps the ACME manager when its settings are unchanged (only the sites change);
@@ -410,6 +431,28 @@ impl Controller {
             acme.as_deref(),
             &self.acme_stats,
         );
+    }
+}
+
+/// A reload's checked, not yet applied, new state.
+struct Prepared {
+    new: Config,
+    local_ca: Option<Arc<LocalCa>>,
+    certs: SiteCerts,
+    router: Router,
+    /// Each new site's certificate, where the reload has one for it.
+    keys: Vec<Option<Arc<rustls::sign::CertifiedKey>>>,
+}
+
+/// Runs blocking work (file reads, parsing, key loading: half a second of CPU at 10,000
+/// sites) with the worker's other tasks handed to another thread, so a reload does not stall
+/// the connections of a `--workers 1` gateway. Runs in place on a current-thread runtime,
+/// where there is no other thread to hand them to.
+fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

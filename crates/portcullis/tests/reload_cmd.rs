@@ -292,3 +292,77 @@ async fn reload_command_with_the_admin_listener_off_says_to_send_sighup() {
     );
     stop(gw);
 }
+
+/// A reload reads files and loads keys (half a second of CPU at 10,000 sites): with one
+/// worker thread, doing that on the worker would stall every connection until it is done.
+/// Here the new site's certificate is a FIFO, so the reload blocks in its read until the
+/// test writes it; the gateway must answer in the meantime.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_blocked_on_a_file_does_not_stall_a_one_worker_gateway() {
+    let files = Files::new();
+    let admin = free_admin_address().to_string();
+    let a = files.site("a.test", "respond: {body: a}");
+    files.write(&admin, std::slice::from_ref(&a));
+    let gw = GatewayProcess::spawn(
+        Path::new(BIN),
+        &[
+            "run",
+            "--workers",
+            "1",
+            "--config",
+            files.path.to_str().unwrap(),
+        ],
+    );
+    let client = files.client(&gw);
+    assert_eq!(answer(&client, "a.test").await, Some((200, "a".into())));
+
+    let b = files.ca.leaf(&["b.test"]);
+    let (_, key) = b.write(files.dir.path(), "b");
+    let fifo = files.dir.path().join("b-fifo.pem");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo: {made}");
+    // Opening a FIFO to write waits for a reader: once open, the gateway is reading it.
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (writer_fifo, pem) = (fifo.clone(), b.cert_pem.clone());
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&writer_fifo)
+            .unwrap();
+        opened_tx.send(()).unwrap();
+        let _ = go_rx.recv();
+        let _ = f.write_all(pem.as_bytes());
+    });
+    files.write(
+        &admin,
+        &[
+            a,
+            format!(
+                "{{hosts: ['b.test'], tls: {{cert: '{}', key: '{}'}}, respond: {{body: b}}}}",
+                fifo.display(),
+                key.display()
+            ),
+        ],
+    );
+    // The file watcher starts the reload within about a second.
+    tokio::task::spawn_blocking(move || opened_rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the gateway did not open the new certificate within 20 s");
+
+    // The reload is now waiting on the FIFO; new connections are still served.
+    assert_eq!(answer(&client, "a.test").await, Some((200, "a".into())));
+    assert_eq!(answer(&client, "b.test").await, None, "not applied yet");
+
+    go_tx.send(()).unwrap();
+    writer.join().unwrap();
+    wait::until(
+        Duration::from_secs(20),
+        "the reload to apply b.test",
+        || async { (answer(&client, "b.test").await == Some((200, "b".into()))).then_some(()) },
+    )
+    .await;
+    stop(gw);
+}
