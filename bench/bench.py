@@ -581,9 +581,10 @@ def cmd_summary(a):
         out.append("### Many sites (Portcullis, ECDSA P-256 certificates, one per site)\n")
         out.append("| sites | start to /readyz, s | RSS ready, MiB | RSS after the handshake run, MiB | "
                    "idle CPU, % of a core | reload unchanged, s | reload +1 site, s | "
-                   "slowest request during the reloads, ms | "
+                   "slowest request during the reloads, ms | GET /metrics, s | "
+                   "slowest request during the scrapes, ms | "
                    "new TLS conn/s, first pass | new TLS conn/s (SNI over all sites) | proxy CPU |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         hs = {}
         for n in sorted({int(r["sites"]) for r in sites}):
             rs = [r for r in sites if int(r["sites"]) == n]
@@ -592,7 +593,8 @@ def cmd_summary(a):
             for key, scale, digits in (("start_s", 1, 2), ("rss_ready_kib", 1 / 1024, 1),
                                        ("rss_after_kib", 1 / 1024, 1), ("idle_cpu", 100, 1),
                                        ("reload_same_s", 1, 2), ("reload_plus1_s", 1, 2),
-                                       ("reload_slowest_ms", 1, 0)):
+                                       ("reload_slowest_ms", 1, 0), ("scrape_s", 1, 3),
+                                       ("scrape_slowest_ms", 1, 0)):
                 cells.append(fmt_spread([r[key] * scale for r in rs if key in r], digits))
             cells.append(fmt_spread([r["handshake_first_rps"] for r in rs if "handshake_first_rps" in r]))
             hs[n] = statistics.median(r["handshake_rps"] for r in clean)

@@ -628,11 +628,26 @@ sites_run() { # $1: number of sites, $2: repetition
     hs_noisy=$(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(int(json.load(sys.stdin).get("noisy", False)))')
     local rss_after r0 r1 reload_same reload_plus
     rss_after=$($PY rss "$PROXY_PID")
+    # The same probe while Prometheus would scrape: five GET /metrics, 0.3 s apart.
+    rm -f "$TMP/probe.stop"
+    $PY probe --port "$port" --name site-0.bench.test --stop "$TMP/probe.stop" >"$TMP/probe-scrape-$n.out" 2>&1 &
+    local probe_pid=$!
+    sleep 0.5
+    local scrape_times=()
+    for _ in 1 2 3 4 5; do
+        scrape_times+=("$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$admin/metrics")")
+        sleep 0.3
+    done
+    touch "$TMP/probe.stop"
+    wait "$probe_pid" || log "  the probe during the scrapes failed: $(cat "$TMP/probe-scrape-$n.out")"
+    local scrape_s scrape_slowest
+    scrape_s=$(python3 -c 'import statistics,sys; print(round(statistics.median(map(float, sys.argv[1:])), 3))' "${scrape_times[@]}")
+    scrape_slowest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["slowest_ms"])' "$TMP/probe-scrape-$n.out" 2>/dev/null || echo 0)
     # A request every 5 ms on one kept-alive connection while the two reloads run: the
     # slowest says whether a reload stalls the (single) worker's connections.
     rm -f "$TMP/probe.stop"
     $PY probe --port "$port" --name site-0.bench.test --stop "$TMP/probe.stop" >"$TMP/probe-$n.out" 2>&1 &
-    local probe_pid=$!
+    probe_pid=$!
     sleep 0.5
     r0=$(date +%s.%N)
     "$BIN" reload --config "$dir/sites.yaml" >>"$TMP/logs/reload-$n.out" 2>&1 || log "  reload (unchanged) failed"
@@ -655,9 +670,10 @@ sites_run() { # $1: number of sites, $2: repetition
     stop "$PROXY_PID"
     $PY record --out "$RESULTS" kind=sites "round=$rep" "sites=$n" "start_s=$start_s" "rss_ready_kib=$rss_ready" \
         "rss_after_kib=$rss_after" "idle_cpu=$idle_cpu" "handshake_rps=$hs_rps" "handshake_first_rps=$hs_first" "handshake_cpu=$hs_cpu" \
-        "reload_same_s=$reload_same" "reload_plus1_s=$reload_plus" "reload_slowest_ms=$reload_slowest" "noisy=$hs_noisy" \
+        "reload_same_s=$reload_same" "reload_plus1_s=$reload_plus" "reload_slowest_ms=$reload_slowest" \
+        "scrape_s=$scrape_s" "scrape_slowest_ms=$scrape_slowest" "noisy=$hs_noisy" \
         "loadavg=$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/measurements.log"
-    log "  $n sites: ready in ${start_s}s, RSS $((rss_ready / 1024)) MiB (after load $((rss_after / 1024)) MiB), idle CPU $idle_cpu, $hs_first then $hs_rps new TLS conn/s, reload ${reload_same}s / +1 site ${reload_plus}s (slowest request meanwhile ${reload_slowest} ms)"
+    log "  $n sites: ready in ${start_s}s, RSS $((rss_ready / 1024)) MiB (after load $((rss_after / 1024)) MiB), idle CPU $idle_cpu, $hs_first then $hs_rps new TLS conn/s, reload ${reload_same}s / +1 site ${reload_plus}s (slowest request meanwhile ${reload_slowest} ms), /metrics ${scrape_s}s (slowest request meanwhile ${scrape_slowest} ms)"
 }
 
 if [ "$ONLY" != compare ]; then

@@ -55,8 +55,7 @@ async fn route(controller: &Arc<Controller>, req: &Request<Incoming>) -> Respons
             ),
         },
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            controller.refresh_metrics().await;
-            let mut resp = text(StatusCode::OK, controller.telemetry.render());
+            let mut resp = text(StatusCode::OK, controller.metrics_text().await);
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -421,16 +421,21 @@ impl Controller {
         }))
     }
 
-    /// Brings the scrape-time metrics (certificate expiry, ACME counters) up to date.
-    pub(crate) async fn refresh_metrics(&self) {
+    /// The metrics exposition, with the scrape-time metrics (certificate expiry, ACME
+    /// counters) brought up to date first: tens of milliseconds of CPU at 10,000 sites, so
+    /// it runs off the workers like a reload's preparation.
+    pub(crate) async fn metrics_text(&self) -> String {
         let st = self.state.lock().await;
         let acme = self.acme();
-        self.telemetry.refresh(
-            &st.config,
-            self.gateway.certs(),
-            acme.as_deref(),
-            &self.acme_stats,
-        );
+        off_the_workers(|| {
+            self.telemetry.refresh(
+                &st.config,
+                self.gateway.certs(),
+                acme.as_deref(),
+                &self.acme_stats,
+            );
+            self.telemetry.render()
+        })
     }
 }
 
@@ -517,4 +522,37 @@ pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::mpsc;
+
+    #[test]
+    fn work_off_the_workers_leaves_the_worker_to_its_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (started_tx, started_rx) = mpsc::channel();
+            let (tx, rx) = mpsc::channel::<()>();
+            // Holds its thread until another task of this one-worker runtime has run.
+            let blocking = tokio::spawn(async move {
+                off_the_workers(|| {
+                    started_tx.send(()).unwrap();
+                    rx.recv_timeout(Duration::from_secs(5))
+                })
+            });
+            started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            tokio::spawn(async move { tx.send(()) });
+            assert!(
+                blocking.await.unwrap().is_ok(),
+                "the other task never ran while the work blocked"
+            );
+        });
+    }
 }
