@@ -289,12 +289,42 @@ def measure_once(a, cmd):
     return record
 
 
+def _h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+async def _h2_get(r, w, name):
+    """GET / as the only stream of a new HTTP/2 connection; returns once its response ends."""
+    # HPACK: :method GET, :scheme https, :path / (static table), :authority as a literal.
+    block = bytes([0x82, 0x87, 0x84, 0x41, len(name)]) + name.encode()
+    w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0) +
+            _h2_frame(1, 0x5, 1, block))
+    status = None
+    while True:
+        head = await r.readexactly(9)
+        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        payload = await r.readexactly(length)
+        if kind == 4 and not flags & 1:
+            w.write(_h2_frame(4, 1, 0))  # SETTINGS ack
+        elif kind == 6 and not flags & 1:
+            w.write(_h2_frame(6, 1, 0, payload))  # PING ack
+        elif kind == 1 and stream == 1 and status is None:
+            status = 200 if payload[:1] == b"\x88" else 0  # :status 200, static index 8
+        if kind in (0, 1) and stream == 1 and flags & 1:
+            if status != 200:
+                raise ValueError(f"HTTP/2 status {status}")
+            return
+        if kind == 7:
+            raise ValueError("GOAWAY")
+
+
 async def _idle(a):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2"] if a.h2 else ["http/1.1"])
     req = f"GET / HTTP/1.1\r\nHost: {a.name}\r\nUser-Agent: bench-idle\r\n\r\n".encode()
     conns, failures = [], 0
     sem = asyncio.Semaphore(50)
@@ -305,6 +335,12 @@ async def _idle(a):
             try:
                 r, w = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", a.port, ssl=ctx, server_hostname=a.name), 10)
+                if a.h2:
+                    if w.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+                        raise ValueError("no h2")
+                    await asyncio.wait_for(_h2_get(r, w, a.name), 10)
+                    conns.append(w)
+                    return
                 w.write(req)
                 head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
                 m = re.search(rb"content-length:\s*(\d+)", head, re.I)
@@ -333,7 +369,7 @@ def cmd_idle(a):
     loop.close()
     record = labels(a.label)
     record.update({
-        "kind": "idle", "baseline_kib": base, "loaded_kib": loaded, "open": len(conns),
+        "kind": "idle-h2" if a.h2 else "idle", "baseline_kib": base, "loaded_kib": loaded, "open": len(conns),
         "errors": failures,
         "kib_per_conn": round((loaded - base) / max(1, len(conns)), 2),
     })
@@ -555,9 +591,11 @@ def cmd_summary(a):
             out.append("\nPortcullis strict / flexible: " + "; ".join(c for c in cells if c) + ".")
         out.append("")
 
-    idle = [r for r in recs if r.get("kind") == "idle"]
-    if idle:
-        out.append("### 1,000 idle keep-alive TLS connections (HTTP/1.1, one request each)\n")
+    for kind, what in (("idle", "HTTP/1.1"), ("idle-h2", "HTTP/2")):
+        idle = [r for r in recs if r.get("kind") == kind]
+        if not idle:
+            continue
+        out.append(f"### 1,000 idle keep-alive TLS connections ({what}, one request each)\n")
         out.append("| | " + " | ".join(PROXIES) + " | Portcullis / nginx | Portcullis / HAProxy |")
         out.append("|---|" + "---|" * (len(PROXIES) + 2))
         for key, title, digits in (("kib_per_conn", "KiB per connection", 1),
@@ -703,6 +741,7 @@ def main():
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--pid", type=int, required=True)
     p.add_argument("--settle", type=float, default=2.0)
+    p.add_argument("--h2", action="store_true", help="HTTP/2 connections (one GET each) instead of HTTP/1.1")
     p.add_argument("--out", required=True)
     p.add_argument("--label", action="append")
     p.set_defaults(fn=cmd_idle)

@@ -16,7 +16,8 @@ usage: bench/run.sh [options]
   --duration S       seconds per throughput run: wrk, h2load, tlsload (default 8)
   --latency-duration S   seconds for the single-connection run (default 5)
   --sites N          sites for the many-sites run (default 10000; --quick: 1000)
-  --only WHAT        compare (the three proxies) or sites (Portcullis with N sites)
+  --only WHAT        compare (the three proxies), sites (Portcullis with N sites) or idle
+                     (only the idle-connection memory of the three proxies)
   --proxies LIST     comma-separated subset of portcullis,nginx,haproxy (default all)
   --perf             after the rounds, profile Portcullis with perf under each load and count
                      every proxy's system calls per request (needs linux-perf);
@@ -66,7 +67,7 @@ if [ "$QUICK" = 1 ]; then
     LAT_DURATION=2
     [ "$SITES_SET" = 1 ] || SITES=1000
 fi
-case "$ONLY" in all | compare | sites) ;; *) echo "run.sh: --only compare|sites" >&2; exit 2 ;; esac
+case "$ONLY" in all | compare | sites | idle) ;; *) echo "run.sh: --only compare|sites|idle" >&2; exit 2 ;; esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
@@ -461,14 +462,14 @@ run_test() { # $1: single, h1, h2 or handshake
     esac
 }
 
-run_idle() { # 1,000 idle keep-alive TLS connections against a freshly started proxy
-    $PY idle --port "$PROXY_PORT" --name "$NAME" --count 1000 --pid "$PROXY_PID" --out "$RESULTS" \
+run_idle() { # 1,000 idle keep-alive TLS connections against a freshly started proxy; $1: --h2 or nothing
+    $PY idle --port "$PROXY_PORT" --name "$NAME" --count 1000 --pid "$PROXY_PID" --out "$RESULTS" "$@" \
         --label "round=$ROUND" --label "proxy=$PROXY" --label "mode=$MODE" >>"$OUT/measurements.log" 2>&1 ||
         log "  idle: measurement failed"
     tail -1 "$RESULTS" | python3 -c 'import json,sys
 r=json.loads(sys.stdin.read())
-if r.get("kind") == "idle":
-    print("  idle      %d open, %.1f KiB per connection (RSS %d -> %d KiB)" % (r["open"], r["kib_per_conn"], r["baseline_kib"], r["loaded_kib"]))' >&2 || true
+if r.get("kind", "").startswith("idle"):
+    print("  %-9s %d open, %.1f KiB per connection (RSS %d -> %d KiB)" % (r["kind"], r["open"], r["kib_per_conn"], r["baseline_kib"], r["loaded_kib"]))' >&2 || true
 }
 
 modes_of() {
@@ -509,7 +510,19 @@ if [ "$ONLY" != sites ]; then
             [ "$ROUND" = 1 ] && note_tls "$PROXY"
             log "$PROXY: idle connections"
             run_idle
+            # HTTP/2 (what browsers use) against a fresh instance too: memory the HTTP/1.1
+            # connections freed would otherwise be reused and hide part of the cost.
+            stop "$PROXY_PID"
+            start_proxy "$PROXY" "$MODE"
+            PORT_OF[$c]=$PROXY_PORT
+            PID_OF[$c]=$PROXY_PID
+            log "$PROXY: idle HTTP/2 connections"
+            run_idle --h2
         done
+        if [ "$ONLY" = idle ]; then
+            for c in "${order[@]}"; do stop "${PID_OF[$c]}"; done
+            continue
+        fi
         for c in "${order[@]}"; do
             select_instance "$c"
             # Warm-up: connections to the origin, caches, allocator.
@@ -528,7 +541,7 @@ fi
 
 # ------------------------------------------------------------------ perf
 
-if [ "$PERF" = 1 ] && [ "$ONLY" != sites ]; then
+if [ "$PERF" = 1 ] && { [ "$ONLY" = compare ] || [ "$ONLY" = all ]; }; then
     if perf record -o "$TMP/perf-probe.data" -- true >/dev/null 2>&1; then
         PROXY=portcullis MODE=flexible ROUND=perf
         start_proxy portcullis flexible
@@ -676,7 +689,7 @@ sites_run() { # $1: number of sites, $2: repetition
     log "  $n sites: ready in ${start_s}s, RSS $((rss_ready / 1024)) MiB (after load $((rss_after / 1024)) MiB), idle CPU $idle_cpu, $hs_first then $hs_rps new TLS conn/s, reload ${reload_same}s / +1 site ${reload_plus}s (slowest request meanwhile ${reload_slowest} ms), /metrics ${scrape_s}s (slowest request meanwhile ${scrape_slowest} ms)"
 }
 
-if [ "$ONLY" != compare ]; then
+if [ "$ONLY" = all ] || [ "$ONLY" = sites ]; then
     sites_generate 3
     sites_generate "$SITES"
     # As many repetitions as rounds, at most 2 (the default run stays near 15 minutes);
