@@ -81,8 +81,9 @@ impl OriginError {
         )
     }
 
-    /// Classifies an error from the origin client; connector errors are found in its chain.
-    pub(crate) fn from_client(err: &hyper_util::client::legacy::Error) -> Self {
+    /// Classifies an error from an origin connection: a connector error is found in its
+    /// chain; anything else means the connection failed under the request.
+    pub(crate) fn from_hyper(err: &hyper::Error) -> Self {
         let mut source: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(e) = source {
             if let Some(own) = e.downcast_ref::<OriginError>() {

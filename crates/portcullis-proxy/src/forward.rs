@@ -171,8 +171,7 @@ pub(crate) async fn forward(
         let in_flight = InFlight::new(backend);
         let pending = client.request(req);
         let result = match tokio::time::timeout(upstream.response_header_timeout, pending).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(OriginError::from_client(&e)),
+            Ok(result) => result,
             Err(_) => Err(OriginError::response_timeout(
                 upstream.response_header_timeout,
             )),

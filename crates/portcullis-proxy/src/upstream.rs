@@ -17,6 +17,7 @@ mod backend;
 mod balance;
 mod budget;
 mod health;
+mod pool;
 
 use backend::stable_hash;
 pub(crate) use backend::{Backend, InFlight};

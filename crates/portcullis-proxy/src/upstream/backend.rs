@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_config::{Origin, OriginServer, PassiveHealth, Transport};
 use portcullis_tls::{OriginTlsConfig, server_name};
 
 use crate::connector::OriginConnector;
 use crate::metrics::{OriginMetrics, ProxyMetrics};
-use crate::replay::ReplayBody;
+use crate::upstream::pool::OriginPool;
 
 /// One origin server.
 pub(crate) struct Backend {
@@ -21,9 +19,9 @@ pub(crate) struct Backend {
     pub(crate) weight: u32,
     /// Stable across reloads and reorders, for rendezvous hashing.
     pub(crate) hash_id: u64,
-    pub(crate) client: Client<OriginConnector, ReplayBody>,
+    pub(crate) client: OriginPool,
     /// Offers only HTTP/1.1, for requests that upgrade the connection.
-    pub(crate) upgrade_client: Client<OriginConnector, ReplayBody>,
+    pub(crate) upgrade_client: OriginPool,
     pub(crate) metrics: OriginMetrics,
     /// Requests sent and not yet answered (for `least_requests` and `random_two`).
     pub(crate) in_flight: AtomicUsize,
@@ -101,8 +99,8 @@ impl Backend {
             label: server.url.as_str().into(),
             weight: server.weight,
             hash_id: stable_hash(server.url.as_bytes()),
-            client: client(normal, idle, origin.h2c),
-            upgrade_client: client(upgrade, idle, false),
+            client: OriginPool::new(normal, idle, origin.h2c),
+            upgrade_client: OriginPool::new(upgrade, idle, false),
             metrics: m,
             in_flight: AtomicUsize::new(0),
             active_up: AtomicBool::new(true),
@@ -248,21 +246,6 @@ impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("InFlight").field(&self.0.label).finish()
     }
-}
-
-fn client(
-    connector: OriginConnector,
-    idle: Duration,
-    h2_only: bool,
-) -> Client<OriginConnector, ReplayBody> {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(h2_only)
-        // The Host header is set from the client's request, never from the pool key.
-        .set_host(false)
-        .build(connector)
 }
 
 /// FNV-1a with a final mix: the same on every run and every replica, unlike std's hasher,

@@ -1,0 +1,271 @@
+//! The pool against in-memory origins: each connect makes a duplex pipe with a hyper server
+//! on the far end, and the test decides when connects and responses may go ahead.
+
+use super::*;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::Connected;
+use tokio::io::{DuplexStream, ReadBuf};
+use tokio::sync::Semaphore;
+
+/// The client end of an in-memory connection.
+struct Pipe(DuplexStream);
+
+impl Connection for Pipe {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// An origin whose connects wait for `connects` permits and whose responses wait for
+/// `responses` permits.
+#[derive(Clone)]
+struct Origin {
+    connects: Arc<Semaphore>,
+    responses: Arc<Semaphore>,
+    h2: bool,
+    /// Close each connection after its first response.
+    one_shot: bool,
+    /// Connects asked for, requests received, server connections ended.
+    calls: Arc<AtomicUsize>,
+    received: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    refuse: bool,
+}
+
+impl Origin {
+    fn new() -> Self {
+        Self {
+            connects: Arc::new(Semaphore::new(0)),
+            responses: Arc::new(Semaphore::new(0)),
+            h2: false,
+            one_shot: false,
+            calls: Arc::default(),
+            received: Arc::default(),
+            ended: Arc::default(),
+            refuse: false,
+        }
+    }
+
+    fn open(self) -> Self {
+        self.connects.add_permits(Semaphore::MAX_PERMITS / 2);
+        self.responses.add_permits(Semaphore::MAX_PERMITS / 2);
+        self
+    }
+
+    fn count(counter: &AtomicUsize) -> usize {
+        counter.load(Ordering::SeqCst)
+    }
+
+    async fn serve(self, io: DuplexStream) {
+        let me = self.clone();
+        let svc = service_fn(move |_req: Request<Incoming>| {
+            let me = me.clone();
+            async move {
+                me.received.fetch_add(1, Ordering::SeqCst);
+                me.responses.acquire().await.unwrap().forget();
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+            }
+        });
+        let io = TokioIo::new(io);
+        if self.h2 {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await;
+        } else {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(!self.one_shot)
+                .serve_connection(io, svc)
+                .await;
+        }
+        self.ended.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Service<Uri> for Origin {
+    type Response = TokioIo<Pipe>;
+    type Error = OriginError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, OriginError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let me = self.clone();
+        Box::pin(async move {
+            me.calls.fetch_add(1, Ordering::SeqCst);
+            if me.refuse {
+                return Err(OriginError::new(OriginFailureKind::Refused, "refused"));
+            }
+            me.connects.acquire().await.unwrap().forget();
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(me.clone().serve(server));
+            Ok(TokioIo::new(Pipe(client)))
+        })
+    }
+}
+
+fn get() -> Request<ReplayBody> {
+    Request::get("http://origin/x")
+        .body(ReplayBody::empty())
+        .unwrap()
+}
+
+fn key() -> Authority {
+    Authority::from_static("origin")
+}
+
+async fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn spawn_get(pool: &Arc<OriginPool<Origin>>) -> tokio::task::JoinHandle<Result<u16, OriginError>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.request(get()).await.map(|r| r.status().as_u16()) })
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_connect_under_way_instead_of_starting_another() {
+    let origin = Origin::new();
+    let pool = Arc::new(OriginPool::new(
+        origin.clone(),
+        Duration::from_secs(60),
+        false,
+    ));
+    // One connection, X, idle.
+    origin.connects.add_permits(1);
+    origin.responses.add_permits(1);
+    assert_eq!(spawn_get(&pool).await.unwrap().unwrap(), 200);
+    until("X idle", || pool.inner.lock()[&key()].idle.len() == 1).await;
+
+    // A holds X; B and C wait, each with a connect under way (held).
+    let a = spawn_get(&pool);
+    until("A at the origin", || Origin::count(&origin.received) == 2).await;
+    let b = spawn_get(&pool);
+    until("B waiting", || pool.waiting(&key()) == 1).await;
+    let c = spawn_get(&pool);
+    until("C waiting", || pool.waiting(&key()) == 2).await;
+    assert_eq!(pool.connects_started(), 3);
+
+    // A's answer frees X, which goes to B; the two connects under way are now one more
+    // than the one request (C) waiting.
+    origin.responses.add_permits(1);
+    assert_eq!(a.await.unwrap().unwrap(), 200);
+    until("B at the origin", || Origin::count(&origin.received) == 3).await;
+    let d = spawn_get(&pool);
+    until("D waiting", || pool.waiting(&key()) == 2).await;
+    assert_eq!(
+        pool.connects_started(),
+        3,
+        "D must wait for a connect already under way"
+    );
+
+    let origin = origin.open();
+    for r in [b, c, d] {
+        assert_eq!(r.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(Origin::count(&origin.calls), 3);
+}
+
+#[tokio::test]
+async fn a_burst_to_an_http2_origin_shares_one_connection() {
+    let mut origin = Origin::new();
+    origin.h2 = true;
+    let pool = Arc::new(OriginPool::new(
+        origin.clone(),
+        Duration::from_secs(60),
+        true,
+    ));
+    let burst: Vec<_> = (0..10).map(|_| spawn_get(&pool)).collect();
+    until("the burst waiting", || pool.waiting(&key()) == 10).await;
+    let origin = origin.open();
+    for r in burst {
+        assert_eq!(r.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(Origin::count(&origin.calls), 1);
+    assert_eq!(Origin::count(&origin.received), 10);
+}
+
+#[tokio::test]
+async fn connections_the_origin_closed_are_not_used_again() {
+    let mut origin = Origin::new();
+    origin.one_shot = true;
+    let origin = origin.open();
+    let pool = OriginPool::new(origin.clone(), Duration::from_secs(60), false);
+    for _ in 0..5 {
+        let resp = pool.request(get()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(Origin::count(&origin.received), 5);
+    assert_eq!(Origin::count(&origin.calls), 5);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let origin = Origin::new().open();
+    let pool = OriginPool::new(origin.clone(), Duration::from_millis(50), false);
+    assert_eq!(pool.request(get()).await.unwrap().status(), 200);
+    until("the idle connection closed", || {
+        Origin::count(&origin.ended) == 1
+    })
+    .await;
+    assert_eq!(pool.request(get()).await.unwrap().status(), 200);
+    assert_eq!(Origin::count(&origin.calls), 2);
+}
+
+#[tokio::test]
+async fn every_waiting_request_hears_of_a_failed_connect() {
+    let mut origin = Origin::new();
+    origin.refuse = true;
+    let pool = Arc::new(OriginPool::new(
+        origin.clone(),
+        Duration::from_secs(60),
+        false,
+    ));
+    let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
+    for r in burst {
+        let err = r.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), OriginFailureKind::Refused);
+    }
+    assert_eq!(Origin::count(&origin.calls), 5);
+}
