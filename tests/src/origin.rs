@@ -47,6 +47,9 @@ pub struct Seen {
     pub path: String,
     /// Headers as received.
     pub headers: HeaderMap,
+    /// The request target's authority: HTTP/2's `:authority` (HTTP/1.1 requests from the
+    /// gateway carry a path alone).
+    pub authority: Option<String>,
     /// Common name of the client certificate, when one was presented.
     pub client_cert: bool,
 }
@@ -256,6 +259,7 @@ async fn respond(
         method: req.method().clone(),
         path: path.clone(),
         headers: req.headers().clone(),
+        authority: req.uri().authority().map(|a| a.to_string()),
         client_cert,
     });
     let segments: Vec<&str> = req

@@ -440,38 +440,59 @@ async fn routes_forward_to_their_own_origins_and_strip_prefixes() {
 #[tokio::test]
 async fn sites_in_front_of_one_origin_share_its_connections_and_keep_their_host() {
     let edge = TestCa::new("edge CA");
-    let origin = TestOrigin::http().await;
-    let mut b = GatewayBuilder::new();
-    let names = ["a.test", "b.test", "c.test", "d.test"];
-    for name in names {
-        let (cert, key) = edge.leaf(&[name]).write(b.dir(), name);
-        b = b.site(&format!(
-            "{{hosts: [{name}], tls: {{cert: {}, key: {}}}, origin: 'http://{}'}}",
-            cert.display(),
-            key.display(),
-            origin.addr
-        ));
-    }
-    let gw = b.start().await;
-    let client = gw.client(&edge.root_der);
-    // One request after another, each site in turn, twice: one origin connection is
-    // enough for all of them (as with nginx's upstream keepalive), where a pool per Host
-    // would open one per site.
-    for round in 0..2 {
+    let origin_ca = TestCa::new("origin CA");
+    let leaf = origin_ca.leaf(&["127.0.0.1"]);
+    // flexible, full over HTTP/1.1, full over HTTP/2 (by ALPN).
+    for (mode, alpn) in [
+        ("flexible", None),
+        ("full", Some("http/1.1")),
+        ("full", Some("h2")),
+    ] {
+        let what = format!("{mode} {alpn:?}");
+        let origin = match alpn {
+            None => TestOrigin::http().await,
+            Some(alpn) => TestOrigin::https(&leaf, &[alpn]).await,
+        };
+        let url = match alpn {
+            None => format!("'http://{}'", origin.addr),
+            Some(_) => format!("{{url: 'https://{}', mode: full}}", origin.addr),
+        };
+        let mut b = GatewayBuilder::new();
+        let names = ["a.test", "b.test", "c.test", "d.test"];
         for name in names {
-            let resp = within(name, client.get(name, &format!("/{round}"))).await;
-            assert_eq!(resp.status, 200, "{name}");
-            let seen = origin.last();
-            assert_eq!(
-                seen.headers["host"], name,
-                "the origin sees the site's Host"
-            );
-            assert_eq!(seen.path, format!("/{round}"));
+            let (cert, key) = edge.leaf(&[name]).write(b.dir(), name);
+            b = b.site(&format!(
+                "{{hosts: [{name}], tls: {{cert: {}, key: {}}}, origin: {url}}}",
+                cert.display(),
+                key.display(),
+            ));
         }
+        let gw = b.start().await;
+        let client = gw.client(&edge.root_der);
+        // One request after another, each site in turn, twice: one origin connection is
+        // enough for all of them (as with nginx's upstream keepalive), where a pool per
+        // Host would open one per site.
+        for round in 0..2 {
+            for name in names {
+                let resp = within(name, client.get(name, &format!("/{round}"))).await;
+                assert_eq!(resp.status, 200, "{what} {name}");
+                let seen = origin.last();
+                let host = match alpn {
+                    Some("h2") => seen.authority.clone(),
+                    _ => seen.headers["host"].to_str().ok().map(str::to_owned),
+                };
+                assert_eq!(
+                    host.as_deref(),
+                    Some(name),
+                    "{what}: the origin sees the site"
+                );
+                assert_eq!(seen.path, format!("/{round}"), "{what}");
+            }
+        }
+        assert_eq!(
+            origin.connections(),
+            1,
+            "{what}: one origin connection for every site"
+        );
     }
-    assert_eq!(
-        origin.connections(),
-        1,
-        "one origin connection for every site"
-    );
 }

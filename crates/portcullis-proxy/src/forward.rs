@@ -23,6 +23,9 @@ use crate::proxy_protocol::ProxyAddrs;
 use crate::replay::{ReplayBody, Replayable};
 use crate::upstream::{InFlight, Upstream};
 
+/// The pool key of connections every site shares.
+const SHARED_POOL: &str = "origin";
+
 /// Where a proxied request goes and under which limits.
 pub(crate) struct Target<'a> {
     pub(crate) authority: Authority,
@@ -78,24 +81,29 @@ pub(crate) async fn forward(
         upgrade,
     );
     let key = upstream.hash_key(&parts.headers, conn.peer.ip());
-    // The pool is keyed by the URI's authority (each server has its own pool): for PROXY
-    // protocol origins the client's own addresses, so its connections are its own; for
-    // origins that may speak HTTP/2 the client's Host, which becomes `:authority`; else one
-    // key, so HTTP/1.1 connections serve every site (the Host header is set above).
+    // PROXY protocol origins' connections carry one client's addresses, so they are pooled
+    // by those; any other origin's serve every site in front of it: the site travels in
+    // each request (`Host` for HTTP/1.1, the URI's authority as `:authority` for HTTP/2).
     let pool_key = if upstream.proxy_protocol {
-        pool_authority(&ProxyAddrs {
+        let addrs = ProxyAddrs {
             source: conn.peer,
             destination: conn.local,
-        })
-        .unwrap_or_else(|| authority.clone())
-    } else if upstream.pool_by_host {
-        authority
+        };
+        match pool_authority(&addrs) {
+            Some(key) => key,
+            None => {
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    status_text(StatusCode::BAD_GATEWAY),
+                );
+            }
+        }
     } else {
-        Authority::from_static("origin")
+        Authority::from_static(SHARED_POOL)
     };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(upstream.scheme.clone());
-    uri.authority = Some(pool_key);
+    uri.authority = Some(authority);
     uri.path_and_query = Some(path_and_query);
     parts.uri = match Uri::from_parts(uri) {
         Ok(u) => u,
@@ -169,7 +177,7 @@ pub(crate) async fn forward(
         backend.metrics.requests.inc();
         let timer = backend.metrics.duration.start_timer();
         let in_flight = InFlight::new(backend);
-        let pending = client.request(req);
+        let pending = client.request(&pool_key, req);
         let result = match tokio::time::timeout(upstream.response_header_timeout, pending).await {
             Ok(result) => result,
             Err(_) => Err(OriginError::response_timeout(

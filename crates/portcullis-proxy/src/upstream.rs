@@ -37,10 +37,6 @@ pub struct Upstream {
     pub(crate) verify_failure_status: StatusCode,
     /// Connections carry a PROXY header, so each client gets connections of its own.
     pub(crate) proxy_protocol: bool,
-    /// Connections may speak HTTP/2, whose `:authority` comes from the pool key, so they
-    /// are pooled per client Host. HTTP/1.1-only origins pool by server alone: every site
-    /// in front of one origin shares its idle connections.
-    pub(crate) pool_by_host: bool,
     origin: Origin,
 }
 
@@ -98,11 +94,6 @@ impl Upstream {
             verify_failure_status: StatusCode::from_u16(origin.verify_failure_status)
                 .unwrap_or(StatusCode::BAD_GATEWAY),
             proxy_protocol: origin.proxy_protocol.is_some(),
-            pool_by_host: match origin.transport {
-                Transport::Plain => origin.h2c,
-                // Offered `h2` by ALPN unless a PROXY header ties connections to one client.
-                Transport::Tls(_) => origin.proxy_protocol.is_none(),
-            },
             origin: origin.clone(),
         });
         if let Some(active) = &origin.health.active {

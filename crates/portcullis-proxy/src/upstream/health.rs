@@ -75,7 +75,11 @@ async fn check(backend: &Backend, uri: &Uri, policy: &ActiveHealth) -> bool {
     let Ok(req) = req else {
         return false;
     };
-    match tokio::time::timeout(policy.timeout, backend.client.request(req)).await {
+    // Keyed by the server's address: checks keep a connection of their own.
+    let Some(key) = uri.authority() else {
+        return false;
+    };
+    match tokio::time::timeout(policy.timeout, backend.client.request(key, req)).await {
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
             let ok = (policy.expect.0..=policy.expect.1).contains(&status);

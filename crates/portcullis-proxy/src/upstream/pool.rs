@@ -1,6 +1,7 @@
-//! One origin server's connections, pooled by the request URI's authority (`forward` picks
-//! it: one key for HTTP/1.1-only origins, the client's Host where HTTP/2 may be spoken, the
-//! client's addresses for PROXY protocol origins).
+//! One origin server's connections, pooled by a key `forward` picks: one for every site in
+//! front of the server, or the client's addresses for PROXY protocol origins. (HTTP/1.1
+//! carries the site in `Host`, HTTP/2 in each request's `:authority`, so connections need
+//! not be kept per site.)
 //!
 //! A request takes an idle connection, or waits for one: for a connection another request
 //! gives back, or for a new one. A connect is started only while fewer are under way than
@@ -92,30 +93,26 @@ where
         }
     }
 
-    /// Sends `req` (an absolute URI: its authority is the pool key) on a pooled or new
-    /// connection.
+    /// Sends `req` on a pooled or new connection of `key`. Its URI is absolute: HTTP/2
+    /// sends its authority as `:authority`; HTTP/1.1 sends the path alone (the `Host`
+    /// header is the caller's).
     pub(crate) async fn request(
         &self,
+        key: &Authority,
         mut req: Request<ReplayBody>,
     ) -> Result<Response<Incoming>, OriginError> {
-        let Some(key) = req.uri().authority().cloned() else {
-            return Err(OriginError::new(
-                OriginFailureKind::Connect,
-                "a request to an origin needs an absolute URI",
-            ));
-        };
         let uri = req.uri().clone();
         let mut tries = 0;
         loop {
             tries += 1;
-            let Delivered { conn, reused } = self.checkout(&key).await?;
+            let Delivered { conn, reused } = self.checkout(key).await?;
             let sent = match conn {
                 Conn::H1(mut tx) => {
                     // HTTP/1.1 sends the origin form; the authority only keyed the pool.
                     *req.uri_mut() = origin_form(&uri);
                     let sent = tx.try_send_request(req).await;
                     if sent.is_ok() {
-                        self.inner.give_back(&key, tx);
+                        self.inner.give_back(key, tx);
                     }
                     sent
                 }

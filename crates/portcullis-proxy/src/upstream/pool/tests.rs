@@ -161,7 +161,11 @@ async fn until(what: &str, check: impl Fn() -> bool) {
 
 fn spawn_get(pool: &Arc<OriginPool<Origin>>) -> tokio::task::JoinHandle<Result<u16, OriginError>> {
     let pool = pool.clone();
-    tokio::spawn(async move { pool.request(get()).await.map(|r| r.status().as_u16()) })
+    tokio::spawn(async move {
+        pool.request(&key(), get())
+            .await
+            .map(|r| r.status().as_u16())
+    })
 }
 
 #[tokio::test]
@@ -233,7 +237,7 @@ async fn connections_the_origin_closed_are_not_used_again() {
     let origin = origin.open();
     let pool = OriginPool::new(origin.clone(), Duration::from_secs(60), false);
     for _ in 0..5 {
-        let resp = pool.request(get()).await.unwrap();
+        let resp = pool.request(&key(), get()).await.unwrap();
         assert_eq!(resp.status(), 200);
     }
     assert_eq!(Origin::count(&origin.received), 5);
@@ -244,12 +248,12 @@ async fn connections_the_origin_closed_are_not_used_again() {
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let origin = Origin::new().open();
     let pool = OriginPool::new(origin.clone(), Duration::from_millis(50), false);
-    assert_eq!(pool.request(get()).await.unwrap().status(), 200);
+    assert_eq!(pool.request(&key(), get()).await.unwrap().status(), 200);
     until("the idle connection closed", || {
         Origin::count(&origin.ended) == 1
     })
     .await;
-    assert_eq!(pool.request(get()).await.unwrap().status(), 200);
+    assert_eq!(pool.request(&key(), get()).await.unwrap().status(), 200);
     assert_eq!(Origin::count(&origin.calls), 2);
 }
 
