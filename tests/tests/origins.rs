@@ -496,3 +496,32 @@ async fn sites_in_front_of_one_origin_share_its_connections_and_keep_their_host(
         );
     }
 }
+
+#[tokio::test]
+async fn max_connections_makes_requests_wait_for_a_free_connection() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let gw = gateway(&edge, |_| {
+        format!(
+            "origin: {{url: 'http://{}', max_connections: 1}}",
+            origin.addr
+        )
+    })
+    .await;
+    let client = gw.client(&edge.root_der);
+    // Three slow requests at once, each on its own client connection: one origin
+    // connection serves them one after another.
+    let slow: Vec<_> = (0..3)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("a.test", &format!("/slow/200?{i}")).await })
+        })
+        .collect();
+    for r in slow {
+        let resp = within("slow request", r).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "slow done");
+    }
+    assert_eq!(origin.seen().len(), 3);
+    assert_eq!(origin.connections(), 1, "max_connections: 1");
+}

@@ -232,6 +232,7 @@ pub(crate) struct OriginMapFile {
     pub proxy_protocol: Option<String>,
     #[serde(default)]
     pub h2c: bool,
+    pub max_connections: Option<u32>,
 }
 
 /// One of an origin's `servers`.

@@ -285,6 +285,8 @@ pub struct Origin {
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// HTTP/2 with prior knowledge to a plaintext origin (gRPC).
     pub h2c: bool,
+    /// Connections to each server, open or being opened, at most (`None`: no limit).
+    pub max_connections: Option<u32>,
     /// Status returned when strict verification of the origin fails (502 or 526).
     pub verify_failure_status: u16,
 }

@@ -66,6 +66,11 @@ fn several_servers_default_to_one_retry_and_passive_ejection() {
     assert!(o.retries.on_connect && o.retries.on_reset);
     assert!(o.health.passive.is_some());
     assert!(o.h2c);
+    assert_eq!(o.max_connections, None, "no limit unless asked");
+    assert_eq!(
+        origin("{ url: 'http://a:1', max_connections: 64 }").max_connections,
+        Some(64)
+    );
     let off = origin(
         "{ servers: [{ url: 'http://a:1' }, { url: 'http://b:1' }], health: { passive: off } }",
     );
@@ -192,6 +197,10 @@ fn mistakes_name_their_key() {
         (
             site("{ url: 'https://a:1', h2c: true }"),
             "sites[0].origin.h2c: only applies to plaintext",
+        ),
+        (
+            site("{ url: 'http://a:1', max_connections: 0 }"),
+            "sites[0].origin.max_connections: must be at least 1",
         ),
         (
             site("{ url: 'http://a:1', h2c: true, proxy_protocol: v1 }"),

@@ -92,6 +92,12 @@ impl Validator<'_> {
                 "only applies to plaintext (`flexible`) origins; TLS origins choose HTTP/2 by ALPN",
             );
         }
+        if f.max_connections == Some(0) {
+            self.err(
+                format!("{key}.max_connections"),
+                "must be at least 1; leave it out for no limit",
+            );
+        }
         if f.h2c && proxy_protocol.is_some() {
             self.err(
                 format!("{key}.h2c"),
@@ -175,6 +181,7 @@ impl Validator<'_> {
             timeouts,
             proxy_protocol,
             h2c: f.h2c,
+            max_connections: f.max_connections,
             verify_failure_status,
         })
     }

@@ -93,14 +93,15 @@ impl Backend {
             }
         };
         let idle = origin.timeouts.idle;
+        let cap = origin.max_connections.and_then(|n| usize::try_from(n).ok());
         let m = metrics.origin(&server.url);
         m.up.set(1);
         Ok(Self {
             label: server.url.as_str().into(),
             weight: server.weight,
             hash_id: stable_hash(server.url.as_bytes()),
-            client: OriginPool::new(normal, idle, origin.h2c),
-            upgrade_client: OriginPool::new(upgrade, idle, false),
+            client: OriginPool::new(normal, idle, origin.h2c, cap),
+            upgrade_client: OriginPool::new(upgrade, idle, false, cap),
             metrics: m,
             in_flight: AtomicUsize::new(0),
             active_up: AtomicBool::new(true),

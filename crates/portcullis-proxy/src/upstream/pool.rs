@@ -44,6 +44,8 @@ struct Inner<C> {
     idle_timeout: Duration,
     /// `h2c`: HTTP/2 without TLS, so without ALPN to say so.
     h2_only: bool,
+    /// Connections open or being opened per key, at most.
+    max_connections: usize,
     slots: Mutex<HashMap<Authority, Slot>>,
     reaper: AtomicBool,
     /// Connects started, for tests.
@@ -58,6 +60,8 @@ struct Slot {
     h2: Option<(http2::SendRequest<ReplayBody>, Instant)>,
     /// Some connection of this key negotiated HTTP/2: one connect at a time is enough.
     h2_seen: bool,
+    /// Connections whose task is running (in use, idle or closing).
+    open: usize,
     connecting: usize,
     waiters: VecDeque<oneshot::Sender<Result<Delivered, OriginError>>>,
 }
@@ -79,13 +83,20 @@ where
     C::Future: Send,
     S: Connection + AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    /// A pool whose connections are closed after `idle_timeout` without a request.
-    pub(crate) fn new(connector: C, idle_timeout: Duration, h2_only: bool) -> Self {
+    /// A pool whose connections are closed after `idle_timeout` without a request, with at
+    /// most `max_connections` per key (`None`: no limit) open or being opened.
+    pub(crate) fn new(
+        connector: C,
+        idle_timeout: Duration,
+        h2_only: bool,
+        max_connections: Option<usize>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connector,
                 idle_timeout,
                 h2_only,
+                max_connections: max_connections.unwrap_or(usize::MAX).max(1),
                 slots: Mutex::new(HashMap::new()),
                 reaper: AtomicBool::new(false),
                 started: AtomicU64::new(0),
@@ -194,7 +205,8 @@ where
     }
 
     /// Starts connects until as many are under way as requests wait (one, once the key has
-    /// spoken HTTP/2: that connection serves them all).
+    /// spoken HTTP/2: that connection serves them all), within `max_connections`; past it,
+    /// requests wait for a connection to come back or close.
     fn fill(self: &Arc<Self>, slot: &mut Slot, key: &Authority) {
         slot.waiters.retain(|w| !w.is_closed());
         let wanted = if slot.h2_seen || self.h2_only {
@@ -202,7 +214,7 @@ where
         } else {
             slot.waiters.len()
         };
-        while slot.connecting < wanted {
+        while slot.connecting < wanted && slot.open + slot.connecting < self.max_connections {
             slot.connecting += 1;
             self.started.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(self.clone().connect(key.clone()));
@@ -242,7 +254,7 @@ where
         self.fill(slot, &key);
     }
 
-    async fn open(&self, key: &Authority) -> Result<Conn, OriginError> {
+    async fn open(self: &Arc<Self>, key: &Authority) -> Result<Conn, OriginError> {
         // The connector reads PROXY protocol addresses from the authority.
         let uri = Uri::builder()
             .scheme("http")
@@ -263,20 +275,33 @@ where
                 .handshake(io)
                 .await
                 .map_err(failed)?;
+            let ended = self.opened(key);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!(error = %e, "origin HTTP/2 connection ended");
                 }
+                ended.closed();
             });
             Ok(Conn::H2(tx))
         } else {
             let (tx, conn) = http1::handshake(io).await.map_err(failed)?;
+            let ended = self.opened(key);
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     debug!(error = %e, "origin HTTP/1.1 connection ended");
                 }
+                ended.closed();
             });
             Ok(Conn::H1(tx))
+        }
+    }
+
+    /// Counts a connection as open until the returned handle says it closed.
+    fn opened(self: &Arc<Self>, key: &Authority) -> Ended<C> {
+        slot(&mut self.lock(), key).open += 1;
+        Ended {
+            pool: Arc::downgrade(self),
+            key: key.clone(),
         }
     }
 
@@ -355,9 +380,34 @@ where
             }
             !(slot.idle.is_empty()
                 && slot.h2.is_none()
+                && slot.open == 0
                 && slot.connecting == 0
                 && slot.waiters.is_empty())
         });
+    }
+}
+
+/// A connection's place in its key's count. Holds the pool weakly: the pool holds the
+/// connection's sender, which keeps the connection's task running.
+struct Ended<C> {
+    pool: std::sync::Weak<Inner<C>>,
+    key: Authority,
+}
+
+impl<C, S> Ended<C>
+where
+    C: Service<Uri, Response = TokioIo<S>, Error = OriginError> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    S: Connection + AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    /// The connection's task ended: one fewer open, and room for a waiting request.
+    fn closed(self) {
+        if let Some(inner) = self.pool.upgrade() {
+            let mut slots = inner.lock();
+            let slot = slot(&mut slots, &self.key);
+            slot.open = slot.open.saturating_sub(1);
+            inner.fill(slot, &self.key);
+        }
     }
 }
 

@@ -175,6 +175,7 @@ async fn a_request_waits_for_a_connect_under_way_instead_of_starting_another() {
         origin.clone(),
         Duration::from_secs(60),
         false,
+        None,
     ));
     // One connection, X, idle.
     origin.connects.add_permits(1);
@@ -219,6 +220,7 @@ async fn a_burst_to_an_http2_origin_shares_one_connection() {
         origin.clone(),
         Duration::from_secs(60),
         true,
+        None,
     ));
     let burst: Vec<_> = (0..10).map(|_| spawn_get(&pool)).collect();
     until("the burst waiting", || pool.waiting(&key()) == 10).await;
@@ -235,7 +237,7 @@ async fn connections_the_origin_closed_are_not_used_again() {
     let mut origin = Origin::new();
     origin.one_shot = true;
     let origin = origin.open();
-    let pool = OriginPool::new(origin.clone(), Duration::from_secs(60), false);
+    let pool = OriginPool::new(origin.clone(), Duration::from_secs(60), false, None);
     for _ in 0..5 {
         let resp = pool.request(&key(), get()).await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -247,7 +249,7 @@ async fn connections_the_origin_closed_are_not_used_again() {
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let origin = Origin::new().open();
-    let pool = OriginPool::new(origin.clone(), Duration::from_millis(50), false);
+    let pool = OriginPool::new(origin.clone(), Duration::from_millis(50), false, None);
     assert_eq!(pool.request(&key(), get()).await.unwrap().status(), 200);
     until("the idle connection closed", || {
         Origin::count(&origin.ended) == 1
@@ -265,6 +267,7 @@ async fn every_waiting_request_hears_of_a_failed_connect() {
         origin.clone(),
         Duration::from_secs(60),
         false,
+        None,
     ));
     let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
     for r in burst {
@@ -272,4 +275,28 @@ async fn every_waiting_request_hears_of_a_failed_connect() {
         assert_eq!(err.kind(), OriginFailureKind::Refused);
     }
     assert_eq!(Origin::count(&origin.calls), 5);
+}
+
+#[tokio::test]
+async fn past_max_connections_requests_wait_for_a_connection_to_come_back() {
+    let origin = Origin::new();
+    origin.connects.add_permits(Semaphore::MAX_PERMITS / 2);
+    let pool = Arc::new(OriginPool::new(
+        origin.clone(),
+        Duration::from_secs(60),
+        false,
+        Some(2),
+    ));
+    let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
+    until("two at the origin, three waiting", || {
+        Origin::count(&origin.received) == 2 && pool.waiting(&key()) == 3
+    })
+    .await;
+    assert_eq!(pool.connects_started(), 2);
+    origin.responses.add_permits(Semaphore::MAX_PERMITS / 2);
+    for r in burst {
+        assert_eq!(r.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(Origin::count(&origin.calls), 2);
+    assert_eq!(Origin::count(&origin.received), 5);
 }
