@@ -241,12 +241,14 @@ where
                     self.start_reaper();
                 }
             }
-            // The oldest request still waiting gets the failure; the others keep waiting
-            // for the connects under way.
+            // The oldest request still waiting gets the failure, and so does every one that
+            // no connect under way would serve (past `max_connections`, or behind an HTTP/2
+            // connect): they fail fast rather than one connect after another.
             Err(e) => {
-                while let Some(waiter) = slot.waiters.pop_front() {
-                    if waiter.send(Err(e.clone())).is_ok() {
-                        break;
+                let mut told = false;
+                while !slot.waiters.is_empty() && (!told || slot.waiters.len() > slot.connecting) {
+                    if let Some(waiter) = slot.waiters.pop_front() {
+                        told |= waiter.send(Err(e.clone())).is_ok();
                     }
                 }
             }

@@ -300,3 +300,25 @@ async fn past_max_connections_requests_wait_for_a_connection_to_come_back() {
     assert_eq!(Origin::count(&origin.calls), 2);
     assert_eq!(Origin::count(&origin.received), 5);
 }
+
+#[tokio::test]
+async fn requests_behind_one_failed_http2_connect_all_fail_at_once() {
+    let mut origin = Origin::new();
+    origin.refuse = true;
+    let pool = Arc::new(OriginPool::new(
+        origin.clone(),
+        Duration::from_secs(60),
+        true,
+        None,
+    ));
+    let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
+    for r in burst {
+        let err = r.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), OriginFailureKind::Refused);
+    }
+    assert_eq!(
+        Origin::count(&origin.calls),
+        1,
+        "one failed connect answers them all"
+    );
+}
