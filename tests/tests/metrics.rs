@@ -591,3 +591,42 @@ async fn health_and_readiness() {
     assert!(body.starts_with("not ready"), "{body}");
     assert!(body.contains("site pending:"), "{body}");
 }
+
+#[tokio::test]
+async fn origin_connections_and_waiting_requests_are_counted() {
+    let ca = TestCa::new("metrics CA");
+    let origin = TestOrigin::http().await;
+    let url = format!("http://{}", origin.addr);
+    let b = GatewayBuilder::new();
+    let (cert, key) = ca.leaf(&["m.test"]).write(b.dir(), "m");
+    let gw = b
+        .site(&format!(
+            "{{hosts: [m.test], tls: {{cert: {}, key: {}}}, origin: {{url: '{url}', max_connections: 1}}}}",
+            cert.display(),
+            key.display()
+        ))
+        .start()
+        .await;
+    let admin = gw.admin.unwrap();
+    let client = gw.client(&ca.root_der);
+    let of = [("origin", url.as_str())];
+    // Two slow requests and one connection: the second waits for the first.
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("m.test", &format!("/slow/500?{i}")).await })
+        })
+        .collect();
+    wait::until(Duration::from_secs(10), "a request waiting", || async {
+        let s = Scrape::take(admin).await;
+        (s.get("portcullis_origin_requests_waiting", &of) == 1.0).then_some(s)
+    })
+    .await;
+    for r in slow {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    let s = Scrape::take(admin).await;
+    assert_eq!(s.get("portcullis_origin_requests_waiting", &of), 0.0);
+    assert_eq!(s.get("portcullis_origin_connections_open", &of), 1.0);
+    assert_eq!(s.get("portcullis_origin_connections_total", &of), 1.0);
+}

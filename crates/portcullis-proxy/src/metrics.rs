@@ -32,6 +32,12 @@ pub mod names {
     pub const ORIGIN_RETRIES: &str = "portcullis_origin_retries_total";
     /// Active health checks, by `origin`, `result` (ok, failed).
     pub const ORIGIN_HEALTH_CHECKS: &str = "portcullis_origin_health_checks_total";
+    /// Connections to an origin server open now, by `origin`.
+    pub const ORIGIN_CONNECTIONS_OPEN: &str = "portcullis_origin_connections_open";
+    /// Connections opened to an origin server, by `origin`.
+    pub const ORIGIN_CONNECTIONS: &str = "portcullis_origin_connections_total";
+    /// Requests waiting for a connection to an origin server, by `origin`.
+    pub const ORIGIN_REQUESTS_WAITING: &str = "portcullis_origin_requests_waiting";
     /// Client connections open now, by `listener`.
     pub const CONNECTIONS_OPEN: &str = "portcullis_connections_open";
     /// Client connections accepted, by `listener`.
@@ -65,6 +71,9 @@ pub mod names {
         ORIGIN_EJECTIONS,
         ORIGIN_RETRIES,
         ORIGIN_HEALTH_CHECKS,
+        ORIGIN_CONNECTIONS_OPEN,
+        ORIGIN_CONNECTIONS,
+        ORIGIN_REQUESTS_WAITING,
         CONNECTIONS_OPEN,
         CONNECTIONS,
         CONNECTIONS_REJECTED,
@@ -122,6 +131,9 @@ pub struct ProxyMetrics {
     origin_ejections: IntCounterVec,
     origin_retries: IntCounterVec,
     origin_checks: IntCounterVec,
+    origin_connections_open: IntGaugeVec,
+    origin_connections: IntCounterVec,
+    origin_waiting: IntGaugeVec,
     connections_open: IntGaugeVec,
     connections: IntCounterVec,
     rejected: IntCounterVec,
@@ -203,6 +215,31 @@ impl ProxyMetrics {
                 "Active health checks of origin servers, by result.",
                 &["origin", "result"],
             )?,
+            origin_connections_open: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::ORIGIN_CONNECTIONS_OPEN,
+                        "Connections to an origin server open now.",
+                    ),
+                    &["origin"],
+                )?,
+            )?,
+            origin_connections: counter(
+                names::ORIGIN_CONNECTIONS,
+                "Connections opened to an origin server.",
+                &["origin"],
+            )?,
+            origin_waiting: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        names::ORIGIN_REQUESTS_WAITING,
+                        "Requests waiting for a connection to an origin server.",
+                    ),
+                    &["origin"],
+                )?,
+            )?,
             connections_open: register(
                 registry,
                 IntGaugeVec::new(
@@ -266,6 +303,11 @@ impl ProxyMetrics {
             ejections: self.origin_ejections.with_label_values(&[origin]),
             retries: self.origin_retries.with_label_values(&[origin]),
             checks: ["ok", "failed"].map(|r| self.origin_checks.with_label_values(&[origin, r])),
+            pool: PoolMetrics {
+                open: self.origin_connections_open.with_label_values(&[origin]),
+                opened: self.origin_connections.with_label_values(&[origin]),
+                waiting: self.origin_waiting.with_label_values(&[origin]),
+            },
         }
     }
 
@@ -283,6 +325,9 @@ impl ProxyMetrics {
         let _ = self.origin_duration.remove_label_values(&[origin]);
         let _ = self.origin_up.remove_label_values(&[origin]);
         let _ = self.origin_ejections.remove_label_values(&[origin]);
+        let _ = self.origin_connections_open.remove_label_values(&[origin]);
+        let _ = self.origin_connections.remove_label_values(&[origin]);
+        let _ = self.origin_waiting.remove_label_values(&[origin]);
         let _ = self.origin_retries.remove_label_values(&[origin]);
         for kind in ["connect", "timeout", "tls", "reset"] {
             let _ = self.origin_errors.remove_label_values(&[origin, kind]);
@@ -363,6 +408,16 @@ pub(crate) struct OriginMetrics {
     pub(crate) ejections: IntCounter,
     pub(crate) retries: IntCounter,
     checks: [IntCounter; 2],
+    /// The server's connection pools'.
+    pub(crate) pool: PoolMetrics,
+}
+
+/// A server's connections: open now, opened in all, and requests waiting for one.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolMetrics {
+    pub(crate) open: IntGauge,
+    pub(crate) opened: IntCounter,
+    pub(crate) waiting: IntGauge,
 }
 
 impl OriginMetrics {

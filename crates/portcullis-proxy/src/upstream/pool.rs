@@ -28,6 +28,7 @@ use tracing::debug;
 
 use crate::connector::OriginConnector;
 use crate::error::{OriginError, OriginFailureKind};
+use crate::metrics::PoolMetrics;
 use crate::replay::ReplayBody;
 
 /// How many times a request goes to another connection when a pooled one turns out to be
@@ -46,6 +47,7 @@ struct Inner<C> {
     h2_only: bool,
     /// Connections open or being opened per key, at most.
     max_connections: usize,
+    metrics: Option<PoolMetrics>,
     slots: Mutex<HashMap<Authority, Slot>>,
     reaper: AtomicBool,
     /// Connects started, for tests.
@@ -84,12 +86,14 @@ where
     S: Connection + AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     /// A pool whose connections are closed after `idle_timeout` without a request, with at
-    /// most `max_connections` per key (`None`: no limit) open or being opened.
+    /// most `max_connections` per key (`None`: no limit) open or being opened, counted in
+    /// `metrics` when given.
     pub(crate) fn new(
         connector: C,
         idle_timeout: Duration,
         h2_only: bool,
         max_connections: Option<usize>,
+        metrics: Option<PoolMetrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -97,6 +101,7 @@ where
                 idle_timeout,
                 h2_only,
                 max_connections: max_connections.unwrap_or(usize::MAX).max(1),
+                metrics,
                 slots: Mutex::new(HashMap::new()),
                 reaper: AtomicBool::new(false),
                 started: AtomicU64::new(0),
@@ -170,6 +175,11 @@ where
             self.inner.fill(slot, key);
             rx
         };
+        let _counted = self
+            .inner
+            .metrics
+            .as_ref()
+            .map(|m| Waiting::new(&m.waiting));
         waiting.await.unwrap_or_else(|_| {
             Err(OriginError::new(
                 OriginFailureKind::Connect,
@@ -301,9 +311,14 @@ where
     /// Counts a connection as open until the returned handle says it closed.
     fn opened(self: &Arc<Self>, key: &Authority) -> Ended<C> {
         slot(&mut self.lock(), key).open += 1;
+        if let Some(m) = &self.metrics {
+            m.open.inc();
+            m.opened.inc();
+        }
         Ended {
             pool: Arc::downgrade(self),
             key: key.clone(),
+            open: self.metrics.as_ref().map(|m| m.open.clone()),
         }
     }
 
@@ -394,6 +409,8 @@ where
 struct Ended<C> {
     pool: std::sync::Weak<Inner<C>>,
     key: Authority,
+    /// The open-connections gauge, which outlives a dropped pool.
+    open: Option<prometheus::IntGauge>,
 }
 
 impl<C, S> Ended<C>
@@ -404,12 +421,31 @@ where
 {
     /// The connection's task ended: one fewer open, and room for a waiting request.
     fn closed(self) {
+        if let Some(open) = &self.open {
+            open.dec();
+        }
         if let Some(inner) = self.pool.upgrade() {
             let mut slots = inner.lock();
             let slot = slot(&mut slots, &self.key);
             slot.open = slot.open.saturating_sub(1);
             inner.fill(slot, &self.key);
         }
+    }
+}
+
+/// Counts a request in the waiting gauge until dropped (served, failed or given up).
+struct Waiting(prometheus::IntGauge);
+
+impl Waiting {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -176,6 +176,7 @@ async fn a_request_waits_for_a_connect_under_way_instead_of_starting_another() {
         Duration::from_secs(60),
         false,
         None,
+        None,
     ));
     // One connection, X, idle.
     origin.connects.add_permits(1);
@@ -221,6 +222,7 @@ async fn a_burst_to_an_http2_origin_shares_one_connection() {
         Duration::from_secs(60),
         true,
         None,
+        None,
     ));
     let burst: Vec<_> = (0..10).map(|_| spawn_get(&pool)).collect();
     until("the burst waiting", || pool.waiting(&key()) == 10).await;
@@ -237,7 +239,7 @@ async fn connections_the_origin_closed_are_not_used_again() {
     let mut origin = Origin::new();
     origin.one_shot = true;
     let origin = origin.open();
-    let pool = OriginPool::new(origin.clone(), Duration::from_secs(60), false, None);
+    let pool = OriginPool::new(origin.clone(), Duration::from_secs(60), false, None, None);
     for _ in 0..5 {
         let resp = pool.request(&key(), get()).await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -249,7 +251,7 @@ async fn connections_the_origin_closed_are_not_used_again() {
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let origin = Origin::new().open();
-    let pool = OriginPool::new(origin.clone(), Duration::from_millis(50), false, None);
+    let pool = OriginPool::new(origin.clone(), Duration::from_millis(50), false, None, None);
     assert_eq!(pool.request(&key(), get()).await.unwrap().status(), 200);
     until("the idle connection closed", || {
         Origin::count(&origin.ended) == 1
@@ -267,6 +269,7 @@ async fn every_waiting_request_hears_of_a_failed_connect() {
         origin.clone(),
         Duration::from_secs(60),
         false,
+        None,
         None,
     ));
     let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
@@ -286,6 +289,7 @@ async fn past_max_connections_requests_wait_for_a_connection_to_come_back() {
         Duration::from_secs(60),
         false,
         Some(2),
+        None,
     ));
     let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
     until("two at the origin, three waiting", || {
@@ -309,6 +313,7 @@ async fn requests_behind_one_failed_http2_connect_all_fail_at_once() {
         origin.clone(),
         Duration::from_secs(60),
         true,
+        None,
         None,
     ));
     let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
