@@ -461,12 +461,11 @@ fn stale_or_fail(
     }
 }
 
-/// The slot of `key`, made when missing (the reaper removes empty ones).
+/// The slot of `key`, made when missing (the reaper removes empty ones). One lookup: an
+/// `Authority` is a `Bytes`, so the clone is a reference count (or nothing, for the shared
+/// key, which is static).
 fn slot<'a>(slots: &'a mut HashMap<Authority, Slot>, key: &Authority) -> &'a mut Slot {
-    if !slots.contains_key(key) {
-        slots.insert(key.clone(), Slot::default());
-    }
-    slots.get_mut(key).expect("inserted above")
+    slots.entry(key.clone()).or_default()
 }
 
 fn origin_form(uri: &Uri) -> Uri {
