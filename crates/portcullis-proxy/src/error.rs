@@ -81,16 +81,9 @@ impl OriginError {
         )
     }
 
-    /// Classifies an error from an origin connection: a connector error is found in its
-    /// chain; anything else means the connection failed under the request.
+    /// An origin connection failed under a request (connect failures never reach hyper:
+    /// the pool reports them itself), with hyper's chain of causes as the detail.
     pub(crate) fn from_hyper(err: &hyper::Error) -> Self {
-        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-        while let Some(e) = source {
-            if let Some(own) = e.downcast_ref::<OriginError>() {
-                return own.clone();
-            }
-            source = e.source();
-        }
         let mut detail = err.to_string();
         let mut source = err.source();
         while let Some(e) = source {

@@ -141,6 +141,26 @@ impl Service<Uri> for Origin {
     }
 }
 
+/// A pool on `origin` (idle timeout one minute, no metrics).
+fn pool_on(origin: &Origin, h2_only: bool, max: Option<usize>) -> Arc<OriginPool<Origin>> {
+    Arc::new(OriginPool::new(
+        origin.clone(),
+        Duration::from_secs(60),
+        h2_only,
+        max,
+        None,
+    ))
+}
+
+/// Sends `n` requests at once; each must fail as refused.
+async fn all_refused(pool: &Arc<OriginPool<Origin>>, n: usize) {
+    let burst: Vec<_> = (0..n).map(|_| spawn_get(pool)).collect();
+    for r in burst {
+        let err = r.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), OriginFailureKind::Refused);
+    }
+}
+
 fn get() -> Request<ReplayBody> {
     Request::get("http://origin/x")
         .body(ReplayBody::empty())
@@ -171,13 +191,7 @@ fn spawn_get(pool: &Arc<OriginPool<Origin>>) -> tokio::task::JoinHandle<Result<u
 #[tokio::test]
 async fn a_request_waits_for_a_connect_under_way_instead_of_starting_another() {
     let origin = Origin::new();
-    let pool = Arc::new(OriginPool::new(
-        origin.clone(),
-        Duration::from_secs(60),
-        false,
-        None,
-        None,
-    ));
+    let pool = pool_on(&origin, false, None);
     // One connection, X, idle.
     origin.connects.add_permits(1);
     origin.responses.add_permits(1);
@@ -217,13 +231,7 @@ async fn a_request_waits_for_a_connect_under_way_instead_of_starting_another() {
 async fn a_burst_to_an_http2_origin_shares_one_connection() {
     let mut origin = Origin::new();
     origin.h2 = true;
-    let pool = Arc::new(OriginPool::new(
-        origin.clone(),
-        Duration::from_secs(60),
-        true,
-        None,
-        None,
-    ));
+    let pool = pool_on(&origin, true, None);
     let burst: Vec<_> = (0..10).map(|_| spawn_get(&pool)).collect();
     until("the burst waiting", || pool.waiting(&key()) == 10).await;
     let origin = origin.open();
@@ -239,7 +247,7 @@ async fn connections_the_origin_closed_are_not_used_again() {
     let mut origin = Origin::new();
     origin.one_shot = true;
     let origin = origin.open();
-    let pool = OriginPool::new(origin.clone(), Duration::from_secs(60), false, None, None);
+    let pool = pool_on(&origin, false, None);
     for _ in 0..5 {
         let resp = pool.request(&key(), get()).await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -265,18 +273,8 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
 async fn every_waiting_request_hears_of_a_failed_connect() {
     let mut origin = Origin::new();
     origin.refuse = true;
-    let pool = Arc::new(OriginPool::new(
-        origin.clone(),
-        Duration::from_secs(60),
-        false,
-        None,
-        None,
-    ));
-    let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
-    for r in burst {
-        let err = r.await.unwrap().unwrap_err();
-        assert_eq!(err.kind(), OriginFailureKind::Refused);
-    }
+    let pool = pool_on(&origin, false, None);
+    all_refused(&pool, 5).await;
     assert_eq!(Origin::count(&origin.calls), 5);
 }
 
@@ -284,13 +282,7 @@ async fn every_waiting_request_hears_of_a_failed_connect() {
 async fn past_max_connections_requests_wait_for_a_connection_to_come_back() {
     let origin = Origin::new();
     origin.connects.add_permits(Semaphore::MAX_PERMITS / 2);
-    let pool = Arc::new(OriginPool::new(
-        origin.clone(),
-        Duration::from_secs(60),
-        false,
-        Some(2),
-        None,
-    ));
+    let pool = pool_on(&origin, false, Some(2));
     let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
     until("two at the origin, three waiting", || {
         Origin::count(&origin.received) == 2 && pool.waiting(&key()) == 3
@@ -309,18 +301,8 @@ async fn past_max_connections_requests_wait_for_a_connection_to_come_back() {
 async fn requests_behind_one_failed_http2_connect_all_fail_at_once() {
     let mut origin = Origin::new();
     origin.refuse = true;
-    let pool = Arc::new(OriginPool::new(
-        origin.clone(),
-        Duration::from_secs(60),
-        true,
-        None,
-        None,
-    ));
-    let burst: Vec<_> = (0..5).map(|_| spawn_get(&pool)).collect();
-    for r in burst {
-        let err = r.await.unwrap().unwrap_err();
-        assert_eq!(err.kind(), OriginFailureKind::Refused);
-    }
+    let pool = pool_on(&origin, true, None);
+    all_refused(&pool, 5).await;
     assert_eq!(
         Origin::count(&origin.calls),
         1,
