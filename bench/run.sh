@@ -609,6 +609,22 @@ sites_generate() { # $1: number of sites
     cp "$dir/sites.yaml" "$dir/sites-base.yaml"
 }
 
+# A request every 5 ms on one kept-alive connection to site-0 (bench.py probe), between
+# probe_start and probe_stop: the slowest says whether what ran meanwhile stalled the
+# (single) worker's connections.
+probe_start() { # $1: port, $2: output file
+    rm -f "$TMP/probe.stop"
+    $PY probe --port "$1" --name site-0.bench.test --stop "$TMP/probe.stop" >"$2" 2>&1 &
+    PROBE_PID=$!
+    sleep 0.5
+}
+
+probe_stop() { # $1: output file, $2: what ran meanwhile; sets PROBE_SLOWEST (ms)
+    touch "$TMP/probe.stop"
+    wait "$PROBE_PID" || log "  the probe during $2 failed: $(cat "$1")"
+    PROBE_SLOWEST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["slowest_ms"])' "$1" 2>/dev/null || echo 0)
+}
+
 sites_run() { # $1: number of sites, $2: repetition
     local n=$1 rep=$2 dir=$TMP/sites-$1 port=${SITES_PORT[$1]} admin=${SITES_ADMIN[$1]}
     cp "$dir/sites-base.yaml" "$dir/sites.yaml"
@@ -641,27 +657,19 @@ sites_run() { # $1: number of sites, $2: repetition
     hs_noisy=$(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(int(json.load(sys.stdin).get("noisy", False)))')
     local rss_after r0 r1 reload_same reload_plus
     rss_after=$($PY rss "$PROXY_PID")
-    # The same probe while Prometheus would scrape: five GET /metrics, 0.3 s apart.
-    rm -f "$TMP/probe.stop"
-    $PY probe --port "$port" --name site-0.bench.test --stop "$TMP/probe.stop" >"$TMP/probe-scrape-$n.out" 2>&1 &
-    local probe_pid=$!
-    sleep 0.5
+    # The probe while Prometheus would scrape: five GET /metrics, 0.3 s apart.
+    probe_start "$port" "$TMP/probe-scrape-$n.out"
     local scrape_times=()
     for _ in 1 2 3 4 5; do
         scrape_times+=("$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$admin/metrics")")
         sleep 0.3
     done
-    touch "$TMP/probe.stop"
-    wait "$probe_pid" || log "  the probe during the scrapes failed: $(cat "$TMP/probe-scrape-$n.out")"
     local scrape_s scrape_slowest
+    probe_stop "$TMP/probe-scrape-$n.out" "the scrapes"
+    scrape_slowest=$PROBE_SLOWEST
     scrape_s=$(python3 -c 'import statistics,sys; print(round(statistics.median(map(float, sys.argv[1:])), 3))' "${scrape_times[@]}")
-    scrape_slowest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["slowest_ms"])' "$TMP/probe-scrape-$n.out" 2>/dev/null || echo 0)
-    # A request every 5 ms on one kept-alive connection while the two reloads run: the
-    # slowest says whether a reload stalls the (single) worker's connections.
-    rm -f "$TMP/probe.stop"
-    $PY probe --port "$port" --name site-0.bench.test --stop "$TMP/probe.stop" >"$TMP/probe-$n.out" 2>&1 &
-    probe_pid=$!
-    sleep 0.5
+    # The probe while the two reloads run.
+    probe_start "$port" "$TMP/probe-$n.out"
     r0=$(date +%s.%N)
     "$BIN" reload --config "$dir/sites.yaml" >>"$TMP/logs/reload-$n.out" 2>&1 || log "  reload (unchanged) failed"
     r1=$(date +%s.%N)
@@ -676,10 +684,9 @@ sites_run() { # $1: number of sites, $2: repetition
     reload_plus=$(python3 -c "print(round($r1 - $r0, 3))")
     wait_http "--resolve site-$n.bench.test:$port:127.0.0.1 https://site-$n.bench.test:$port/" "the added site" ||
         log "  the site added by the reload does not answer"
-    touch "$TMP/probe.stop"
-    wait "$probe_pid" || log "  the probe during the reloads failed: $(cat "$TMP/probe-$n.out")"
     local reload_slowest
-    reload_slowest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["slowest_ms"])' "$TMP/probe-$n.out" 2>/dev/null || echo 0)
+    probe_stop "$TMP/probe-$n.out" "the reloads"
+    reload_slowest=$PROBE_SLOWEST
     stop "$PROXY_PID"
     $PY record --out "$RESULTS" kind=sites "round=$rep" "sites=$n" "start_s=$start_s" "rss_ready_kib=$rss_ready" \
         "rss_after_kib=$rss_after" "idle_cpu=$idle_cpu" "handshake_rps=$hs_rps" "handshake_first_rps=$hs_first" "handshake_cpu=$hs_cpu" \
