@@ -21,10 +21,7 @@ use crate::h1::Upgraded;
 use crate::headers;
 use crate::proxy_protocol::ProxyAddrs;
 use crate::replay::{ReplayBody, Replayable};
-use crate::upstream::{InFlight, Upstream};
-
-/// The pool key of connections every site shares.
-const SHARED_POOL: &str = "origin";
+use crate::upstream::{InFlight, SHARED_KEY, Upstream};
 
 /// Where a proxied request goes and under which limits.
 pub(crate) struct Target<'a> {
@@ -99,7 +96,7 @@ pub(crate) async fn forward(
             }
         }
     } else {
-        Authority::from_static(SHARED_POOL)
+        Authority::from_static(SHARED_KEY)
     };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(upstream.scheme.clone());

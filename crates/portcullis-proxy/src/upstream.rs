@@ -23,6 +23,7 @@ use backend::stable_hash;
 pub(crate) use backend::{Backend, InFlight};
 use balance::Balancer;
 use budget::RetryBudget;
+pub(crate) use pool::SHARED_KEY;
 
 /// A ready-to-use origin.
 pub struct Upstream {

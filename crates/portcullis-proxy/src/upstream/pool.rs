@@ -48,10 +48,22 @@ struct Inner<C> {
     /// Connections open or being opened per key, at most.
     max_connections: usize,
     metrics: Option<PoolMetrics>,
-    slots: Mutex<HashMap<Authority, Slot>>,
+    slots: Mutex<Slots>,
     reaper: AtomicBool,
     /// Connects started, for tests.
     started: AtomicU64,
+}
+
+/// The pool key of connections every site in front of the server shares.
+pub(crate) const SHARED_KEY: &str = "origin";
+
+/// Every key's connections. The shared key's, which every origin but a PROXY protocol one
+/// uses alone, are kept apart: finding them hashes nothing (`Authority` hashes byte by
+/// byte, lowercased; a request checks out and gives back, two lookups).
+#[derive(Default)]
+struct Slots {
+    shared: Slot,
+    by_key: HashMap<Authority, Slot>,
 }
 
 #[derive(Default)]
@@ -102,7 +114,7 @@ where
                 h2_only,
                 max_connections: max_connections.unwrap_or(usize::MAX).max(1),
                 metrics,
-                slots: Mutex::new(HashMap::new()),
+                slots: Mutex::new(Slots::default()),
                 reaper: AtomicBool::new(false),
                 started: AtomicU64::new(0),
             }),
@@ -197,10 +209,11 @@ where
     /// Requests waiting for a connection of `key`.
     #[cfg(test)]
     fn waiting(&self, key: &Authority) -> usize {
-        self.inner
-            .lock()
-            .get(key)
-            .map_or(0, |s| s.waiters.iter().filter(|w| !w.is_closed()).count())
+        slot(&mut self.inner.lock(), key)
+            .waiters
+            .iter()
+            .filter(|w| !w.is_closed())
+            .count()
     }
 }
 
@@ -210,7 +223,7 @@ where
     C::Future: Send,
     S: Connection + AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Authority, Slot>> {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -386,7 +399,7 @@ where
     fn reap(&self) {
         let now = Instant::now();
         let fresh = |at: Instant| now.duration_since(at) < self.idle_timeout;
-        self.lock().retain(|_, slot| {
+        let reap = |slot: &mut Slot| {
             slot.idle.retain(|(tx, at)| !tx.is_closed() && fresh(*at));
             if slot
                 .h2
@@ -400,7 +413,10 @@ where
                 && slot.open == 0
                 && slot.connecting == 0
                 && slot.waiters.is_empty())
-        });
+        };
+        let mut slots = self.lock();
+        reap(&mut slots.shared);
+        slots.by_key.retain(|_, slot| reap(slot));
     }
 }
 
@@ -462,10 +478,13 @@ fn stale_or_fail(
 }
 
 /// The slot of `key`, made when missing (the reaper removes empty ones). One lookup: an
-/// `Authority` is a `Bytes`, so the clone is a reference count (or nothing, for the shared
-/// key, which is static).
-fn slot<'a>(slots: &'a mut HashMap<Authority, Slot>, key: &Authority) -> &'a mut Slot {
-    slots.entry(key.clone()).or_default()
+/// `Authority` is a `Bytes`, so the clone is a reference count.
+fn slot<'a>(slots: &'a mut Slots, key: &Authority) -> &'a mut Slot {
+    if key.as_str() == SHARED_KEY {
+        &mut slots.shared
+    } else {
+        slots.by_key.entry(key.clone()).or_default()
+    }
 }
 
 fn origin_form(uri: &Uri) -> Uri {

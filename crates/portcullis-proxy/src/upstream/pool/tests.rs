@@ -168,7 +168,7 @@ fn get() -> Request<ReplayBody> {
 }
 
 fn key() -> Authority {
-    Authority::from_static("origin")
+    Authority::from_static(SHARED_KEY)
 }
 
 async fn until(what: &str, check: impl Fn() -> bool) {
@@ -196,7 +196,10 @@ async fn a_request_waits_for_a_connect_under_way_instead_of_starting_another() {
     origin.connects.add_permits(1);
     origin.responses.add_permits(1);
     assert_eq!(spawn_get(&pool).await.unwrap().unwrap(), 200);
-    until("X idle", || pool.inner.lock()[&key()].idle.len() == 1).await;
+    until("X idle", || {
+        slot(&mut pool.inner.lock(), &key()).idle.len() == 1
+    })
+    .await;
 
     // A holds X; B and C wait, each with a connect under way (held).
     let a = spawn_get(&pool);
@@ -308,4 +311,22 @@ async fn requests_behind_one_failed_http2_connect_all_fail_at_once() {
         1,
         "one failed connect answers them all"
     );
+}
+
+#[tokio::test]
+async fn each_key_has_connections_of_its_own_and_emptied_keys_are_forgotten() {
+    let origin = Origin::new().open();
+    let pool = OriginPool::new(origin.clone(), Duration::from_millis(50), false, None, None);
+    let client = Authority::from_static("7f000001.40000.7f000001.443.pp");
+    for k in [key(), client.clone(), key(), client.clone()] {
+        assert_eq!(pool.request(&k, get()).await.unwrap().status(), 200);
+    }
+    // One connection for the shared key and one for the client's, each used twice.
+    assert_eq!(Origin::count(&origin.calls), 2);
+    assert_eq!(Origin::count(&origin.received), 4);
+    until(
+        "both idle connections closed and the client's key gone",
+        || Origin::count(&origin.ended) == 2 && pool.inner.lock().by_key.is_empty(),
+    )
+    .await;
 }
