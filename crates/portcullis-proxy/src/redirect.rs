@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{Exchange, ProxyBody};
-use crate::edge::{ConnInfo, error_response, request_authority};
+use crate::edge::{ConnInfo, error_response, host_of, request_authority};
 use crate::server::Shared;
 
 pub(crate) async fn handle(
@@ -42,7 +42,7 @@ fn redirect(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
     let Some(authority) = request_authority(req) else {
         return error_response(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
     };
-    let host = authority.host();
+    let host = host_of(&authority);
     if !shared.router.load().claims(host) {
         return error_response(StatusCode::NOT_FOUND, "not found\n");
     }
