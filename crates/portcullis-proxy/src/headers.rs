@@ -164,11 +164,19 @@ pub(crate) fn prepare_request(
     strip_hop_by_hop(headers, upgrade);
     let keep =
         |headers: &HeaderMap, name: &HeaderName| client.trusted && headers.contains_key(name);
-    if let Ok(host) = HeaderValue::from_str(authority) {
+    // An HTTP/1.1 request's one `Host` usually is the authority already: kept as it is, it
+    // is neither copied nor inserted again.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
+        _ => HeaderValue::from_str(authority).ok().inspect(|h| {
+            headers.insert(header::HOST, h.clone());
+        }),
+    };
+    if let Some(host) = host {
         if !keep(headers, &X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+            headers.insert(X_FORWARDED_HOST, host);
         }
-        headers.insert(header::HOST, host);
     }
     if !keep(headers, &X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HTTPS);
@@ -201,7 +209,8 @@ pub(crate) fn prepare_request(
     forwarded.push_str(";host=\"");
     forwarded.push_str(authority);
     forwarded.push_str("\";proto=https");
-    match HeaderValue::from_str(&forwarded) {
+    // From the `String` itself: `from_str` would copy it.
+    match HeaderValue::try_from(forwarded) {
         Ok(v) => {
             headers.insert(header::FORWARDED, v);
         }
@@ -331,6 +340,27 @@ mod tests {
         );
         let via: Vec<_> = h.get_all("via").iter().collect();
         assert_eq!(via, ["1.1 corp-proxy", "2 portcullis"]);
+    }
+
+    #[test]
+    fn host_becomes_the_authority_whatever_the_client_sent() {
+        let client = ClientAddr::new("192.0.2.1".parse().unwrap(), false);
+        for sent in [
+            &[][..],
+            &["example.com"][..],
+            &["other.example"][..],
+            &["example.com", "example.com"][..],
+            &["other.example", "example.com"][..],
+        ] {
+            let mut h = HeaderMap::new();
+            for v in sent {
+                h.append(header::HOST, v.parse().unwrap());
+            }
+            prepare_request(&mut h, &client, "example.com", Version::HTTP_11, false);
+            let hosts: Vec<_> = h.get_all(header::HOST).iter().collect();
+            assert_eq!(hosts, ["example.com"], "sent {sent:?}");
+            assert_eq!(h["x-forwarded-host"], "example.com", "sent {sent:?}");
+        }
     }
 
     #[test]
