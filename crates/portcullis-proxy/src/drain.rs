@@ -3,8 +3,13 @@
 //! the last token is dropped.
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 use hyper::body::Body;
 use hyper::rt::{Read, Write};
@@ -74,6 +79,12 @@ impl DrainWatch {
     /// The connection comes boxed: this future lives in the connection's task for as long
     /// as the connection, which then holds a pointer rather than the connection's state
     /// (and the state of whichever protocol it does not speak).
+    ///
+    /// The connection's task wakes for every read and write; the drain signal, the
+    /// watchdog and the reset alarm are polled only when one of them woke it (their own
+    /// waker says so). Polling all three on every wake, as a `select!` does, cost about
+    /// 1,000 instructions a request under callgrind: two locks (the drain signal's and the
+    /// alarm's waiter lists) and the watchdog's timer.
     pub(crate) async fn supervise<C: GracefulConn>(
         &mut self,
         mut conn: Pin<Box<C>>,
@@ -81,25 +92,76 @@ impl DrainWatch {
         (header_timeout, idle_timeout): (Duration, Duration),
     ) -> Supervised<C::Output> {
         let mut closing = false;
-        loop {
-            tokio::select! {
+        let limits = Arc::new(LimitsWoken::default());
+        let limits_waker = Waker::from(limits.clone());
+        let mut signalled = pin!(self.signalled());
+        let mut watchdog = pin!(clock.watchdog(header_timeout, idle_timeout));
+        let mut abuse = pin!(clock.abuse.notified());
+        std::future::poll_fn(|cx| {
+            loop {
                 // The connection first: its progress decides what the clock says.
-                biased;
-                out = conn.as_mut() => return Supervised::Done(out),
-                () = self.signalled(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                if let Poll::Ready(out) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Supervised::Done(out));
                 }
-                expired = clock.watchdog(header_timeout, idle_timeout), if !closing => match expired {
-                    Expired::Head => return Supervised::HeadTimeout,
-                    Expired::Idle => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
+                // Registered before the flag is read: a wake in between sets the flag.
+                limits.task.register(cx.waker());
+                if !limits.woken.swap(false, Ordering::AcqRel) {
+                    return Poll::Pending;
+                }
+                let mut lcx = Context::from_waker(&limits_waker);
+                let mut finish = false;
+                if !closing {
+                    finish = signalled.as_mut().poll(&mut lcx).is_ready();
+                    if !finish {
+                        match watchdog.as_mut().poll(&mut lcx) {
+                            Poll::Ready(Expired::Head) => {
+                                return Poll::Ready(Supervised::HeadTimeout);
+                            }
+                            Poll::Ready(Expired::Idle) => finish = true,
+                            Poll::Pending => {}
+                        }
                     }
-                },
-                () = clock.abuse.notified() => return Supervised::Abusive,
+                }
+                if abuse.as_mut().poll(&mut lcx).is_ready() {
+                    return Poll::Ready(Supervised::Abusive);
+                }
+                if !finish {
+                    return Poll::Pending;
+                }
+                // Told to finish: the connection is polled again, as it may now be done.
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
+        })
+        .await
+    }
+}
+
+/// The waker [`DrainWatch::supervise`] polls a connection's limits with: notes that one of
+/// them has something to say, then wakes the connection's task.
+struct LimitsWoken {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for LimitsWoken {
+    fn default() -> Self {
+        Self {
+            // Polled once at the start, so that each registers its waker.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
         }
+    }
+}
+
+impl Wake for LimitsWoken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
@@ -141,5 +203,96 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http2::Connection::graceful_shutdown(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that wakes its task `busy` times, then waits until told to finish.
+    struct Conn {
+        busy: usize,
+        polls: usize,
+        finishing: bool,
+    }
+
+    impl Future for Conn {
+        type Output = usize;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            if self.finishing {
+                return Poll::Ready(self.polls);
+            }
+            if self.busy > 0 {
+                self.busy -= 1;
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        }
+    }
+
+    impl GracefulConn for Conn {
+        fn graceful_shutdown(mut self: Pin<&mut Self>) {
+            self.finishing = true;
+        }
+    }
+
+    fn conn(busy: usize) -> Pin<Box<Conn>> {
+        Box::pin(Conn {
+            busy,
+            polls: 0,
+            finishing: false,
+        })
+    }
+
+    const TIMEOUTS: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(60));
+
+    /// `f`'s output; a supervisor that misses its limits' wake-ups never returns, which
+    /// (time being paused and advanced whenever nothing runs) fails here.
+    async fn within_an_hour<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(3600), f)
+            .await
+            .expect("the supervisor missed its wake-up")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_busy_for_a_while_is_still_closed_once_idle_too_long() {
+        let drain = Drain::new();
+        let mut watch = drain.watcher();
+        let clock = ConnClock::new(false);
+        let start = tokio::time::Instant::now();
+        let out = within_an_hour(watch.supervise(conn(1_000), &clock, TIMEOUTS)).await;
+        assert!(matches!(out, Supervised::Done(polls) if polls > 1_000));
+        assert!(start.elapsed() >= TIMEOUTS.1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_head_is_cut_off_and_resets_flood_too() {
+        let drain = Drain::new();
+        let mut watch = drain.watcher();
+        let clock = ConnClock::new(true);
+        let out = within_an_hour(watch.supervise(conn(100), &clock, TIMEOUTS)).await;
+        assert!(matches!(out, Supervised::HeadTimeout));
+
+        let clock = ConnClock::new(false);
+        clock.abuse.notify_one();
+        let out = within_an_hour(watch.supervise(conn(100), &clock, TIMEOUTS)).await;
+        assert!(matches!(out, Supervised::Abusive));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_tells_a_waiting_connection_to_finish() {
+        let drain = Drain::new();
+        let mut watch = drain.watcher();
+        let clock = ConnClock::new(false);
+        let supervised =
+            tokio::spawn(async move { watch.supervise(conn(10), &clock, TIMEOUTS).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!supervised.is_finished());
+        let _ = drain.signal.send(true);
+        let out = within_an_hour(supervised).await.unwrap();
+        assert!(matches!(out, Supervised::Done(_)));
     }
 }
