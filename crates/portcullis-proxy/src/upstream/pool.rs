@@ -250,7 +250,12 @@ where
         let slot = slot(&mut slots, &key);
         slot.connecting -= 1;
         match result {
-            Ok(Conn::H1(tx)) => self.hand_h1(slot, tx, false),
+            Ok(Conn::H1(tx)) => {
+                // Whatever it said before, the server speaks HTTP/1.1 now (a redeploy, or
+                // a balancer in front of mixed servers): connects run side by side again.
+                slot.h2_seen = false;
+                self.hand_h1(slot, tx, false);
+            }
             Ok(Conn::H2(tx)) => {
                 slot.h2_seen = true;
                 for waiter in slot.waiters.drain(..) {

@@ -15,12 +15,16 @@ use hyper_util::client::legacy::connect::Connected;
 use tokio::io::{DuplexStream, ReadBuf};
 use tokio::sync::Semaphore;
 
-/// The client end of an in-memory connection.
-struct Pipe(DuplexStream);
+/// The client end of an in-memory connection, and whether it "negotiated" HTTP/2.
+struct Pipe(DuplexStream, bool);
 
 impl Connection for Pipe {
     fn connected(&self) -> Connected {
-        Connected::new()
+        if self.1 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
     }
 }
 
@@ -59,6 +63,8 @@ struct Origin {
     connects: Arc<Semaphore>,
     responses: Arc<Semaphore>,
     h2: bool,
+    /// New connections negotiate HTTP/2 as if by ALPN.
+    alpn_h2: Arc<AtomicBool>,
     /// Close each connection after its first response.
     one_shot: bool,
     /// Connects asked for, requests received, server connections ended.
@@ -74,6 +80,7 @@ impl Origin {
             connects: Arc::new(Semaphore::new(0)),
             responses: Arc::new(Semaphore::new(0)),
             h2: false,
+            alpn_h2: Arc::default(),
             one_shot: false,
             calls: Arc::default(),
             received: Arc::default(),
@@ -92,7 +99,7 @@ impl Origin {
         counter.load(Ordering::SeqCst)
     }
 
-    async fn serve(self, io: DuplexStream) {
+    async fn serve(self, io: DuplexStream, h2: bool) {
         let me = self.clone();
         let svc = service_fn(move |_req: Request<Incoming>| {
             let me = me.clone();
@@ -103,7 +110,7 @@ impl Origin {
             }
         });
         let io = TokioIo::new(io);
-        if self.h2 {
+        if h2 {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(io, svc)
                 .await;
@@ -134,9 +141,10 @@ impl Service<Uri> for Origin {
                 return Err(OriginError::new(OriginFailureKind::Refused, "refused"));
             }
             me.connects.acquire().await.unwrap().forget();
+            let alpn_h2 = me.alpn_h2.load(Ordering::SeqCst);
             let (client, server) = tokio::io::duplex(64 * 1024);
-            tokio::spawn(me.clone().serve(server));
-            Ok(TokioIo::new(Pipe(client)))
+            tokio::spawn(me.clone().serve(server, me.h2 || alpn_h2));
+            Ok(TokioIo::new(Pipe(client, alpn_h2)))
         })
     }
 }
@@ -329,4 +337,41 @@ async fn each_key_has_connections_of_its_own_and_emptied_keys_are_forgotten() {
         || Origin::count(&origin.ended) == 2 && pool.inner.lock().by_key.is_empty(),
     )
     .await;
+}
+
+#[tokio::test]
+async fn once_an_origin_answers_a_connect_with_http1_again_connects_run_side_by_side() {
+    let origin = Origin::new();
+    origin.responses.add_permits(Semaphore::MAX_PERMITS / 2);
+    origin.alpn_h2.store(true, Ordering::SeqCst);
+    let pool = Arc::new(OriginPool::new(
+        origin.clone(),
+        Duration::from_millis(50),
+        false,
+        None,
+        None,
+    ));
+    origin.connects.add_permits(1);
+    assert_eq!(spawn_get(&pool).await.unwrap().unwrap(), 200);
+    // The origin stops offering HTTP/2; its HTTP/2 connection idles out.
+    origin.alpn_h2.store(false, Ordering::SeqCst);
+    until("the HTTP/2 connection closed", || {
+        Origin::count(&origin.ended) == 1
+    })
+    .await;
+    // A burst: the pool still expects HTTP/2, so one connect, which answers HTTP/1.1.
+    let burst: Vec<_> = (0..3).map(|_| spawn_get(&pool)).collect();
+    until("the burst waiting", || pool.waiting(&key()) == 3).await;
+    assert_eq!(pool.connects_started(), 2);
+    origin.connects.add_permits(1);
+    // That connection serves one request; the other two get a connect each at once.
+    until("two more connects started together", || {
+        pool.connects_started() == 4
+    })
+    .await;
+    origin.connects.add_permits(2);
+    for r in burst {
+        assert_eq!(r.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(Origin::count(&origin.calls), 4);
 }
