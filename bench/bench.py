@@ -591,6 +591,31 @@ def cmd_summary(a):
             out.append("\nPortcullis strict / flexible: " + "; ".join(c for c in cells if c) + ".")
         out.append("")
 
+    if any(r.get("proxy") == "nginx" and r.get("mode") == "direct" for r in meas):
+        out.append("### Reference: nginx answering over TLS itself (no origin)\n")
+        out.append("The same client, certificate and response, served by nginx with no origin behind "
+                   "it: what a TLS terminator costs before it forwards anything.\n")
+        out.append("| measure | nginx answering itself | nginx flexible | Portcullis flexible | "
+                   "nginx flexible / itself | Portcullis flexible / nginx itself |")
+        out.append("|---|---|---|---|---|---|")
+        for test, key, title, digits in TESTS:
+            d = values("nginx", "direct", test, key)
+            if not d:
+                continue
+            dm = med("nginx", "direct", test, key)
+            cells = [fmt_spread(d, digits)] + [fmt_spread(values(p, "flexible", test, key), digits)
+                                               for p in ("nginx", "portcullis")]
+            for p in ("nginx", "portcullis"):
+                m = med(p, "flexible", test, key)
+                cells.append(f"{m / dm:.2f}×" if m and dm else "–")
+            out.append(f"| {title} | " + " | ".join(cells) + " |")
+        dm, nm = med("nginx", "direct", "single", "p50_ms"), med("nginx", "flexible", "single", "p50_ms")
+        if dm and nm:
+            out.append(f"\nSingle-connection p50: 0.8× nginx's (flexible) is {0.8 * nm:.3f} ms, "
+                       f"{0.8 * nm - dm:.3f} ms more than nginx takes to answer itself; nginx's own "
+                       f"origin hop takes {nm - dm:.3f} ms.")
+        out.append("")
+
     for kind, what in (("idle", "HTTP/1.1"), ("idle-h2", "HTTP/2")):
         idle = [r for r in recs if r.get("kind") == kind]
         if not idle:

@@ -337,14 +337,27 @@ EOF
         ;;
     nginx)
         local upstream ssl_lines=
-        if [ "$mode" = flexible ]; then
-            upstream="server 127.0.0.1:$ORIGIN_HTTP;"
-        else
+        if [ "$mode" = full ]; then
             upstream="server 127.0.0.1:$ORIGIN_HTTPS;"
             ssl_lines="proxy_ssl_server_name on; proxy_ssl_name origin.bench.test; proxy_ssl_protocols TLSv1.3; proxy_ssl_verify off;"
+        else
+            upstream="server 127.0.0.1:$ORIGIN_HTTP;"
         fi
         local scheme=http
-        [ "$mode" = flexible ] || scheme=https
+        [ "$mode" = full ] && scheme=https
+        local location
+        if [ "$mode" = direct ]; then
+            # The reference: nginx answering over TLS itself, as the origin does.
+            location='return 200 "hello\n";'
+        else
+            location="proxy_pass $scheme://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+      $ssl_lines"
+        fi
         conf=$TMP/nginx-$mode.conf
         cat >"$conf" <<EOF
 worker_processes 1;
@@ -367,13 +380,7 @@ $(nginx_temp_paths "nginx-$mode")
     ssl_certificate_key $CERTS/leaf.key;
     ssl_protocols TLSv1.3;
     location / {
-      proxy_pass $scheme://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto https;
-      $ssl_lines
+      $location
     }
   }
 }
@@ -473,7 +480,12 @@ if r.get("kind", "").startswith("idle"):
 }
 
 modes_of() {
-    if [ "$1" = portcullis ]; then echo "flexible full strict"; else echo "flexible full"; fi
+    case "$1" in
+    portcullis) echo "flexible full strict" ;;
+    # direct: nginx serving the response itself over TLS, the floor for any TLS proxy.
+    nginx) echo "flexible full direct" ;;
+    *) echo "flexible full" ;;
+    esac
 }
 
 declare -A PORT_OF PID_OF
