@@ -2,7 +2,7 @@
 # Portcullis against nginx and HAProxy as TLS terminators, on loopback, on one machine.
 # What it measures and how: docs/performance.md. A benchmark, not a test: CI does not run it.
 #
-#   bench/run.sh            3 interleaved rounds + the many-sites run (~15 min on a quiet machine)
+#   bench/run.sh            3 interleaved rounds + the many-sites run (~17 min on a quiet machine)
 #   bench/run.sh --quick    1 round, short runs, 1,000 sites (~3 min): a smoke run
 #   bench/run.sh --help     every option
 set -euo pipefail
@@ -711,7 +711,7 @@ sites_run() { # $1: number of sites, $2: repetition
 if [ "$ONLY" = all ] || [ "$ONLY" = sites ]; then
     sites_generate 3
     sites_generate "$SITES"
-    # As many repetitions as rounds, at most 2 (the default run stays near 15 minutes);
+    # As many repetitions as rounds, at most 2 (the default run stays near 17 minutes);
     # 3 sites and N sites in turn.
     reps=$((ROUNDS < 2 ? ROUNDS : 2))
     [ "$reps" -ge 1 ] || reps=1
