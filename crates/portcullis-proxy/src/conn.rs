@@ -170,6 +170,11 @@ impl ConnClock {
         quiet.then(|| self.start + Duration::from_millis(self.idle_since.load(Ordering::Acquire)))
     }
 
+    /// When a connection idle since it last became so reaches `idle`.
+    pub(crate) fn idle_until(&self, idle: Duration) -> Instant {
+        self.start + Duration::from_millis(self.idle_since.load(Ordering::Acquire)) + idle
+    }
+
     /// Requests begun so far; compared, tells whether any began in between.
     pub(crate) fn begun(&self) -> u32 {
         self.begun.load(Ordering::Relaxed)

@@ -84,7 +84,8 @@ pub(crate) async fn serve<T, S, B>(
     mut service: S,
     conn: &ConnInfo,
     watcher: &mut DrainWatch,
-    timeouts: (Duration, Duration),
+    // By reference: an `async fn` stores its arguments twice (see `server::connection`).
+    timeouts: &(Duration, Duration),
 ) -> Supervised<Result<(), String>>
 where
     T: ClientIo,
@@ -109,7 +110,7 @@ where
             closing: false,
         };
         // Boxed: a released connection waits in `parked`, without this future's state.
-        let supervised = Box::pin(watcher.supervise(Box::pin(stretch), clock, timeouts));
+        let supervised = Box::pin(watcher.supervise(Box::pin(stretch), clock, *timeouts));
         let (parts, released) = match supervised.await {
             Supervised::Done(Ok(done)) => done,
             Supervised::Done(Err(e)) => return Supervised::Done(Err(e.to_string())),
@@ -123,7 +124,7 @@ where
             let _ = tunnel.send(Box::new(stream));
             return Supervised::Done(Ok(()));
         }
-        if !released || !parked(&stream, clock, watcher, timeouts).await {
+        if !released || !parked(&stream, clock, watcher, timeouts.1).await {
             // What hyper does when it finishes a connection itself.
             let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, stream.shutdown()).await;
             return Supervised::Done(Ok(()));
@@ -142,12 +143,14 @@ impl Drop for Unclaimed<'_> {
 }
 
 /// Waits, holding no HTTP buffers, until the client sends again (true), the drain starts
-/// or the connection has been idle for the idle timeout (false).
+/// or the connection has been idle for the idle timeout (false). This future is what an
+/// idle connection holds, so it waits on a timer of its own rather than the clock's
+/// watchdog (twice the size, for the request heads a released connection is not reading).
 async fn parked<T: ClientIo>(
     stream: &Rewind<ClockedIo<T>>,
     clock: &ConnClock,
-    watcher: &mut DrainWatch,
-    (header, idle): (Duration, Duration),
+    watcher: &DrainWatch,
+    idle: Duration,
 ) -> bool {
     if !stream.pre.is_empty() {
         return true;
@@ -157,7 +160,7 @@ async fn parked<T: ClientIo>(
     tokio::select! {
         ready = readable => ready.is_ok(),
         () = watcher.signalled() => false,
-        _ = clock.watchdog(header, idle) => false,
+        () = tokio::time::sleep_until(clock.idle_until(idle)) => false,
     }
 }
 
@@ -354,6 +357,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// A released connection's whole HTTP/1.1 state is `serve`'s future waiting in
+    /// `parked`: it stays small (464 bytes with the clock's watchdog and a `watch` channel's
+    /// wait for the drain).
+    #[tokio::test]
+    async fn a_parked_connection_waits_in_little_memory() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let clock = Arc::new(ConnClock::new(true));
+        let stream = Rewind::new(ClockedIo::new(tcp, clock.clone()));
+        let drain = crate::drain::Drain::new();
+        let watcher = drain.watcher();
+        let waiting = parked(&stream, &clock, &watcher, Duration::from_secs(60));
+        let size = std::mem::size_of_val(&waiting);
+        assert!(size <= 320, "a parked connection waits in {size} bytes");
+    }
 
     #[tokio::test]
     async fn rewound_bytes_come_first_in_order() {
