@@ -55,6 +55,7 @@ pub(crate) async fn forward(
         }
     }
     let upgrade = headers::wants_upgrade(req.headers(), req.version());
+    let client_h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
 
     let path_and_query = match (strip, parts.uri.path_and_query()) {
@@ -256,6 +257,10 @@ pub(crate) async fn forward(
             headers::strip_hop_by_hop(resp.headers_mut(), true);
         }
         _ => headers::strip_hop_by_hop(resp.headers_mut(), false),
+    }
+    // An HTTP/2 client's HPACK table would keep the origin's read buffer alive.
+    if client_h2 {
+        headers::own_values(resp.headers_mut());
     }
     resp.map(|body| ProxyBody::origin(body, Some(in_flight)))
 }
