@@ -167,12 +167,17 @@ impl ConnClock {
         let quiet = self.inflight.load(Ordering::Acquire) == 0
             && self.head_since.load(Ordering::Acquire) == NONE
             && !self.write_blocked();
-        quiet.then(|| self.start + Duration::from_millis(self.idle_since.load(Ordering::Acquire)))
+        quiet.then(|| self.idle_start())
     }
 
     /// When a connection idle since it last became so reaches `idle`.
     pub(crate) fn idle_until(&self, idle: Duration) -> Instant {
-        self.start + Duration::from_millis(self.idle_since.load(Ordering::Acquire)) + idle
+        self.idle_start() + idle
+    }
+
+    /// When the connection last became idle.
+    fn idle_start(&self) -> Instant {
+        self.start + Duration::from_millis(self.idle_since.load(Ordering::Acquire))
     }
 
     /// Requests begun so far; compared, tells whether any began in between.
