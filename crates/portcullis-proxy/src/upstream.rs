@@ -18,6 +18,8 @@ mod balance;
 mod budget;
 mod health;
 mod pool;
+#[cfg(test)]
+mod test_pipe;
 
 use backend::stable_hash;
 pub(crate) use backend::{Backend, InFlight};

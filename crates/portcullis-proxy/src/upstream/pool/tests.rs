@@ -4,57 +4,14 @@
 use super::*;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::Connected;
-use tokio::io::{DuplexStream, ReadBuf};
+use tokio::io::DuplexStream;
 use tokio::sync::Semaphore;
 
-/// The client end of an in-memory connection, and whether it "negotiated" HTTP/2.
-struct Pipe(DuplexStream, bool);
-
-impl Connection for Pipe {
-    fn connected(&self) -> Connected {
-        if self.1 {
-            Connected::new().negotiated_h2()
-        } else {
-            Connected::new()
-        }
-    }
-}
-
-impl AsyncRead for Pipe {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Pipe {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
+use crate::upstream::test_pipe::Pipe;
 
 /// An origin whose connects wait for `connects` permits and whose responses wait for
 /// `responses` permits.
