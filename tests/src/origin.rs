@@ -2,7 +2,8 @@
 //! TLS that requires a client certificate. They record what they receive.
 //!
 //! Paths: `/slow/<ms>` answers after a delay; `/bytes/<n>` streams n bytes; `/upload`
-//! counts the request body; `/ws` is a WebSocket echo; `/status/<code>`; `/hop` answers
+//! counts the request body; `/early` answers 413 without reading the request body;
+//! `/ws` is a WebSocket echo; `/status/<code>`; `/hop` answers
 //! with hop-by-hop headers; anything else answers `ok <method> <path>`. Every response
 //! carries `x-origin: <port>`, so a test with several origins sees which one answered.
 //!
@@ -284,6 +285,11 @@ async fn respond(
                 }
             }
             Response::new(full(format!("received {n}")))
+        }
+        ["early"] => {
+            let mut r = Response::new(full("too large"));
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            r
         }
         ["ws"] => websocket(req),
         ["status", code] => {

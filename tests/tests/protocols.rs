@@ -282,6 +282,86 @@ async fn large_bodies_stream_both_ways_on_h1_and_h2() {
     }
 }
 
+/// An origin may answer before it has read the request body (a 413 to an upload it never
+/// reads): the answer reaches the client at once and the next request finds a working
+/// origin connection. `/deaf` goes to an origin that answers and then neither reads nor
+/// closes, so an upload larger than the sockets' buffers is answered only if the gateway
+/// reads the response while the request body is still going out.
+///
+/// An HTTP/1.1 client gets small uploads only: once the answer is out, the edge closes a
+/// connection whose request body it has not read (hyper's server has no lingering close),
+/// and a client still writing a large body then sees the close rather than the answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_answering_before_the_upload_ends_is_heard_at_once() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let deaf = DeafOrigin::start().await;
+    let gw = gateway(&edge, |_| {
+        format!(
+            "origin: http://{}, routes: [{{path: /deaf, origin: http://{}}}]",
+            origin.addr, deaf.addr
+        )
+    })
+    .await;
+    let client = gw.client(&edge.root_der);
+    let uploads = [
+        ("http/1.1", "/early", 32 * 1024),
+        ("h2", "/early", 3 * 1024 * 1024),
+        ("h2", "/deaf", 32 * 1024 * 1024),
+    ];
+    for (alpn, path, size) in uploads {
+        for body in [bytes(vec![b'u'; size]), streamed(size)] {
+            let what = format!("{alpn} client, {size} bytes to {path}");
+            let mut conn = client.connect("a.test", &[alpn]).await.unwrap();
+            let early = within(&what, post(&mut conn, path, body)).await;
+            assert_eq!(early.status, 413, "{what}");
+            assert_eq!(early.text(), "too large", "{what}");
+            let mut conn = client.connect("a.test", &[alpn]).await.unwrap();
+            let next = within(&what, conn.get("a.test", "/after")).await;
+            assert_eq!(next.status, 200, "{what}");
+            assert_eq!(next.text(), "ok GET /after", "{what}");
+        }
+    }
+}
+
+/// Answers every request with a 413 as soon as its head is in, then holds the connection
+/// open without reading from it, until dropped.
+struct DeafOrigin {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeafOrigin {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match sock.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let answer =
+                    b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large";
+                let _ = sock.write_all(answer).await;
+                held.push(sock);
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for DeafOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// After the switch the socket belongs to the tunnel: it stays counted as an open client
 /// connection (for the caps and the gauge) and the idle timeout, which is about HTTP
 /// keep-alive, does not close it.

@@ -18,7 +18,10 @@ use hyper::body::Incoming;
 
 use crate::edge::ConnInfo;
 use crate::metrics::RouteMetrics;
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, OriginBody};
+
+/// What a response body's stream fails with.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `tracing` target of access log lines; filter it with `RUST_LOG=portcullis::access=off`.
 pub const ACCESS_LOG_TARGET: &str = "portcullis::access";
@@ -35,7 +38,7 @@ pub struct ProxyBody {
 #[derive(Debug)]
 enum Kind {
     Bytes(Option<Bytes>),
-    Origin(Incoming),
+    Origin(OriginBody),
 }
 
 impl ProxyBody {
@@ -55,7 +58,7 @@ impl ProxyBody {
     }
 
     /// An origin's response body; `in_flight` is released when it ends.
-    pub(crate) fn origin(body: Incoming, in_flight: Option<InFlight>) -> Self {
+    pub(crate) fn origin(body: OriginBody, in_flight: Option<InFlight>) -> Self {
         Self {
             kind: Kind::Origin(body),
             exchange: None,
@@ -71,12 +74,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = match &mut this.kind {
             Kind::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

@@ -9,7 +9,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -21,7 +21,7 @@ use crate::h1::Upgraded;
 use crate::headers;
 use crate::proxy_protocol::ProxyAddrs;
 use crate::replay::{ReplayBody, Replayable};
-use crate::upstream::{InFlight, SHARED_KEY, Upstream};
+use crate::upstream::{InFlight, OriginUpgrade, SHARED_KEY, Upstream};
 
 /// Where a proxied request goes and under which limits.
 pub(crate) struct Target<'a> {
@@ -252,7 +252,7 @@ pub(crate) async fn forward(
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, upgrade) {
         (true, true) => {
-            let origin_side = hyper::upgrade::on(&mut resp);
+            let origin_side = resp.extensions_mut().remove::<OriginUpgrade>();
             tokio::spawn(tunnel(conn.hand_over(), origin_side, conn.clone()));
             headers::strip_hop_by_hop(resp.headers_mut(), true);
         }
@@ -278,21 +278,27 @@ fn unavailable(retry_after: std::time::Duration) -> Response<ProxyBody> {
     resp
 }
 
-/// Copies bytes both ways between an upgraded client connection and its origin.
+/// Copies bytes both ways between an upgraded client connection and its origin, starting
+/// with what the origin sent right behind its `101`.
 async fn tunnel(
     client: oneshot::Receiver<Upgraded>,
-    origin: hyper::upgrade::OnUpgrade,
+    origin: Option<OriginUpgrade>,
     // Holds the drain token and the connection's place under the caps until it closes.
     _conn: Arc<ConnInfo>,
 ) {
-    let (client, origin) = match tokio::join!(client, origin) {
-        (Ok(c), Ok(o)) => (c, o),
+    let (mut client, (mut origin, ahead)) = match (client.await, origin.and_then(|o| o.take())) {
+        (Ok(c), Some(o)) => (c, o),
         (c, o) => {
-            debug!(client = ?c.err(), origin = ?o.err(), "upgrade failed");
+            debug!(client = ?c.err(), origin = o.is_some(), "upgrade failed");
             return;
         }
     };
-    let (mut client, mut origin) = (client, TokioIo::new(origin));
+    if !ahead.is_empty() {
+        if let Err(e) = client.write_all(&ahead).await {
+            debug!(error = %e, "upgraded connection ended with an error");
+            return;
+        }
+    }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut origin).await {
         debug!(error = %e, "upgraded connection ended with an error");
     }

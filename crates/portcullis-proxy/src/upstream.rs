@@ -17,6 +17,7 @@ mod backend;
 mod balance;
 mod budget;
 mod health;
+mod origin_h1;
 mod pool;
 #[cfg(test)]
 mod test_pipe;
@@ -25,7 +26,8 @@ use backend::stable_hash;
 pub(crate) use backend::{Backend, InFlight};
 use balance::Balancer;
 use budget::RetryBudget;
-pub(crate) use pool::SHARED_KEY;
+pub(crate) use origin_h1::OriginUpgrade;
+pub(crate) use pool::{OriginBody, SHARED_KEY};
 
 /// A ready-to-use origin.
 pub struct Upstream {

@@ -11,14 +11,19 @@
 //! requests to a TLS origin opened 2,190 connections, each a TLS handshake.)
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery};
+use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{TrySendError, http2};
 use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,6 +35,8 @@ use crate::connector::OriginConnector;
 use crate::error::{OriginError, OriginFailureKind};
 use crate::metrics::PoolMetrics;
 use crate::replay::ReplayBody;
+
+use super::origin_h1::{H1Body, H1Conn, SendError};
 
 /// How many times a request goes to another connection when a pooled one turns out to be
 /// closed before the request was written.
@@ -69,7 +76,7 @@ struct Slots {
 #[derive(Default)]
 struct Slot {
     /// HTTP/1.1 connections ready for a request, the most recently used last.
-    idle: Vec<(http1::SendRequest<ReplayBody>, Instant)>,
+    idle: Vec<(H1Conn, Instant)>,
     /// An HTTP/2 connection serves every request of its key, and when it was last used.
     h2: Option<(http2::SendRequest<ReplayBody>, Instant)>,
     /// Some connection of this key negotiated HTTP/2: one connect at a time is enough.
@@ -81,8 +88,44 @@ struct Slot {
 }
 
 enum Conn {
-    H1(http1::SendRequest<ReplayBody>),
+    H1(H1Conn),
     H2(http2::SendRequest<ReplayBody>),
+}
+
+/// A response body from an origin connection of either protocol.
+#[derive(Debug)]
+pub(crate) enum OriginBody {
+    H1(H1Body),
+    H2(Incoming),
+}
+
+impl Body for OriginBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::H1(body) => Pin::new(body).poll_frame(cx),
+            Self::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::H1(body) => body.is_end_stream(),
+            Self::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::H1(body) => body.size_hint(),
+            Self::H2(body) => body.size_hint(),
+        }
+    }
 }
 
 struct Delivered {
@@ -128,29 +171,29 @@ where
         &self,
         key: &Authority,
         mut req: Request<ReplayBody>,
-    ) -> Result<Response<Incoming>, OriginError> {
-        let uri = req.uri().clone();
+    ) -> Result<Response<OriginBody>, OriginError> {
         let mut tries = 0;
         loop {
             tries += 1;
             let Delivered { conn, reused } = self.checkout(key).await?;
-            let sent = match conn {
-                Conn::H1(mut tx) => {
-                    // HTTP/1.1 sends the origin form; the authority only keyed the pool.
-                    *req.uri_mut() = origin_form(&uri);
-                    let sent = tx.try_send_request(req).await;
-                    if sent.is_ok() {
-                        self.inner.give_back(key, tx);
+            let retry = reused && tries <= STALE_RETRIES;
+            match conn {
+                Conn::H1(conn) => match conn.send(req, reused).await {
+                    Ok(resp) => return Ok(resp.map(OriginBody::H1)),
+                    Err(SendError::Stale(back)) if retry => req = *back,
+                    Err(SendError::Stale(_)) => {
+                        return Err(OriginError::new(
+                            OriginFailureKind::Reset,
+                            "pooled origin connections kept turning out closed",
+                        ));
                     }
-                    sent
-                }
-                Conn::H2(mut tx) => tx.try_send_request(req).await,
-            };
-            match sent {
-                Ok(resp) => return Ok(resp),
-                Err(e) => req = stale_or_fail(e, reused && tries <= STALE_RETRIES)?,
+                    Err(SendError::Failed(e)) => return Err(e),
+                },
+                Conn::H2(mut tx) => match tx.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp.map(OriginBody::H2)),
+                    Err(e) => req = stale_or_fail(e, retry)?,
+                },
             }
-            *req.uri_mut() = uri.clone();
             debug!(
                 authority = key.as_str(),
                 "pooled origin connection was closed; trying another"
@@ -159,33 +202,42 @@ where
     }
 
     async fn checkout(&self, key: &Authority) -> Result<Delivered, OriginError> {
-        let waiting = {
-            let mut slots = self.inner.lock();
-            let slot = slot(&mut slots, key);
-            let now = Instant::now();
-            if let Some((tx, used)) = &mut slot.h2 {
-                if tx.is_ready() {
-                    *used = now;
-                    return Ok(Delivered {
-                        conn: Conn::H2(tx.clone()),
-                        reused: true,
-                    });
+        let waiting = loop {
+            let idle = {
+                let mut slots = self.inner.lock();
+                let slot = slot(&mut slots, key);
+                let now = Instant::now();
+                if let Some((tx, used)) = &mut slot.h2 {
+                    if tx.is_ready() {
+                        *used = now;
+                        return Ok(Delivered {
+                            conn: Conn::H2(tx.clone()),
+                            reused: true,
+                        });
+                    }
+                    slot.h2 = None;
                 }
-                slot.h2 = None;
-            }
-            while let Some((tx, at)) = slot.idle.pop() {
-                // Dropping one that is closed or has idled too long closes it.
-                if tx.is_ready() && now.duration_since(at) < self.inner.idle_timeout {
-                    return Ok(Delivered {
-                        conn: Conn::H1(tx),
-                        reused: true,
-                    });
+                match slot.idle.pop() {
+                    Some(idle) => idle,
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        slot.waiters.push_back(tx);
+                        self.inner.fill(slot, key);
+                        break rx;
+                    }
                 }
+            };
+            // Checked outside the lock: dropping a connection closes it, which counts it
+            // out of its slot.
+            let (mut conn, at) = idle;
+            if at.elapsed() < self.inner.idle_timeout
+                && poll_fn(|cx| Poll::Ready(conn.poll_usable(cx))).await
+            {
+                return Ok(Delivered {
+                    conn: Conn::H1(conn),
+                    reused: true,
+                });
             }
-            let (tx, rx) = oneshot::channel();
-            slot.waiters.push_back(tx);
-            self.inner.fill(slot, key);
-            rx
         };
         let _counted = self
             .inner
@@ -250,11 +302,11 @@ where
         let slot = slot(&mut slots, &key);
         slot.connecting -= 1;
         match result {
-            Ok(Conn::H1(tx)) => {
+            Ok(Conn::H1(conn)) => {
                 // Whatever it said before, the server speaks HTTP/1.1 now (a redeploy, or
                 // a balancer in front of mixed servers): connects run side by side again.
                 slot.h2_seen = false;
-                self.hand_h1(slot, tx, false);
+                self.hand_h1(slot, conn, false);
             }
             Ok(Conn::H2(tx)) => {
                 slot.h2_seen = true;
@@ -310,62 +362,37 @@ where
                 if let Err(e) = conn.await {
                     debug!(error = %e, "origin HTTP/2 connection ended");
                 }
-                ended.closed();
+                drop(ended);
             });
             Ok(Conn::H2(tx))
         } else {
-            let (tx, conn) = http1::handshake(io).await.map_err(failed)?;
-            let ended = self.opened(key);
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(error = %e, "origin HTTP/1.1 connection ended");
-                }
-                ended.closed();
-            });
-            Ok(Conn::H1(tx))
+            // No task: the requests drive the connection themselves.
+            Ok(Conn::H1(H1Conn::new(
+                Box::new(io.into_inner()),
+                self.opened(key),
+            )))
         }
     }
 
-    /// Counts a connection as open until the returned handle says it closed.
-    fn opened(self: &Arc<Self>, key: &Authority) -> Ended<C> {
+    /// Counts a connection as open until the returned handle is dropped.
+    fn opened(self: &Arc<Self>, key: &Authority) -> Ended {
         slot(&mut self.lock(), key).open += 1;
         if let Some(m) = &self.metrics {
             m.open.inc();
             m.opened.inc();
         }
+        let pool: Weak<dyn PoolSide> = Arc::downgrade(self) as Weak<dyn PoolSide>;
         Ended {
-            pool: Arc::downgrade(self),
+            pool,
             key: key.clone(),
             open: self.metrics.as_ref().map(|m| m.open.clone()),
         }
     }
 
-    /// Puts an HTTP/1.1 connection back once its response has been read to the end.
-    fn give_back(self: &Arc<Self>, key: &Authority, mut tx: http1::SendRequest<ReplayBody>) {
-        if tx.is_ready() {
-            self.hand_h1(slot(&mut self.lock(), key), tx, true);
-        } else if !tx.is_closed() {
-            // The body is still streaming (or the connection is being upgraded, when
-            // `ready` fails and the connection is not pooled).
-            let me = self.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                if tx.ready().await.is_ok() {
-                    me.hand_h1(slot(&mut me.lock(), &key), tx, true);
-                }
-            });
-        }
-    }
-
     /// To the oldest request waiting, else idle.
-    fn hand_h1(
-        self: &Arc<Self>,
-        slot: &mut Slot,
-        tx: http1::SendRequest<ReplayBody>,
-        reused: bool,
-    ) {
+    fn hand_h1(self: &Arc<Self>, slot: &mut Slot, conn: H1Conn, reused: bool) {
         let mut delivered = Ok(Delivered {
-            conn: Conn::H1(tx),
+            conn: Conn::H1(conn),
             reused,
         });
         while let Some(waiter) = slot.waiters.pop_front() {
@@ -375,10 +402,12 @@ where
             }
         }
         if let Ok(Delivered {
-            conn: Conn::H1(tx), ..
+            conn: Conn::H1(mut conn),
+            ..
         }) = delivered
         {
-            slot.idle.push((tx, Instant::now()));
+            conn.shed();
+            slot.idle.push((conn, Instant::now()));
             self.start_reaper();
         }
     }
@@ -404,8 +433,14 @@ where
     fn reap(&self) {
         let now = Instant::now();
         let fresh = |at: Instant| now.duration_since(at) < self.idle_timeout;
-        let reap = |slot: &mut Slot| {
-            slot.idle.retain(|(tx, at)| !tx.is_closed() && fresh(*at));
+        // Closed once the lock is let go: closing counts a connection out of its slot.
+        let mut closing = Vec::new();
+        let mut reap = |slot: &mut Slot| {
+            let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut slot.idle)
+                .into_iter()
+                .partition(|(_, at)| fresh(*at));
+            slot.idle = keep;
+            closing.extend(stale);
             if slot
                 .h2
                 .as_ref()
@@ -422,34 +457,64 @@ where
         let mut slots = self.lock();
         reap(&mut slots.shared);
         slots.by_key.retain(|_, slot| reap(slot));
+        drop(slots);
+        drop(closing);
     }
 }
 
-/// A connection's place in its key's count. Holds the pool weakly: the pool holds the
-/// connection's sender, which keeps the connection's task running.
-struct Ended<C> {
-    pool: std::sync::Weak<Inner<C>>,
-    key: Authority,
-    /// The open-connections gauge, which outlives a dropped pool.
-    open: Option<prometheus::IntGauge>,
+/// What a connection needs of its pool, without the pool's connector type.
+pub(crate) trait PoolSide: Send + Sync {
+    /// A connection of `key` closed: one fewer open, and room for a waiting request.
+    fn closed(self: Arc<Self>, key: &Authority);
+    /// An HTTP/1.1 connection finished its exchange and may serve another.
+    fn give_back(self: Arc<Self>, key: &Authority, conn: H1Conn);
 }
 
-impl<C, S> Ended<C>
+impl<C, S> PoolSide for Inner<C>
 where
     C: Service<Uri, Response = TokioIo<S>, Error = OriginError> + Clone + Send + Sync + 'static,
     C::Future: Send,
     S: Connection + AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    /// The connection's task ended: one fewer open, and room for a waiting request.
-    fn closed(self) {
+    fn closed(self: Arc<Self>, key: &Authority) {
+        let mut slots = self.lock();
+        let slot = slot(&mut slots, key);
+        slot.open = slot.open.saturating_sub(1);
+        self.fill(slot, key);
+    }
+
+    fn give_back(self: Arc<Self>, key: &Authority, conn: H1Conn) {
+        self.hand_h1(slot(&mut self.lock(), key), conn, true);
+    }
+}
+
+/// A connection's place in its key's count, given up when dropped. Holds the pool weakly:
+/// the pool holds its connections.
+pub(crate) struct Ended {
+    pool: Weak<dyn PoolSide>,
+    key: Authority,
+    /// The open-connections gauge, which outlives a dropped pool.
+    open: Option<prometheus::IntGauge>,
+}
+
+impl Ended {
+    /// The pool, while it is still there.
+    pub(crate) fn pool(&self) -> Option<Arc<dyn PoolSide>> {
+        self.pool.upgrade()
+    }
+
+    pub(crate) fn key(&self) -> &Authority {
+        &self.key
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
         if let Some(open) = &self.open {
             open.dec();
         }
-        if let Some(inner) = self.pool.upgrade() {
-            let mut slots = inner.lock();
-            let slot = slot(&mut slots, &self.key);
-            slot.open = slot.open.saturating_sub(1);
-            inner.fill(slot, &self.key);
+        if let Some(pool) = self.pool.upgrade() {
+            pool.closed(&self.key);
         }
     }
 }
@@ -490,14 +555,6 @@ fn slot<'a>(slots: &'a mut Slots, key: &Authority) -> &'a mut Slot {
     } else {
         slots.by_key.entry(key.clone()).or_default()
     }
-}
-
-fn origin_form(uri: &Uri) -> Uri {
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(path)
 }
 
 #[cfg(test)]
