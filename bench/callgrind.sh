@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind.
+#
+# The "callgrind, 4,000 proxied HTTP/1.1 requests (h2load --h1 -c 10, 20,000 minus 4,000)"
+# and "HTTP/2 (h2load -c 10 -m 10, 20,000 minus 4,000)" figures of docs/performance.md.
+# Wall-time throughput on this shared two-core machine drifts by 20% between runs; the
+# number of instructions the proxy executes per request moves by about 1%, so it shows a
+# change of a few percent that wall time cannot. It counts user space only (the kernel's
+# loopback TCP, about half of the proxy's CPU, is not in it).
+#
+# For each binary and protocol the gateway runs twice under `valgrind --tool=callgrind`
+# (`portcullis run --workers 1`), each a fresh process that serves SMALL, then LARGE,
+# requests from h2load and is stopped with SIGINT (it drains and exits; callgrind writes
+# its totals at exit). Start-up, the TLS handshakes of the 10 connections and the shutdown
+# cost the same in both runs, so
+#
+#     (Ir of the LARGE run - Ir of the SMALL run) / (LARGE - SMALL)
+#
+# is the steady-state cost of one request. Several binaries in one call see the same
+# certificates, origin and load, for an A/B; with two, their ratio is printed too.
+#
+#   bench/callgrind.sh target/release/portcullis                  both protocols, flexible
+#   bench/callgrind.sh --mode full --proto h1 /tmp/a /tmp/b       A/B, HTTP/1.1, TLS origin
+#
+# Each gateway run takes 10-35 s; one binary, both protocols, about 1.5 min. A benchmark, not a
+# test: CI does not run it.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: bench/callgrind.sh [options] BINARY [BINARY...]
+
+  --mode flexible|full   origin over plain HTTP (default) or TLS (`mode: full`)
+  --proto h1|h2|both     HTTP/1.1 (h2load --h1 -c 10), HTTP/2 (h2load -c 10 -m 10), or both (default)
+  --small N              requests in the short run (default 4000)
+  --large N              requests in the long run (default 20000)
+  --keep                 keep the temporary folder (configs, logs, callgrind.out files)
+EOF
+}
+
+MODE=flexible
+PROTO=both
+SMALL=4000
+LARGE=20000
+KEEP=0
+BINS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --mode) MODE=$2; shift ;;
+    --proto) PROTO=$2; shift ;;
+    --small) SMALL=$2; shift ;;
+    --large) LARGE=$2; shift ;;
+    --keep) KEEP=1 ;;
+    -h | --help) usage; exit 0 ;;
+    -*) echo "callgrind.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) BINS+=("$1") ;;
+    esac
+    shift
+done
+case "$MODE" in flexible | full) ;; *) echo "callgrind.sh: --mode flexible|full" >&2; exit 2 ;; esac
+case "$PROTO" in h1) PROTOS=(h1) ;; h2) PROTOS=(h2) ;; both) PROTOS=(h1 h2) ;;
+*) echo "callgrind.sh: --proto h1|h2|both" >&2; exit 2 ;; esac
+[[ "$SMALL" =~ ^[0-9]+$ && "$LARGE" =~ ^[0-9]+$ && "$LARGE" -gt "$SMALL" ]] ||
+    { echo "callgrind.sh: --small and --large must be numbers, LARGE > SMALL" >&2; exit 2; }
+[ ${#BINS[@]} -gt 0 ] || { usage >&2; exit 2; }
+for b in "${BINS[@]}"; do
+    [ -x "$b" ] || { echo "callgrind.sh: $b is not an executable" >&2; exit 1; }
+done
+
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v nginx >/dev/null || missing+=(nginx)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "callgrind.sh: missing tools; install the Debian packages: apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY="python3 $ROOT/bench/bench.py"
+NAME=bench.test
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ------------------------------------------------------------------ cleanup
+
+TMP=$(mktemp -d /tmp/portcullis-callgrind.XXXXXX)
+PIDS=()
+cleanup() {
+    local status=$?
+    set +e
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [ "$KEEP" = 1 ]; then
+        echo "callgrind.sh: kept $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget() { # $1: pid no longer to be stopped on exit
+    local keep=()
+    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# ------------------------------------------------------------------ certificates (as run.sh)
+
+CERTS=$TMP/certs
+mkdir -p "$CERTS" "$TMP/logs"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$CERTS/ca.key" -out "$CERTS/ca.pem" -days 2 \
+    -subj "/CN=Portcullis bench CA" -addext "basicConstraints=critical,CA:true" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout "$CERTS/leaf.key" -out "$CERTS/leaf.csr" \
+    -subj "/CN=$NAME" 2>/dev/null
+cat >"$CERTS/leaf.ext" <<EOF
+subjectAltName=DNS:$NAME,DNS:origin.$NAME,IP:127.0.0.1
+basicConstraints=critical,CA:false
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+EOF
+openssl x509 -req -in "$CERTS/leaf.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" -CAcreateserial \
+    -out "$CERTS/leaf.pem" -days 2 -extfile "$CERTS/leaf.ext" 2>/dev/null
+cat "$CERTS/leaf.pem" "$CERTS/ca.pem" >"$CERTS/chain.pem"
+chmod 600 "$CERTS"/*.key
+
+# ------------------------------------------------------------------ origin (as run.sh)
+
+read -r ORIGIN_HTTP ORIGIN_HTTPS < <($PY ports 2)
+mkdir -p "$TMP/origin-tmp"
+cat >"$TMP/origin.conf" <<EOF
+worker_processes 1;
+pid $TMP/origin.pid;
+error_log $TMP/logs/origin-error.log warn;
+events { worker_connections 10000; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/origin-tmp/body;
+  proxy_temp_path $TMP/origin-tmp/proxy;
+  fastcgi_temp_path $TMP/origin-tmp/fastcgi;
+  uwsgi_temp_path $TMP/origin-tmp/uwsgi;
+  scgi_temp_path $TMP/origin-tmp/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  server {
+    listen 127.0.0.1:$ORIGIN_HTTP;
+    listen 127.0.0.1:$ORIGIN_HTTPS ssl;
+    server_name origin.$NAME;
+    ssl_certificate $CERTS/chain.pem;
+    ssl_certificate_key $CERTS/leaf.key;
+    ssl_protocols TLSv1.3;
+    location / { return 200 "hello\n"; }
+  }
+}
+EOF
+nginx -t -q -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf"
+nginx -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf" -g 'daemon off;' \
+    >"$TMP/logs/origin.out" 2>&1 &
+PIDS+=($!)
+
+# Polls with curl (arguments in $1) until it answers 200; $2: seconds, $3: what, $4: a pid
+# that must stay alive meanwhile.
+wait_200() {
+    local deadline=$((SECONDS + $2))
+    while [ $SECONDS -lt $deadline ]; do
+        # shellcheck disable=SC2086
+        [ "$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 $1 2>/dev/null)" = 200 ] && return 0
+        if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then
+            echo "callgrind.sh: $3 exited before it was ready" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+    echo "callgrind.sh: $3 did not answer 200 within $2 s" >&2
+    return 1
+}
+wait_200 "http://127.0.0.1:$ORIGIN_HTTP/" 10 "origin (http)"
+wait_200 "--resolve origin.$NAME:$ORIGIN_HTTPS:127.0.0.1 https://origin.$NAME:$ORIGIN_HTTPS/" 10 "origin (https)"
+log "origin: nginx on 127.0.0.1:$ORIGIN_HTTP (http) and :$ORIGIN_HTTPS (https)"
+
+case "$MODE" in
+flexible) ORIGIN="http://127.0.0.1:$ORIGIN_HTTP" ;;
+full) ORIGIN="{ url: \"https://127.0.0.1:$ORIGIN_HTTPS\", mode: full }" ;;
+esac
+
+# ------------------------------------------------------------------ one callgrind run
+
+RUN=0
+# Runs BINARY under callgrind, serves N requests of PROTO, stops it; sets IR to its total.
+# (Not called in $(...): the gateway's pid must reach PIDS, for the cleanup.)
+callgrind_run() { # $1: binary, $2: h1|h2, $3: requests
+    local bin=$1 proto=$2 n=$3
+    RUN=$((RUN + 1))
+    local dir=$TMP/run-$RUN port admin
+    mkdir -p "$dir"
+    read -r port admin < <($PY ports 2)
+    # Generous timeouts: under valgrind a TLS handshake takes about a second.
+    cat >"$dir/portcullis.yaml" <<EOF
+listen:
+  https: 127.0.0.1:$port
+  http: off
+admin:
+  listen: 127.0.0.1:$admin      # /metrics stays on, as in a deployment
+storage: $dir/data
+limits:
+  max_connections_per_ip: 0     # every client here is 127.0.0.1
+  handshake_timeout: 120s
+  header_read_timeout: 120s
+  idle_timeout: 600s
+shutdown:
+  drain_timeout: 1s
+sites:
+  - hosts: [$NAME]
+    tls: { cert: $CERTS/chain.pem, key: $CERTS/leaf.key }
+    origin: $ORIGIN
+EOF
+    "$bin" check --config "$dir/portcullis.yaml" >"$dir/check.out" 2>&1 ||
+        { cat "$dir/check.out" >&2; return 1; }
+    env RUST_LOG=info,portcullis::access=off valgrind --tool=callgrind \
+        --callgrind-out-file="$dir/callgrind.out" \
+        "$bin" run --config "$dir/portcullis.yaml" --workers 1 >"$dir/gateway.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    # The admin port, not the https one: a probe there costs a TLS handshake (~7M
+    # instructions), which would not cancel out if the two runs needed a different number.
+    wait_200 "http://127.0.0.1:$admin/readyz" 120 "the gateway ($bin)" "$pid" ||
+        { tail -20 "$dir/gateway.log" >&2; return 1; }
+
+    local args=(-c 10 -n "$n")
+    if [ "$proto" = h1 ]; then args=(--h1 "${args[@]}"); else args+=(-m 10); fi
+    h2load "${args[@]}" --connect-to "127.0.0.1:$port" "https://$NAME:$port/" >"$dir/h2load.out" 2>&1 || true
+    # Every request must have been answered, and with a 2xx: a run that lost some would
+    # make the difference meaningless.
+    if ! python3 - "$dir/h2load.out" "$n" <<'EOF'; then
+import re, sys
+text, n = open(sys.argv[1]).read(), int(sys.argv[2])
+req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+ok = req and codes and int(req.group(4)) == n and int(req.group(5)) == 0 and int(codes.group(1)) == n
+sys.exit(0 if ok else 1)
+EOF
+        echo "callgrind.sh: h2load did not get $n successful (2xx) responses from $bin ($proto):" >&2
+        grep -E '^(requests|status codes):|error|fail' "$dir/h2load.out" >&2 || cat "$dir/h2load.out" >&2
+        return 1
+    fi
+
+    kill -INT "$pid"
+    local deadline=$((SECONDS + 120))
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "callgrind.sh: the gateway ($bin) did not exit within 120 s of SIGINT" >&2
+        return 1
+    fi
+    local status=0
+    wait "$pid" || status=$?
+    forget "$pid"
+    if [ "$status" != 0 ]; then
+        echo "callgrind.sh: the gateway ($bin) exited with status $status after SIGINT" >&2
+        tail -20 "$dir/gateway.log" >&2
+        return 1
+    fi
+    # "totals:" holds the whole process's count, every thread together (what valgrind
+    # prints as "Collected"); older callgrinds write only "summary:".
+    IR=$(awk '/^totals:/ { t = $2 } /^summary:/ { s = $2 } END { print (t != "" ? t : s) }' "$dir/callgrind.out")
+    [ -n "$IR" ] || { echo "callgrind.sh: no totals in $dir/callgrind.out" >&2; return 1; }
+}
+
+# ------------------------------------------------------------------ the measurements
+
+declare -A PER
+results=()
+start=$SECONDS
+for proto in "${PROTOS[@]}"; do
+    for i in "${!BINS[@]}"; do
+        bin=${BINS[i]}
+        log "$bin, $proto, $MODE: $SMALL requests"
+        callgrind_run "$bin" "$proto" "$SMALL"
+        small=$IR
+        log "  total Ir $small; now $LARGE requests"
+        callgrind_run "$bin" "$proto" "$LARGE"
+        large=$IR
+        log "  total Ir $large"
+        # Keyed by position: the same binary may be given twice (to see the noise).
+        PER[$i,$proto]=$(( (large - small) / (LARGE - SMALL) ))
+        results+=("$(printf '%-32s %-3s %-9s small %14s  large %14s  per request %7s Ir' \
+            "$bin" "$proto" "$MODE" "$small" "$large" "${PER[$i,$proto]}")")
+    done
+done
+
+echo "# callgrind, user-space Ir per proxied request = (Ir with $LARGE requests - Ir with $SMALL) / $((LARGE - SMALL)); h2load -c 10 (HTTP/2: -m 10)"
+printf '%s\n' "${results[@]}"
+if [ ${#BINS[@]} -eq 2 ]; then
+    for proto in "${PROTOS[@]}"; do
+        python3 -c 'import sys; a, b = int(sys.argv[2]), int(sys.argv[3]); print(f"{sys.argv[1]}: second / first = {b / a:.3f}")' \
+            "$proto" "${PER[0,$proto]}" "${PER[1,$proto]}"
+    done
+fi
+log "done in $((SECONDS - start)) s"
