@@ -1,6 +1,8 @@
 //! HTTP/1.1 framing towards origins, without I/O: request heads written, response heads
 //! parsed, response bodies decoded (RFC 9112 §6: a length, chunked, or up to the close).
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
@@ -142,9 +144,18 @@ impl Head {
 /// Takes a complete response head off the front of `buf`, or `None` while it is still
 /// arriving. Header values are views into the head's bytes, as hyper's are.
 pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, CodecError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Left uninitialised: filling 128 empty fields cost more than parsing a small head.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(CodecError::HeadTooLarge);
