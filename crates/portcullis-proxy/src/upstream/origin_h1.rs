@@ -175,7 +175,13 @@ impl H1Conn {
         let decoder = codec::response_decoder(&parts.method, &head)
             .map_err(|e| SendError::Failed(invalid(e)))?;
         let reuse = !upgrade && head.keeps_alive() && !decoder.is_eof() && writer.is_none();
-        *resp.headers_mut() = head.headers;
+        let mut headers = head.headers;
+        // The body is framed by its transfer coding; a length beside it would frame the
+        // client's copy wrongly (RFC 9112 §6.3: a proxy removes it).
+        if headers.contains_key(http::header::TRANSFER_ENCODING) {
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
+        *resp.headers_mut() = headers;
         let mut body = H1Body {
             conn: Some(self),
             decoder,

@@ -204,6 +204,17 @@ async fn a_chunked_response_with_trailers_is_decoded_and_its_connection_reused()
 }
 
 #[tokio::test]
+async fn a_length_beside_a_transfer_coding_is_not_passed_on() {
+    let mut h = Harness::new();
+    let both = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n\
+                 2\r\nok\r\n0\r\n\r\n";
+    let (resp, _origin) = h.answered(get("/"), both).await;
+    let resp = resp.unwrap();
+    assert!(resp.headers().get("content-length").is_none());
+    assert_eq!(body_of(resp).await.0, "ok");
+}
+
+#[tokio::test]
 async fn a_body_delimited_by_the_close_is_read_whole_and_its_connection_not_reused() {
     let mut h = Harness::new();
     let (first, origin) = h
