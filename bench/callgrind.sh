@@ -81,6 +81,8 @@ fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY="python3 $ROOT/bench/bench.py"
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 NAME=bench.test
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -117,55 +119,17 @@ forget() { # $1: pid no longer to be stopped on exit
     PIDS=("${keep[@]}")
 }
 
-# ------------------------------------------------------------------ certificates (as run.sh)
+# ------------------------------------------------------------------ certificates (bench/common.sh)
 
 CERTS=$TMP/certs
 mkdir -p "$CERTS" "$TMP/logs"
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$CERTS/ca.key" -out "$CERTS/ca.pem" -days 2 \
-    -subj "/CN=Portcullis bench CA" -addext "basicConstraints=critical,CA:true" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -keyout "$CERTS/leaf.key" -out "$CERTS/leaf.csr" \
-    -subj "/CN=$NAME" 2>/dev/null
-cat >"$CERTS/leaf.ext" <<EOF
-subjectAltName=DNS:$NAME,DNS:origin.$NAME,IP:127.0.0.1
-basicConstraints=critical,CA:false
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-EOF
-openssl x509 -req -in "$CERTS/leaf.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" -CAcreateserial \
-    -out "$CERTS/leaf.pem" -days 2 -extfile "$CERTS/leaf.ext" 2>/dev/null
-cat "$CERTS/leaf.pem" "$CERTS/ca.pem" >"$CERTS/chain.pem"
-chmod 600 "$CERTS"/*.key
+bench_certs "$CERTS"
 
-# ------------------------------------------------------------------ origin (as run.sh)
+# ------------------------------------------------------------------ origin (bench/common.sh)
 
 read -r ORIGIN_HTTP ORIGIN_HTTPS < <($PY ports 2)
 mkdir -p "$TMP/origin-tmp"
-cat >"$TMP/origin.conf" <<EOF
-worker_processes 1;
-pid $TMP/origin.pid;
-error_log $TMP/logs/origin-error.log warn;
-events { worker_connections 10000; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/origin-tmp/body;
-  proxy_temp_path $TMP/origin-tmp/proxy;
-  fastcgi_temp_path $TMP/origin-tmp/fastcgi;
-  uwsgi_temp_path $TMP/origin-tmp/uwsgi;
-  scgi_temp_path $TMP/origin-tmp/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  server {
-    listen 127.0.0.1:$ORIGIN_HTTP;
-    listen 127.0.0.1:$ORIGIN_HTTPS ssl;
-    server_name origin.$NAME;
-    ssl_certificate $CERTS/chain.pem;
-    ssl_certificate_key $CERTS/leaf.key;
-    ssl_protocols TLSv1.3;
-    location / { return 200 "hello\n"; }
-  }
-}
-EOF
+origin_conf "$ORIGIN_HTTP" "$ORIGIN_HTTPS" "$CERTS" >"$TMP/origin.conf"
 nginx -t -q -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf"
 nginx -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf" -g 'daemon off;' \
     >"$TMP/logs/origin.out" 2>&1 &

@@ -72,6 +72,8 @@ case "$ONLY" in all | compare | sites | idle) ;; *) echo "run.sh: --only compare
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 PY="python3 $BENCH/bench.py"
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/portcullis
 OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
@@ -205,22 +207,7 @@ cat "$OUT/environment.txt" >&2
 CERTS=$TMP/certs
 mkdir -p "$CERTS" "$TMP/logs"
 log "generating an RSA-2048 CA and leaf certificate in $CERTS"
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$CERTS/ca.key" -out "$CERTS/ca.pem" -days 2 \
-    -subj "/CN=Portcullis bench CA" -addext "basicConstraints=critical,CA:true" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -keyout "$CERTS/leaf.key" -out "$CERTS/leaf.csr" \
-    -subj "/CN=bench.test" 2>/dev/null
-cat >"$CERTS/leaf.ext" <<'EOF'
-subjectAltName=DNS:bench.test,DNS:*.bench.test,DNS:origin.bench.test,IP:127.0.0.1
-basicConstraints=critical,CA:false
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-EOF
-openssl x509 -req -in "$CERTS/leaf.csr" -CA "$CERTS/ca.pem" -CAkey "$CERTS/ca.key" -CAcreateserial \
-    -out "$CERTS/leaf.pem" -days 2 -extfile "$CERTS/leaf.ext" 2>/dev/null
-cat "$CERTS/leaf.pem" "$CERTS/ca.pem" >"$CERTS/chain.pem"
-cat "$CERTS/chain.pem" "$CERTS/leaf.key" >"$CERTS/haproxy.pem"
-chmod 600 "$CERTS"/*.key "$CERTS/haproxy.pem"
+bench_certs "$CERTS"
 
 # wrk takes the TLS server name and Host from the URL; this makes it connect to 127.0.0.1
 # while sending SNI bench.test, as a browser would.
@@ -234,24 +221,6 @@ NAME=bench.test
 
 # ------------------------------------------------------------------ origin
 
-nginx_common() { # $1: instance name
-    cat <<EOF
-pid $TMP/$1.pid;
-error_log $TMP/logs/$1-error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 10000; }
-EOF
-}
-nginx_temp_paths() { # $1: instance name
-    cat <<EOF
-  client_body_temp_path $TMP/$1-tmp/body;
-  proxy_temp_path $TMP/$1-tmp/proxy;
-  fastcgi_temp_path $TMP/$1-tmp/fastcgi;
-  uwsgi_temp_path $TMP/$1-tmp/uwsgi;
-  scgi_temp_path $TMP/$1-tmp/scgi;
-EOF
-}
-
 start_nginx() { # $1: instance name, $2: config file; sets STARTED
     mkdir -p "$TMP/$1-tmp"
     nginx -t -q -p "$TMP/" -e "$TMP/logs/$1-error.log" -c "$2"
@@ -260,25 +229,7 @@ start_nginx() { # $1: instance name, $2: config file; sets STARTED
 
 ORIGIN_HTTP=$(free_port)
 ORIGIN_HTTPS=$(free_port)
-cat >"$TMP/origin.conf" <<EOF
-worker_processes 1;
-$(nginx_common origin)
-http {
-  access_log off;
-$(nginx_temp_paths origin)
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  server {
-    listen 127.0.0.1:$ORIGIN_HTTP;
-    listen 127.0.0.1:$ORIGIN_HTTPS ssl;
-    server_name origin.bench.test;
-    ssl_certificate $CERTS/chain.pem;
-    ssl_certificate_key $CERTS/leaf.key;
-    ssl_protocols TLSv1.3;
-    location / { return 200 "hello\n"; }
-  }
-}
-EOF
+origin_conf "$ORIGIN_HTTP" "$ORIGIN_HTTPS" "$CERTS" >"$TMP/origin.conf"
 start_nginx origin "$TMP/origin.conf"
 ORIGIN_PID=$STARTED
 wait_http() { # $1: curl arguments as one string, $2: what
