@@ -151,13 +151,12 @@ impl H1Conn {
             }
             Err(e) => return Err(SendError::Failed(e)),
         };
+        // A request not sent whole (still going out, or failed) leaves the connection in no
+        // state to reuse; one still going out carries on beside the response body.
+        let sent_whole = writer.state == WriteState::Done;
         let writer = match writer.state {
-            WriteState::Done => None,
-            WriteState::Failed => {
-                // The request did not get through whole: the response is all there is.
-                Some(None)
-            }
-            _ => Some(Some(Box::new(writer))),
+            WriteState::Done | WriteState::Failed => None,
+            _ => Some(Box::new(writer)),
         };
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
@@ -174,7 +173,7 @@ impl H1Conn {
         }
         let decoder = codec::response_decoder(&parts.method, &head)
             .map_err(|e| SendError::Failed(invalid(e)))?;
-        let reuse = !upgrade && head.keeps_alive() && !decoder.is_eof() && writer.is_none();
+        let reuse = !upgrade && head.keeps_alive() && !decoder.is_eof() && sent_whole;
         let mut headers = head.headers;
         // The body is framed by its transfer coding; a length beside it would frame the
         // client's copy wrongly (RFC 9112 §6.3: a proxy removes it).
@@ -185,7 +184,7 @@ impl H1Conn {
         let mut body = H1Body {
             conn: Some(self),
             decoder,
-            writer: writer.flatten(),
+            writer,
             reuse,
         };
         if body.decoder.is_done() {
