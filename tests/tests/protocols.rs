@@ -286,11 +286,8 @@ async fn large_bodies_stream_both_ways_on_h1_and_h2() {
 /// reads): the answer reaches the client at once and the next request finds a working
 /// origin connection. `/deaf` goes to an origin that answers and then neither reads nor
 /// closes, so an upload larger than the sockets' buffers is answered only if the gateway
-/// reads the response while the request body is still going out.
-///
-/// An HTTP/1.1 client gets small uploads only: once the answer is out, the edge closes a
-/// connection whose request body it has not read (hyper's server has no lingering close),
-/// and a client still writing a large body then sees the close rather than the answer.
+/// reads the response while the request body is still going out. An HTTP/1.1 client still
+/// writing when the answer comes finishes its upload into the edge's lingering close.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_origin_answering_before_the_upload_ends_is_heard_at_once() {
     let edge = TestCa::new("edge CA");
@@ -305,7 +302,8 @@ async fn an_origin_answering_before_the_upload_ends_is_heard_at_once() {
     .await;
     let client = gw.client(&edge.root_der);
     let uploads = [
-        ("http/1.1", "/early", 32 * 1024),
+        ("http/1.1", "/early", 3 * 1024 * 1024),
+        ("http/1.1", "/deaf", 32 * 1024 * 1024),
         ("h2", "/early", 3 * 1024 * 1024),
         ("h2", "/deaf", 32 * 1024 * 1024),
     ];
@@ -322,6 +320,114 @@ async fn an_origin_answering_before_the_upload_ends_is_heard_at_once() {
             assert_eq!(next.text(), "ok GET /after", "{what}");
         }
     }
+}
+
+/// A client that writes its whole request before it reads (most do) still hears an answer
+/// sent before the request ended: an origin's early 413, the gateway's own 413 for a body
+/// over `max_body_size`, and hyper's 431 for a head that never ends. Once the answer is out
+/// the edge reads and discards what the client still sends before it closes (lingering
+/// close, as nginx does): closing with the request unread would reset the connection, and
+/// the client would see the reset, not the answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http1_client_writing_its_whole_upload_first_still_hears_an_early_answer() {
+    const SIZE: usize = 32 * 1024 * 1024;
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let b = GatewayBuilder::new();
+    let (cert, key) = edge.leaf(&["a.test", "small.test"]).write(b.dir(), "a");
+    let tls = format!("{{cert: {}, key: {}}}", cert.display(), key.display());
+    let gw = b
+        .site(&format!(
+            "{{hosts: [a.test], tls: {tls}, origin: http://{}}}",
+            origin.addr
+        ))
+        .site(&format!(
+            "{{hosts: [small.test], tls: {tls}, origin: http://{}, max_body_size: 1KiB}}",
+            origin.addr
+        ))
+        .start()
+        .await;
+    let client = gw.client(&edge.root_der);
+    let upload = |host: &str, path: &str| {
+        format!("POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {SIZE}\r\n\r\n")
+    };
+    let cases = [
+        (
+            "a.test",
+            upload("a.test", "/early"),
+            "413 Payload Too Large",
+        ),
+        (
+            "small.test",
+            upload("small.test", "/upload"),
+            "413 Payload Too Large",
+        ),
+        // SIZE bytes of a header value, after the head's first line.
+        (
+            "a.test",
+            "GET / HTTP/1.1\r\nhost: a.test\r\nx-long: ".to_owned(),
+            "431 Request Header Fields Too Large",
+        ),
+    ];
+    for (host, head, answer) in cases {
+        let what = format!("{host}: {answer}");
+        let mut tls = client.tls(host, true, &["http/1.1"]).await.unwrap();
+        let chunk = vec![b'u'; 64 * 1024];
+        let upload = async {
+            tls.write_all(head.as_bytes()).await?;
+            for _ in 0..SIZE / chunk.len() {
+                tls.write_all(&chunk).await?;
+            }
+            tls.flush().await
+        };
+        within(&what, upload).await.unwrap_or_else(|e| {
+            panic!("{what}: the upload failed before its answer was read: {e}")
+        });
+        let (status, _) = within(&what, read_response(&mut tls)).await;
+        assert_eq!(status, format!("HTTP/1.1 {answer}"), "{what}");
+    }
+}
+
+/// A lingering close is bounded: the connection closes once its client has sent nothing for
+/// 5 s (nginx's `lingering_timeout`), and at once when the gateway drains.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lingering_connection_ends_when_its_client_goes_quiet_or_on_shutdown() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let gw = gateway(&edge, |_| format!("origin: http://{}", origin.addr)).await;
+    let client = gw.client(&edge.root_der);
+    // Answered early, then still being written to.
+    let answered_early = || async {
+        let mut tls = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
+        let head = "POST /early HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100000000\r\n\r\n";
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(&[b'u'; 256 * 1024]).await.unwrap();
+        let (status, _) = within("answer", read_response(&mut tls)).await;
+        assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+        // Discarded, not refused.
+        within("more", tls.write_all(&[b'u'; 1024 * 1024]))
+            .await
+            .unwrap();
+        assert_eq!(gw.gateway.open_connections(), 1);
+        tls
+    };
+
+    let quiet = answered_early().await;
+    wait::until(
+        Duration::from_secs(15),
+        "the quiet lingering connection to close",
+        || async { (gw.gateway.open_connections() == 0).then_some(()) },
+    )
+    .await;
+    drop(quiet);
+
+    let _lingering = answered_early().await;
+    let started = std::time::Instant::now();
+    assert!(within("drain", gw.stop()).await, "drain did not finish");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the drain waited for a lingering connection"
+    );
 }
 
 /// Answers every request with a 413 as soon as its head is in, then holds the connection

@@ -247,6 +247,10 @@ impl<T> ClockedIo<T> {
     pub(crate) fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ClockedIo<T> {

@@ -8,7 +8,8 @@
 //! old one stopped (nginx frees its request buffers between requests the same way).
 //!
 //! Ending hyper's connection ourselves also means a switch of protocols (WebSocket) takes
-//! the client's stream from here, rather than from hyper's upgrade machinery.
+//! the client's stream from here, rather than from hyper's upgrade machinery, and that the
+//! stream outlives hyper's connection when it closes: it lingers (see [`linger`]).
 
 use std::future::Future;
 use std::io;
@@ -42,15 +43,36 @@ pub(crate) const RELEASE_AFTER: Duration = Duration::from_millis(50);
 /// How long closing a finished connection (TLS close_notify, then FIN) may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a closed connection goes on reading what its client still sends, at most, and
+/// how long the client may pause meanwhile: nginx's `lingering_time` and
+/// `lingering_timeout`.
+const LINGER_FOR: Duration = Duration::from_secs(30);
+const LINGER_QUIET: Duration = Duration::from_secs(5);
+
 /// A client's byte stream: TCP, or TLS over TCP.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when the socket has something to read (or has failed, or reached its end).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Reads from the socket itself, below TLS, into `buf`: bytes to throw away.
+    fn poll_read_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>>;
 }
 
 impl ClientIo for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn poll_read_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_read(cx, buf)
     }
 }
 
@@ -59,6 +81,14 @@ impl ClientIo for Box<TlsStream<TcpStream>> {
         // hyper read until the stream had nothing more; whatever TLS holds is an incomplete
         // record, so only new bytes on the socket can make a request.
         self.get_ref().0.poll_read_ready(cx)
+    }
+
+    fn poll_read_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
@@ -113,7 +143,12 @@ where
         let supervised = Box::pin(watcher.supervise(Box::pin(stretch), clock, *timeouts));
         let (parts, released) = match supervised.await {
             Supervised::Done(Ok(done)) => done,
-            Supervised::Done(Err(e)) => return Supervised::Done(Err(e.to_string())),
+            Supervised::Done(Err((e, parts))) => {
+                // hyper may have answered (400, 431) before it failed.
+                let mut stream = parts.io.into_inner();
+                close(&mut stream, watcher).await;
+                return Supervised::Done(Err(e.to_string()));
+            }
             Supervised::HeadTimeout => return Supervised::HeadTimeout,
             Supervised::Abusive => return Supervised::Abusive,
         };
@@ -125,11 +160,47 @@ where
             return Supervised::Done(Ok(()));
         }
         if !released || !parked(&stream, clock, watcher, timeouts.1).await {
-            // What hyper does when it finishes a connection itself.
-            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, stream.shutdown()).await;
+            close(&mut stream, watcher).await;
             return Supervised::Done(Ok(()));
         }
         trace!("client sent again; serving the released connection");
+    }
+}
+
+/// Closes a connection hyper is done with: TLS close_notify and FIN (what hyper does when it
+/// finishes a connection itself), then a lingering close.
+async fn close<T: ClientIo>(stream: &mut Rewind<ClockedIo<T>>, watcher: &DrainWatch) {
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, stream.shutdown()).await;
+    // Boxed: the connection's task is not sized for a state it is in only at its end.
+    Box::pin(linger(stream.inner.get_mut(), watcher)).await;
+}
+
+/// Reads and drops what the client still sends, until it closes its side, pauses for
+/// [`LINGER_QUIET`], [`LINGER_FOR`] has passed or the drain starts.
+///
+/// A connection closed with bytes unread in its receive buffer is reset by the kernel, and
+/// the reset can reach the client before it has read the answer. That is the usual end of
+/// an answer given before the request was read to its end: a 413 or a 401 to an upload, a
+/// 400 or 431 to a broken head. A client that writes its whole upload before it reads (most
+/// do) would see its write fail instead of the answer; nginx lingers the same way.
+async fn linger<T: ClientIo>(io: &mut T, watcher: &DrainWatch) {
+    // On the heap and only now: an open connection holds no such buffer.
+    let mut buf = vec![0u8; 16 * 1024];
+    let discard = async {
+        loop {
+            let mut read = ReadBuf::new(&mut buf);
+            let got = std::future::poll_fn(|cx| io.poll_read_raw(cx, &mut read));
+            match tokio::time::timeout(LINGER_QUIET, got).await {
+                Ok(Ok(())) if !read.filled().is_empty() => {}
+                // The client closed or failed, or went quiet.
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = discard => {}
+        () = tokio::time::sleep(LINGER_FOR) => {}
+        () = watcher.signalled() => {}
     }
 }
 
@@ -188,13 +259,16 @@ where
     B: Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// hyper's parts, and whether the connection was released rather than finished.
-    type Output = hyper::Result<(http1::Parts<I, S>, bool)>;
+    /// hyper's parts, and whether the connection was released rather than finished; or
+    /// hyper's error, with its parts all the same (the stream, for its close).
+    type Output = Result<(http1::Parts<I, S>, bool), (hyper::Error, http1::Parts<I, S>)>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if this.poll_conn(cx)?.is_ready() {
-            return Poll::Ready(Ok((this.take_parts(), false)));
+        match this.poll_conn(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(Ok((this.take_parts(), false))),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err((e, this.take_parts()))),
+            Poll::Pending => {}
         }
         // hyper waits for the client: released once that has lasted RELEASE_AFTER with no
         // request in flight, none arriving and nothing left unsent.
@@ -227,8 +301,10 @@ where
         if let Some(conn) = this.conn.as_mut() {
             Pin::new(conn).graceful_shutdown();
         }
-        ready!(this.poll_conn(cx))?;
-        Poll::Ready(Ok((this.take_parts(), true)))
+        match ready!(this.poll_conn(cx)) {
+            Ok(()) => Poll::Ready(Ok((this.take_parts(), true))),
+            Err(e) => Poll::Ready(Err((e, this.take_parts()))),
+        }
     }
 }
 
