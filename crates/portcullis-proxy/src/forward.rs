@@ -258,8 +258,9 @@ pub(crate) async fn forward(
         }
         _ => headers::strip_hop_by_hop(resp.headers_mut(), false),
     }
-    // An HTTP/2 client's HPACK table would keep the origin's read buffer alive.
-    if client_h2 {
+    // An HTTP/2 client's HPACK table would keep the origin's read buffer alive. (Our
+    // HTTP/1.1 origin client's values are a copy of their own already.)
+    if client_h2 && resp.version() == http::Version::HTTP_2 {
         headers::own_values(resp.headers_mut());
     }
     resp.map(|body| ProxyBody::origin(body, Some(in_flight)))

@@ -479,6 +479,26 @@ fn transfer_encoding_decides_over_content_length() {
     assert!(response_decoder(&Method::GET, &head).unwrap().is_eof());
 }
 
+/// A response's header values must not keep the connection's read buffer alive: an HTTP/2
+/// client's HPACK table holds the values it indexes for the client connection's life.
+#[test]
+fn header_values_do_not_share_the_read_buffer() {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    buf.extend_from_slice(b"HTTP/1.1 200 OK\r\nserver: origin\r\nx-id: 42\r\n\r\nbody");
+    let read_buffer = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.capacity();
+    let head = parse_head(&mut buf).unwrap().unwrap();
+    assert_eq!(head.headers["server"], "origin");
+    assert_eq!(head.headers["x-id"], "42");
+    for value in head.headers.values() {
+        let at = value.as_bytes().as_ptr() as usize;
+        assert!(
+            !read_buffer.contains(&at),
+            "{value:?} is a view into the read buffer"
+        );
+    }
+    assert_eq!(&buf[..], b"body");
+}
+
 #[test]
 fn keep_alive_follows_the_version_and_connection_header() {
     for (wire, keeps) in [
