@@ -90,34 +90,8 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # ------------------------------------------------------------------ cleanup
 
 TMP=$(mktemp -d /tmp/portcullis-callgrind.XXXXXX)
-PIDS=()
-cleanup() {
-    local status=$?
-    set +e
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [ "$KEEP" = 1 ]; then
-        echo "callgrind.sh: kept $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit $status
-}
-trap cleanup EXIT
+trap 'bench_cleanup callgrind.sh' EXIT
 trap 'exit 130' INT TERM
-
-forget() { # $1: pid no longer to be stopped on exit
-    local keep=()
-    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
 
 # ------------------------------------------------------------------ certificates (bench/common.sh)
 

@@ -1,6 +1,44 @@
 # Shared by run.sh and callgrind.sh (sourced, not run): the bench certificates and the origin,
-# so both measure against the same setup. The functions read $TMP (the run's temporary
-# folder).
+# so both measure against the same setup, and the bookkeeping that stops whatever a script
+# started. The functions read $TMP (the run's temporary folder).
+
+# Processes to stop when the script exits (the scripts add each one they start).
+PIDS=()
+
+# Stops every process in PIDS, the newest first: TERM, up to 5 s each, then KILL.
+stop_all() {
+    local i pid
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${PIDS[i]}" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+}
+
+forget() { # $1: a pid no longer to be stopped on exit
+    local keep=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# The EXIT trap: stops what is left, then removes $TMP unless KEEP=1. $1: the script's name.
+bench_cleanup() {
+    local status=$?
+    set +e
+    stop_all
+    if [ "${KEEP:-0}" = 1 ]; then
+        echo "$1: kept $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit $status
+}
 
 # An RSA-2048 CA and a leaf for bench.test, *.bench.test, origin.bench.test and 127.0.0.1 in
 # $1: ca.pem, leaf.pem, leaf.key, chain.pem (leaf + CA), haproxy.pem (chain + key).

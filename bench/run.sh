@@ -132,28 +132,7 @@ taskset -cp "$LOAD_CPU" $$ >/dev/null
 # ------------------------------------------------------------------ cleanup
 
 TMP=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local status=$?
-    set +e
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        kill -TERM "${PIDS[i]}" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-    done
-    if [ "$KEEP" = 1 ]; then
-        echo "run.sh: kept $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit $status
-}
-trap cleanup EXIT
+trap 'bench_cleanup run.sh' EXIT
 trap 'exit 130' INT TERM
 
 # Starts "$@" in the background, remembers its pid in STARTED (and for cleanup).
@@ -175,9 +154,7 @@ stop() {
     done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    local keep=()
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
+    forget "$pid"
 }
 
 free_port() { $PY ports 1; }
