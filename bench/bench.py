@@ -14,6 +14,8 @@ Subcommands (all print to stdout):
   rss PID / cpu-seconds PID      RSS (KiB) / CPU seconds of PID and its descendants
   summary F                      Markdown tables from a results file
   perf-summary REPORT            a `perf report` text grouped by component
+  syscalls-per-request CSV OUT KIND / segments-per-request NSTAT OUT KIND
+                                 `perf stat` system calls / `nstat` TCP segments per request
 """
 
 import argparse
@@ -63,15 +65,21 @@ def tree(pid):
     return out
 
 
-def cpu_ticks(pid):
-    total = 0
+def cpu_split(pid):
+    """(user, kernel) CPU ticks of PID and its descendants: utime and stime."""
+    user = kernel = 0
     for p in tree(pid):
         try:
             f = _stat_fields(p)
-            total += int(f[11]) + int(f[12])  # utime, stime
+            user += int(f[11])
+            kernel += int(f[12])
         except (OSError, IndexError):
             pass
-    return total
+    return user, kernel
+
+
+def cpu_ticks(pid):
+    return sum(cpu_split(pid))
 
 
 def rss_kib(pid):
@@ -250,9 +258,9 @@ def measure_once(a, cmd):
         exclude |= set(tree(a.origin_pid))
     o0 = cpu_ticks(a.origin_pid) if a.origin_pid else 0
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    p0, c0, s0, t0 = all_ticks(), cpu_ticks(a.pid), cpu_lines(), time.monotonic()
+    p0, u0, s0, t0 = all_ticks(), cpu_split(a.pid), cpu_lines(), time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-    c1, s1, t1, p1 = cpu_ticks(a.pid), cpu_lines(), time.monotonic(), all_ticks()
+    u1, s1, t1, p1 = cpu_split(a.pid), cpu_lines(), time.monotonic(), all_ticks()
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     o1 = cpu_ticks(a.origin_pid) if a.origin_pid else 0
     record = labels(a.label)
@@ -269,7 +277,10 @@ def measure_once(a, cmd):
     record["wall_s"] = round(wall, 3)
     # CPU share of one core used by the proxy over the whole run of the load generator
     # (including its connection set-up, so slightly low for short runs).
-    record["proxy_cpu"] = round((c1 - c0) / CLK_TCK / wall, 3)
+    record["proxy_cpu"] = round((sum(u1) - sum(u0)) / CLK_TCK / wall, 3)
+    # The same, split into user space and the kernel (for the proxy, mostly loopback TCP).
+    record["proxy_user_cpu"] = round((u1[0] - u0[0]) / CLK_TCK / wall, 3)
+    record["proxy_sys_cpu"] = round((u1[1] - u0[1]) / CLK_TCK / wall, 3)
     cpu = a.proxy_cpu_index
     if cpu in s0 and cpu in s1:
         busy = (s1[cpu][0] - s0[cpu][0]) / max(1, s1[cpu][1] - s0[cpu][1])
@@ -569,6 +580,38 @@ def cmd_summary(a):
             out.append(f"| {title} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
         out.append("")
 
+    # Where each proxy's CPU goes: per request (per connection for handshakes), in user
+    # space and in the kernel, from utime and stime over the run divided by its rate.
+    per = {}
+    for r in meas:
+        if "proxy_user_cpu" in r and r.get("rps") and r.get("test") in ("h1", "h2", "handshake"):
+            key = (r["proxy"], r["mode"], r["test"])
+            per.setdefault(key, []).append((r["proxy_user_cpu"] * 1e6 / r["rps"],
+                                            r["proxy_sys_cpu"] * 1e6 / r["rps"]))
+    if per:
+        out.append("### Proxy CPU per request, µs: user space + kernel\n")
+        out.append("From the proxy's utime and stime over each run divided by its rate (per new "
+                   "connection for handshakes); medians over the rounds. The kernel's part is "
+                   "mostly loopback TCP and epoll.\n")
+        out.append("| mode | measure | " + " | ".join(PROXIES) + " |")
+        out.append("|---|---|" + "---|" * len(PROXIES))
+        for mode in modes:
+            for test, key, title, _ in TESTS:
+                if key != "rps" or test not in ("h1", "h2", "handshake"):
+                    continue
+                cells = []
+                for p in PROXIES:
+                    v = per.get((p, mode, test))
+                    if not v:
+                        cells.append("–")
+                        continue
+                    u = statistics.median(x for x, _ in v)
+                    k = statistics.median(y for _, y in v)
+                    digits = 0 if test == "handshake" else 1
+                    cells.append(f"{u:.{digits}f} + {k:.{digits}f} = {u + k:.{digits}f}")
+                out.append(f"| {mode} | {title} | " + " | ".join(cells) + " |")
+        out.append("")
+
     if "flexible" in modes and "full" in modes:
         out.append("### full / flexible (each proxy against itself)\n")
         out.append("| measure | " + " | ".join(PROXIES) + " |")
@@ -721,6 +764,16 @@ def cmd_perf_summary(a):
     print()
 
 
+def requests_in(load_out, kind):
+    """Requests a load run completed, from wrk's (h1) or h2load's (h2) report."""
+    text = open(load_out).read()
+    if kind == "h1":
+        m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", text)
+    else:
+        m = re.search(r"requests: (\d+) total", text)
+    return int(m.group(1)) if m else None
+
+
 def cmd_syscalls_per_request(a):
     """Syscalls counted by `perf stat -x,` over a load run, per request the load tool reports."""
     count = None
@@ -728,17 +781,30 @@ def cmd_syscalls_per_request(a):
         f = line.strip().split(",")
         if len(f) > 2 and "sys_enter" in f[2] and f[0].isdigit():
             count = int(f[0])
-    text = open(a.load_out).read()
-    if a.kind == "h1":
-        m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", text)
-        requests = int(m.group(1)) if m else None
-    else:
-        m = re.search(r"requests: (\d+) total", text)
-        requests = int(m.group(1)) if m else None
+    requests = requests_in(a.load_out, a.kind)
     if not count or not requests:
         print("–")
     else:
         print(f"{count / requests:.2f}")
+
+
+def cmd_segments_per_request(a):
+    """TCP segments sent on the machine (`nstat` deltas over a load run) per request.
+
+    Loopback carries the client's, the proxy's and the origin's segments alike, so this is
+    the whole exchange: compare it between proxies under the same load, not as the proxy's own.
+    """
+    counts = {}
+    for line in open(a.nstat_out):
+        f = line.split()
+        if len(f) >= 2 and f[1].isdigit():
+            counts[f[0]] = int(f[1])
+    requests = requests_in(a.load_out, a.kind)
+    if not requests or "TcpOutSegs" not in counts:
+        print("–")
+    else:
+        acks = counts.get("TcpExtTCPPureAcks", 0)
+        print(f"{counts['TcpOutSegs'] / requests:.2f} ({acks / requests:.2f} pure ACKs)")
 
 
 def main():
@@ -797,6 +863,11 @@ def main():
     p.add_argument("load_out")
     p.add_argument("kind", choices=["h1", "h2"])
     p.set_defaults(fn=cmd_syscalls_per_request)
+    p = sub.add_parser("segments-per-request")
+    p.add_argument("nstat_out")
+    p.add_argument("load_out")
+    p.add_argument("kind", choices=["h1", "h2"])
+    p.set_defaults(fn=cmd_segments_per_request)
     p = sub.add_parser("tree")
     p.add_argument("pid", type=int)
     p.set_defaults(fn=lambda a: print(",".join(str(p) for p in tree(a.pid))))

@@ -21,6 +21,14 @@
 #
 #   bench/callgrind.sh target/release/portcullis                  both protocols, flexible
 #   bench/callgrind.sh --mode full --proto h1 /tmp/a /tmp/b       A/B, HTTP/1.1, TLS origin
+#   bench/callgrind.sh --peers target/release/portcullis          the same count for nginx and
+#                                                                 HAProxy, as run.sh sets them up
+#
+# With --peers, nginx (`master_process off`, its one worker is the process) and HAProxy
+# (`nbthread 1`) run under callgrind the same way, with run.sh's configs. Their counts are
+# user-space instructions too, so they compare with Portcullis' without the kernel's part
+# and without wall time's noise (but not cycle for cycle: the three need not run as many
+# instructions per cycle). valgrind has no AVX-512, so all three take their AVX2 crypto.
 #
 # Each gateway run takes 10-35 s; one binary, both protocols, about 1.5 min. A benchmark, not a
 # test: CI does not run it.
@@ -34,6 +42,7 @@ usage: bench/callgrind.sh [options] BINARY [BINARY...]
   --proto h1|h2|both     HTTP/1.1 (h2load --h1 -c 10), HTTP/2 (h2load -c 10 -m 10), or both (default)
   --small N              requests in the short run (default 4000)
   --large N              requests in the long run (default 20000)
+  --peers                also count nginx and HAProxy as TLS terminators (run.sh's configs)
   --keep                 keep the temporary folder (configs, logs, callgrind.out files)
 EOF
 }
@@ -43,6 +52,7 @@ PROTO=both
 SMALL=4000
 LARGE=20000
 KEEP=0
+PEERS=0
 BINS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,6 +61,7 @@ while [ $# -gt 0 ]; do
     --small) SMALL=$2; shift ;;
     --large) LARGE=$2; shift ;;
     --keep) KEEP=1 ;;
+    --peers) PEERS=1 ;;
     -h | --help) usage; exit 0 ;;
     -*) echo "callgrind.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     *) BINS+=("$1") ;;
@@ -69,6 +80,7 @@ done
 
 missing=()
 command -v valgrind >/dev/null || missing+=(valgrind)
+[ "$PEERS" = 0 ] || command -v haproxy >/dev/null || missing+=(haproxy)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v openssl >/dev/null || missing+=(openssl)
@@ -125,6 +137,22 @@ wait_200() {
     echo "callgrind.sh: $3 did not answer 200 within $2 s" >&2
     return 1
 }
+# Polls until a TCP connection to 127.0.0.1:$1 succeeds; $2: seconds, $3: what, $4: a pid
+# that must stay alive meanwhile. For the peers, which have no plaintext port: a connection
+# that sends nothing costs next to nothing, where a TLS probe would cost a handshake.
+wait_port() {
+    local deadline=$((SECONDS + $2))
+    while [ $SECONDS -lt $deadline ]; do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        if ! kill -0 "$4" 2>/dev/null; then
+            echo "callgrind.sh: $3 exited before it was ready" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+    echo "callgrind.sh: $3 did not listen within $2 s" >&2
+    return 1
+}
 wait_200 "http://127.0.0.1:$ORIGIN_HTTP/" 10 "origin (http)"
 wait_200 "--resolve origin.$NAME:$ORIGIN_HTTPS:127.0.0.1 https://origin.$NAME:$ORIGIN_HTTPS/" 10 "origin (https)"
 log "origin: nginx on 127.0.0.1:$ORIGIN_HTTP (http) and :$ORIGIN_HTTPS (https)"
@@ -137,16 +165,44 @@ esac
 # ------------------------------------------------------------------ one callgrind run
 
 RUN=0
-# Runs BINARY under callgrind, serves N requests of PROTO, stops it; sets IR to its total.
-# (Not called in $(...): the gateway's pid must reach PIDS, for the cleanup.)
-callgrind_run() { # $1: binary, $2: h1|h2, $3: requests
-    local bin=$1 proto=$2 n=$3
+# Runs SUBJECT under callgrind, serves N requests of PROTO, stops it; sets IR to its total.
+# SUBJECT: a Portcullis binary, or peer:nginx or peer:haproxy. (Not called in $(...): the
+# process's pid must reach PIDS, for the cleanup.)
+callgrind_run() { # $1: subject, $2: h1|h2, $3: requests
+    local subject=$1 proto=$2 n=$3
     RUN=$((RUN + 1))
-    local dir=$TMP/run-$RUN port admin
+    local dir=$TMP/run-$RUN port admin pid what stop_signal=INT
     mkdir -p "$dir"
     read -r port admin < <($PY ports 2)
-    # Generous timeouts: under valgrind a TLS handshake takes about a second.
-    cat >"$dir/portcullis.yaml" <<EOF
+    local valgrind=(valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out")
+    case "$subject" in
+    peer:nginx)
+        what="nginx"
+        nginx_proxy_conf "nginx-$RUN" "$port" "$MODE" >"$dir/nginx.conf"
+        mkdir -p "$TMP/nginx-$RUN-tmp"
+        nginx -t -q -p "$TMP/" -e "$dir/error.log" -c "$dir/nginx.conf"
+        # One process: the master's work (none under load) stays out of the count.
+        "${valgrind[@]}" nginx -p "$TMP/" -e "$dir/error.log" -c "$dir/nginx.conf" \
+            -g 'daemon off; master_process off;' >"$dir/proxy.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        stop_signal=QUIT # graceful: finishes its connections, then exits
+        wait_port "$port" 120 "$what" "$pid" || { tail -20 "$dir/proxy.log" >&2; return 1; }
+        ;;
+    peer:haproxy)
+        what="HAProxy"
+        haproxy_proxy_conf "$port" "$MODE" >"$dir/haproxy.cfg"
+        haproxy -c -q -f "$dir/haproxy.cfg"
+        "${valgrind[@]}" haproxy -db -f "$dir/haproxy.cfg" >"$dir/proxy.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        stop_signal=USR1 # soft stop: exits once its connections are done
+        wait_port "$port" 120 "$what" "$pid" || { tail -20 "$dir/proxy.log" >&2; return 1; }
+        ;;
+    *)
+        what="the gateway ($subject)"
+        # Generous timeouts: under valgrind a TLS handshake takes about a second.
+        cat >"$dir/portcullis.yaml" <<EOF
 listen:
   https: 127.0.0.1:$port
   http: off
@@ -165,18 +221,18 @@ sites:
     tls: { cert: $CERTS/chain.pem, key: $CERTS/leaf.key }
     origin: $ORIGIN
 EOF
-    "$bin" check --config "$dir/portcullis.yaml" >"$dir/check.out" 2>&1 ||
-        { cat "$dir/check.out" >&2; return 1; }
-    env RUST_LOG=info,portcullis::access=off valgrind --tool=callgrind \
-        --callgrind-out-file="$dir/callgrind.out" \
-        "$bin" run --config "$dir/portcullis.yaml" --workers 1 >"$dir/gateway.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    # The admin port, not the https one: a probe there costs a TLS handshake (~7M
-    # instructions), which would not cancel out if the two runs needed a different number.
-    wait_200 "http://127.0.0.1:$admin/readyz" 120 "the gateway ($bin)" "$pid" ||
-        { tail -20 "$dir/gateway.log" >&2; return 1; }
-
+        "$subject" check --config "$dir/portcullis.yaml" >"$dir/check.out" 2>&1 ||
+            { cat "$dir/check.out" >&2; return 1; }
+        env RUST_LOG=info,portcullis::access=off "${valgrind[@]}" \
+            "$subject" run --config "$dir/portcullis.yaml" --workers 1 >"$dir/proxy.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        # The admin port, not the https one: a probe there costs a TLS handshake (~7M
+        # instructions), which would not cancel out if the two runs needed a different number.
+        wait_200 "http://127.0.0.1:$admin/readyz" 120 "$what" "$pid" ||
+            { tail -20 "$dir/proxy.log" >&2; return 1; }
+        ;;
+    esac
     local args=(-c 10 -n "$n")
     if [ "$proto" = h1 ]; then args=(--h1 "${args[@]}"); else args+=(-m 10); fi
     h2load "${args[@]}" --connect-to "127.0.0.1:$port" "https://$NAME:$port/" >"$dir/h2load.out" 2>&1 || true
@@ -190,24 +246,24 @@ codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", t
 ok = req and codes and int(req.group(4)) == n and int(req.group(5)) == 0 and int(codes.group(1)) == n
 sys.exit(0 if ok else 1)
 EOF
-        echo "callgrind.sh: h2load did not get $n successful (2xx) responses from $bin ($proto):" >&2
+        echo "callgrind.sh: h2load did not get $n successful (2xx) responses from $what ($proto):" >&2
         grep -E '^(requests|status codes):|error|fail' "$dir/h2load.out" >&2 || cat "$dir/h2load.out" >&2
         return 1
     fi
 
-    kill -INT "$pid"
+    kill -"$stop_signal" "$pid"
     local deadline=$((SECONDS + 120))
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then
-        echo "callgrind.sh: the gateway ($bin) did not exit within 120 s of SIGINT" >&2
+        echo "callgrind.sh: $what did not exit within 120 s of SIGINT" >&2
         return 1
     fi
     local status=0
     wait "$pid" || status=$?
     forget "$pid"
     if [ "$status" != 0 ]; then
-        echo "callgrind.sh: the gateway ($bin) exited with status $status after SIGINT" >&2
-        tail -20 "$dir/gateway.log" >&2
+        echo "callgrind.sh: $what exited with status $status after SIGINT" >&2
+        tail -20 "$dir/proxy.log" >&2
         return 1
     fi
     # "totals:" holds the whole process's count, every thread together (what valgrind
@@ -221,9 +277,11 @@ EOF
 declare -A PER
 results=()
 start=$SECONDS
+SUBJECTS=("${BINS[@]}")
+[ "$PEERS" = 0 ] || SUBJECTS+=(peer:nginx peer:haproxy)
 for proto in "${PROTOS[@]}"; do
-    for i in "${!BINS[@]}"; do
-        bin=${BINS[i]}
+    for i in "${!SUBJECTS[@]}"; do
+        bin=${SUBJECTS[i]}
         log "$bin, $proto, $MODE: $SMALL requests"
         callgrind_run "$bin" "$proto" "$SMALL"
         small=$IR
@@ -244,6 +302,12 @@ if [ ${#BINS[@]} -eq 2 ]; then
     for proto in "${PROTOS[@]}"; do
         python3 -c 'import sys; a, b = int(sys.argv[2]), int(sys.argv[3]); print(f"{sys.argv[1]}: second / first = {b / a:.3f}")' \
             "$proto" "${PER[0,$proto]}" "${PER[1,$proto]}"
+    done
+fi
+if [ "$PEERS" = 1 ]; then
+    for proto in "${PROTOS[@]}"; do
+        python3 -c 'import sys; p, n, h = (int(x) for x in sys.argv[2:5]); print(f"{sys.argv[1]}: {sys.argv[5]} / nginx = {p / n:.2f}, / HAProxy = {p / h:.2f}")' \
+            "$proto" "${PER[0,$proto]}" "${PER[${#BINS[@]},$proto]}" "${PER[$((${#BINS[@]} + 1)),$proto]}" "${BINS[0]}"
     done
 fi
 log "done in $((SECONDS - start)) s"

@@ -1,6 +1,6 @@
-# Shared by run.sh and callgrind.sh (sourced, not run): the bench certificates and the origin,
-# so both measure against the same setup, and the bookkeeping that stops whatever a script
-# started. The functions read $TMP (the run's temporary folder).
+# Shared by run.sh and callgrind.sh (sourced, not run): the bench certificates, the origin and
+# the peers' configs, so both measure against the same setup, and the bookkeeping that stops
+# whatever a script started. The functions read $TMP (the run's temporary folder).
 
 # Processes to stop when the script exits (the scripts add each one they start).
 PIDS=()
@@ -103,5 +103,91 @@ $(nginx_temp_paths origin)
     location / { return 200 "hello\n"; }
   }
 }
+CONF
+}
+
+# The peers as TLS terminators in front of the origin, configured as the issue asks (one
+# worker or thread, TLS 1.3, keep-alive to the origin, no access log). Both read
+# $ORIGIN_HTTP, $ORIGIN_HTTPS (the origin's ports), $CERTS and $NAME (the site's name).
+# nginx's mode `direct` is nginx answering over TLS itself, as the origin does: the floor for
+# any TLS proxy.
+nginx_proxy_conf() { # $1: instance name, $2: port, $3: flexible, full or direct
+    local upstream ssl_lines= scheme=http location
+    if [ "$3" = full ]; then
+        upstream="server 127.0.0.1:$ORIGIN_HTTPS;"
+        ssl_lines="proxy_ssl_server_name on; proxy_ssl_name origin.bench.test; proxy_ssl_protocols TLSv1.3; proxy_ssl_verify off;"
+        scheme=https
+    else
+        upstream="server 127.0.0.1:$ORIGIN_HTTP;"
+    fi
+    if [ "$3" = direct ]; then
+        location='return 200 "hello\n";'
+    else
+        location="proxy_pass $scheme://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+      $ssl_lines"
+    fi
+    cat <<CONF
+worker_processes 1;
+$(nginx_common "$1")
+http {
+  access_log off;
+$(nginx_temp_paths "$1")
+  keepalive_requests 1000000;   # the default 1000 would close client connections mid-run
+  keepalive_timeout 60s;
+  upstream origin {
+    $upstream
+    keepalive 1024;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+  }
+  server {
+    listen 127.0.0.1:$2 ssl http2;
+    server_name $NAME;
+    ssl_certificate $CERTS/chain.pem;
+    ssl_certificate_key $CERTS/leaf.key;
+    ssl_protocols TLSv1.3;
+    location / {
+      $location
+    }
+  }
+}
+CONF
+}
+
+haproxy_proxy_conf() { # $1: port, $2: flexible or full
+    local server
+    if [ "$2" = flexible ]; then
+        server="server origin 127.0.0.1:$ORIGIN_HTTP"
+    else
+        server="server origin 127.0.0.1:$ORIGIN_HTTPS ssl verify none sni str(origin.bench.test) alpn http/1.1 ssl-min-ver TLSv1.3"
+    fi
+    cat <<CONF
+global
+    nbthread 1
+    maxconn 9000
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    # no log lines: nothing is logged
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    option forwardfor
+    # keep-alive to the origin shared between client connections, as nginx's upstream
+    # keepalive and Portcullis' pool do (the default, safe, gives each client connection's
+    # first request a connection of its own)
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$1 ssl crt $CERTS/haproxy.pem alpn h2,http/1.1
+    http-request set-header X-Forwarded-Proto https
+    default_backend origin
+backend origin
+    $server
 CONF
 }

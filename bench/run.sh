@@ -95,6 +95,7 @@ command -v openssl >/dev/null || need_install+=(openssl)
 command -v curl >/dev/null || need_install+=(curl)
 command -v taskset >/dev/null || need_install+=(util-linux)
 if [ "$PERF" = 1 ] && ! command -v perf >/dev/null; then need_install+=(linux-perf); fi
+if [ "$PERF" = 1 ] && ! command -v nstat >/dev/null; then need_install+=(iproute2); fi
 if [ ${#need_install[@]} -gt 0 ]; then
     if [ "$INSTALL" = 0 ]; then
         echo "run.sh: missing ${need_install[*]} (and --no-install given)" >&2
@@ -264,92 +265,16 @@ EOF
             env RUST_LOG=info,portcullis::access=off "$BIN" run --workers 1 --config "$conf"
         ;;
     nginx)
-        local upstream ssl_lines=
-        if [ "$mode" = full ]; then
-            upstream="server 127.0.0.1:$ORIGIN_HTTPS;"
-            ssl_lines="proxy_ssl_server_name on; proxy_ssl_name origin.bench.test; proxy_ssl_protocols TLSv1.3; proxy_ssl_verify off;"
-        else
-            upstream="server 127.0.0.1:$ORIGIN_HTTP;"
-        fi
-        local scheme=http
-        [ "$mode" = full ] && scheme=https
-        local location
-        if [ "$mode" = direct ]; then
-            # The reference: nginx answering over TLS itself, as the origin does.
-            location='return 200 "hello\n";'
-        else
-            location="proxy_pass $scheme://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto https;
-      $ssl_lines"
-        fi
         conf=$TMP/nginx-$mode.conf
-        cat >"$conf" <<EOF
-worker_processes 1;
-$(nginx_common "nginx-$mode")
-http {
-  access_log off;
-$(nginx_temp_paths "nginx-$mode")
-  keepalive_requests 1000000;   # the default 1000 would close client connections mid-run
-  keepalive_timeout 60s;
-  upstream origin {
-    $upstream
-    keepalive 1024;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-  }
-  server {
-    listen 127.0.0.1:$PROXY_PORT ssl http2;
-    server_name $NAME;
-    ssl_certificate $CERTS/chain.pem;
-    ssl_certificate_key $CERTS/leaf.key;
-    ssl_protocols TLSv1.3;
-    location / {
-      $location
-    }
-  }
-}
-EOF
+        nginx_proxy_conf "nginx-$mode" "$PROXY_PORT" "$mode" >"$conf"
         mkdir -p "$TMP/nginx-$mode-tmp"
         nginx -t -q -p "$TMP/" -e "$TMP/logs/nginx-$mode-error.log" -c "$conf"
         spawn "$TMP/logs/nginx-$mode.log" taskset -c "$PROXY_CPU" \
             nginx -p "$TMP/" -e "$TMP/logs/nginx-$mode-error.log" -c "$conf" -g 'daemon off;'
         ;;
     haproxy)
-        local server
-        if [ "$mode" = flexible ]; then
-            server="server origin 127.0.0.1:$ORIGIN_HTTP"
-        else
-            server="server origin 127.0.0.1:$ORIGIN_HTTPS ssl verify none sni str(origin.bench.test) alpn http/1.1 ssl-min-ver TLSv1.3"
-        fi
         conf=$TMP/haproxy-$mode.cfg
-        cat >"$conf" <<EOF
-global
-    nbthread 1
-    maxconn 9000
-    ssl-default-bind-options ssl-min-ver TLSv1.3
-    # no log lines: nothing is logged
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-    option forwardfor
-    # keep-alive to the origin shared between client connections, as nginx's upstream
-    # keepalive and Portcullis' pool do (the default, safe, gives each client connection's
-    # first request a connection of its own)
-    http-reuse always
-frontend fe
-    bind 127.0.0.1:$PROXY_PORT ssl crt $CERTS/haproxy.pem alpn h2,http/1.1
-    http-request set-header X-Forwarded-Proto https
-    default_backend origin
-backend origin
-    $server
-EOF
+        haproxy_proxy_conf "$PROXY_PORT" "$mode" >"$conf"
         haproxy -c -q -f "$conf"
         spawn "$TMP/logs/haproxy-$mode.log" taskset -c "$PROXY_CPU" haproxy -db -f "$conf"
         ;;
@@ -482,6 +407,13 @@ fi
 # ------------------------------------------------------------------ perf
 
 if [ "$PERF" = 1 ] && { [ "$ONLY" = compare ] || [ "$ONLY" = all ]; }; then
+    load() { # $1: h1, h2 or handshake; $2: URL. One DURATION-long run of that load.
+        case $1 in
+        h1) wrk -t1 -c50 -d"${DURATION}s" -s "$TMP/sni.lua" "$2" ;;
+        h2) h2load -t1 -c50 -m10 -D "$DURATION" --connect-to "127.0.0.1:$PROXY_PORT" "$2" ;;
+        handshake) "$TLSLOAD" -p "$PROXY_PORT" -d "$DURATION" -w 0 -c 50 -n "$NAME" ;;
+        esac
+    }
     if perf record -o "$TMP/perf-probe.data" -- true >/dev/null 2>&1; then
         PROXY=portcullis MODE=flexible ROUND=perf
         start_proxy portcullis flexible
@@ -491,11 +423,7 @@ if [ "$PERF" = 1 ] && { [ "$ONLY" = compare ] || [ "$ONLY" = all ]; }; then
             perf record -F 999 -o "$OUT/perf-$what.data" -p "$PROXY_PID" -- sleep "$DURATION" \
                 >>"$OUT/perf.log" 2>&1 &
             perf_pid=$!
-            case $what in
-            h1) wrk -t1 -c50 -d"${DURATION}s" -s "$TMP/sni.lua" "$url" >/dev/null 2>&1 ;;
-            h2) h2load -t1 -c50 -m10 -D "$DURATION" --connect-to "127.0.0.1:$PROXY_PORT" "$url" >/dev/null 2>&1 ;;
-            handshake) "$TLSLOAD" -p "$PROXY_PORT" -d "$DURATION" -w 0 -c 50 -n "$NAME" >/dev/null ;;
-            esac
+            load "$what" "$url" >/dev/null 2>&1
             wait "$perf_pid" || true
             perf report -i "$OUT/perf-$what.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
                 grep -v '^$' >"$OUT/perf-$what.txt" || true
@@ -503,32 +431,55 @@ if [ "$PERF" = 1 ] && { [ "$ONLY" = compare ] || [ "$ONLY" = all ]; }; then
                 >>"$OUT/perf-summary.md"
         done
         stop "$PROXY_PID"
-        # System calls per request, for every proxy (kernel work is much of the cost).
+        # System calls and TCP segments per request, for every proxy (the kernel's part is
+        # most of the cost), then each proxy's profile under the same loads, so the kernel
+        # symbols of the three compare.
         {
-            echo "#### System calls per request (perf stat -e raw_syscalls:sys_enter, flexible)"
+            echo "#### System calls and TCP segments per request (flexible)"
             echo
-            echo "| proxy | HTTP/1.1 keep-alive (wrk -c50) | HTTP/2 (h2load -c50 -m10) |"
-            echo "|---|---|---|"
+            echo "System calls: \`perf stat -e raw_syscalls:sys_enter\` on the proxy. Segments: \`nstat\`"
+            echo "TcpOutSegs over the same run, for the whole machine (client, proxy and origin legs)."
+            echo
+            echo "| proxy | syscalls, HTTP/1.1 (wrk -c50) | syscalls, HTTP/2 (h2load -c50 -m10) | segments, HTTP/1.1 | segments, HTTP/2 |"
+            echo "|---|---|---|---|---|"
         } >>"$OUT/perf-summary.md"
+        profiles=()
         for PROXY in "${PROXY_LIST[@]}"; do
             start_proxy "$PROXY" flexible
             url="https://$NAME:$PROXY_PORT/"
             pids=$($PY tree "$PROXY_PID")
-            row="| $PROXY |"
+            calls="" segs=""
             for what in h1 h2; do
+                nstat -n
                 perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$OUT/syscalls-$PROXY-$what.csv" \
                     -- sleep "$DURATION" >/dev/null 2>&1 &
                 perf_pid=$!
-                case $what in
-                h1) wrk -t1 -c50 -d"${DURATION}s" -s "$TMP/sni.lua" "$url" >"$OUT/syscalls-$PROXY-$what.out" 2>&1 ;;
-                h2) h2load -t1 -c50 -m10 -D "$DURATION" --connect-to "127.0.0.1:$PROXY_PORT" "$url" \
-                    >"$OUT/syscalls-$PROXY-$what.out" 2>&1 ;;
-                esac
+                load "$what" "$url" >"$OUT/syscalls-$PROXY-$what.out" 2>&1
                 wait "$perf_pid" || true
-                row+=" $($PY syscalls-per-request "$OUT/syscalls-$PROXY-$what.csv" "$OUT/syscalls-$PROXY-$what.out" "$what") |"
+                nstat -z TcpOutSegs TcpExtTCPPureAcks >"$OUT/segments-$PROXY-$what.txt"
+                calls+=" $($PY syscalls-per-request "$OUT/syscalls-$PROXY-$what.csv" "$OUT/syscalls-$PROXY-$what.out" "$what") |"
+                segs+=" $($PY segments-per-request "$OUT/segments-$PROXY-$what.txt" "$OUT/syscalls-$PROXY-$what.out" "$what") |"
             done
-            echo "$row" >>"$OUT/perf-summary.md"
+            echo "| $PROXY |$calls$segs" >>"$OUT/perf-summary.md"
+            if [ "$PROXY" != portcullis ]; then
+                for what in h1 h2; do
+                    log "perf: $PROXY under $what load"
+                    perf record -F 999 -o "$OUT/perf-$PROXY-$what.data" -p "$pids" -- sleep "$DURATION" \
+                        >>"$OUT/perf.log" 2>&1 &
+                    perf_pid=$!
+                    load "$what" "$url" >/dev/null 2>&1
+                    wait "$perf_pid" || true
+                    perf report -i "$OUT/perf-$PROXY-$what.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+                        grep -v '^$' >"$OUT/perf-$PROXY-$what.txt" || true
+                    profiles+=("$PROXY:$what")
+                done
+            fi
             stop "$PROXY_PID"
+        done
+        echo >>"$OUT/perf-summary.md"
+        for pw in "${profiles[@]}"; do
+            $PY perf-summary "$OUT/perf-${pw%%:*}-${pw#*:}.txt" --title "#### ${pw%%:*} (flexible) under ${pw#*:} load" \
+                >>"$OUT/perf-summary.md"
         done
         cat "$OUT/perf-summary.md" >&2
     else
