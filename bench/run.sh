@@ -414,19 +414,21 @@ if [ "$PERF" = 1 ] && { [ "$ONLY" = compare ] || [ "$ONLY" = all ]; }; then
         handshake) "$TLSLOAD" -p "$PROXY_PORT" -d "$DURATION" -w 0 -c 50 -n "$NAME" ;;
         esac
     }
+    profile() { # $1: load; $2: URL; $3: PIDs (comma-separated); $4: file name stem in $OUT
+        perf record -F 999 -o "$OUT/$4.data" -p "$3" -- sleep "$DURATION" >>"$OUT/perf.log" 2>&1 &
+        local perf_pid=$!
+        load "$1" "$2" >/dev/null 2>&1
+        wait "$perf_pid" || true
+        perf report -i "$OUT/$4.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+            grep -v '^$' >"$OUT/$4.txt" || true
+    }
     if perf record -o "$TMP/perf-probe.data" -- true >/dev/null 2>&1; then
         PROXY=portcullis MODE=flexible ROUND=perf
         start_proxy portcullis flexible
         url="https://$NAME:$PROXY_PORT/"
         for what in h1 h2 handshake; do
             log "perf: Portcullis under $what load"
-            perf record -F 999 -o "$OUT/perf-$what.data" -p "$PROXY_PID" -- sleep "$DURATION" \
-                >>"$OUT/perf.log" 2>&1 &
-            perf_pid=$!
-            load "$what" "$url" >/dev/null 2>&1
-            wait "$perf_pid" || true
-            perf report -i "$OUT/perf-$what.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-                grep -v '^$' >"$OUT/perf-$what.txt" || true
+            profile "$what" "$url" "$PROXY_PID" "perf-$what"
             $PY perf-summary "$OUT/perf-$what.txt" --title "#### Portcullis (flexible) under $what load" \
                 >>"$OUT/perf-summary.md"
         done
@@ -464,13 +466,7 @@ if [ "$PERF" = 1 ] && { [ "$ONLY" = compare ] || [ "$ONLY" = all ]; }; then
             if [ "$PROXY" != portcullis ]; then
                 for what in h1 h2; do
                     log "perf: $PROXY under $what load"
-                    perf record -F 999 -o "$OUT/perf-$PROXY-$what.data" -p "$pids" -- sleep "$DURATION" \
-                        >>"$OUT/perf.log" 2>&1 &
-                    perf_pid=$!
-                    load "$what" "$url" >/dev/null 2>&1
-                    wait "$perf_pid" || true
-                    perf report -i "$OUT/perf-$PROXY-$what.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-                        grep -v '^$' >"$OUT/perf-$PROXY-$what.txt" || true
+                    profile "$what" "$url" "$pids" "perf-$PROXY-$what"
                     profiles+=("$PROXY:$what")
                 done
             fi
