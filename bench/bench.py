@@ -582,9 +582,10 @@ def cmd_summary(a):
 
     # Where each proxy's CPU goes: per request (per connection for handshakes), in user
     # space and in the kernel, from utime and stime over the run divided by its rate.
+    cpu_tests = ("h1", "h2", "handshake")
     per = {}
     for r in meas:
-        if "proxy_user_cpu" in r and r.get("rps") and r.get("test") in ("h1", "h2", "handshake"):
+        if "proxy_user_cpu" in r and r.get("rps") and r.get("test") in cpu_tests:
             key = (r["proxy"], r["mode"], r["test"])
             per.setdefault(key, []).append((r["proxy_user_cpu"] * 1e6 / r["rps"],
                                             r["proxy_sys_cpu"] * 1e6 / r["rps"]))
@@ -597,7 +598,7 @@ def cmd_summary(a):
         out.append("|---|---|" + "---|" * len(PROXIES))
         for mode in modes:
             for test, key, title, _ in TESTS:
-                if key != "rps" or test not in ("h1", "h2", "handshake"):
+                if key != "rps" or test not in cpu_tests:
                     continue
                 cells = []
                 for p in PROXIES:

@@ -121,40 +121,32 @@ nginx -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf" -g 'daemo
     >"$TMP/logs/origin.out" 2>&1 &
 PIDS+=($!)
 
-# Polls with curl (arguments in $1) until it answers 200; $2: seconds, $3: what, $4: a pid
-# that must stay alive meanwhile.
-wait_200() {
-    local deadline=$((SECONDS + $2))
+# Runs PROBE ARGS... every half second until it succeeds; $1: seconds, $2: what, $3: a pid
+# that must stay alive meanwhile, or "".
+wait_for() {
+    local deadline=$((SECONDS + $1)) what=$2 pid=$3
+    shift 3
     while [ $SECONDS -lt $deadline ]; do
-        # shellcheck disable=SC2086
-        [ "$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 $1 2>/dev/null)" = 200 ] && return 0
-        if [ -n "${4:-}" ] && ! kill -0 "$4" 2>/dev/null; then
-            echo "callgrind.sh: $3 exited before it was ready" >&2
+        "$@" && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            echo "callgrind.sh: $what exited before it was ready" >&2
             return 1
         fi
         sleep 0.5
     done
-    echo "callgrind.sh: $3 did not answer 200 within $2 s" >&2
+    echo "callgrind.sh: $what was not ready within $1 s ($*)" >&2
     return 1
 }
-# Polls until a TCP connection to 127.0.0.1:$1 succeeds; $2: seconds, $3: what, $4: a pid
-# that must stay alive meanwhile. For the peers, which have no plaintext port: a connection
-# that sends nothing costs next to nothing, where a TLS probe would cost a handshake.
-wait_port() {
-    local deadline=$((SECONDS + $2))
-    while [ $SECONDS -lt $deadline ]; do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        if ! kill -0 "$4" 2>/dev/null; then
-            echo "callgrind.sh: $3 exited before it was ready" >&2
-            return 1
-        fi
-        sleep 0.5
-    done
-    echo "callgrind.sh: $3 did not listen within $2 s" >&2
-    return 1
+# Probes: curl (arguments in $1) answers 200; a TCP connection to 127.0.0.1:$1 opens (for
+# the peers, which have no plaintext port: a connection that sends nothing costs next to
+# nothing, where a TLS probe would cost a handshake).
+http_200() {
+    # shellcheck disable=SC2086
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 $1 2>/dev/null)" = 200 ]
 }
-wait_200 "http://127.0.0.1:$ORIGIN_HTTP/" 10 "origin (http)"
-wait_200 "--resolve origin.$NAME:$ORIGIN_HTTPS:127.0.0.1 https://origin.$NAME:$ORIGIN_HTTPS/" 10 "origin (https)"
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_for 10 "origin (http)" "" http_200 "http://127.0.0.1:$ORIGIN_HTTP/"
+wait_for 10 "origin (https)" "" http_200 "--resolve origin.$NAME:$ORIGIN_HTTPS:127.0.0.1 https://origin.$NAME:$ORIGIN_HTTPS/"
 log "origin: nginx on 127.0.0.1:$ORIGIN_HTTP (http) and :$ORIGIN_HTTPS (https)"
 
 case "$MODE" in
@@ -171,10 +163,9 @@ RUN=0
 callgrind_run() { # $1: subject, $2: h1|h2, $3: requests
     local subject=$1 proto=$2 n=$3
     RUN=$((RUN + 1))
-    local dir=$TMP/run-$RUN port admin pid what stop_signal=INT
+    local dir=$TMP/run-$RUN port admin pid what cmd ready stop_signal=INT
     mkdir -p "$dir"
     read -r port admin < <($PY ports 2)
-    local valgrind=(valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out")
     case "$subject" in
     peer:nginx)
         what="nginx"
@@ -182,22 +173,17 @@ callgrind_run() { # $1: subject, $2: h1|h2, $3: requests
         mkdir -p "$TMP/nginx-$RUN-tmp"
         nginx -t -q -p "$TMP/" -e "$dir/error.log" -c "$dir/nginx.conf"
         # One process: the master's work (none under load) stays out of the count.
-        "${valgrind[@]}" nginx -p "$TMP/" -e "$dir/error.log" -c "$dir/nginx.conf" \
-            -g 'daemon off; master_process off;' >"$dir/proxy.log" 2>&1 &
-        pid=$!
-        PIDS+=("$pid")
+        cmd=(nginx -p "$TMP/" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off; master_process off;')
         stop_signal=QUIT # graceful: finishes its connections, then exits
-        wait_port "$port" 120 "$what" "$pid" || { tail -20 "$dir/proxy.log" >&2; return 1; }
+        ready=(port_open "$port")
         ;;
     peer:haproxy)
         what="HAProxy"
         haproxy_proxy_conf "$port" "$MODE" >"$dir/haproxy.cfg"
         haproxy -c -q -f "$dir/haproxy.cfg"
-        "${valgrind[@]}" haproxy -db -f "$dir/haproxy.cfg" >"$dir/proxy.log" 2>&1 &
-        pid=$!
-        PIDS+=("$pid")
+        cmd=(haproxy -db -f "$dir/haproxy.cfg")
         stop_signal=USR1 # soft stop: exits once its connections are done
-        wait_port "$port" 120 "$what" "$pid" || { tail -20 "$dir/proxy.log" >&2; return 1; }
+        ready=(port_open "$port")
         ;;
     *)
         what="the gateway ($subject)"
@@ -223,16 +209,18 @@ sites:
 EOF
         "$subject" check --config "$dir/portcullis.yaml" >"$dir/check.out" 2>&1 ||
             { cat "$dir/check.out" >&2; return 1; }
-        env RUST_LOG=info,portcullis::access=off "${valgrind[@]}" \
-            "$subject" run --config "$dir/portcullis.yaml" --workers 1 >"$dir/proxy.log" 2>&1 &
-        pid=$!
-        PIDS+=("$pid")
+        cmd=("$subject" run --config "$dir/portcullis.yaml" --workers 1)
         # The admin port, not the https one: a probe there costs a TLS handshake (~7M
         # instructions), which would not cancel out if the two runs needed a different number.
-        wait_200 "http://127.0.0.1:$admin/readyz" 120 "$what" "$pid" ||
-            { tail -20 "$dir/proxy.log" >&2; return 1; }
+        ready=(http_200 "http://127.0.0.1:$admin/readyz")
         ;;
     esac
+    # RUST_LOG is for Portcullis (no access log, as the peers have none); the peers ignore it.
+    env RUST_LOG=info,portcullis::access=off \
+        valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "${cmd[@]}" >"$dir/proxy.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_for 120 "$what" "$pid" "${ready[@]}" || { tail -20 "$dir/proxy.log" >&2; return 1; }
     local args=(-c 10 -n "$n")
     if [ "$proto" = h1 ]; then args=(--h1 "${args[@]}"); else args+=(-m 10); fi
     h2load "${args[@]}" --connect-to "127.0.0.1:$port" "https://$NAME:$port/" >"$dir/h2load.out" 2>&1 || true
@@ -255,14 +243,14 @@ EOF
     local deadline=$((SECONDS + 120))
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then
-        echo "callgrind.sh: $what did not exit within 120 s of SIGINT" >&2
+        echo "callgrind.sh: $what did not exit within 120 s of SIG$stop_signal" >&2
         return 1
     fi
     local status=0
     wait "$pid" || status=$?
     forget "$pid"
     if [ "$status" != 0 ]; then
-        echo "callgrind.sh: $what exited with status $status after SIGINT" >&2
+        echo "callgrind.sh: $what exited with status $status after SIG$stop_signal" >&2
         tail -20 "$dir/proxy.log" >&2
         return 1
     fi
