@@ -186,6 +186,9 @@ pub(crate) fn prepare_request(
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
+    // Room for the six headers below at once: growing the map as they come rehashes every
+    // header already there (an HTTP/2 request's map is sized for the client's few).
+    headers.reserve(6);
     let keep =
         |headers: &HeaderMap, name: &HeaderName| client.trusted && headers.contains_key(name);
     // An HTTP/1.1 request's one `Host` usually is the authority already: kept as it is, it
