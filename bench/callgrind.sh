@@ -38,11 +38,15 @@ usage() {
     cat <<'EOF'
 usage: bench/callgrind.sh [options] BINARY [BINARY...]
 
-  --mode flexible|full   origin over plain HTTP (default) or TLS (`mode: full`)
+  --mode M               flexible: origin over plain HTTP (default); full: over TLS;
+                         strict: over TLS verified against the bench CA (not with --peers)
   --proto h1|h2|both     HTTP/1.1 (h2load --h1 -c 10), HTTP/2 (h2load -c 10 -m 10), or both (default)
   --small N              requests in the short run (default 4000)
   --large N              requests in the long run (default 20000)
   --peers                also count nginx and HAProxy as TLS terminators (run.sh's configs)
+  --cache                also simulate the caches (valgrind --cache-sim=yes): instruction and
+                         data misses in the first level, and misses in a last level the size
+                         of this CPU's second, per request beside the instructions
   --keep                 keep the temporary folder (configs, logs, callgrind.out files)
 EOF
 }
@@ -53,6 +57,7 @@ SMALL=4000
 LARGE=20000
 KEEP=0
 PEERS=0
+CACHE=0
 BINS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -62,13 +67,15 @@ while [ $# -gt 0 ]; do
     --large) LARGE=$2; shift ;;
     --keep) KEEP=1 ;;
     --peers) PEERS=1 ;;
+    --cache) CACHE=1 ;;
     -h | --help) usage; exit 0 ;;
     -*) echo "callgrind.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     *) BINS+=("$1") ;;
     esac
     shift
 done
-case "$MODE" in flexible | full) ;; *) echo "callgrind.sh: --mode flexible|full" >&2; exit 2 ;; esac
+case "$MODE" in flexible | full | strict) ;; *) echo "callgrind.sh: --mode flexible|full|strict" >&2; exit 2 ;; esac
+[ "$MODE$PEERS" != strict1 ] || { echo "callgrind.sh: the peers have no strict mode here" >&2; exit 2; }
 case "$PROTO" in h1) PROTOS=(h1) ;; h2) PROTOS=(h2) ;; both) PROTOS=(h1 h2) ;;
 *) echo "callgrind.sh: --proto h1|h2|both" >&2; exit 2 ;; esac
 [[ "$SMALL" =~ ^[0-9]+$ && "$LARGE" =~ ^[0-9]+$ && "$LARGE" -gt "$SMALL" ]] ||
@@ -113,46 +120,9 @@ bench_certs "$CERTS"
 
 # ------------------------------------------------------------------ origin (bench/common.sh)
 
-read -r ORIGIN_HTTP ORIGIN_HTTPS < <($PY ports 2)
-mkdir -p "$TMP/origin-tmp"
-origin_conf "$ORIGIN_HTTP" "$ORIGIN_HTTPS" "$CERTS" >"$TMP/origin.conf"
-nginx -t -q -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf"
-nginx -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf" -g 'daemon off;' \
-    >"$TMP/logs/origin.out" 2>&1 &
-PIDS+=($!)
-
-# Runs PROBE ARGS... every half second until it succeeds; $1: seconds, $2: what, $3: a pid
-# that must stay alive meanwhile, or "".
-wait_for() {
-    local deadline=$((SECONDS + $1)) what=$2 pid=$3
-    shift 3
-    while [ $SECONDS -lt $deadline ]; do
-        "$@" && return 0
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-            echo "callgrind.sh: $what exited before it was ready" >&2
-            return 1
-        fi
-        sleep 0.5
-    done
-    echo "callgrind.sh: $what was not ready within $1 s ($*)" >&2
-    return 1
-}
-# Probes: curl (arguments in $1) answers 200; a TCP connection to 127.0.0.1:$1 opens (for
-# the peers, which have no plaintext port: a connection that sends nothing costs next to
-# nothing, where a TLS probe would cost a handshake).
-http_200() {
-    # shellcheck disable=SC2086
-    [ "$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 $1 2>/dev/null)" = 200 ]
-}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_for 10 "origin (http)" "" http_200 "http://127.0.0.1:$ORIGIN_HTTP/"
-wait_for 10 "origin (https)" "" http_200 "--resolve origin.$NAME:$ORIGIN_HTTPS:127.0.0.1 https://origin.$NAME:$ORIGIN_HTTPS/"
+start_origin
 log "origin: nginx on 127.0.0.1:$ORIGIN_HTTP (http) and :$ORIGIN_HTTPS (https)"
 
-case "$MODE" in
-flexible) ORIGIN="http://127.0.0.1:$ORIGIN_HTTP" ;;
-full) ORIGIN="{ url: \"https://127.0.0.1:$ORIGIN_HTTPS\", mode: full }" ;;
-esac
 
 # ------------------------------------------------------------------ one callgrind run
 
@@ -188,25 +158,9 @@ callgrind_run() { # $1: subject, $2: h1|h2, $3: requests
     *)
         what="the gateway ($subject)"
         # Generous timeouts: under valgrind a TLS handshake takes about a second.
-        cat >"$dir/portcullis.yaml" <<EOF
-listen:
-  https: 127.0.0.1:$port
-  http: off
-admin:
-  listen: 127.0.0.1:$admin      # /metrics stays on, as in a deployment
-storage: $dir/data
-limits:
-  max_connections_per_ip: 0     # every client here is 127.0.0.1
-  handshake_timeout: 120s
-  header_read_timeout: 120s
-  idle_timeout: 600s
-shutdown:
-  drain_timeout: 1s
-sites:
-  - hosts: [$NAME]
-    tls: { cert: $CERTS/chain.pem, key: $CERTS/leaf.key }
-    origin: $ORIGIN
-EOF
+        portcullis_conf "$port" "$admin" "$MODE" "$dir/data" "$(printf '  %s\n' \
+            'handshake_timeout: 120s' 'header_read_timeout: 120s' 'idle_timeout: 600s')" \
+            >"$dir/portcullis.yaml"
         "$subject" check --config "$dir/portcullis.yaml" >"$dir/check.out" 2>&1 ||
             { cat "$dir/check.out" >&2; return 1; }
         cmd=("$subject" run --config "$dir/portcullis.yaml" --workers 1)
@@ -217,7 +171,7 @@ EOF
     esac
     # RUST_LOG is for Portcullis (no access log, as the peers have none); the peers ignore it.
     env RUST_LOG=info,portcullis::access=off \
-        valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "${cmd[@]}" >"$dir/proxy.log" 2>&1 &
+        valgrind --tool=callgrind "${SIM[@]}" --callgrind-out-file="$dir/callgrind.out" "${cmd[@]}" >"$dir/proxy.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_for 120 "$what" "$pid" "${ready[@]}" || { tail -20 "$dir/proxy.log" >&2; return 1; }
@@ -256,11 +210,35 @@ EOF
     fi
     # "totals:" holds the whole process's count, every thread together (what valgrind
     # prints as "Collected"); older callgrinds write only "summary:".
-    IR=$(awk '/^totals:/ { t = $2 } /^summary:/ { s = $2 } END { print (t != "" ? t : s) }' "$dir/callgrind.out")
+    # With --cache the line has more columns, named by "events:"; D1 and DL count data
+    # misses, reads and writes together.
+    read -r IR D1 DL I1 < <(awk '
+        /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+        /^totals:/ { split($0, t, " ") } /^summary:/ { split($0, s, " ") }
+        END {
+            if (!length(t)) for (k in s) t[k] = s[k]
+            d1 = ("D1mr" in col) ? t[col["D1mr"]] + t[col["D1mw"]] : 0
+            dl = ("DLmr" in col) ? t[col["DLmr"]] + t[col["DLmw"]] : 0
+            i1 = ("I1mr" in col) ? t[col["I1mr"]] : 0
+            print t[2], d1, dl, i1
+        }' "$dir/callgrind.out")
     [ -n "$IR" ] || { echo "callgrind.sh: no totals in $dir/callgrind.out" >&2; return 1; }
 }
 
 # ------------------------------------------------------------------ the measurements
+
+# valgrind simulates two levels, the first and the last. The last is set to this CPU's
+# second level (from sysfs, where there is one): a last level shared by every core of the
+# host, hundreds of MiB on a cloud machine, would hold all of it and miss nothing.
+SIM=()
+if [ "$CACHE" = 1 ]; then
+    SIM=(--cache-sim=yes)
+    l2=/sys/devices/system/cpu/cpu0/cache/index2
+    if [ "$(cat $l2/level 2>/dev/null)" = 2 ]; then
+        size=$(($(sed 's/K$//' $l2/size) * 1024))
+        SIM+=("--LL=$size,$(cat $l2/ways_of_associativity),$(cat $l2/coherency_line_size)")
+    fi
+fi
 
 declare -A PER
 results=()
@@ -272,15 +250,21 @@ for proto in "${PROTOS[@]}"; do
         bin=${SUBJECTS[i]}
         log "$bin, $proto, $MODE: $SMALL requests"
         callgrind_run "$bin" "$proto" "$SMALL"
-        small=$IR
+        small=$IR small_d1=$D1 small_dl=$DL small_i1=$I1
         log "  total Ir $small; now $LARGE requests"
         callgrind_run "$bin" "$proto" "$LARGE"
         large=$IR
         log "  total Ir $large"
         # Keyed by position: the same binary may be given twice (to see the noise).
         PER[$i,$proto]=$(( (large - small) / (LARGE - SMALL) ))
-        results+=("$(printf '%-32s %-3s %-9s small %14s  large %14s  per request %7s Ir' \
-            "$bin" "$proto" "$MODE" "$small" "$large" "${PER[$i,$proto]}")")
+        line=$(printf '%-32s %-3s %-9s small %14s  large %14s  per request %7s Ir' \
+            "$bin" "$proto" "$MODE" "$small" "$large" "${PER[$i,$proto]}")
+        if [ "$CACHE" = 1 ]; then
+            line+=$(printf '  %6s I1 misses  %6s D1 misses  %5s LL misses' \
+                "$(( (I1 - small_i1) / (LARGE - SMALL) ))" \
+                "$(( (D1 - small_d1) / (LARGE - SMALL) ))" "$(( (DL - small_dl) / (LARGE - SMALL) ))")
+        fi
+        results+=("$line")
     done
 done
 

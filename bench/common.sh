@@ -191,3 +191,82 @@ backend origin
     $server
 CONF
 }
+
+# Runs PROBE ARGS... every half second until it succeeds; $1: seconds, $2: what, $3: a pid
+# that must stay alive meanwhile, or "".
+wait_for() {
+    local deadline=$((SECONDS + $1)) what=$2 pid=$3
+    shift 3
+    while [ $SECONDS -lt $deadline ]; do
+        "$@" && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            echo "${0##*/}: $what exited before it was ready" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+    echo "${0##*/}: $what was not ready within $1 s ($*)" >&2
+    return 1
+}
+# Probes: curl (arguments in $1) answers 200; a TCP connection to 127.0.0.1:$1 opens (for
+# the peers, which have no plaintext port: a connection that sends nothing costs next to
+# nothing, where a TLS probe would cost a handshake).
+http_200() {
+    # shellcheck disable=SC2086
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' --max-time 5 $1 2>/dev/null)" = 200 ]
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts the origin (origin_conf, nginx) on two free ports and waits until both answer.
+# Sets ORIGIN_HTTP and ORIGIN_HTTPS; reads $PY, $CERTS and $NAME.
+start_origin() {
+    read -r ORIGIN_HTTP ORIGIN_HTTPS < <($PY ports 2)
+    mkdir -p "$TMP/origin-tmp" "$TMP/logs"
+    origin_conf "$ORIGIN_HTTP" "$ORIGIN_HTTPS" "$CERTS" >"$TMP/origin.conf"
+    nginx -t -q -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf"
+    nginx -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf" -g 'daemon off;' \
+        >"$TMP/logs/origin.out" 2>&1 &
+    PIDS+=($!)
+    wait_for 10 "origin (http)" "" http_200 "http://127.0.0.1:$ORIGIN_HTTP/"
+    wait_for 10 "origin (https)" "" http_200 \
+        "--resolve origin.$NAME:$ORIGIN_HTTPS:127.0.0.1 https://origin.$NAME:$ORIGIN_HTTPS/"
+}
+
+# Portcullis as the benchmark runs it: one site for $NAME in front of the origin, in mode
+# $3, the admin listener on (`/metrics` stays on, as in a deployment). Reads $CERTS,
+# $NAME, $ORIGIN_HTTP and $ORIGIN_HTTPS. Lines in $5 are added under `limits:`.
+portcullis_conf() { # $1: port, $2: admin port, $3: flexible, full or strict, $4: storage folder
+    local origin
+    case "$3" in
+    flexible) origin="http://127.0.0.1:$ORIGIN_HTTP" ;;
+    full) origin="{ url: \"https://127.0.0.1:$ORIGIN_HTTPS\", mode: full }" ;;
+    strict) origin="{ url: \"https://127.0.0.1:$ORIGIN_HTTPS\", mode: strict, ca: $CERTS/ca.pem, server_name: origin.bench.test }" ;;
+    esac
+    cat <<CONF
+listen:
+  https: 127.0.0.1:$1
+  http: off
+admin:
+  listen: 127.0.0.1:$2
+storage: $4
+limits:
+  max_connections_per_ip: 0     # every client here is 127.0.0.1
+${5:-}
+shutdown:
+  drain_timeout: 1s
+sites:
+  - hosts: [$NAME]
+    tls: { cert: $CERTS/chain.pem, key: $CERTS/leaf.key }
+    origin: $origin
+CONF
+}
+
+# For bench/pgo.sh: llvm-profdata must read what rustc's LLVM writes, so it is rustup's
+# (component llvm-tools) or Debian's of the same major version. Prints its path, or nothing.
+rustc_llvm_major() { rustc -vV | awk '/^LLVM version:/ { split($3, v, "."); print v[1] }'; }
+llvm_profdata() {
+    local host own
+    host=$(rustc -vV | awk '/^host:/ { print $2 }')
+    own=$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata
+    if [ -x "$own" ]; then echo "$own"; else command -v "llvm-profdata-$(rustc_llvm_major)" || true; fi
+}

@@ -23,7 +23,9 @@ usage: bench/run.sh [options]
                      every proxy's system calls per request (needs linux-perf);
                      --rounds 0 --perf --only compare does only that
   --no-install       do not apt-get install missing tools
-  --no-build         use the existing target/release/portcullis
+  --pgo              benchmark the profile-guided build (bench/pgo.sh, target/pgo/portcullis)
+                     instead of the release build
+  --no-build         use the existing target/release/portcullis (with --pgo, target/pgo/portcullis)
   --out DIR          results folder (default target/bench/<date-time>)
   --keep             keep the temporary folder (configs, certificates, logs)
 EOF
@@ -38,6 +40,7 @@ PROXIES=portcullis,nginx,haproxy
 PERF=0
 INSTALL=1
 BUILD=1
+PGO=0
 OUT=
 KEEP=0
 QUICK=0
@@ -54,6 +57,7 @@ while [ $# -gt 0 ]; do
     --perf) PERF=1 ;;
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
+    --pgo) PGO=1 ;;
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     -h | --help) usage; exit 0 ;;
@@ -76,6 +80,7 @@ PY="python3 $BENCH/bench.py"
 . "$BENCH/common.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET/release/portcullis
+[ "$PGO" = 0 ] || BIN=$TARGET/pgo/portcullis
 OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -95,6 +100,9 @@ command -v openssl >/dev/null || need_install+=(openssl)
 command -v curl >/dev/null || need_install+=(curl)
 command -v taskset >/dev/null || need_install+=(util-linux)
 if [ "$PERF" = 1 ] && ! command -v perf >/dev/null; then need_install+=(linux-perf); fi
+if [ "$PGO" = 1 ] && [ "$BUILD" = 1 ] && [ -z "$(llvm_profdata)" ]; then
+    need_install+=("llvm-$(rustc_llvm_major)")
+fi
 if [ "$PERF" = 1 ] && ! command -v nstat >/dev/null; then need_install+=(iproute2); fi
 if [ ${#need_install[@]} -gt 0 ]; then
     if [ "$INSTALL" = 0 ]; then
@@ -110,7 +118,10 @@ fi
 # Debian's nginx and haproxy packages may start system services; they do not use the
 # ports picked below, but they do use CPU: stopping them is left to whoever runs this.
 
-if [ "$BUILD" = 1 ]; then
+if [ "$BUILD" = 1 ] && [ "$PGO" = 1 ]; then
+    log "building Portcullis with profile-guided optimisation (bench/pgo.sh, about 9 min)"
+    "$BENCH/pgo.sh" --out "$BIN" 2>>"$OUT/pgo.log" || { tail -20 "$OUT/pgo.log" >&2; exit 1; }
+elif [ "$BUILD" = 1 ]; then
     log "building Portcullis (cargo build --release -p portcullis)"
     (cd "$ROOT" && cargo build --release -p portcullis) 2>&1 | tail -3 >&2
 fi
@@ -235,30 +246,10 @@ start_proxy() { # $1: proxy, $2: mode
     local conf
     case "$proxy" in
     portcullis)
-        local admin origin
+        local admin
         admin=$(free_port)
-        case "$mode" in
-        flexible) origin="http://127.0.0.1:$ORIGIN_HTTP" ;;
-        full) origin="{ url: \"https://127.0.0.1:$ORIGIN_HTTPS\", mode: full }" ;;
-        strict) origin="{ url: \"https://127.0.0.1:$ORIGIN_HTTPS\", mode: strict, ca: $CERTS/ca.pem, server_name: origin.bench.test }" ;;
-        esac
         conf=$TMP/portcullis-$mode.yaml
-        cat >"$conf" <<EOF
-listen:
-  https: 127.0.0.1:$PROXY_PORT
-  http: off
-admin:
-  listen: 127.0.0.1:$admin      # /metrics stays on, as in a deployment
-storage: $TMP/portcullis-data-$mode
-limits:
-  max_connections_per_ip: 0     # every client here is 127.0.0.1
-shutdown:
-  drain_timeout: 1s
-sites:
-  - hosts: [$NAME]
-    tls: { cert: $CERTS/chain.pem, key: $CERTS/leaf.key }
-    origin: $origin
-EOF
+        portcullis_conf "$PROXY_PORT" "$admin" "$mode" "$TMP/portcullis-data-$mode" >"$conf"
         "$BIN" check --config "$conf" >"$TMP/logs/portcullis-check.out" 2>&1 ||
             { cat "$TMP/logs/portcullis-check.out" >&2; return 1; }
         spawn "$TMP/logs/portcullis-$mode.log" taskset -c "$PROXY_CPU" \
