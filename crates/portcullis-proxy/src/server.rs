@@ -667,7 +667,7 @@ mod tests {
     /// apart in one function, 736 bytes).
     #[tokio::test]
     async fn a_future_boxed_in_place_runs_as_it_would_unboxed() {
-        let words = vec!["boxed", "in", "place"];
+        let words = ["boxed", "in", "place"];
         let fut = boxed(|| async move {
             tokio::task::yield_now().await;
             words.join(" ")
