@@ -177,7 +177,7 @@ free_port() { $PY ports 1; }
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "host: nproc $NCPU, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
     echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-    echo "portcullis: $("$BIN" --version), binary built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ); tree at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' with uncommitted changes')"
+    echo "portcullis: $("$BIN" --version), ${BIN#"$ROOT"/}$([ "$PGO" = 1 ] && echo " (profile-guided, bench/pgo.sh)"), built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ); tree at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' with uncommitted changes')"
     echo "rustc: $(rustc --version 2>/dev/null || echo '?')"
     echo "nginx: $(nginx -v 2>&1 | sed 's/.*version: //')"
     echo "haproxy: $(haproxy -v | head -1)"
