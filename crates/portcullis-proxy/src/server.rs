@@ -661,10 +661,6 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// Every open connection holds its task for as long as it is open: it stays small, so
-    /// an idle keep-alive connection costs its buffers and little else (before the phases
-    /// were boxed, the task was 17 KiB in a release build; before the connection was taken
-    /// apart in one function, 736 bytes).
     #[tokio::test]
     async fn a_future_boxed_in_place_runs_as_it_would_unboxed() {
         let words = ["boxed", "in", "place"];
@@ -675,6 +671,10 @@ mod tests {
         assert_eq!(fut.await, "boxed in place");
     }
 
+    /// Every open connection holds its task for as long as it is open: it stays small, so
+    /// an idle keep-alive connection costs its buffers and little else (before the phases
+    /// were boxed, the task was 17 KiB in a release build; before the connection was taken
+    /// apart in one function, 736 bytes).
     #[test]
     fn connection_tasks_are_small() {
         let task = output_size(connection);
