@@ -1,6 +1,6 @@
-# Shared by run.sh and callgrind.sh (sourced, not run): the bench certificates, the origin and
-# the peers' configs, so both measure against the same setup, and the bookkeeping that stops
-# whatever a script started. The functions read $TMP (the run's temporary folder).
+# Shared by run.sh, callgrind.sh and pgo.sh (sourced, not run): the bench certificates, the
+# origin, Portcullis' and the peers' configs, so all measure against the same setup, readiness
+# probes, and the bookkeeping that stops whatever a script started. The functions read $TMP (the run's temporary folder).
 
 # Processes to stop when the script exits (the scripts add each one they start).
 PIDS=()
@@ -218,7 +218,7 @@ http_200() {
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Starts the origin (origin_conf, nginx) on two free ports and waits until both answer.
-# Sets ORIGIN_HTTP and ORIGIN_HTTPS; reads $PY, $CERTS and $NAME.
+# Sets ORIGIN_HTTP, ORIGIN_HTTPS and ORIGIN_PID; reads $PY, $CERTS and $NAME.
 start_origin() {
     read -r ORIGIN_HTTP ORIGIN_HTTPS < <($PY ports 2)
     mkdir -p "$TMP/origin-tmp" "$TMP/logs"
@@ -226,7 +226,8 @@ start_origin() {
     nginx -t -q -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf"
     nginx -p "$TMP/" -e "$TMP/logs/origin-error.log" -c "$TMP/origin.conf" -g 'daemon off;' \
         >"$TMP/logs/origin.out" 2>&1 &
-    PIDS+=($!)
+    ORIGIN_PID=$!
+    PIDS+=("$ORIGIN_PID")
     wait_for 10 "origin (http)" "" http_200 "http://127.0.0.1:$ORIGIN_HTTP/"
     wait_for 10 "origin (https)" "" http_200 \
         "--resolve origin.$NAME:$ORIGIN_HTTPS:127.0.0.1 https://origin.$NAME:$ORIGIN_HTTPS/"

@@ -210,17 +210,11 @@ NAME=bench.test
 
 # ------------------------------------------------------------------ origin
 
-start_nginx() { # $1: instance name, $2: config file; sets STARTED
-    mkdir -p "$TMP/$1-tmp"
-    nginx -t -q -p "$TMP/" -e "$TMP/logs/$1-error.log" -c "$2"
-    spawn "$TMP/logs/$1.out" nginx -p "$TMP/" -e "$TMP/logs/$1-error.log" -c "$2" -g 'daemon off;'
-}
+# bench/common.sh; it runs on CPU $LOAD_CPU, as everything this script starts but the proxies.
+start_origin
+log "origin: nginx on 127.0.0.1:$ORIGIN_HTTP (http) and :$ORIGIN_HTTPS (https), CPU $LOAD_CPU"
 
-ORIGIN_HTTP=$(free_port)
-ORIGIN_HTTPS=$(free_port)
-origin_conf "$ORIGIN_HTTP" "$ORIGIN_HTTPS" "$CERTS" >"$TMP/origin.conf"
-start_nginx origin "$TMP/origin.conf"
-ORIGIN_PID=$STARTED
+# Polls every 50 ms where common.sh's wait_for polls every 500: it runs before every measurement.
 wait_http() { # $1: curl arguments as one string, $2: what
     for _ in $(seq 1 200); do
         # shellcheck disable=SC2086
@@ -232,9 +226,6 @@ wait_http() { # $1: curl arguments as one string, $2: what
     echo "run.sh: $2 did not answer 200 within 10 s" >&2
     return 1
 }
-wait_http "http://127.0.0.1:$ORIGIN_HTTP/" "origin (http)"
-wait_http "--resolve origin.bench.test:$ORIGIN_HTTPS:127.0.0.1 https://origin.bench.test:$ORIGIN_HTTPS/" "origin (https)"
-log "origin: nginx on 127.0.0.1:$ORIGIN_HTTP (http) and :$ORIGIN_HTTPS (https), CPU $LOAD_CPU"
 
 # ------------------------------------------------------------------ proxies
 
