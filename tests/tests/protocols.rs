@@ -430,6 +430,71 @@ async fn a_lingering_connection_ends_when_its_client_goes_quiet_or_on_shutdown()
     );
 }
 
+/// A connection with nothing more to come from its client closes at once, without the
+/// lingering close (as nginx's `lingering_close on`): a client that asked for the close
+/// after a request without a body, or after a body the origin read to its end, and a
+/// connection closed for being idle. Each client here keeps its socket open and says
+/// nothing, so a lingering close would hold its connection for 5 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_with_nothing_more_to_come_closes_without_lingering() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let b = GatewayBuilder::new().set("limits", "{idle_timeout: 1s}");
+    let (cert, key) = edge.leaf(&["a.test"]).write(b.dir(), "a.test");
+    let gw = b
+        .site(&format!(
+            "{{hosts: [a.test], tls: {{cert: {}, key: {}}}, origin: http://{}}}",
+            cert.display(),
+            key.display(),
+            origin.addr
+        ))
+        .start()
+        .await;
+    let client = gw.client(&edge.root_der);
+    let gw = &gw;
+    let closed_soon = |what: String| async move {
+        wait::until(Duration::from_secs(3), &what, || async {
+            (gw.gateway.open_connections() == 0).then_some(())
+        })
+        .await;
+    };
+    let requests = [
+        (
+            "GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n",
+            "ok GET /",
+        ),
+        (
+            "POST /upload HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello",
+            "received 5",
+        ),
+        (
+            "POST /upload HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "received 5",
+        ),
+    ];
+    for (request, answer) in requests {
+        let mut tls = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let (status, body) = within(answer, read_response(&mut tls)).await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", answer)
+        );
+        let mut rest = Vec::new();
+        within(answer, tls.read_to_end(&mut rest)).await.unwrap();
+        closed_soon(format!("the connection after {answer:?} to close")).await;
+        drop(tls);
+    }
+    // Kept alive, then idle past the idle timeout.
+    let mut tls = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _) = within("keep-alive", read_response(&mut tls)).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    closed_soon("the idle connection to close".to_owned()).await;
+}
+
 /// Answers every request with a 413 as soon as its head is in, then holds the connection
 /// open without reading from it, until dropped.
 struct DeafOrigin {

@@ -16,6 +16,7 @@ use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::conn::ConnClock;
 use crate::edge::ConnInfo;
 use crate::metrics::RouteMetrics;
 use crate::upstream::{InFlight, OriginBody};
@@ -126,8 +127,9 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    pub(crate) fn begin(conn: Arc<ConnInfo>, log: Option<Box<AccessLog>>) -> Self {
-        conn.clock.begin_request();
+    /// `body`: a request body follows the head.
+    pub(crate) fn begin(conn: Arc<ConnInfo>, log: Option<Box<AccessLog>>, body: bool) -> Self {
+        conn.clock.begin_request(body);
         Self {
             conn,
             start: Instant::now(),
@@ -203,6 +205,9 @@ impl AccessLog {
 pub(crate) struct RequestBody {
     inner: Incoming,
     limit: Option<(u64, Arc<AtomicBool>)>,
+    /// The connection's clock, told when the body has been read to its end (so its close
+    /// need not linger); `None` once told, or when there was no body to read.
+    reading: Option<Arc<ConnClock>>,
 }
 
 /// The client sent more than `max_body_size`.
@@ -211,15 +216,27 @@ pub(crate) struct RequestBody {
 pub(crate) struct BodyTooLarge;
 
 impl RequestBody {
-    pub(crate) fn new(inner: Incoming) -> Self {
-        Self { inner, limit: None }
+    /// The body of a request on the connection `clock` keeps.
+    pub(crate) fn new(inner: Incoming, clock: &Arc<ConnClock>) -> Self {
+        let reading = (!inner.is_end_stream()).then(|| clock.clone());
+        Self {
+            inner,
+            limit: None,
+            reading,
+        }
     }
 
     /// Limits the body to `max` bytes; `exceeded` is set if the client sends more.
-    pub(crate) fn limited(inner: Incoming, max: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub(crate) fn limited(self, max: u64, exceeded: Arc<AtomicBool>) -> Self {
         Self {
-            inner,
             limit: Some((max, exceeded)),
+            ..self
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(clock) = self.reading.take() {
+            clock.body_read();
         }
     }
 }
@@ -236,7 +253,10 @@ impl Body for RequestBody {
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => f,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended();
+                return Poll::Ready(None);
+            }
             Poll::Pending => return Poll::Pending,
         };
         if let (Some((left, exceeded)), Some(data)) = (&mut this.limit, frame.data_ref()) {
@@ -247,6 +267,10 @@ impl Body for RequestBody {
                     return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                 }
             }
+        }
+        // Whoever reads it may stop at the last frame, without asking for the end.
+        if this.inner.is_end_stream() {
+            this.ended();
         }
         Poll::Ready(Some(Ok(frame)))
     }

@@ -100,6 +100,8 @@ pub(crate) struct ConnClock {
     idle_since: AtomicU64,
     /// The last write or flush could not finish: the client is not reading what it was sent.
     write_blocked: AtomicBool,
+    /// HTTP/1.1: the current (or last) request's body has not been read to its end.
+    body_unread: AtomicBool,
     /// HTTP/1.1: a read while idle starts a request head.
     tracks_heads: bool,
     /// Client-reset streams in the current 10 s window, and when the window began.
@@ -128,6 +130,7 @@ impl ConnClock {
             head_since: AtomicU64::new(if http1 { 0 } else { NONE }),
             idle_since: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
             tracks_heads: http1,
             resets: Mutex::new((0, 0)),
             abuse: Notify::new(),
@@ -147,8 +150,12 @@ impl ConnClock {
         }
     }
 
-    /// A request's head has arrived and is being handled.
-    pub(crate) fn begin_request(&self) {
+    /// A request's head has arrived and is being handled; `body` says whether a body follows
+    /// it (HTTP/1.1 keeps that until [`body_read`](Self::body_read)).
+    pub(crate) fn begin_request(&self, body: bool) {
+        if self.tracks_heads {
+            self.body_unread.store(body, Ordering::Relaxed);
+        }
         self.inflight.fetch_add(1, Ordering::AcqRel);
         self.begun.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(NONE, Ordering::Release);
@@ -183,6 +190,17 @@ impl ConnClock {
     /// Requests begun so far; compared, tells whether any began in between.
     pub(crate) fn begun(&self) -> u32 {
         self.begun.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/1.1: the current request's body has been read to its end.
+    pub(crate) fn body_read(&self) {
+        self.body_unread.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the last request's body may still be arriving: its client may still be
+    /// writing, so closing the connection must linger.
+    pub(crate) fn body_unread(&self) -> bool {
+        self.body_unread.load(Ordering::Relaxed)
     }
 
     fn note_write(&self, blocked: bool) {
@@ -351,7 +369,7 @@ mod tests {
         assert_eq!(c.watchdog(header, idle).await, Expired::Head);
         // After a request, idle until the idle timeout.
         let c = ConnClock::new(true);
-        c.begin_request();
+        c.begin_request(false);
         c.end_request();
         let started = tokio::time::Instant::now();
         assert_eq!(c.watchdog(header, idle).await, Expired::Idle);

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -81,7 +82,8 @@ pub(crate) async fn handle(
         })
     });
     // Dropped here without a response if the client gives up on the request.
-    let mut exchange = Exchange::begin(conn.clone(), log);
+    let body = !req.body().is_end_stream();
+    let mut exchange = Exchange::begin(conn.clone(), log, body);
     let router = shared.router.load_full();
     let grpc = grpc::is_grpc(req.headers());
     let mut resp = dispatch(&router, &conn, req, &mut exchange).await;

@@ -114,9 +114,10 @@ pub(crate) async fn forward(
     let too_large = max_body
         .filter(|_| declared.is_none())
         .map(|max| (max, Arc::new(AtomicBool::new(false))));
+    let body = RequestBody::new(body, &conn.clock);
     let body = match &too_large {
-        Some((max, flag)) => RequestBody::limited(body, *max, flag.clone()),
-        None => RequestBody::new(body),
+        Some((max, flag)) => body.limited(*max, flag.clone()),
+        None => body,
     };
     let attempts = if upgrade {
         0

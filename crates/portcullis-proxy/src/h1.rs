@@ -60,6 +60,9 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>>;
+
+    /// As `poll_read_raw`, without waiting: `WouldBlock` when nothing has arrived.
+    fn try_read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 impl ClientIo for TcpStream {
@@ -73,6 +76,10 @@ impl ClientIo for TcpStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(self).poll_read(cx, buf)
+    }
+
+    fn try_read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.try_read(buf)
     }
 }
 
@@ -89,6 +96,10 @@ impl ClientIo for Box<TlsStream<TcpStream>> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+
+    fn try_read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.get_ref().0.try_read(buf)
     }
 }
 
@@ -144,9 +155,10 @@ where
         let (parts, released) = match supervised.await {
             Supervised::Done(Ok(done)) => done,
             Supervised::Done(Err((e, parts))) => {
-                // hyper may have answered (400, 431) before it failed.
+                // hyper may have answered (400, 431) before it failed, with the client
+                // still sending the head it refused.
                 let mut stream = parts.io.into_inner();
-                close(&mut stream, watcher).await;
+                close(&mut stream, watcher, true).await;
                 return Supervised::Done(Err(e.to_string()));
             }
             Supervised::HeadTimeout => return Supervised::HeadTimeout,
@@ -160,7 +172,10 @@ where
             return Supervised::Done(Ok(()));
         }
         if !released || !parked(&stream, clock, watcher, timeouts.1).await {
-            close(&mut stream, watcher).await;
+            // A request body hyper did not read to its end (an answer that did not wait for
+            // the upload) or bytes read past the last request: the client may be sending.
+            let sending = clock.body_unread() || !stream.pre.is_empty();
+            close(&mut stream, watcher, sending).await;
             return Supervised::Done(Ok(()));
         }
         trace!("client sent again; serving the released connection");
@@ -168,11 +183,26 @@ where
 }
 
 /// Closes a connection hyper is done with: TLS close_notify and FIN (what hyper does when it
-/// finishes a connection itself), then a lingering close.
-async fn close<T: ClientIo>(stream: &mut Rewind<ClockedIo<T>>, watcher: &DrainWatch) {
+/// finishes a connection itself), then a lingering close if the client may still be
+/// `sending`, or has sent bytes nobody read.
+///
+/// Otherwise the socket closes at once, as nginx's does (`lingering_close on`): a client
+/// that asked for the close, or sat idle until the idle timeout, has nothing more to send,
+/// and lingering would hold its connection (and its place under the connection caps) until
+/// it closes its side or goes quiet for [`LINGER_QUIET`].
+async fn close<T: ClientIo>(
+    stream: &mut Rewind<ClockedIo<T>>,
+    watcher: &DrainWatch,
+    sending: bool,
+) {
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, stream.shutdown()).await;
+    let io = stream.inner.get_mut();
+    // One byte is enough to tell; it would be thrown away with the rest.
+    if !sending && !matches!(io.try_read_raw(&mut [0u8; 1]), Ok(1)) {
+        return;
+    }
     // Boxed: the connection's task is not sized for a state it is in only at its end.
-    Box::pin(linger(stream.inner.get_mut(), watcher)).await;
+    Box::pin(linger(io, watcher)).await;
 }
 
 /// Reads and drops what the client still sends, until it closes its side, pauses for

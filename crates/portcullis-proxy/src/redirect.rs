@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{Exchange, ProxyBody};
@@ -17,7 +18,7 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut exchange = Exchange::begin(conn, None);
+    let mut exchange = Exchange::begin(conn, None, !req.body().is_end_stream());
     let mut resp = redirect(&shared, &req);
     exchange.status = resp.status().as_u16();
     exchange.responded = true;
