@@ -24,7 +24,15 @@ const PAST_RELEASE: Duration = Duration::from_millis(300);
 /// given the config folder (to write CA roots into) and returns the rest of the site's YAML
 /// mapping (`origin`, `routes`).
 async fn gateway(edge: &TestCa, rest: impl FnOnce(&std::path::Path) -> String) -> TestGateway {
-    let b = GatewayBuilder::new();
+    gateway_from(GatewayBuilder::new(), edge, rest).await
+}
+
+/// As [`gateway`], from a builder with top-level keys already set (`limits`).
+async fn gateway_from(
+    b: GatewayBuilder,
+    edge: &TestCa,
+    rest: impl FnOnce(&std::path::Path) -> String,
+) -> TestGateway {
     let (cert, key) = edge.leaf(&["a.test"]).write(b.dir(), "a.test");
     let rest = rest(b.dir());
     b.site(&format!(
@@ -440,16 +448,7 @@ async fn a_connection_with_nothing_more_to_come_closes_without_lingering() {
     let edge = TestCa::new("edge CA");
     let origin = TestOrigin::http().await;
     let b = GatewayBuilder::new().set("limits", "{idle_timeout: 1s}");
-    let (cert, key) = edge.leaf(&["a.test"]).write(b.dir(), "a.test");
-    let gw = b
-        .site(&format!(
-            "{{hosts: [a.test], tls: {{cert: {}, key: {}}}, origin: http://{}}}",
-            cert.display(),
-            key.display(),
-            origin.addr
-        ))
-        .start()
-        .await;
+    let gw = gateway_from(b, &edge, |_| format!("origin: http://{}", origin.addr)).await;
     let client = gw.client(&edge.root_der);
     let gw = &gw;
     let closed_soon = |what: String| async move {
@@ -541,16 +540,7 @@ async fn a_websocket_stays_counted_and_outlives_the_idle_timeout() {
     let edge = TestCa::new("edge CA");
     let origin = TestOrigin::http().await;
     let b = GatewayBuilder::new().set("limits", "{idle_timeout: 1s, header_read_timeout: 1s}");
-    let (cert, key) = edge.leaf(&["a.test"]).write(b.dir(), "a");
-    let gw = b
-        .site(&format!(
-            "{{hosts: [a.test], tls: {{cert: '{}', key: '{}'}}, origin: 'http://{}'}}",
-            cert.display(),
-            key.display(),
-            origin.addr
-        ))
-        .start()
-        .await;
+    let gw = gateway_from(b, &edge, |_| format!("origin: http://{}", origin.addr)).await;
     let stream = gw
         .client(&edge.root_der)
         .tls("a.test", true, &["http/1.1"])
