@@ -494,6 +494,48 @@ async fn a_connection_with_nothing_more_to_come_closes_without_lingering() {
     closed_soon("the idle connection to close".to_owned()).await;
 }
 
+/// When an origin answers an HTTP/1.1 upload before it has the whole body, the gateway reads
+/// and throws away the rest of a small upload (up to 256 KiB, as Go's `net/http` does), so
+/// the client's connection carries its next request; a larger rest still ends the
+/// connection after the answer. Here the rest is sent only once the answer is in, so none of
+/// it can have arrived when the answer ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_answer_to_a_small_upload_keeps_the_connection() {
+    let edge = TestCa::new("edge CA");
+    let origin = TestOrigin::http().await;
+    let gw = gateway(&edge, |_| format!("origin: http://{}", origin.addr)).await;
+    let client = gw.client(&edge.root_der);
+    for (rest, kept) in [(63 * 1024, true), (1024 * 1024, false)] {
+        let what = format!("{rest} bytes after the answer");
+        let mut tls = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
+        let head = format!(
+            "POST /early HTTP/1.1\r\nhost: a.test\r\ncontent-length: {}\r\n\r\n",
+            1024 + rest
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(&[b'u'; 1024]).await.unwrap();
+        let (status, _) = within(&what, read_response(&mut tls)).await;
+        assert_eq!(status, "HTTP/1.1 413 Payload Too Large", "{what}");
+        within(&what, tls.write_all(&vec![b'u'; rest]))
+            .await
+            .unwrap();
+        tls.write_all(b"GET /next HTTP/1.1\r\nhost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        if kept {
+            let (status, body) = within(&what, read_response(&mut tls)).await;
+            assert_eq!(
+                (status.as_str(), body.as_str()),
+                ("HTTP/1.1 200 OK", "ok GET /next")
+            );
+        } else {
+            let mut after = Vec::new();
+            let _ = within(&what, tls.read_to_end(&mut after)).await;
+            assert!(after.is_empty(), "{what}: an answer after the close");
+        }
+    }
+}
+
 /// Answers every request with a 413 as soon as its head is in, then holds the connection
 /// open without reading from it, until dropped.
 struct DeafOrigin {

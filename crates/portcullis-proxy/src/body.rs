@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -199,15 +199,24 @@ impl AccessLog {
     }
 }
 
+/// How much of an HTTP/1.1 request body the answer did not wait for (an origin's early 401
+/// or 413, a failed origin) is read and thrown away, and for how long at most, so that the
+/// client's connection can carry its next request. Go's `net/http` reads up to 256 KiB the
+/// same way; past either bound the connection closes after the answer, lingering.
+const DISCARD_UP_TO: u64 = 256 * 1024;
+const DISCARD_FOR: Duration = Duration::from_secs(2);
+
 /// The request body sent to an origin: the client's stream, cut off with an error once it
 /// passes the site's size limit.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    /// `None` only once dropped.
+    inner: Option<Incoming>,
     limit: Option<(u64, Arc<AtomicBool>)>,
-    /// The connection's clock, told when the body has been read to its end (so its close
-    /// need not linger); `None` once told, or when there was no body to read.
-    reading: Option<Arc<ConnClock>>,
+    /// The connection's clock and the request's number on it, told when the body has been
+    /// read to its end (so its close need not linger); `None` once told, or when there was
+    /// no body to read.
+    reading: Option<(Arc<ConnClock>, u32)>,
 }
 
 /// The client sent more than `max_body_size`.
@@ -216,27 +225,25 @@ pub(crate) struct RequestBody {
 pub(crate) struct BodyTooLarge;
 
 impl RequestBody {
-    /// The body of a request on the connection `clock` keeps.
+    /// The body of the request being handled on the connection `clock` keeps.
     pub(crate) fn new(inner: Incoming, clock: &Arc<ConnClock>) -> Self {
-        let reading = (!inner.is_end_stream()).then(|| clock.clone());
+        let reading = (!inner.is_end_stream()).then(|| (clock.clone(), clock.begun()));
         Self {
-            inner,
+            inner: Some(inner),
             limit: None,
             reading,
         }
     }
 
     /// Limits the body to `max` bytes; `exceeded` is set if the client sends more.
-    pub(crate) fn limited(self, max: u64, exceeded: Arc<AtomicBool>) -> Self {
-        Self {
-            limit: Some((max, exceeded)),
-            ..self
-        }
+    pub(crate) fn limited(mut self, max: u64, exceeded: Arc<AtomicBool>) -> Self {
+        self.limit = Some((max, exceeded));
+        self
     }
 
     fn ended(&mut self) {
-        if let Some(clock) = self.reading.take() {
-            clock.body_read();
+        if let Some((clock, number)) = self.reading.take() {
+            clock.body_read(number);
         }
     }
 }
@@ -250,7 +257,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => f,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => {
@@ -269,17 +279,71 @@ impl Body for RequestBody {
             }
         }
         // Whoever reads it may stop at the last frame, without asking for the end.
-        if this.inner.is_end_stream() {
+        if inner.is_end_stream() {
             this.ended();
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
+}
+
+impl Drop for RequestBody {
+    /// An HTTP/1.1 body dropped before its end, but for one over the size limit, is read to
+    /// its end in a task of its own, within [`DISCARD_UP_TO`] and [`DISCARD_FOR`]: hyper
+    /// would otherwise close the connection after the answer (it reads only what has
+    /// arrived already), and the client would need a new one for its next request.
+    fn drop(&mut self) {
+        let (Some((clock, number)), Some(body)) = (self.reading.take(), self.inner.take()) else {
+            return;
+        };
+        let too_large = self
+            .limit
+            .as_ref()
+            .is_some_and(|(_, hit)| hit.load(Ordering::Acquire));
+        if !clock.is_http1() || too_large {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        clock.begin_discard();
+        runtime.spawn(discard(body, clock, number));
+    }
+}
+
+/// Reads the rest of `body` and throws it away; the connection's clock hears whether it
+/// reached the end within bounds, and that the connection is no longer busy with it.
+async fn discard(mut body: Incoming, clock: Arc<ConnClock>, number: u32) {
+    let mut left = DISCARD_UP_TO;
+    let read = async {
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let Ok(frame) = frame else {
+                return false;
+            };
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(len) {
+                Some(rest) => left = rest,
+                None => return false,
+            }
+        }
+        true
+    };
+    let whole = matches!(tokio::time::timeout(DISCARD_FOR, read).await, Ok(true));
+    // Dropped unfinished, the body makes hyper close the connection (lingering, since the
+    // clock still says the body is unread).
+    drop(body);
+    if whole {
+        clock.body_read(number);
+    }
+    clock.end_request();
 }

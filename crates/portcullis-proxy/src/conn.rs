@@ -100,8 +100,9 @@ pub(crate) struct ConnClock {
     idle_since: AtomicU64,
     /// The last write or flush could not finish: the client is not reading what it was sent.
     write_blocked: AtomicBool,
-    /// HTTP/1.1: the current (or last) request's body has not been read to its end.
-    body_unread: AtomicBool,
+    /// HTTP/1.1: the number (`begun` after it began) of the request whose body has not been
+    /// read to its end, or 0.
+    body_unread: AtomicU32,
     /// HTTP/1.1: a read while idle starts a request head.
     tracks_heads: bool,
     /// Client-reset streams in the current 10 s window, and when the window began.
@@ -130,7 +131,7 @@ impl ConnClock {
             head_since: AtomicU64::new(if http1 { 0 } else { NONE }),
             idle_since: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
-            body_unread: AtomicBool::new(false),
+            body_unread: AtomicU32::new(0),
             tracks_heads: http1,
             resets: Mutex::new((0, 0)),
             abuse: Notify::new(),
@@ -153,12 +154,24 @@ impl ConnClock {
     /// A request's head has arrived and is being handled; `body` says whether a body follows
     /// it (HTTP/1.1 keeps that until [`body_read`](Self::body_read)).
     pub(crate) fn begin_request(&self, body: bool) {
-        if self.tracks_heads {
-            self.body_unread.store(body, Ordering::Relaxed);
-        }
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        self.begun.fetch_add(1, Ordering::Relaxed);
+        let number = self.begun.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if self.tracks_heads {
+            let unread = if body { number } else { 0 };
+            self.body_unread.store(unread, Ordering::Relaxed);
+        }
         self.head_since.store(NONE, Ordering::Release);
+    }
+
+    /// The rest of a request body is being read and thrown away after its response: the
+    /// connection is busy until [`end_request`](Self::end_request), as during a request.
+    pub(crate) fn begin_discard(&self) {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An HTTP/1.1 connection (whose next request can only follow this one's body).
+    pub(crate) fn is_http1(&self) -> bool {
+        self.tracks_heads
     }
 
     /// A response has been sent (or abandoned).
@@ -192,15 +205,19 @@ impl ConnClock {
         self.begun.load(Ordering::Relaxed)
     }
 
-    /// HTTP/1.1: the current request's body has been read to its end.
-    pub(crate) fn body_read(&self) {
-        self.body_unread.store(false, Ordering::Relaxed);
+    /// HTTP/1.1: the body of request `number` (its [`begun`](Self::begun) count) has been
+    /// read to its end. Told late (by a task reading a body thrown away), it leaves a later
+    /// request's state alone.
+    pub(crate) fn body_read(&self, number: u32) {
+        let _ = self
+            .body_unread
+            .compare_exchange(number, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Whether the last request's body may still be arriving: its client may still be
     /// writing, so closing the connection must linger.
     pub(crate) fn body_unread(&self) -> bool {
-        self.body_unread.load(Ordering::Relaxed)
+        self.body_unread.load(Ordering::Relaxed) != 0
     }
 
     fn note_write(&self, blocked: bool) {
@@ -350,6 +367,30 @@ mod tests {
         assert_eq!(t.open(), 2);
         assert!(t.acquire(a, 3, Some(2)).is_ok());
         assert!(t.acquire(a, 10, None).is_ok());
+    }
+
+    /// A body read to its end is told by its request's number, so a task that finishes
+    /// throwing away one request's body after the next request began (with a body of its
+    /// own) does not mark the new body read.
+    #[test]
+    fn a_body_read_late_leaves_the_next_request_unread() {
+        let c = ConnClock::new(true);
+        c.begin_request(false);
+        assert!(!c.body_unread());
+        c.end_request();
+        c.begin_request(true);
+        let first = c.begun();
+        assert!(c.body_unread());
+        c.end_request();
+        c.begin_request(true);
+        c.body_read(first);
+        assert!(c.body_unread(), "the second request's body was marked read");
+        c.body_read(c.begun());
+        assert!(!c.body_unread());
+        // HTTP/2 requests are streams of their own: nothing to track.
+        let h2 = ConnClock::new(false);
+        h2.begin_request(true);
+        assert!(!h2.body_unread());
     }
 
     #[test]
