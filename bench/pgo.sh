@@ -107,13 +107,6 @@ all_ok() { # $1: h2load's output file
     grep -Eq '^requests: ([0-9]+) total, \1 started, \1 done, \1 succeeded' "$1" ||
         { echo "pgo.sh: not every request succeeded:" >&2; grep -E '^requests:|^status' "$1" >&2; return 1; }
 }
-# For HTTP/1.1 with request bodies: the origin (nginx's `return`) answers before it has read
-# the body, the gateway then closes the client connection (the rest of the body unread),
-# and h2load does not reconnect. Every response it got must still be a 2xx.
-some_ok() { # $1: h2load's output file
-    grep -Eq '^status codes: [1-9][0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx' "$1" ||
-        { echo "pgo.sh: requests failed:" >&2; grep -E '^requests:|^status' "$1" >&2; return 1; }
-}
 
 for mode in flexible full strict; do
     read -r port admin < <($PY ports 2)
@@ -130,8 +123,9 @@ for mode in flexible full strict; do
     h2load -t1 -c 1 -n 3000 "${url[@]}" >"$TMP/logs/$mode-single.out" 2>&1
     h2load -t1 --h1 -c 10 -n 2000 -d "$TMP/body" "${url[@]}" >"$TMP/logs/$mode-h1-body.out" 2>&1
     h2load -t1 -c 10 -m 10 -n 2000 -d "$TMP/body" "${url[@]}" >"$TMP/logs/$mode-h2-body.out" 2>&1
-    for f in h1 h2 single h2-body; do all_ok "$TMP/logs/$mode-$f.out"; done
-    some_ok "$TMP/logs/$mode-h1-body.out"
+    # The origin (nginx's `return`) answers before it has the bodies; the gateway reads and
+    # drops the rest of each (docs/performance.md, step 35), so HTTP/1.1 connections stay.
+    for f in h1 h2 single h1-body h2-body; do all_ok "$TMP/logs/$mode-$f.out"; done
     "$TLSLOAD" -p "$port" -d 3 -w 0 -c 50 -n "$NAME" >"$TMP/logs/$mode-handshake.out" 2>&1
     # The profile is written when the process exits: SIGINT drains and exits cleanly.
     kill -INT "$pid"
