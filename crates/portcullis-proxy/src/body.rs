@@ -215,7 +215,7 @@ pub(crate) struct RequestBody {
     limit: Option<(u64, Arc<AtomicBool>)>,
     /// The connection's clock and the request's number on it, told when the body has been
     /// read to its end (so its close need not linger); `None` once told, or when there was
-    /// no body to read.
+    /// no body to read or the request is an HTTP/2 stream.
     reading: Option<(Arc<ConnClock>, u32)>,
 }
 
@@ -225,9 +225,11 @@ pub(crate) struct RequestBody {
 pub(crate) struct BodyTooLarge;
 
 impl RequestBody {
-    /// The body of the request being handled on the connection `clock` keeps.
+    /// The body of the request being handled on the connection `clock` keeps. Only an
+    /// HTTP/1.1 body is tracked (the clock marked it unread when its request began): the
+    /// connection's next request comes after it.
     pub(crate) fn new(inner: Incoming, clock: &Arc<ConnClock>) -> Self {
-        let reading = (!inner.is_end_stream()).then(|| (clock.clone(), clock.begun()));
+        let reading = clock.body_unread().then(|| (clock.clone(), clock.begun()));
         Self {
             inner: Some(inner),
             limit: None,
@@ -309,7 +311,7 @@ impl Drop for RequestBody {
             .limit
             .as_ref()
             .is_some_and(|(_, hit)| hit.load(Ordering::Acquire));
-        if !clock.is_http1() || too_large {
+        if too_large {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -169,11 +169,6 @@ impl ConnClock {
         self.inflight.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// An HTTP/1.1 connection (whose next request can only follow this one's body).
-    pub(crate) fn is_http1(&self) -> bool {
-        self.tracks_heads
-    }
-
     /// A response has been sent (or abandoned).
     pub(crate) fn end_request(&self) {
         if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
