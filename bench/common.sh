@@ -40,20 +40,26 @@ bench_cleanup() {
     exit $status
 }
 
-# An RSA-2048 CA and a leaf for bench.test, *.bench.test, origin.bench.test and 127.0.0.1 in
+# A CA and a leaf for bench.test, *.bench.test, origin.bench.test and 127.0.0.1 in
 # $1: ca.pem, leaf.pem, leaf.key, chain.pem (leaf + CA), haproxy.pem (chain + key).
+# RSA-2048 keys (the issue's benchmark), or ECDSA P-256 ones with BENCH_KEY=ecdsa.
 bench_certs() { # $1: folder
-    local dir=$1
+    local dir=$1 key usage
+    case "${BENCH_KEY:-rsa}" in
+    rsa) key=(-newkey rsa:2048) usage=digitalSignature,keyEncipherment ;;
+    ecdsa) key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) usage=digitalSignature ;;
+    *) echo "bench_certs: BENCH_KEY must be rsa or ecdsa, not $BENCH_KEY" >&2; return 2 ;;
+    esac
     mkdir -p "$dir"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 2 \
+    openssl req -x509 "${key[@]}" -nodes -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 2 \
         -subj "/CN=Portcullis bench CA" -addext "basicConstraints=critical,CA:true" \
         -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    openssl req -newkey rsa:2048 -nodes -keyout "$dir/leaf.key" -out "$dir/leaf.csr" \
+    openssl req "${key[@]}" -nodes -keyout "$dir/leaf.key" -out "$dir/leaf.csr" \
         -subj "/CN=bench.test" 2>/dev/null
-    cat >"$dir/leaf.ext" <<'EXT'
+    cat >"$dir/leaf.ext" <<EXT
 subjectAltName=DNS:bench.test,DNS:*.bench.test,DNS:origin.bench.test,IP:127.0.0.1
 basicConstraints=critical,CA:false
-keyUsage=critical,digitalSignature,keyEncipherment
+keyUsage=critical,$usage
 extendedKeyUsage=serverAuth
 EXT
     openssl x509 -req -in "$dir/leaf.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
