@@ -175,7 +175,7 @@ haproxy_proxy_conf() { # $1: port, $2: flexible or full
     cat <<CONF
 global
     nbthread 1
-    maxconn 9000
+    maxconn 9000$([ -n "${BUSY_POLL:-}" ] && printf '\n    busy-polling')
     ssl-default-bind-options ssl-min-ver TLSv1.3
     # no log lines: nothing is logged
 defaults

@@ -18,6 +18,8 @@ usage: bench/run.sh [options]
   --sites N          sites for the many-sites run (default 10000; --quick: 1000)
   --key rsa|ecdsa    the certificates' keys: RSA-2048 (default, the issue's benchmark) or
                      ECDSA P-256, where the signature no longer dominates a handshake
+  --busy-poll D      Portcullis with --busy-poll D (e.g. 200us) and HAProxy with busy-polling
+                     (nginx has no such setting); default off, as all three ship
   --only WHAT        compare (the three proxies), sites (Portcullis with N sites) or idle
                      (only the idle-connection memory of the three proxies)
   --proxies LIST     comma-separated subset of portcullis,nginx,haproxy (default all)
@@ -55,6 +57,7 @@ while [ $# -gt 0 ]; do
     --latency-duration) LAT_DURATION=$2; shift ;;
     --sites) SITES=$2; SITES_SET=1; shift ;;
     --key) BENCH_KEY=$2; shift ;;
+    --busy-poll) BUSY_POLL=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --proxies) PROXIES=$2; shift ;;
     --perf) PERF=1 ;;
@@ -76,6 +79,8 @@ if [ "$QUICK" = 1 ]; then
 fi
 case "$ONLY" in all | compare | sites | idle) ;; *) echo "run.sh: --only compare|sites|idle" >&2; exit 2 ;; esac
 BENCH_KEY=${BENCH_KEY:-rsa}
+BUSY_POLL=${BUSY_POLL:-}
+export BUSY_POLL
 case "$BENCH_KEY" in rsa | ecdsa) export BENCH_KEY ;; *) echo "run.sh: --key rsa|ecdsa" >&2; exit 2 ;; esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -193,6 +198,7 @@ free_port() { $PY ports 1; }
     echo "pinning: proxy on CPU $PROXY_CPU; load generators and origin on CPU $LOAD_CPU"
     echo "rounds: $ROUNDS, duration ${DURATION}s, single-connection ${LAT_DURATION}s, sites $SITES"
     echo "certificates: $([ "$BENCH_KEY" = rsa ] && echo RSA-2048 || echo 'ECDSA P-256')"
+    echo "busy polling: ${BUSY_POLL:-off}$([ -n "$BUSY_POLL" ] && echo " (Portcullis --busy-poll $BUSY_POLL, HAProxy busy-polling; nginx has none)")"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/environment.txt"
 cat "$OUT/environment.txt" >&2
@@ -250,7 +256,8 @@ start_proxy() { # $1: proxy, $2: mode
         "$BIN" check --config "$conf" >"$TMP/logs/portcullis-check.out" 2>&1 ||
             { cat "$TMP/logs/portcullis-check.out" >&2; return 1; }
         spawn "$TMP/logs/portcullis-$mode.log" taskset -c "$PROXY_CPU" \
-            env RUST_LOG=info,portcullis::access=off "$BIN" run --workers 1 --config "$conf"
+            env RUST_LOG=info,portcullis::access=off "$BIN" run --workers 1 \
+            ${BUSY_POLL:+--busy-poll "$BUSY_POLL"} --config "$conf"
         ;;
     nginx)
         conf=$TMP/nginx-$mode.conf
@@ -330,6 +337,17 @@ modes_of() {
 }
 
 declare -A PORT_OF PID_OF
+signal_others() { # $1: STOP or CONT, $2: the proxy:mode under test, rest: every proxy:mode
+    local sig=$1 self=$2 other pid
+    shift 2
+    for other in "$@"; do
+        [ "$other" != "$self" ] || continue
+        pid=${PID_OF[$other]}
+        # nginx's workers are the master's children.
+        kill "-$sig" "$pid" $(pgrep -P "$pid") 2>/dev/null || true
+    done
+}
+
 select_instance() { # $1: proxy:mode
     PROXY=${1%%:*}
     MODE=${1#*:}
@@ -385,7 +403,11 @@ if [ "$ONLY" != sites ]; then
             for c in "${order[@]}"; do
                 select_instance "$c"
                 log "$test: $PROXY, $MODE"
+                # HAProxy's busy-polling spins even while idle, on the proxy's core: the
+                # instances not under test are stopped meanwhile.
+                [ -z "$BUSY_POLL" ] || signal_others STOP "$c" "${order[@]}"
                 run_test "$test"
+                [ -z "$BUSY_POLL" ] || signal_others CONT "$c" "${order[@]}"
             done
         done
         for c in "${order[@]}"; do stop "${PID_OF[$c]}"; done

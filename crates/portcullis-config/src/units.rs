@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 
-/// Parses `90`, `90s`, `1m30s`, `250ms`, `2h`, `30d`. A bare number is seconds.
+/// Parses `90`, `90s`, `1m30s`, `250ms`, `200us`, `2h`, `30d`. A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -20,7 +20,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
             return Err(format!(
-                "invalid duration `{text}`: expected a number followed by ms, s, m, h or d"
+                "invalid duration `{text}`: expected a number followed by us, ms, s, m, h or d"
             ));
         }
         let n: u64 = rest[..digits]
@@ -31,6 +31,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
+            "us" => Duration::from_micros(n),
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
@@ -38,12 +39,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
             "" => {
                 return Err(format!(
-                    "invalid duration `{text}`: a unit (ms, s, m, h, d) must follow every number"
+                    "invalid duration `{text}`: a unit (us, ms, s, m, h, d) must follow every number"
                 ));
             }
             other => {
                 return Err(format!(
-                    "invalid duration `{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
+                    "invalid duration `{text}`: unknown unit `{other}` (use us, ms, s, m, h or d)"
                 ));
             }
         };
@@ -137,6 +138,8 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_duration("1ms500us"), Ok(Duration::from_micros(1500)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("5").is_ok());

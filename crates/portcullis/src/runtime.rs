@@ -18,6 +18,18 @@
 //! `disable_lifo_slot` is in Tokio's unstable API: the workspace's `.cargo/config.toml`
 //! builds with `--cfg tokio_unstable`. A build without it (a `RUSTFLAGS` in the environment
 //! replaces the config's flags) keeps the slot, and the unit test below fails.
+//!
+//! With `--busy-poll` a worker that wakes from its wait for I/O goes on polling the sockets
+//! (a non-blocking `epoll_wait`) for that long before it waits again, like HAProxy's
+//! `busy-polling`: the origin's answer and the client's next request usually arrive within
+//! a fraction of a millisecond, and a thread that sleeps in between pays a wake-up and two
+//! context switches for each, which on a virtual machine are most of a lone request's time.
+//! It costs the CPU it spins; see `docs/operations.md`, Threads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// The runtime builder for `portcullis`: `workers` worker threads (the number of CPUs when
 /// `None`), every driver on, the LIFO slot off.
@@ -32,11 +44,172 @@ pub fn builder(workers: Option<u16>) -> tokio::runtime::Builder {
     b
 }
 
+/// The runtime for `portcullis`: [`builder`]'s, busy-polling for `busy_poll` after each
+/// wake-up when that is set (and not zero).
+pub fn build(
+    workers: Option<u16>,
+    busy_poll: Option<Duration>,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    build_polling(workers, busy_poll).map(|(rt, _)| rt)
+}
+
+/// [`build`], with the busy polling's state when it is on.
+fn build_polling(
+    workers: Option<u16>,
+    busy_poll: Option<Duration>,
+) -> std::io::Result<(tokio::runtime::Runtime, Option<Arc<BusyPoll>>)> {
+    let mut b = builder(workers);
+    let Some(window) = busy_poll.filter(|w| !w.is_zero()) else {
+        return Ok((b.build()?, None));
+    };
+    let poll = Arc::new(BusyPoll::new(window));
+    let woken = poll.clone();
+    b.on_thread_unpark(move || woken.wake());
+    let rt = b.build()?;
+    poll.start(rt.handle());
+    Ok((rt, Some(poll)))
+}
+
+/// Keeps a woken worker polling for I/O for a while instead of going back to sleep.
+///
+/// A spinner task that yields makes its worker poll the I/O driver without waiting
+/// (Tokio polls with a zero timeout while a yielded task is pending) and then run whatever
+/// became ready, the spinner last. One spinner per worker, each woken by the worker that
+/// unparked, so the worker that just woke is the one that spins.
+#[derive(Debug)]
+struct BusyPoll {
+    window: Duration,
+    wake: Notify,
+    /// Rounds spun, for the tests.
+    #[cfg(test)]
+    spins: std::sync::atomic::AtomicU64,
+}
+
+impl BusyPoll {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            wake: Notify::new(),
+            #[cfg(test)]
+            spins: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Called on a worker as it wakes from a wait (not from the spinners' zero-timeout polls).
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn start(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        for _ in 0..rt.metrics().num_workers() {
+            rt.spawn(self.clone().spin());
+        }
+    }
+
+    async fn spin(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            let until = Instant::now() + self.window;
+            while Instant::now() < until {
+                #[cfg(test)]
+                self.spins
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use tokio::sync::Notify;
+
+    use super::BusyPoll;
+
+    /// `build`'s runtime with busy polling on, and its spinners' state.
+    fn busy_runtime(window: Duration) -> (tokio::runtime::Runtime, Arc<BusyPoll>) {
+        let (rt, poll) = super::build_polling(Some(1), Some(window)).unwrap();
+        (rt, poll.expect("busy polling is on"))
+    }
+
+    /// Wakes the worker from its wait for I/O: a timer of its own, which fires on the worker.
+    fn wake_worker(rt: &tokio::runtime::Runtime) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    /// The spinners' rounds, once they have stopped changing (the window is over).
+    fn settled(poll: &BusyPoll) -> u64 {
+        for _ in 0..50 {
+            let before = poll.spins.load(Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100));
+            let after = poll.spins.load(Ordering::Relaxed);
+            if before == after {
+                return after;
+            }
+        }
+        panic!("the spinners never stopped");
+    }
+
+    #[test]
+    fn a_woken_worker_polls_for_the_window_then_sleeps_until_woken_again() {
+        let (rt, poll) = busy_runtime(Duration::from_millis(30));
+        // Started, the worker woke for the spinners' first polls; wait until that is over.
+        let at_rest = settled(&poll);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            poll.spins.load(Ordering::Relaxed),
+            at_rest,
+            "an idle worker sleeps: nothing spins without a wake-up"
+        );
+        wake_worker(&rt);
+        let after_wake = settled(&poll);
+        // 30 ms of zero-timeout polls: thousands of rounds on any machine; a worker that
+        // went back to sleep would have spun once or not at all.
+        assert!(
+            after_wake - at_rest > 100,
+            "the woken worker went on polling: {} rounds",
+            after_wake - at_rest
+        );
+        // And the rounds stopped by themselves, within the window and the settling.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(poll.spins.load(Ordering::Relaxed), after_wake);
+    }
+
+    #[test]
+    fn a_busy_polling_worker_still_serves_tasks_and_timers() {
+        let (rt, _poll) = busy_runtime(Duration::from_millis(500));
+        wake_worker(&rt);
+        // While the spinner runs, other tasks and timers on the same (only) worker go on.
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            for i in 0..3 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                tx.send(i).unwrap();
+            }
+        });
+        for i in 0..3 {
+            assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), i);
+        }
+    }
+
+    #[test]
+    fn without_busy_polling_there_is_no_spinner() {
+        for off in [None, Some(Duration::ZERO)] {
+            let rt = super::build(Some(1), off).unwrap();
+            assert_eq!(rt.metrics().num_alive_tasks(), 0);
+        }
+        let rt = super::build(Some(2), Some(Duration::from_micros(200))).unwrap();
+        assert_eq!(rt.metrics().num_alive_tasks(), 2, "one spinner per worker");
+    }
 
     #[test]
     fn a_woken_task_runs_after_the_tasks_already_queued() {

@@ -169,6 +169,49 @@ async fn workers_sets_the_serving_threads() {
     assert!(out.stderr.contains("--workers"), "{}", out.stderr);
 }
 
+/// CPU time the process has used, user and system, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    // Fields 14 (utime) and 15 (stime) of the whole line are 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_poll_keeps_a_woken_worker_polling_and_refuses_seconds() {
+    let origin = TestOrigin::http().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = ["--workers", "1", "--busy-poll", "400ms"];
+    let (gw, client) = start_proxy(&origin, &tmp.path().join("ca"), &flags);
+    assert_eq!(client.get("a.localhost", "/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = cpu_ticks(gw.pid());
+    // The request wakes the worker, which then polls for 400 ms rather than sleeping: a
+    // gateway without busy polling uses a fraction of a millisecond of CPU on it.
+    assert_eq!(client.get("a.localhost", "/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let spun = cpu_ticks(gw.pid()) - before;
+    assert!(spun >= 5, "{spun} ticks of CPU after one request");
+
+    let out = portcullis(
+        tmp.path(),
+        &[
+            "proxy",
+            "--busy-poll",
+            "5",
+            "--from",
+            "a.localhost",
+            "--to",
+            "127.0.0.1:1",
+        ],
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--busy-poll"), "{}", out.stderr);
+    assert!(out.stderr.contains("more than 1s"), "{}", out.stderr);
+}
+
 #[test]
 fn proxy_refuses_bad_flags_naming_the_flag() {
     for (args, flag, says) in [
