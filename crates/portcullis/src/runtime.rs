@@ -74,8 +74,10 @@ fn build_polling(
 ///
 /// A spinner task that yields makes its worker poll the I/O driver without waiting
 /// (Tokio polls with a zero timeout while a yielded task is pending) and then run whatever
-/// became ready, the spinner last. One spinner per worker, each woken by the worker that
-/// unparked, so the worker that just woke is the one that spins.
+/// became ready, the spinner last. Each wake-up of a worker wakes one spinner; there is one
+/// per worker, so with several workers as many can spin as have woken (the woken spinner
+/// is queued from outside the worker's run loop, so any idle worker may take it; the one
+/// holding the I/O driver polls it).
 #[derive(Debug)]
 struct BusyPoll {
     window: Duration,
