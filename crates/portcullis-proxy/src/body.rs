@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::uri::Authority;
 use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::conn::ConnClock;
@@ -327,8 +328,7 @@ impl Drop for RequestBody {
 async fn discard(mut body: Incoming, clock: Arc<ConnClock>, number: u32) {
     let mut left = DISCARD_UP_TO;
     let read = async {
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-        {
+        while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
                 return false;
             };

@@ -18,5 +18,5 @@ pub use controller::{Controller, ReloadSummary};
 pub use logging::{LogFormat, init as init_logging};
 pub use proxy_cmd::{ProxyArgs, config as proxy_config};
 pub use reload_cmd::{ReloadOutcome, admin_address, request_reload};
-pub use runtime::{build as build_runtime, builder as runtime_builder};
+pub use runtime::build as build_runtime;
 pub use summary::render as render_summary;

@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 
 /// The runtime builder for `portcullis`: `workers` worker threads (the number of CPUs when
 /// `None`), every driver on, the LIFO slot off.
-pub fn builder(workers: Option<u16>) -> tokio::runtime::Builder {
+fn builder(workers: Option<u16>) -> tokio::runtime::Builder {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         b.worker_threads(usize::from(n));
