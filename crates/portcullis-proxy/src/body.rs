@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -213,7 +213,10 @@ const DISCARD_FOR: Duration = Duration::from_secs(2);
 pub(crate) struct RequestBody {
     /// `None` only once dropped.
     inner: Option<Incoming>,
-    limit: Option<(u64, Arc<AtomicBool>)>,
+    /// Bytes the client may still send, when the site limits them.
+    limit: Option<u64>,
+    /// Told when the body fails on the client's side; `None` when there is no body.
+    fault: Option<Arc<BodyFault>>,
     /// The connection's clock and the request's number on it, told when the body has been
     /// read to its end (so its close need not linger); `None` once told, or when there was
     /// no body to read or the request is an HTTP/2 stream.
@@ -225,23 +228,77 @@ pub(crate) struct RequestBody {
 #[error("request body larger than the limit")]
 pub(crate) struct BodyTooLarge;
 
+/// How a request body failed on the client's side, if it did. Shared by the body and the
+/// request's handler: an attempt that failed because the client's body did (bad chunked
+/// framing, a short body, a reset stream, a client gone) is the client's fault, answered
+/// with a 4xx, and never counted against the origin.
+#[derive(Debug, Default)]
+pub(crate) struct BodyFault(AtomicU8);
+
+/// What [`BodyFault`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFault {
+    /// More than the size limit: 413.
+    TooLarge,
+    /// Malformed, cut short, or reset by the client: 400.
+    Broken,
+}
+
+impl BodyFault {
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    /// The first fault stays: a body cut off at the limit fails again when read after.
+    fn set(&self, fault: ClientFault) {
+        let v = match fault {
+            ClientFault::TooLarge => Self::TOO_LARGE,
+            ClientFault::Broken => Self::BROKEN,
+        };
+        let _ = self
+            .0
+            .compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub(crate) fn get(&self) -> Option<ClientFault> {
+        match self.0.load(Ordering::Acquire) {
+            Self::TOO_LARGE => Some(ClientFault::TooLarge),
+            Self::BROKEN => Some(ClientFault::Broken),
+            _ => None,
+        }
+    }
+}
+
 impl RequestBody {
     /// The body of the request being handled on the connection `clock` keeps. Only an
     /// HTTP/1.1 body is tracked (the clock marked it unread when its request began): the
     /// connection's next request comes after it.
     pub(crate) fn new(inner: Incoming, clock: &Arc<ConnClock>) -> Self {
         let reading = clock.body_unread().then(|| (clock.clone(), clock.begun()));
+        // A request without a body cannot fail on the client's side: no allocation.
+        let fault = (!inner.is_end_stream()).then(Arc::default);
         Self {
             inner: Some(inner),
             limit: None,
+            fault,
             reading,
         }
     }
 
-    /// Limits the body to `max` bytes; `exceeded` is set if the client sends more.
-    pub(crate) fn limited(mut self, max: u64, exceeded: Arc<AtomicBool>) -> Self {
-        self.limit = Some((max, exceeded));
+    /// Limits the body to `max` bytes; more fails it as [`ClientFault::TooLarge`].
+    pub(crate) fn limited(mut self, max: u64) -> Self {
+        self.limit = Some(max);
         self
+    }
+
+    /// Where the client's faults with this body are told.
+    pub(crate) fn fault(&self) -> Option<Arc<BodyFault>> {
+        self.fault.clone()
+    }
+
+    fn failed(&self, fault: ClientFault) {
+        if let Some(f) = &self.fault {
+            f.set(fault);
+        }
     }
 
     fn ended(&mut self) {
@@ -265,18 +322,21 @@ impl Body for RequestBody {
         };
         let frame = match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => f,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.failed(ClientFault::Broken);
+                return Poll::Ready(Some(Err(e.into())));
+            }
             Poll::Ready(None) => {
                 this.ended();
                 return Poll::Ready(None);
             }
             Poll::Pending => return Poll::Pending,
         };
-        if let (Some((left, exceeded)), Some(data)) = (&mut this.limit, frame.data_ref()) {
+        if let (Some(left), Some(data)) = (&mut this.limit, frame.data_ref()) {
             match left.checked_sub(data.len() as u64) {
                 Some(rest) => *left = rest,
                 None => {
-                    exceeded.store(true, Ordering::Release);
+                    this.failed(ClientFault::TooLarge);
                     return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                 }
             }
@@ -308,11 +368,8 @@ impl Drop for RequestBody {
         let (Some((clock, number)), Some(body)) = (self.reading.take(), self.inner.take()) else {
             return;
         };
-        let too_large = self
-            .limit
-            .as_ref()
-            .is_some_and(|(_, hit)| hit.load(Ordering::Acquire));
-        if too_large {
+        // A body over the limit, or one that failed, has nothing left worth reading.
+        if self.fault.as_ref().is_some_and(|f| f.get().is_some()) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -3,7 +3,6 @@
 //! upgraded tunnel) handed back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -13,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::body::{AccessLog, ProxyBody, RequestBody};
+use crate::body::{AccessLog, BodyFault, ClientFault, ProxyBody, RequestBody};
 use crate::connector::pool_authority;
 use crate::edge::{ConnInfo, error_response};
 use crate::error::{OriginError, OriginFailureKind};
@@ -111,14 +110,12 @@ pub(crate) async fn forward(
     parts.version = http::Version::HTTP_11;
 
     // A declared length was checked above; a streamed body is cut off where it passes.
-    let too_large = max_body
-        .filter(|_| declared.is_none())
-        .map(|max| (max, Arc::new(AtomicBool::new(false))));
     let body = RequestBody::new(body, &conn.clock);
-    let body = match &too_large {
-        Some((max, flag)) => body.limited(*max, flag.clone()),
+    let body = match max_body.filter(|_| declared.is_none()) {
+        Some(max) => body.limited(max),
         None => body,
     };
+    let fault = body.fault();
     let attempts = if upgrade {
         0
     } else {
@@ -193,7 +190,9 @@ pub(crate) async fn forward(
             Ok(resp) => {
                 timer.observe_duration();
                 let status = resp.status().as_u16();
-                if !upstream.retries.on_status.contains(&status) {
+                // An origin's answer to a body the client broke says nothing of its health.
+                if !upstream.retries.on_status.contains(&status) || client_fault(&fault).is_some()
+                {
                     break (backend, resp, in_flight);
                 }
                 backend.record_failure();
@@ -207,13 +206,20 @@ pub(crate) async fn forward(
                     "retrying on another server"
                 );
             }
-            Err(_)
-                if too_large
-                    .as_ref()
-                    .is_some_and(|(_, f)| f.load(Ordering::Acquire)) =>
-            {
+            // The client's body failed under the attempt: the client's fault, not the
+            // origin's (no failure recorded, no retry, no error metric).
+            Err(e) if client_fault(&fault).is_some() => {
                 timer.stop_and_discard();
-                return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                debug!(site, origin = &*backend.label, error = %e, "request body failed on the client's side");
+                if let Some(log) = log {
+                    log.origin = Some(backend.label.clone());
+                }
+                return match client_fault(&fault) {
+                    Some(ClientFault::TooLarge) => {
+                        error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                    }
+                    _ => bad_body(client_h2),
+                };
             }
             Err(e) => {
                 timer.stop_and_discard();
@@ -267,6 +273,26 @@ pub(crate) async fn forward(
         headers::own_values(resp.headers_mut());
     }
     resp.map(|body| ProxyBody::origin(body, Some(in_flight)))
+}
+
+/// What went wrong with the request body on the client's side, if anything.
+fn client_fault(fault: &Option<Arc<BodyFault>>) -> Option<ClientFault> {
+    fault.as_deref().and_then(BodyFault::get)
+}
+
+/// 400 for a request body the client broke (RFC 9112 §7.1: bad chunked framing; or a body
+/// cut short, a reset stream). An HTTP/1.1 connection closes after it: where the next
+/// request would start in its bytes is unknown.
+fn bad_body(client_h2: bool) -> Response<ProxyBody> {
+    let mut resp = error_response(
+        StatusCode::BAD_REQUEST,
+        "400 Bad Request: the request body was malformed or cut short\n",
+    );
+    if !client_h2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// 503 when every server of the origin is down or ejected.
