@@ -117,6 +117,7 @@ pub(crate) struct SiteFile {
     pub routes: Vec<RouteFile>,
     #[serde(default, deserialize_with = "de_size")]
     pub max_body_size: Option<u64>,
+    pub upgrades: Option<Vec<String>>,
 }
 
 /// `tls: local`, `tls: acme`, `tls: { cert: ..., key: ... }` or `tls: { acme: true, fallback: local }`.
@@ -376,6 +377,7 @@ pub(crate) struct RouteFile {
     pub strip_prefix: bool,
     pub origin: Option<OriginFile>,
     pub respond: Option<RespondFile>,
+    pub upgrades: Option<Vec<String>>,
 }
 
 enum StringOr<T> {

@@ -18,7 +18,7 @@ pub use model::{
     Acme, Action, ActiveHealth, Admin, Balance, CertKey, Challenge, Config, Eab, HashKey, Health,
     Hsts, Limits, Listen, Mode, Origin, OriginServer, OriginTimeouts, OriginTls, PassiveHealth,
     ProxyProtocolVersion, Respond, Retries, Route, Shutdown, Site, SiteTls, TlsSettings, Transport,
-    Verify, defaults,
+    Upgrades, Verify, defaults,
 };
 pub use units::{parse_duration, parse_size};
 pub use validate::{load, parse, parse_addr};

@@ -164,6 +164,9 @@ pub struct Site {
     pub fallback: Option<Action>,
     /// Largest request body for this site (overrides `limits.max_body_size`); larger gets 413.
     pub max_body_size: Option<u64>,
+    /// The protocols a request for the site's fallback may switch to (routes have their own,
+    /// inherited from this one).
+    pub upgrades: Upgrades,
 }
 
 /// Source of a site's certificate.
@@ -240,6 +243,45 @@ pub struct Route {
     pub strip_prefix: bool,
     /// What to do.
     pub action: Action,
+    /// The protocols a request may switch to (`upgrades`, else the site's).
+    pub upgrades: Upgrades,
+}
+
+/// The protocols an HTTP/1.1 `Upgrade` request may switch to through the gateway: names
+/// without a version, lowercase. WebSocket only unless the config says otherwise. `h2c`
+/// and `h2` can never be listed: a client that upgraded to HTTP/2 would talk to the origin
+/// past every route and header rule (RFC 9113 §3.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrades(Box<[Box<str>]>);
+
+impl Upgrades {
+    /// No upgrade passes: every `Upgrade` request is forwarded as an ordinary one.
+    pub fn none() -> Self {
+        Self(Box::new([]))
+    }
+
+    /// Names as validated: each a token, lowercase, and not `h2c` or `h2`.
+    pub(crate) fn from_names(names: Vec<String>) -> Self {
+        Self(names.into_iter().map(String::into_boxed_str).collect())
+    }
+
+    /// Whether `protocol` (an `Upgrade` element, `name` or `name/version`) may pass.
+    pub fn allows(&self, protocol: &str) -> bool {
+        let name = protocol.split_once('/').map_or(protocol, |(n, _)| n).trim();
+        self.0.iter().any(|a| a.eq_ignore_ascii_case(name))
+    }
+
+    /// The names, in config order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|n| &**n)
+    }
+}
+
+impl Default for Upgrades {
+    /// WebSocket only.
+    fn default() -> Self {
+        Self(Box::new(["websocket".into()]))
+    }
 }
 
 /// What a site or route does with a request.

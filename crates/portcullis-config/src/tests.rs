@@ -390,3 +390,65 @@ fn limits_can_be_set_and_unlimited_per_ip() {
     assert_eq!((l.h2_max_concurrent_streams, l.h2_max_resets), (10, 50));
     assert_eq!(c.sites[0].max_body_size, Some(2048));
 }
+
+#[test]
+fn upgrades_default_to_websocket_and_routes_inherit_the_sites() {
+    let c = parse(
+        "sites:
+  - hosts: [a.example]
+    tls: local
+    origin: http://127.0.0.1:3000
+    routes:
+      - path: /plain
+        origin: http://127.0.0.1:3001
+  - hosts: [b.example]
+    tls: local
+    origin: http://127.0.0.1:3000
+    upgrades: [WebSocket, foo]
+    routes:
+      - path: /inherits
+        origin: http://127.0.0.1:3001
+      - path: /none
+        origin: http://127.0.0.1:3001
+        upgrades: []
+",
+        Path::new("/etc/portcullis"),
+    )
+    .unwrap();
+    let a = &c.sites[0];
+    assert_eq!(a.upgrades, Upgrades::default());
+    assert!(a.upgrades.allows("websocket") && a.upgrades.allows("WebSocket/13"));
+    assert!(!a.upgrades.allows("h2c") && !a.upgrades.allows("foo"));
+    assert_eq!(a.routes[0].upgrades, Upgrades::default());
+    let b = &c.sites[1];
+    assert_eq!(b.upgrades.names().collect::<Vec<_>>(), ["websocket", "foo"]);
+    assert_eq!(b.routes[0].upgrades, b.upgrades);
+    assert_eq!(b.routes[1].upgrades, Upgrades::none());
+    assert!(!b.routes[1].upgrades.allows("websocket"));
+}
+
+#[test]
+fn h2c_and_non_tokens_can_never_be_upgrades() {
+    let p = problems(
+        "sites:
+  - hosts: [a.example]
+    tls: local
+    origin: http://127.0.0.1:3000
+    upgrades: [websocket, h2c]
+    routes:
+      - path: /x
+        origin: http://127.0.0.1:3001
+        upgrades: [websocket, H2, 'web socket', websocket]
+",
+    );
+    assert_eq!(p.len(), 4, "{p:#?}");
+    assert!(
+        p[0].starts_with("sites[0].upgrades[1]: `h2c` can never pass"),
+        "{p:#?}"
+    );
+    assert!(p[1].starts_with("sites[0].routes[0].upgrades[1]: `H2` can never pass"));
+    assert!(
+        p[2].starts_with("sites[0].routes[0].upgrades[2]: `web socket` is not a protocol name")
+    );
+    assert!(p[3].starts_with("sites[0].routes[0].upgrades[3]: `websocket` is listed twice"));
+}

@@ -28,6 +28,8 @@ pub(crate) struct Target<'a> {
     pub(crate) strip: usize,
     pub(crate) max_body: Option<u64>,
     pub(crate) site: &'a str,
+    /// The protocols an `Upgrade` request may switch to.
+    pub(crate) upgrades: &'a portcullis_config::Upgrades,
 }
 
 pub(crate) async fn forward(
@@ -42,6 +44,7 @@ pub(crate) async fn forward(
         strip,
         max_body,
         site,
+        upgrades,
     } = target;
     let declared = req
         .headers()
@@ -53,7 +56,9 @@ pub(crate) async fn forward(
             return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
     }
-    let upgrade = headers::wants_upgrade(req.headers(), req.version());
+    // An upgrade the route does not allow goes as an ordinary request, without `Upgrade`.
+    let upgrade = headers::wants_upgrade(req.headers(), req.version())
+        && headers::upgrade_allowed(req.headers(), upgrades);
     let client_h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
 
@@ -191,8 +196,7 @@ pub(crate) async fn forward(
                 timer.observe_duration();
                 let status = resp.status().as_u16();
                 // An origin's answer to a body the client broke says nothing of its health.
-                if !upstream.retries.on_status.contains(&status) || client_fault(&fault).is_some()
-                {
+                if !upstream.retries.on_status.contains(&status) || client_fault(&fault).is_some() {
                     break (backend, resp, in_flight);
                 }
                 backend.record_failure();

@@ -5,9 +5,10 @@ use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
-/// non-standard ones proxies traditionally drop). A `static`: a `const` array would be built
-/// and dropped again at every use, eight names at a time.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// non-standard ones proxies traditionally drop, and h2c's `HTTP2-Settings`, which only
+/// means something beside an `Upgrade: h2c` that never passes). A `static`: a `const`
+/// array would be built and dropped again at every use, nine names at a time.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -16,6 +17,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -25,12 +27,29 @@ const VIA_H1: HeaderValue = HeaderValue::from_static("1.1 portcullis");
 const VIA_H2: HeaderValue = HeaderValue::from_static("2 portcullis");
 const VIA_H10: HeaderValue = HeaderValue::from_static("1.0 portcullis");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
+const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
 /// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and friends).
 pub(crate) fn wants_upgrade(headers: &HeaderMap, version: Version) -> bool {
     version == Version::HTTP_11
         && headers.contains_key(header::UPGRADE)
         && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+/// Whether every protocol an `Upgrade` request offers is one the route lets pass. A
+/// request offering anything else (`h2c` above all) is forwarded as an ordinary request,
+/// its `Upgrade` removed: a client that switched to HTTP/2 with the origin would send its
+/// next requests past the gateway's routes and header rules.
+pub(crate) fn upgrade_allowed(headers: &HeaderMap, allowed: &portcullis_config::Upgrades) -> bool {
+    let mut offered = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .peekable();
+    offered.peek().is_some()
+        && offered.all(|t| std::str::from_utf8(t).is_ok_and(|t| allowed.allows(t)))
 }
 
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -108,13 +127,46 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    // `TE: trailers` is end-to-end in practice (gRPC needs it); any other TE is dropped.
-    if present & TE_PRESENT != 0
-        && headers
-            .get(header::TE)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
+    // `trailers` is the one TE element that is end-to-end in practice (gRPC needs it), and
+    // the only one that passes: every line and every element of each is read, so
+    // `TE: trailers` beside `TE: gzip` forwards one `TE: trailers`.
+    if present & TE_PRESENT != 0 {
+        let trailers = headers.get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
+        if trailers {
+            headers.insert(header::TE, TRAILERS);
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// An HTTP/2 request may carry its cookies as several `cookie` fields; an HTTP/1.1
+/// message has one line, joined with `"; "` (RFC 9113 §8.2.3). Joined for every origin,
+/// since the pool picks the origin connection's protocol only later.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let values = headers.get_all(header::COOKIE);
+    let len = values.iter().map(|v| v.len() + 2).sum();
+    let mut joined = BytesMut::with_capacity(len);
+    let mut sensitive = false;
+    for v in values {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+        sensitive |= v.is_sensitive();
+    }
+    // Valid values joined by a valid separator are valid.
+    if let Ok(mut v) = HeaderValue::from_maybe_shared(joined.freeze()) {
+        v.set_sensitive(sensitive);
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -137,6 +189,7 @@ fn hop_mark(name: &HeaderName) -> u16 {
         "trailer" => 1 << 5,
         "transfer-encoding" => 1 << 6,
         "upgrade" => 1 << 7,
+        "http2-settings" => 1 << 8,
         "te" => TE_PRESENT,
         _ => 0,
     }
@@ -186,6 +239,9 @@ pub(crate) fn prepare_request(
     upgrade: bool,
 ) {
     strip_hop_by_hop(headers, upgrade);
+    if version == Version::HTTP_2 {
+        join_cookies(headers);
+    }
     // Room for the six headers below at once: growing the map as they come rehashes every
     // header already there (an HTTP/2 request's map is sized for the client's few).
     headers.reserve(6);
@@ -378,6 +434,69 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn only_trailers_passes_of_every_te_line_and_element() {
+        for (lines, want) in [
+            (&["trailers", "gzip"][..], Some("trailers")),
+            (&["gzip", "trailers"], Some("trailers")),
+            (&["gzip, Trailers"], Some("trailers")),
+            (&["gzip;q=0.5,  trailers ,deflate"], Some("trailers")),
+            (&["gzip"], None),
+            (&["gzip", "deflate"], None),
+            (&["trailersx"], None),
+        ] {
+            let pairs: Vec<_> = lines.iter().map(|v| ("te", *v)).collect();
+            let mut h = map(&pairs);
+            strip_hop_by_hop(&mut h, false);
+            let te: Vec<_> = h.get_all(header::TE).iter().collect();
+            match want {
+                Some(v) => assert_eq!(te, [v], "{lines:?}"),
+                None => assert!(te.is_empty(), "{lines:?}: {te:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn http2_cookie_fields_become_one_line() {
+        let client = ClientAddr::new("203.0.113.7".parse().unwrap(), false);
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        prepare_request(&mut h, &client, "example.com", Version::HTTP_2, false);
+        let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+        // One field stays as it is; HTTP/1.1 has one line by the server's parsing.
+        let mut h = map(&[("cookie", "a=1; b=2")]);
+        prepare_request(&mut h, &client, "example.com", Version::HTTP_2, false);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
+
+    #[test]
+    fn only_listed_upgrades_pass() {
+        let websocket = portcullis_config::Upgrades::default();
+        let allowed = |value: &[&str], upgrades: &portcullis_config::Upgrades| {
+            let pairs: Vec<_> = value.iter().map(|v| ("upgrade", *v)).collect();
+            upgrade_allowed(&map(&pairs), upgrades)
+        };
+        assert!(allowed(&["websocket"], &websocket));
+        assert!(allowed(&["WebSocket/13"], &websocket));
+        assert!(!allowed(&["h2c"], &websocket));
+        assert!(!allowed(&["websocket, h2c"], &websocket));
+        assert!(!allowed(&["websocket", "h2c"], &websocket));
+        assert!(!allowed(&[""], &websocket));
+        assert!(!allowed(&[], &websocket));
+        assert!(!allowed(
+            &["websocket"],
+            &portcullis_config::Upgrades::none()
+        ));
+    }
+
+    #[test]
+    fn h2c_settings_never_pass() {
+        let mut h = map(&[("http2-settings", "AAMAAABkAAQAAP__"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use std::net::IpAddr;
 
-use portcullis_config::{Action, Config, HostMap, IpNet, Problem, Respond};
+use portcullis_config::{Action, Config, HostMap, IpNet, Problem, Respond, Upgrades};
 
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::upstream::{Backend, Upstream};
@@ -33,6 +33,8 @@ pub(crate) struct SiteRoutes {
     /// Longest prefix first, so the first match is the longest.
     routes: Box<[RouteEntry]>,
     fallback: Option<(Handler, Arc<RouteMetrics>)>,
+    /// What the fallback's requests may upgrade to.
+    upgrades: Upgrades,
     pub(crate) hsts: Option<HeaderValue>,
     /// Largest request body accepted (the site's, else `limits.max_body_size`).
     pub(crate) max_body: Option<u64>,
@@ -46,6 +48,7 @@ struct RouteEntry {
     strip: bool,
     handler: Handler,
     metrics: Arc<RouteMetrics>,
+    upgrades: Upgrades,
 }
 
 /// What a matched request gets.
@@ -68,6 +71,8 @@ pub(crate) struct Matched<'a> {
     pub(crate) handler: &'a Handler,
     pub(crate) strip: usize,
     pub(crate) metrics: &'a Arc<RouteMetrics>,
+    /// The protocols an `Upgrade` request may switch to.
+    pub(crate) upgrades: &'a Upgrades,
 }
 
 impl Router {
@@ -152,6 +157,7 @@ impl Router {
                             format!("sites[{i}].routes[{j}].{}", action_key(&r.action)),
                         )?,
                         metrics: Arc::new(metrics.route(&site.name, &r.path)),
+                        upgrades: r.upgrades.clone(),
                     })
                 })
                 .collect();
@@ -160,6 +166,7 @@ impl Router {
                 name: site.name.as_str().into(),
                 routes: routes.into_boxed_slice(),
                 fallback,
+                upgrades: site.upgrades.clone(),
                 hsts: site
                     .hsts
                     .as_ref()
@@ -287,6 +294,7 @@ impl SiteRoutes {
                     handler: &r.handler,
                     strip,
                     metrics: &r.metrics,
+                    upgrades: &r.upgrades,
                 });
             }
         }
@@ -294,6 +302,7 @@ impl SiteRoutes {
             handler,
             strip: 0,
             metrics,
+            upgrades: &self.upgrades,
         })
     }
 }

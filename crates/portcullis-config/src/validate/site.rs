@@ -7,7 +7,7 @@ use serde_yaml::Value;
 use super::Validator;
 use crate::file::{CertKeyFile, HstsFile, RespondFile, RouteFile, SiteFile, SiteTlsFile};
 use crate::host::HostPattern;
-use crate::model::{Action, CertKey, Hsts, Respond, Route, Site, SiteTls, defaults};
+use crate::model::{Action, CertKey, Hsts, Respond, Route, Site, SiteTls, Upgrades, defaults};
 use crate::pem;
 
 impl Validator<'_> {
@@ -126,7 +126,11 @@ impl Validator<'_> {
                 None
             }
         };
-        let routes = self.routes(key, f.routes);
+        let upgrades = match f.upgrades {
+            Some(names) => self.upgrades(&format!("{key}.upgrades"), names),
+            None => Upgrades::default(),
+        };
+        let routes = self.routes(key, f.routes, &upgrades);
         if f.max_body_size == Some(0) {
             self.err(format!("{key}.max_body_size"), "must be greater than zero");
         }
@@ -143,6 +147,7 @@ impl Validator<'_> {
             routes,
             fallback,
             max_body_size: f.max_body_size,
+            upgrades,
         })
     }
 
@@ -254,7 +259,7 @@ impl Validator<'_> {
         }
     }
 
-    fn routes(&mut self, key: &str, routes: Vec<RouteFile>) -> Vec<Route> {
+    fn routes(&mut self, key: &str, routes: Vec<RouteFile>, site: &Upgrades) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::with_capacity(routes.len());
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (j, r) in routes.into_iter().enumerate() {
@@ -293,15 +298,55 @@ impl Validator<'_> {
                     None
                 }
             };
+            let upgrades = match r.upgrades {
+                Some(names) => self.upgrades(&format!("{rkey}.upgrades"), names),
+                None => site.clone(),
+            };
             if let (true, Some(action)) = (path_ok, action) {
                 out.push(Route {
                     path: r.path,
                     strip_prefix: r.strip_prefix,
                     action,
+                    upgrades,
                 });
             }
         }
         out
+    }
+
+    /// `upgrades: [websocket, ...]`: protocol names (RFC 9110 tokens, no version), never
+    /// `h2c` or `h2`.
+    fn upgrades(&mut self, key: &str, names: Vec<String>) -> Upgrades {
+        let mut out: Vec<String> = Vec::with_capacity(names.len());
+        for (i, name) in names.into_iter().enumerate() {
+            let lower = name.trim().to_ascii_lowercase();
+            let is_token = !lower.is_empty()
+                && lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if lower == "h2c" || lower == "h2" {
+                self.err(
+                    format!("{key}[{i}]"),
+                    format!(
+                        "`{name}` can never pass: a client upgraded to HTTP/2 would talk to the \
+                         origin directly, past every route and header rule (RFC 9113 §3.1); \
+                         set `h2c: true` on the origin to reach an h2c server"
+                    ),
+                );
+            } else if !is_token {
+                self.err(
+                    format!("{key}[{i}]"),
+                    format!(
+                        "`{name}` is not a protocol name (a token such as `websocket`, no version)"
+                    ),
+                );
+            } else if out.contains(&lower) {
+                self.err(format!("{key}[{i}]"), format!("`{name}` is listed twice"));
+            } else {
+                out.push(lower);
+            }
+        }
+        Upgrades::from_names(out)
     }
 
     fn respond(&mut self, key: &str, f: RespondFile) -> Option<Respond> {
