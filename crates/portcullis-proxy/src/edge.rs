@@ -123,7 +123,10 @@ async fn dispatch(
         _ => return error_response(StatusCode::BAD_REQUEST, "invalid request target\n"),
     }
     let Some(authority) = request_authority(&req) else {
-        return error_response(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "missing, repeated or invalid Host header\n",
+        );
     };
     let host = host_of(&authority);
     let Some(site_idx) = router.site_for(host) else {
@@ -175,10 +178,17 @@ async fn dispatch(
 }
 
 /// `:authority` (HTTP/2, or an absolute-form HTTP/1.1 target), else the `Host` header.
+/// `None` for more than one `Host` line (RFC 9112 §3.2: a 400), which an origin or another
+/// proxy may read differently from the gateway.
 pub(crate) fn request_authority<B>(req: &Request<B>) -> Option<Authority> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
     let authority = match req.uri().authority() {
         Some(a) => a.clone(),
-        None => Authority::try_from(req.headers().get(header::HOST)?.as_bytes()).ok()?,
+        None => Authority::try_from(host?.as_bytes()).ok()?,
     };
     // Userinfo has no place in a Host; refusing it keeps it out of logs and origins.
     (!authority.as_str().as_bytes().contains(&b'@') && !host_of(&authority).is_empty())
@@ -280,6 +290,12 @@ mod tests {
         let with_host = |h: &str| Request::get("/").header(header::HOST, h).body(()).unwrap();
         assert!(request_authority(&with_host("user@example.com")).is_none());
         assert!(request_authority(&with_host(":443")).is_none());
+        let two = Request::get("/")
+            .header(header::HOST, "example.com")
+            .header(header::HOST, "example.com")
+            .body(())
+            .unwrap();
+        assert!(request_authority(&two).is_none(), "two Host lines");
         assert_eq!(
             request_authority(&with_host("example.com:443")).map(|a| a.to_string()),
             Some("example.com:443".to_owned())
