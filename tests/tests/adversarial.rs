@@ -398,20 +398,32 @@ async fn h2_uploads_reset_or_mis_sized_never_count_against_the_origin() {
         s.wait_cut_off(b"POST /upload", before).await;
         c.reset(1, CANCEL).await;
 
-        // More DATA than the content-length, then less.
-        for (len, data) in [("5", &b"helloworld"[..]), ("10", &b"hello"[..])] {
+        // More DATA than the content-length, then less, at once; then more, once the
+        // upload reached the origin.
+        let cases: [(&str, &[u8], &[u8]); 3] = [
+            ("5", b"", b"helloworld"),
+            ("10", b"", b"hello"),
+            ("10", b"hello", b"world, and more"),
+        ];
+        for (len, first, last) in cases {
             let mut c = s.h2().await;
+            let before = s.cut_off(b"POST /upload");
             c.headers(1, &post(Some(len)), false).await;
-            c.data(1, data, true).await;
+            if !first.is_empty() {
+                c.data(1, first, false).await;
+                s.wait_cut_off(b"POST /upload", before).await;
+            }
+            c.data(1, last, true).await;
             let outcome = c.outcome(1).await;
             if !matches!(
                 outcome,
                 H2Outcome::Reset(PROTOCOL_ERROR) | H2Outcome::Status(400)
             ) {
                 panic!(
-                    "content-length {len}, {} bytes of DATA: {outcome:?}; origin servers \
+                    "content-length {len}, DATA {:?} then {:?}: {outcome:?}; origin servers \
                      (url, up, errors, ejections): {:?}",
-                    data.len(),
+                    String::from_utf8_lossy(first),
+                    String::from_utf8_lossy(last),
                     s.health().await
                 );
             }
