@@ -2,8 +2,9 @@
 //! that must see exactly what the gateway sent (request smuggling, header rewriting).
 //!
 //! It answers each request it can parse (RFC 9112 framing: chunked, else `Content-Length`,
-//! else no body) with `200` and the body `raw <method> <target>`, and stops answering on a
-//! connection at the first byte it cannot parse (the bytes are still kept). With
+//! else no body) with `200` and the body `raw <method> <target>`; at the first request it
+//! cannot parse it answers `400` with `connection: close` and reads no more requests on that
+//! connection (the bytes are still kept). With
 //! [`RawOrigin::accepting_h2c`] it answers a request carrying `Upgrade: h2c` with `101
 //! Switching Protocols` and keeps reading the connection as a tunnel, answering whatever
 //! requests arrive through it, which is what a smuggled request needs to succeed.
@@ -200,7 +201,13 @@ async fn serve(
         while parsing {
             match parse_request(&buf) {
                 Parsed::Partial => break,
-                Parsed::Invalid => parsing = false,
+                Parsed::Invalid => {
+                    // As a strict server would: 400, and nothing more read as requests.
+                    parsing = false;
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                }
                 Parsed::Complete {
                     head,
                     body,
