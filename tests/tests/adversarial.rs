@@ -693,7 +693,8 @@ enum Allowed {
     /// As `RefusedOrOneFraming`, except that the connection may stay open, the bytes after
     /// the body then being the client's next request, which the gateway routes itself.
     RefusedOrOneFramingKeptOpen,
-    /// Refused with one of these statuses, connection open or closed, nothing forwarded.
+    /// Refused with one of these statuses and nothing forwarded; the connection may close,
+    /// or carry the next request correctly.
     RefusedAnyOf(&'static [u16]),
 }
 
@@ -742,6 +743,17 @@ async fn check(s: &Setup, c: &Case) {
             );
             if matches!(c.allowed, Allowed::Refused(_)) {
                 conn.expect_closed().await;
+            } else {
+                // The request was framed well, so the connection may go on: if it does, its
+                // next request must be read as exactly that (no bytes left behind).
+                let next = format!("GET {SENTINEL}/next HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+                if let Some(r) = conn.exchange(next.as_bytes()).await {
+                    assert_eq!(
+                        (r.status, r.text()),
+                        (200, format!("raw GET {SENTINEL}/next")),
+                        "{what}: the next request on the connection"
+                    );
+                }
             }
             assert_no_new_request(s, &what, before).await;
         }
