@@ -1,7 +1,8 @@
 //! Test harness for Portcullis: a test CA, origins on 127.0.0.1:0 (HTTP/1.1, h2, TLS,
 //! mTLS, WebSocket), the real gateway run in-process from a YAML config, a TLS client with
 //! control over SNI and ALPN, a gRPC service and client (h2c and TLS origins), and a runner
-//! for the gateway as a separate process.
+//! for the gateway as a separate process; for adversarial tests, an origin that records the
+//! exact bytes it receives and clients that write exact HTTP/1.1 bytes and HTTP/2 frames.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod ca;
@@ -12,6 +13,9 @@ pub mod logs;
 mod origin;
 mod pebble;
 mod process;
+pub mod raw_client;
+mod raw_origin;
+pub mod scrape;
 pub mod wait;
 
 pub use ca::{Leaf, TestCa};
@@ -20,6 +24,8 @@ pub use gateway::{GatewayBuilder, TestGateway};
 pub use origin::{OriginBody, Seen, TestOrigin};
 pub use pebble::{Pebble, PebbleOptions};
 pub use process::GatewayProcess;
+pub use raw_client::{H2Outcome, RawH1, RawH2, RawResponse};
+pub use raw_origin::{RawOrigin, RawRequest, head_lines};
 
 /// Installs the crypto provider and a log subscriber once per test binary.
 pub fn init() {
