@@ -13,7 +13,7 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Header fields per response head, at most.
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line, extensions included.
-const MAX_CHUNK_LINE: usize = 4096;
+pub(crate) const MAX_CHUNK_LINE: usize = 4096;
 
 /// A response the origin sent that cannot be read as HTTP/1.1.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,12 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, CodecError>
         buf,
         &mut fields,
     );
+    // The limit holds for a head that arrived whole too: whether it passes must not depend
+    // on how the bytes were split over reads.
     let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(CodecError::HeadTooLarge);
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(CodecError::HeadTooLarge);
@@ -344,6 +349,9 @@ fn step_framing(state: &mut Chunk, buf: &mut BytesMut) -> Result<bool, CodecErro
                 }
                 return Ok(false);
             };
+            if eol > MAX_CHUNK_LINE {
+                return Err(CodecError::ChunkSize);
+            }
             let line = &buf[..eol];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let digits = line
@@ -414,6 +422,9 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, CodecEr
                 }
                 let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let (len, parsed) = match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD => {
+                        return Err(CodecError::HeadTooLarge);
+                    }
                     Ok(httparse::Status::Complete(done)) => done,
                     Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                         return Err(CodecError::HeadTooLarge);

@@ -549,6 +549,34 @@ fn request_bodies_are_framed_as_hyper_frames_them() {
     );
 }
 
+/// A head, a trailer section or a chunk-size line past its limit is refused whether it
+/// arrives in one read or in several: a read that completes it must not let it through.
+#[test]
+fn limits_hold_however_the_bytes_arrive() {
+    // Long fields, so the size is what trips, not the number of fields.
+    let filler = [&b"x-filler: "[..], &[b'a'; 1000], b"\r\n"].concat();
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    while head.len() <= codec::MAX_HEAD {
+        head.extend_from_slice(&filler);
+    }
+    head.extend_from_slice(b"\r\n");
+    assert!(parse_head(&mut BytesMut::from(&head[..])).is_err());
+
+    let mut trailers = b"0\r\n".to_vec();
+    while trailers.len() <= codec::MAX_HEAD {
+        trailers.extend_from_slice(&filler);
+    }
+    trailers.extend_from_slice(b"\r\n");
+    let mut decoder = Decoder::Chunked(Chunk::Size);
+    assert!(decoder.decode(&mut BytesMut::from(&trailers[..])).is_err());
+
+    let mut line = b"1;".to_vec();
+    line.resize(codec::MAX_CHUNK_LINE + 1, b'x');
+    line.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+    let mut decoder = Decoder::Chunked(Chunk::Size);
+    assert!(decoder.decode(&mut BytesMut::from(&line[..])).is_err());
+}
+
 /// What decoding a response gives: its status, body, trailers and whether it ended; `None`
 /// for a response refused as broken.
 type Outcome = Option<(u16, Vec<u8>, Option<HeaderMap>, bool)>;
