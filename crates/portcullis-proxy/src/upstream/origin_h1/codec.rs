@@ -328,10 +328,7 @@ impl Decoder {
                         return Ok(());
                     }
                 }
-                Chunk::Trailers if buf.starts_with(b"\r\n") => {
-                    buf.advance(2);
-                    *state = Chunk::Done;
-                }
+                Chunk::Trailers if trailers_end(buf) => *state = Chunk::Done,
                 _ => return Ok(()),
             }
         }
@@ -390,6 +387,21 @@ fn step_framing(state: &mut Chunk, buf: &mut BytesMut) -> Result<bool, CodecErro
     Ok(true)
 }
 
+/// Steps over the empty line that ends a trailer section with no fields, if `buf` starts
+/// with it: CRLF, or a bare LF as other lines of the body may end (without that, a body
+/// ending `0\n\n` waited for a byte after it).
+fn trailers_end(buf: &mut BytesMut) -> bool {
+    let len = if buf.starts_with(b"\r\n") {
+        2
+    } else if buf.starts_with(b"\n") {
+        1
+    } else {
+        return false;
+    };
+    buf.advance(len);
+    true
+}
+
 fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, CodecError> {
     loop {
         match *state {
@@ -412,8 +424,7 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, CodecEr
                 return Ok(Step::Data(buf.split_to(take).freeze()));
             }
             Chunk::Trailers => {
-                if buf.starts_with(b"\r\n") {
-                    buf.advance(2);
+                if trailers_end(buf) {
                     *state = Chunk::Done;
                     return Ok(Step::End);
                 }

@@ -454,6 +454,25 @@ fn chunked_bodies_decode_the_same_however_they_arrive() {
     }
 }
 
+/// Bare LFs end lines everywhere else in a chunked body; the empty line that ends it is no
+/// different, and the body is complete without waiting for a byte after it.
+#[test]
+fn a_bare_lf_ends_the_trailer_section() {
+    for wire in [&b"3\nabc\n0\n\n"[..], b"3\r\nabc\r\n0\r\nx-t: 1\n\n"] {
+        let mut decoder = Decoder::Chunked(Chunk::Size);
+        let mut buf = BytesMut::from(wire);
+        assert!(matches!(decoder.decode(&mut buf), Ok(Step::Data(d)) if d == "abc"));
+        decoder.settle(&mut buf).unwrap();
+        while !decoder.is_done() {
+            match decoder.decode(&mut buf) {
+                Ok(Step::Trailers(t)) => assert_eq!(t["x-t"], "1"),
+                other => panic!("{other:?} for {wire:?}"),
+            }
+        }
+        assert!(buf.is_empty(), "{wire:?}");
+    }
+}
+
 #[test]
 fn a_body_whose_end_has_arrived_is_complete_with_its_last_data() {
     let mut decoder = Decoder::Chunked(Chunk::Size);
