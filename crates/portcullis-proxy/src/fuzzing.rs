@@ -1,0 +1,16 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`: each feeds bytes an attacker
+//! controls to private parts of the data path and panics when a property they promise is
+//! broken, and only then. Not an API: the fuzz targets are one-line wrappers, and the smoke
+//! runs in this module's tests call the same functions on stable (see `fuzz/README.md`).
+
+mod origin_response;
+#[cfg(test)]
+mod tests;
+
+/// Reads `data` as an origin's HTTP/1.1 response the way the origin client does (head,
+/// then a body by length, chunks or up to the close), once whole and again split over
+/// reads, and checks the decoder's promises. Byte 0 picks the request method (odd: HEAD,
+/// even: GET); bytes 1-4 are two read boundaries; the response starts at byte 5.
+pub fn origin_response(data: &[u8]) {
+    origin_response::check(data);
+}
