@@ -4,6 +4,7 @@
 //! runs in this module's tests call the same functions on stable (see `fuzz/README.md`).
 
 mod origin_response;
+mod request_head;
 #[cfg(test)]
 mod tests;
 
@@ -13,4 +14,11 @@ mod tests;
 /// even: GET); bytes 1-4 are two read boundaries; the response starts at byte 5.
 pub fn origin_response(data: &[u8]) {
     origin_response::check(data);
+}
+
+/// Reads `data` as a request head the way the HTTPS listener's HTTP/1.1 server does, runs
+/// the gateway's own request-head handling on it (authority, host, site lookup, the header
+/// rewrite for the origin, for trusted and untrusted clients) and checks what comes out.
+pub fn request_head(data: &[u8]) {
+    request_head::check(data);
 }
