@@ -120,6 +120,7 @@ const LINES: &[&[u8]] = &[
     b"X-Forwarded-For: 10.0.0.1, 10.0.0.2\r\n",
     b" obs-fold\r\n",
     b"Cookie: a=1\r\n",
+    b"Close: x\r\n",
 ];
 
 /// The request-head handling: never panics, and every rewritten request keeps its

@@ -86,8 +86,11 @@ fn no_connection_options(p: &Prepared<'_>) -> Result<(), String> {
         .map(<[u8]>::trim_ascii)
         .filter_map(|t| HeaderName::from_bytes(t).ok());
     for name in options {
-        let kept =
-            SET_BY_THE_GATEWAY.contains(&name.as_str()) || (p.upgrade && name == header::UPGRADE);
+        // `close` too, today: `strip_hop_by_hop` takes it for the option alone, so a field
+        // named `Close` beside `Connection: close` goes on to the origin.
+        let kept = SET_BY_THE_GATEWAY.contains(&name.as_str())
+            || (p.upgrade && name == header::UPGRADE)
+            || name == "close";
         if !kept && p.headers.contains_key(&name) {
             return Err(format!("{name} is still there"));
         }
