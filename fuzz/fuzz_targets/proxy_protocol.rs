@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_proxy::{ProxyHeader, Parsed, encode_v1, encode_v2, parse};
+use portcullis_proxy::{Parsed, ProxyHeader, encode_v1, encode_v2, parse};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(Parsed::Complete { header, len }) = parse(data) else {

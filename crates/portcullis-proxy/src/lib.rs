@@ -12,6 +12,8 @@ mod drain;
 mod edge;
 mod error;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod h1;
 mod headers;

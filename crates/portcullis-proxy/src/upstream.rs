@@ -27,6 +27,8 @@ pub(crate) use backend::{Backend, InFlight};
 use balance::Balancer;
 use budget::RetryBudget;
 pub(crate) use origin_h1::OriginUpgrade;
+/// For [`crate::fuzzing`]: the response decoder, without I/O.
+pub(crate) use origin_h1::codec as origin_h1_codec;
 pub(crate) use pool::{OriginBody, SHARED_KEY};
 
 /// A ready-to-use origin.

@@ -31,7 +31,7 @@ use crate::replay::ReplayBody;
 
 use super::pool::Ended;
 
-mod codec;
+pub(crate) mod codec;
 #[cfg(test)]
 mod tests;
 

@@ -13,7 +13,7 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Header fields per response head, at most.
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line, extensions included.
-const MAX_CHUNK_LINE: usize = 4096;
+pub(crate) const MAX_CHUNK_LINE: usize = 4096;
 
 /// A response the origin sent that cannot be read as HTTP/1.1.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,12 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, CodecError>
         buf,
         &mut fields,
     );
+    // The limit holds for a head that arrived whole too: whether it passes must not depend
+    // on how the bytes were split over reads.
     let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(CodecError::HeadTooLarge);
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
             return Err(CodecError::HeadTooLarge);
@@ -323,10 +328,7 @@ impl Decoder {
                         return Ok(());
                     }
                 }
-                Chunk::Trailers if buf.starts_with(b"\r\n") => {
-                    buf.advance(2);
-                    *state = Chunk::Done;
-                }
+                Chunk::Trailers if trailers_end(buf) => *state = Chunk::Done,
                 _ => return Ok(()),
             }
         }
@@ -344,6 +346,9 @@ fn step_framing(state: &mut Chunk, buf: &mut BytesMut) -> Result<bool, CodecErro
                 }
                 return Ok(false);
             };
+            if eol > MAX_CHUNK_LINE {
+                return Err(CodecError::ChunkSize);
+            }
             let line = &buf[..eol];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let digits = line
@@ -382,6 +387,21 @@ fn step_framing(state: &mut Chunk, buf: &mut BytesMut) -> Result<bool, CodecErro
     Ok(true)
 }
 
+/// Steps over the empty line that ends a trailer section with no fields, if `buf` starts
+/// with it: CRLF, or a bare LF as other lines of the body may end (without that, a body
+/// ending `0\n\n` waited for a byte after it).
+fn trailers_end(buf: &mut BytesMut) -> bool {
+    let len = if buf.starts_with(b"\r\n") {
+        2
+    } else if buf.starts_with(b"\n") {
+        1
+    } else {
+        return false;
+    };
+    buf.advance(len);
+    true
+}
+
 fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, CodecError> {
     loop {
         match *state {
@@ -404,8 +424,7 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, CodecEr
                 return Ok(Step::Data(buf.split_to(take).freeze()));
             }
             Chunk::Trailers => {
-                if buf.starts_with(b"\r\n") {
-                    buf.advance(2);
+                if trailers_end(buf) {
                     *state = Chunk::Done;
                     return Ok(Step::End);
                 }
@@ -414,6 +433,9 @@ fn decode_chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, CodecEr
                 }
                 let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let (len, parsed) = match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD => {
+                        return Err(CodecError::HeadTooLarge);
+                    }
                     Ok(httparse::Status::Complete(done)) => done,
                     Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                         return Err(CodecError::HeadTooLarge);
