@@ -107,20 +107,8 @@ async fn dispatch(
         // A gateway in front of fixed origins is not a forward proxy.
         return error_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
     }
-    match req.uri().path_and_query().map(|pq| pq.as_str()) {
-        // The asterisk form asks about the server itself, and only with OPTIONS (RFC 9112
-        // §3.2.4, RFC 9113 §8.3.1): the gateway answers it, as Go's server (Caddy) does;
-        // forwarded, `GET *` would reach an origin that may read it as a path.
-        Some("*") if req.method() == http::Method::OPTIONS => return options_asterisk(),
-        Some("*") => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "the asterisk form (`*`) is for OPTIONS only\n",
-            );
-        }
-        Some(pq) if pq.starts_with('/') => {}
-        // The authority form (`example.com:443`) is CONNECT's alone (RFC 9112 §3.2.3).
-        _ => return error_response(StatusCode::BAD_REQUEST, "invalid request target\n"),
+    if let Some(refusal) = refuse_target(&req) {
+        return refusal;
     }
     let Some(authority) = request_authority(&req) else {
         return error_response(
@@ -175,6 +163,28 @@ async fn dispatch(
     };
     add_hsts(&mut resp, site.hsts.as_ref());
     resp
+}
+
+/// The gateway's own answer to a request target that must not be forwarded: anything but
+/// the origin form (`/path`) and the absolute form, and `OPTIONS *`. `None`: the target's
+/// path starts with `/`.
+pub(crate) fn refuse_target<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
+    match req.uri().path_and_query().map(|pq| pq.as_str()) {
+        // The asterisk form asks about the server itself, and only with OPTIONS (RFC 9112
+        // §3.2.4, RFC 9113 §8.3.1): the gateway answers it, as Go's server (Caddy) does;
+        // forwarded, `GET *` would reach an origin that may read it as a path.
+        Some("*") if req.method() == http::Method::OPTIONS => Some(options_asterisk()),
+        Some("*") => Some(error_response(
+            StatusCode::BAD_REQUEST,
+            "the asterisk form (`*`) is for OPTIONS only\n",
+        )),
+        Some(pq) if pq.starts_with('/') => None,
+        // The authority form (`example.com:443`) is CONNECT's alone (RFC 9112 §3.2.3).
+        _ => Some(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid request target\n",
+        )),
+    }
 }
 
 /// `:authority` (HTTP/2, or an absolute-form HTTP/1.1 target), else the `Host` header.

@@ -93,28 +93,28 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     if present & CONNECTION_PRESENT != 0 {
-        // Names listed in Connection are hop-by-hop too; collect them only when there are
-        // any beyond the usual keep-alive/close/upgrade, so the common case does no
-        // allocation.
+        // Names listed in Connection are hop-by-hop too. The usual keep-alive and upgrade
+        // are removed below anyway, and a field named `Close` needs no allocation, so the
+        // common case collects nothing. Read as bytes: a line with one byte that is not
+        // visible ASCII still names the fields it names.
+        let mut close = false;
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter(|v| {
-                !USUAL_TOKENS
-                    .iter()
-                    .any(|t| v.as_bytes().eq_ignore_ascii_case(t))
-            })
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
             .filter(|t| {
-                !t.is_empty()
-                    && !USUAL_TOKENS
-                        .iter()
-                        .any(|u| t.as_bytes().eq_ignore_ascii_case(u))
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                    return false;
+                }
+                !t.is_empty() && !USUAL_TOKENS.iter().any(|u| t.eq_ignore_ascii_case(u))
             })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
+        if close {
+            headers.remove(&CLOSE);
+        }
         for name in listed {
             headers.remove(name);
         }
@@ -174,8 +174,10 @@ fn join_cookies(headers: &mut HeaderMap) {
 const CONNECTION_PRESENT: u16 = 1;
 /// `strip_hop_by_hop`'s mark for `TE`, after one bit per `HOP_BY_HOP` name.
 const TE_PRESENT: u16 = 1 << HOP_BY_HOP.len();
-/// `Connection` tokens that name no other header.
-const USUAL_TOKENS: [&[u8]; 3] = [b"keep-alive", b"close", b"upgrade"];
+/// `Connection` tokens whose fields `HOP_BY_HOP` removes anyway.
+const USUAL_TOKENS: [&[u8]; 2] = [b"keep-alive", b"upgrade"];
+/// A field named by the `close` option (RFC 9110 §7.6.1; the name is reserved, §18.4).
+static CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// Bit `i` for `HOP_BY_HOP[i]`, `TE_PRESENT` for `TE`, else 0. Matching the name's text
 /// is one length switch and a compare, where comparing `HeaderName`s is one per entry.
@@ -489,6 +491,23 @@ mod tests {
             &["websocket"],
             &portcullis_config::Upgrades::none()
         ));
+    }
+
+    #[test]
+    fn every_field_connection_names_goes_whatever_else_its_line_holds() {
+        let mut h = map(&[("connection", "close"), ("close", "x"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"te, X-Secret, x\xbb").unwrap(),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
     }
 
     #[test]

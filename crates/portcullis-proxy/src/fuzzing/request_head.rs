@@ -12,7 +12,9 @@ use http::uri::Authority;
 use http::{Method, Request, Uri, Version};
 
 use crate::edge::{host_of, request_authority};
-use crate::headers::{ClientAddr, prepare_request, wants_upgrade};
+use portcullis_config::Upgrades;
+
+use crate::headers::{ClientAddr, prepare_request, upgrade_allowed, wants_upgrade};
 use crate::metrics::ProxyMetrics;
 use crate::router::Router;
 
@@ -174,6 +176,15 @@ fn check_request(req: &Request<()>) {
         // Answered 405 before anything else looks at it.
         return;
     }
+    if crate::edge::refuse_target(req).is_some() {
+        return;
+    }
+    // What is left is in the origin or absolute form.
+    assert!(
+        req.uri().path().starts_with('/'),
+        "a target past the check: {}",
+        req.uri()
+    );
     let Some(authority) = request_authority(req) else {
         return;
     };
@@ -201,11 +212,14 @@ fn check_request(req: &Request<()>) {
     if host.len() <= 253 {
         assert_eq!(site, expected_site(host), "the site for {host:?}");
     }
-    if let Some(site) = site {
-        let _ = ROUTER.sites[site].route(req.uri().path());
-    }
+    let websocket = Upgrades::default();
+    let upgrades = site
+        .and_then(|site| ROUTER.sites[site].route(req.uri().path()))
+        .map_or(&websocket, |matched| matched.upgrades);
 
-    let upgrade = wants_upgrade(req.headers(), req.version());
+    // As `forward` decides it.
+    let upgrade =
+        wants_upgrade(req.headers(), req.version()) && upgrade_allowed(req.headers(), upgrades);
     for client in CLIENTS.iter() {
         let mut headers = req.headers().clone();
         prepare_request(
@@ -220,6 +234,7 @@ fn check_request(req: &Request<()>) {
             authority: &authority,
             client,
             upgrade,
+            upgrades,
             headers: &headers,
         };
         for (property, holds) in PREPARED {

@@ -89,6 +89,11 @@ const REQUESTS: &[&[u8]] = &[
     b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
     b"GET //x/../y HTTP/1.0\r\nHost: c.test\r\nConnection: keep-alive\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: example.com\r\nHost: evil.test\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    b"GET * HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    b"GET example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: example.com\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+      HTTP2-Settings: AAMAAABkAAQAAP__\r\nCookie: a=1\r\nCookie: b=2\r\nTE: trailers\r\nTE: gzip\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: :443\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Folded: a\r\n b\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a.b.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -120,7 +125,14 @@ const LINES: &[&[u8]] = &[
     b"X-Forwarded-For: 10.0.0.1, 10.0.0.2\r\n",
     b" obs-fold\r\n",
     b"Cookie: a=1\r\n",
+    b"Cookie: b=2\r\n",
     b"Close: x\r\n",
+    b"TE: gzip\r\n",
+    b"TE: trailers\r\n",
+    b"Upgrade: websocket, h2c\r\n",
+    b"Upgrade: WebSocket\r\n",
+    b"Connection: Upgrade, HTTP2-Settings\r\n",
+    b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n",
 ];
 
 /// The request-head handling: never panics, and every rewritten request keeps its

@@ -12,8 +12,10 @@ pub(super) struct Prepared<'a> {
     pub(super) sent: &'a Request<()>,
     pub(super) authority: &'a Authority,
     pub(super) client: &'a ClientAddr,
-    /// The client asked to switch protocols (`headers::wants_upgrade`).
+    /// The client asked to switch protocols, to one the route allows.
     pub(super) upgrade: bool,
+    /// What the route allows.
+    pub(super) upgrades: &'a portcullis_config::Upgrades,
     /// The headers after `prepare_request`.
     pub(super) headers: &'a HeaderMap,
 }
@@ -35,9 +37,12 @@ pub(super) const PREPARED: &[(&str, Property)] = &[
     ),
     ("Forwarded is one element per hop", forwarded),
     ("Via ends with the gateway", via),
+    ("TE is one `trailers`, or none", te),
+    ("an HTTP/2 request's cookies are one line", cookie),
+    ("an Upgrade is one the route allows", upgrade),
 ];
 
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -46,6 +51,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "http2-settings",
 ];
 
 fn no_hop_by_hop(p: &Prepared<'_>) -> Result<(), String> {
@@ -79,18 +85,12 @@ fn no_connection_options(p: &Prepared<'_>) -> Result<(), String> {
         .headers()
         .get_all(header::CONNECTION)
         .iter()
-        // Only lines of visible ASCII: `strip_hop_by_hop` skips a line with any other byte
-        // whole (`to_str`), so `Connection: te, x\xbb` leaves `TE` in place today.
-        .filter(|v| v.to_str().is_ok())
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter_map(|t| HeaderName::from_bytes(t).ok());
     for name in options {
-        // `close` too, today: `strip_hop_by_hop` takes it for the option alone, so a field
-        // named `Close` beside `Connection: close` goes on to the origin.
-        let kept = SET_BY_THE_GATEWAY.contains(&name.as_str())
-            || (p.upgrade && name == header::UPGRADE)
-            || name == "close";
+        let kept =
+            SET_BY_THE_GATEWAY.contains(&name.as_str()) || (p.upgrade && name == header::UPGRADE);
         if !kept && p.headers.contains_key(&name) {
             return Err(format!("{name} is still there"));
         }
@@ -239,6 +239,35 @@ fn via(p: &Prepared<'_>) -> Result<(), String> {
     };
     if last.is_none_or(|v| v != ours) {
         return Err(format!("last Via {last:?}"));
+    }
+    Ok(())
+}
+
+fn te(p: &Prepared<'_>) -> Result<(), String> {
+    let te: Vec<_> = p.headers.get_all(header::TE).iter().collect();
+    match te[..] {
+        [] => Ok(()),
+        [v] if v == "trailers" => Ok(()),
+        _ => Err(format!("{te:?}")),
+    }
+}
+
+fn cookie(p: &Prepared<'_>) -> Result<(), String> {
+    let cookies = p.headers.get_all(header::COOKIE).iter().count();
+    if p.sent.version() == Version::HTTP_2 && cookies > 1 {
+        return Err(format!("{cookies} cookie lines"));
+    }
+    Ok(())
+}
+
+fn upgrade(p: &Prepared<'_>) -> Result<(), String> {
+    for v in p.headers.get_all(header::UPGRADE) {
+        let offered = v.to_str().map_err(|_| format!("{v:?}"))?;
+        for protocol in offered.split(',').map(str::trim) {
+            if !p.upgrades.allows(protocol) {
+                return Err(format!("{protocol:?} passed"));
+            }
+        }
     }
     Ok(())
 }
