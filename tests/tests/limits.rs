@@ -48,7 +48,7 @@ async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) ->
 /// listener's `/metrics`.
 async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut tcp = TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut text = String::new();

@@ -103,6 +103,75 @@ pub struct Listen {
 pub struct Admin {
     /// Address of `/healthz` and `/readyz` (default `127.0.0.1:9901`), or `None` for `off`.
     pub listen: Option<SocketAddr>,
+    /// The bearer token read from `admin.token_file`: required by `POST /reload` and
+    /// `GET /metrics` when set.
+    pub token: Option<AdminToken>,
+    /// Host names (and addresses) the admin listener answers to besides loopback names and
+    /// its own address, lowercased, without port (`admin.allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Admin {
+    /// What `check` and `run` say when the admin listener is reachable from other machines
+    /// and anyone who reaches it can reload the gateway and read its metrics.
+    pub fn exposure_warning(&self) -> Option<crate::Problem> {
+        let addr = self.listen?;
+        if addr.ip().is_loopback() || self.token.is_some() {
+            return None;
+        }
+        Some(crate::Problem::new(
+            "admin.listen",
+            format!(
+                "{addr} is not a loopback address and there is no `admin.token_file`; anyone \
+                 who can reach it can reload the gateway and read its metrics"
+            ),
+        ))
+    }
+}
+
+/// The admin listener's bearer token. Its value never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token as read from `path`: surrounding whitespace (the file's final newline)
+    /// is dropped; an empty file, or one with characters a header cannot carry, is refused.
+    pub fn read(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!(
+                "{} is empty; write a long random token into it (e.g. `openssl rand -hex 32`)",
+                path.display()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{} must hold one token of printable ASCII characters without spaces",
+                path.display()
+            ));
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    /// Whether `presented` is the token, in time that does not depend on where they differ
+    /// (so the token cannot be guessed a byte at a time by timing answers).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+
+    /// The token, to send in an `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// Gateway-wide TLS settings.

@@ -390,3 +390,68 @@ fn limits_can_be_set_and_unlimited_per_ip() {
     assert_eq!((l.h2_max_concurrent_streams, l.h2_max_resets), (10, 50));
     assert_eq!(c.sites[0].max_body_size, Some(2048));
 }
+
+/// One site, which every valid config needs.
+const SITE: &str = "sites: [{hosts: [a.test], tls: local, respond: {}}]\n";
+
+#[test]
+fn admin_token_and_allowed_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    let c = parse(
+        &format!("admin: {{listen: '0.0.0.0:9901', token_file: ./token, allowed_hosts: [Admin.GW.svc., '[::1]', 10.0.0.5]}}\n{SITE}"),
+        dir.path(),
+    )
+    .unwrap();
+    let token = c.admin.token.as_ref().unwrap();
+    assert!(token.matches(b"s3cret-token"));
+    assert!(!token.matches(b"s3cret-tokeN"));
+    assert!(!token.matches(b"s3cret"));
+    assert_eq!(c.admin.allowed_hosts, ["admin.gw.svc", "::1", "10.0.0.5"]);
+    // The token stays out of `Debug` output, which error paths and logs may print.
+    assert!(!format!("{c:?}").contains("s3cret"));
+    assert_eq!(c.admin.exposure_warning(), None);
+
+    let err = |yaml: &str| match parse(&format!("{yaml}{SITE}"), dir.path()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+    };
+    let empty = err("admin: {token_file: empty}\n");
+    assert_eq!(empty.len(), 1, "{empty:?}");
+    assert!(
+        empty[0].starts_with("admin.token_file: ") && empty[0].contains("is empty"),
+        "{empty:?}"
+    );
+    let missing = err("admin: {token_file: nowhere}\n");
+    assert!(
+        missing[0].starts_with("admin.token_file: cannot read"),
+        "{missing:?}"
+    );
+    let bad_host = err("admin: {allowed_hosts: ['http://x.test:9901']}\n");
+    assert!(
+        bad_host[0].starts_with("admin.allowed_hosts[0]: "),
+        "{bad_host:?}"
+    );
+}
+
+#[test]
+fn an_exposed_admin_listener_without_a_token_is_warned_about() {
+    let c = parse(
+        &format!("admin: {{listen: '0.0.0.0:9901'}}\n{SITE}"),
+        Path::new("/"),
+    )
+    .unwrap();
+    let warning = c.admin.exposure_warning().unwrap().to_string();
+    assert!(
+        warning.starts_with("admin.listen: 0.0.0.0:9901 "),
+        "{warning}"
+    );
+    assert!(warning.contains("admin.token_file"), "{warning}");
+    let loopback = parse(
+        &format!("admin: {{listen: '[::1]:9901'}}\n{SITE}"),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(loopback.admin.exposure_warning(), None);
+}

@@ -13,6 +13,7 @@ use crate::file::{AcmeFile, AdminFile, LimitsFile, ListenFile, ShutdownFile, Tls
 use crate::model::{Admin, Config, Listen, Shutdown, TlsSettings, defaults};
 
 mod acme;
+mod admin;
 mod limits;
 mod origin;
 mod site;
@@ -250,14 +251,6 @@ impl Validator<'_> {
             http: http?,
             proxy_protocol_trusted,
         })
-    }
-
-    fn admin(&mut self, f: AdminFile) -> Option<Admin> {
-        let listen = match f.listen.as_deref() {
-            Some("off") => None,
-            other => Some(self.addr(other.unwrap_or(defaults::ADMIN), "admin.listen")?),
-        };
-        Some(Admin { listen })
     }
 
     fn addr(&mut self, text: &str, key: &str) -> Option<SocketAddr> {

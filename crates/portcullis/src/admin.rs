@@ -1,9 +1,16 @@
 //! The admin listener: `GET /healthz` (the process is alive), `GET /readyz` (listeners
 //! bound, config loaded, every site has a certificate), `GET /metrics` (Prometheus text
 //! format) and `POST /reload` (re-read the config file; used by `portcullis reload`).
+//!
+//! Every request passes [`access`]'s checks first; `/metrics` and `/reload` also need the
+//! token when `admin.token_file` is set. `/healthz` and `/readyz` never do, so probes that
+//! cannot carry a secret (a kubelet's) keep working.
+
+mod access;
 
 use std::convert::Infallible;
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,16 +38,55 @@ pub(crate) async fn serve(
                 Err(_) => continue,
             },
         };
+        // The address the client dialled: a `Host` naming it is this listener.
+        let Ok(local) = tcp.local_addr() else {
+            continue;
+        };
         let controller = controller.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let controller = controller.clone();
-                async move { Ok::<_, Infallible>(route(&controller, &req).await) }
+                async move { Ok::<_, Infallible>(answer(&controller, &req, local).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
+    }
+}
+
+/// Checks who is asking, then routes.
+async fn answer(
+    controller: &Arc<Controller>,
+    req: &Request<Incoming>,
+    local: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let settings = controller.admin_settings();
+    let public = matches!(req.uri().path(), "/healthz" | "/readyz");
+    let checked = access::check_request(req, &settings, local).and_then(|()| {
+        if public {
+            Ok(())
+        } else {
+            access::check_token(req.headers(), &settings)
+        }
+    });
+    match checked {
+        Ok(()) => route(controller, req).await,
+        Err(refusal) => {
+            tracing::debug!(
+                path = req.uri().path(),
+                status = refusal.status().as_u16(),
+                "admin request refused"
+            );
+            let mut resp = text(refusal.status(), refusal.message());
+            if refusal == access::Refusal::Token {
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"portcullis admin\""),
+                );
+            }
+            resp
+        }
     }
 }
 
@@ -119,6 +165,11 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // Nothing here is for a browser to render, whatever a client makes of the body.
+    resp.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
     );
     resp
 }

@@ -132,6 +132,9 @@ impl App {
         for w in &certs.warnings {
             warn!(key = %w.key, "{}", w.message);
         }
+        if let Some(w) = config.admin.exposure_warning() {
+            warn!(key = %w.key, "{}", w.message);
+        }
         if let Some(ca) = &local_ca {
             info!(root = %ca.root_cert_path().display(), "local CA in use; trust this root certificate to avoid browser warnings");
         }

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use portcullis_acme::{AcmeManager, AcmeStats};
-use portcullis_config::{Config, Problem, Site, SiteTls};
+use portcullis_config::{Admin, Config, Problem, Site, SiteTls};
 use portcullis_proxy::{Gateway, ListenerKind, Router};
 use portcullis_tls::{
     CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteBinding, SiteCerts,
@@ -72,6 +72,9 @@ pub struct Controller {
     pub(crate) telemetry: Telemetry,
     acme_stats: Arc<AcmeStats>,
     acme: ArcSwapOption<AcmeManager>,
+    /// The `admin` section in force, read by each admin request without waiting for a
+    /// reload that holds `state`.
+    admin: ArcSwap<Admin>,
     state: tokio::sync::Mutex<State>,
     /// The config file's content as last loaded (or tried), so the watcher reacts only to
     /// edits made since.
@@ -124,6 +127,7 @@ impl Controller {
             telemetry,
             acme_stats,
             acme: ArcSwapOption::new(acme.clone()),
+            admin: ArcSwap::from_pointee(config.admin.clone()),
             loaded: std::sync::Mutex::new(loaded),
             state: tokio::sync::Mutex::new(State {
                 config,
@@ -145,6 +149,11 @@ impl Controller {
     /// The ACME manager, when some site uses `tls: acme`.
     pub fn acme(&self) -> Option<Arc<AcmeManager>> {
         self.acme.load_full()
+    }
+
+    /// The admin listener's settings now in force (token, allowed hosts).
+    pub(crate) fn admin_settings(&self) -> Arc<Admin> {
+        self.admin.load_full()
     }
 
     /// The configuration now in force.
@@ -254,6 +263,7 @@ impl Controller {
         }));
         self.gateway.set_router(router);
         self.gateway.set_limits(&new.limits);
+        self.admin.store(Arc::new(new.admin.clone()));
         for (kind, change) in [(ListenerKind::Https, https), (ListenerKind::Http, http)] {
             match change {
                 Rebind::Keep => {}
@@ -323,6 +333,9 @@ impl Controller {
             }
         };
         for w in &certs.warnings {
+            warn!(key = %w.key, "{}", w.message);
+        }
+        if let Some(w) = new.admin.exposure_warning() {
             warn!(key = %w.key, "{}", w.message);
         }
         let store = self.gateway.certs();

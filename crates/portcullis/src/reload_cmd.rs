@@ -1,6 +1,6 @@
 //! `portcullis reload --config FILE`: asks the running gateway, through its admin listener,
-//! to re-read its config file. The file is read only to find the admin address, so a file
-//! with mistakes still gets them reported by the gateway, key by key.
+//! to re-read its config file. The file is read only to find the admin address and token,
+//! so a file with mistakes still gets them reported by the gateway, key by key.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use portcullis_config::defaults;
+use portcullis_config::{AdminToken, defaults};
 
 /// What the gateway said.
 #[derive(Debug)]
@@ -20,17 +20,42 @@ pub enum ReloadOutcome {
     Refused(Vec<String>),
 }
 
-/// The admin address named in the config file (default `127.0.0.1:9901`), with an
-/// all-interfaces address turned into loopback.
-pub fn admin_address(config: &Path) -> Result<SocketAddr, String> {
+/// Where the admin listener is and what to show it.
+#[derive(Debug)]
+pub struct AdminTarget {
+    /// The admin address named in the config file (default `127.0.0.1:9901`), with an
+    /// all-interfaces address turned into loopback.
+    pub addr: SocketAddr,
+    /// The token read from `admin.token_file`, when the config names one.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin listener named in the config file at `config`, and its token.
+pub fn admin_target(config: &Path) -> Result<AdminTarget, String> {
     let text = std::fs::read_to_string(config)
         .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
     let doc = admin_section(&text)
         .and_then(|section| serde_yaml::from_str::<serde_yaml::Value>(section).ok())
         .filter(|doc| doc.get("admin").is_some())
         .unwrap_or_else(|| serde_yaml::from_str(&text).unwrap_or(serde_yaml::Value::Null));
-    let listen = doc
-        .get("admin")
+    let admin = doc.get("admin");
+    let token = match admin.and_then(|a| a.get("token_file")) {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(path) => {
+            let path = path
+                .as_str()
+                .ok_or("admin.token_file: expected the path of a file")?;
+            // Relative to the config file's folder, as the gateway reads it.
+            let base = config
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let path = Path::new(path);
+            let path = base.join(path.strip_prefix(".").unwrap_or(path));
+            Some(AdminToken::read(&path).map_err(|e| format!("admin.token_file: {e}"))?)
+        }
+    };
+    let listen = admin
         .and_then(|a| a.get("listen"))
         .and_then(|l| l.as_str())
         .unwrap_or(defaults::ADMIN);
@@ -44,7 +69,7 @@ pub fn admin_address(config: &Path) -> Result<SocketAddr, String> {
     if addr.ip().is_unspecified() {
         addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
-    Ok(addr)
+    Ok(AdminTarget { addr, token })
 }
 
 /// The top-level `admin:` key of a block-style config, with the indented, blank and comment
@@ -68,8 +93,9 @@ fn admin_section(text: &str) -> Option<&str> {
     Some(&text[start?..])
 }
 
-/// Sends `POST /reload` to the admin listener at `addr`.
-pub async fn request_reload(addr: SocketAddr) -> Result<ReloadOutcome, String> {
+/// Sends `POST /reload` to the admin listener, with its token if there is one.
+pub async fn request_reload(target: &AdminTarget) -> Result<ReloadOutcome, String> {
+    let addr = target.addr;
     let unreachable = |e: &dyn std::fmt::Display| {
         format!("cannot reach the gateway's admin listener at {addr}: {e}")
     };
@@ -80,10 +106,14 @@ pub async fn request_reload(addr: SocketAddr) -> Result<ReloadOutcome, String> {
         .await
         .map_err(|e| unreachable(&e))?;
     tokio::spawn(conn);
-    let req = http::Request::post("/reload")
-        .header(http::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+    let mut req = http::Request::post("/reload").header(http::header::HOST, addr.to_string());
+    if let Some(token) = &target.token {
+        let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.expose()))
+            .map_err(|_| "admin.token_file: the token cannot be sent in a header".to_owned())?;
+        value.set_sensitive(true);
+        req = req.header(http::header::AUTHORIZATION, value);
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
     let resp = sender
         .send_request(req)
         .await
@@ -101,6 +131,10 @@ pub async fn request_reload(addr: SocketAddr) -> Result<ReloadOutcome, String> {
         422 => Ok(ReloadOutcome::Refused(
             body.lines().map(str::to_owned).collect(),
         )),
+        401 if target.token.is_none() => Err(format!(
+            "the admin listener at {addr} wants a token, and this config has no \
+             `admin.token_file`: {body}"
+        )),
         other => Err(format!(
             "the admin listener at {addr} answered {other}: {body}"
         )),
@@ -115,7 +149,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.yaml");
         std::fs::write(&path, text).unwrap();
-        admin_address(&path)
+        admin_target(&path).map(|t| t.addr)
+    }
+
+    #[test]
+    fn the_token_file_is_read_next_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(dir.path().join("admin.token"), "abc123\n").unwrap();
+        std::fs::write(&path, "admin:\n  token_file: ./admin.token\nsites: []\n").unwrap();
+        let target = admin_target(&path).unwrap();
+        assert!(target.token.unwrap().matches(b"abc123"));
+        std::fs::write(dir.path().join("admin.token"), "").unwrap();
+        let err = admin_target(&path).unwrap_err();
+        assert!(
+            err.starts_with("admin.token_file: ") && err.contains("empty"),
+            "{err}"
+        );
     }
 
     #[test]
