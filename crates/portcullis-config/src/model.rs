@@ -573,8 +573,14 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// `limits.max_connections`.
     pub const MAX_CONNECTIONS: usize = 16_384;
-    /// `limits.max_connections_per_ip` (0 in the file means unlimited).
-    pub const MAX_CONNECTIONS_PER_IP: usize = 512;
+    /// `limits.max_connections_per_ip`: unlimited (`None`; 0 in the file says the same).
+    /// Behind a NAT (Kubernetes' source NAT, a corporate proxy) or a load balancer without
+    /// the PROXY protocol every client shares a few addresses, and a per-address cap resets
+    /// busy sites; one address can carry tens of thousands of connections (a port each),
+    /// more than `max_connections`, so no cap both protects and is safe for them. nginx
+    /// and HAProxy have no such default either; `max_connections` and the timeouts bound
+    /// what one client can hold.
+    pub const MAX_CONNECTIONS_PER_IP: Option<usize> = None;
     /// `limits.h2_max_concurrent_streams`.
     pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
     /// `limits.h2_max_resets` (per connection, per 10 s).

@@ -36,9 +36,10 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.tls.local_ca_dir, Path::new("/etc/portcullis/data/ca"));
     assert_eq!(c.limits.header_read_timeout, defaults::HEADER_READ_TIMEOUT);
     assert_eq!(c.limits.idle_timeout, defaults::IDLE_TIMEOUT);
+    assert_eq!(c.limits.max_connections_per_ip, None);
     assert_eq!(
         c.limits.max_connections_per_ip,
-        Some(defaults::MAX_CONNECTIONS_PER_IP)
+        defaults::MAX_CONNECTIONS_PER_IP
     );
     assert_eq!(c.limits.max_body_size, None);
     let site = &c.sites[0];
