@@ -201,3 +201,83 @@ async fn with_a_token_file_reload_and_metrics_need_the_bearer_token() {
         assert_eq!(a.status, 200, "{path}: {}", a.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_can_be_a_unix_socket_only_its_user_can_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let gw = gateway("{listen: 'unix:./admin.sock'}", false).await;
+    assert_eq!(gw.admin, None, "no TCP admin listener");
+    let path = gw.dir.path().join("admin.sock");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let over_unix = |request: String| {
+        let path = path.clone();
+        async move {
+            let mut unix = tokio::net::UnixStream::connect(&path).await.unwrap();
+            unix.write_all(request.as_bytes()).await.unwrap();
+            let mut text = String::new();
+            tokio::time::timeout(Duration::from_secs(10), unix.read_to_string(&mut text))
+                .await
+                .unwrap()
+                .unwrap();
+            text
+        }
+    };
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert!(over_unix(get("/healthz")).await.starts_with("HTTP/1.1 200"));
+    let reload = over_unix(
+        "POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            .into(),
+    )
+    .await;
+    assert!(
+        reload.starts_with("HTTP/1.1 200") && reload.ends_with("reloaded: 1 sites\n"),
+        "{reload}"
+    );
+    // The Host check still holds.
+    let a = over_unix(get("/metrics").replace("localhost", "evil.example")).await;
+    assert!(a.starts_with("HTTP/1.1 403"), "{a}");
+    // The socket goes with the gateway.
+    assert!(gw.stop().await);
+    wait_gone(&path).await;
+}
+
+async fn wait_gone(path: &std::path::Path) {
+    portcullis_tests::wait::until(
+        Duration::from_secs(10),
+        "the socket file removed",
+        || async { (!path.exists()).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_socket_is_replaced_and_a_file_that_is_not_one_is_left_alone() {
+    // A socket file left by a gateway that was killed: nothing listens on it.
+    let b = GatewayBuilder::new();
+    drop(std::os::unix::net::UnixListener::bind(b.dir().join("admin.sock")).unwrap());
+    let gw = b
+        .set("admin", "{listen: 'unix:./admin.sock'}")
+        .site("{hosts: [a.test], tls: local, respond: {}}")
+        .start()
+        .await;
+    let path = gw.dir.path().join("admin.sock");
+    tokio::net::UnixStream::connect(&path).await.unwrap();
+
+    // A regular file at the path is someone's data: refused, and kept. (In a folder of
+    // its own: the builder's goes when a start fails.)
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("admin.sock");
+    std::fs::write(&file, "data").unwrap();
+    let refused = GatewayBuilder::new()
+        .set("admin", &format!("{{listen: 'unix:{}'}}", file.display()))
+        .site("{hosts: [a.test], tls: local, respond: {}}")
+        .try_start()
+        .await;
+    let Err(e) = refused else {
+        panic!("started over a regular file")
+    };
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "data");
+}

@@ -101,8 +101,9 @@ pub struct Listen {
 /// Admin listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
-    /// Address of `/healthz` and `/readyz` (default `127.0.0.1:9901`), or `None` for `off`.
-    pub listen: Option<SocketAddr>,
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/reload` are served (default
+    /// `127.0.0.1:9901`), or `None` for `off`.
+    pub listen: Option<AdminListen>,
     /// The bearer token read from `admin.token_file`: required by `POST /reload` and
     /// `GET /metrics` when set.
     pub token: Option<AdminToken>,
@@ -115,7 +116,7 @@ impl Admin {
     /// What `check` and `run` say when the admin listener is reachable from other machines
     /// and anyone who reaches it can reload the gateway and read its metrics.
     pub fn exposure_warning(&self) -> Option<crate::Problem> {
-        let addr = self.listen?;
+        let addr = self.listen.as_ref()?.tcp()?;
         if addr.ip().is_loopback() || self.token.is_some() {
             return None;
         }
@@ -126,6 +127,35 @@ impl Admin {
                  who can reach it can reload the gateway and read its metrics"
             ),
         ))
+    }
+}
+
+/// Where the admin listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A unix socket at this path (`unix:/run/portcullis/admin.sock`), which only the
+    /// gateway's user may connect to (mode 0600).
+    Unix(PathBuf),
+}
+
+impl AdminListen {
+    /// The TCP address, when it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(addr) => Some(*addr),
+            Self::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => addr.fmt(f),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
     }
 }
 

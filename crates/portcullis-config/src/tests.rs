@@ -32,7 +32,10 @@ fn minimal_config_gets_defaults() {
     .unwrap();
     assert_eq!(c.listen.https, "0.0.0.0:443".parse().unwrap());
     assert_eq!(c.listen.http, Some("0.0.0.0:80".parse().unwrap()));
-    assert_eq!(c.admin.listen, Some("127.0.0.1:9901".parse().unwrap()));
+    assert_eq!(
+        c.admin.listen,
+        Some(AdminListen::Tcp("127.0.0.1:9901".parse().unwrap()))
+    );
     assert_eq!(c.tls.local_ca_dir, Path::new("/etc/portcullis/data/ca"));
     assert_eq!(c.limits.header_read_timeout, defaults::HEADER_READ_TIMEOUT);
     assert_eq!(c.limits.idle_timeout, defaults::IDLE_TIMEOUT);
@@ -455,4 +458,32 @@ fn an_exposed_admin_listener_without_a_token_is_warned_about() {
     )
     .unwrap();
     assert_eq!(loopback.admin.exposure_warning(), None);
+}
+
+#[test]
+fn the_admin_listener_may_be_a_unix_socket() {
+    let c = parse(
+        &format!("admin: {{listen: 'unix:./run/admin.sock'}}\n{SITE}"),
+        Path::new("/etc/portcullis"),
+    )
+    .unwrap();
+    let listen = c.admin.listen.as_ref().unwrap();
+    assert_eq!(
+        listen,
+        &AdminListen::Unix("/etc/portcullis/run/admin.sock".into())
+    );
+    assert_eq!(listen.to_string(), "unix:/etc/portcullis/run/admin.sock");
+    // Only processes of this machine reach it.
+    assert_eq!(c.admin.exposure_warning(), None);
+    let long = format!("admin: {{listen: 'unix:/{}'}}\n{SITE}", "a".repeat(120));
+    let err = parse(&long, Path::new("/")).unwrap_err().problems()[0].to_string();
+    assert!(err.starts_with("admin.listen: "), "{err}");
+    let err = parse(
+        &format!("admin: {{listen: 'unix:'}}\n{SITE}"),
+        Path::new("/"),
+    )
+    .unwrap_err()
+    .problems()[0]
+        .to_string();
+    assert!(err.starts_with("admin.listen: "), "{err}");
 }

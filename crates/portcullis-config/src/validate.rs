@@ -271,7 +271,7 @@ impl Validator<'_> {
                 self.err("listen.http", "same address as `listen.https`");
             }
         }
-        if let Some(a) = admin.listen {
+        if let Some(a) = admin.listen.as_ref().and_then(|l| l.tcp()) {
             if clash(a, Some(listen.https)) {
                 self.err("admin.listen", "same address as `listen.https`");
             } else if clash(a, listen.http) {

@@ -7,10 +7,13 @@
 //! cannot carry a secret (a kubelet's) keep working.
 
 mod access;
+mod listener;
+
+pub(crate) use listener::AdminListener;
 
 use std::convert::Infallible;
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,46 +23,56 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::controller::Controller;
+use listener::AdminConn;
 
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: AdminListener,
     controller: Arc<Controller>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (tcp, _) = tokio::select! {
+        let conn = tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(_) => continue,
             },
         };
-        // The address the client dialled: a `Host` naming it is this listener.
-        let Ok(local) = tcp.local_addr() else {
-            continue;
-        };
         let controller = controller.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let controller = controller.clone();
-                async move { Ok::<_, Infallible>(answer(&controller, &req, local).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
+        match conn {
+            AdminConn::Tcp(tcp, local) => {
+                tokio::spawn(serve_connection(tcp, controller, Some(local.ip())));
+            }
+            // Only this machine's processes of the gateway's user reach the socket (mode
+            // 0600); the checks still run, and loopback names pass them.
+            AdminConn::Unix(unix) => {
+                tokio::spawn(serve_connection(unix, controller, None));
+            }
+        }
     }
+}
+
+async fn serve_connection<IO>(io: IO, controller: Arc<Controller>, local: Option<IpAddr>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let controller = controller.clone();
+        async move { Ok::<_, Infallible>(answer(&controller, &req, local).await) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// Checks who is asking, then routes.
 async fn answer(
     controller: &Arc<Controller>,
     req: &Request<Incoming>,
-    local: SocketAddr,
+    local: Option<IpAddr>,
 ) -> Response<Full<Bytes>> {
     let settings = controller.admin_settings();
     let public = matches!(req.uri().path(), "/healthz" | "/readyz");

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use portcullis_acme::{AcmeManager, AcmeStats};
-use portcullis_config::{Admin, Config, Problem, Site, SiteTls};
+use portcullis_config::{Admin, AdminListen, Config, Problem, Site, SiteTls};
 use portcullis_proxy::{Gateway, ListenerKind, Router};
 use portcullis_tls::{
     CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteBinding, SiteCerts,
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::admin;
+use crate::admin::{self, AdminListener};
 use crate::app::{acme_sites, open_local_ca};
 use crate::telemetry::Telemetry;
 
@@ -162,7 +162,7 @@ impl Controller {
     }
 
     /// Starts the tasks beside the data path: the admin listener and local renewal.
-    pub(crate) async fn start_tasks(self: &Arc<Self>, admin: Option<TcpListener>) {
+    pub(crate) async fn start_tasks(self: &Arc<Self>, admin: Option<AdminListener>) {
         let mut st = self.state.lock().await;
         st.admin = admin.map(|l| self.admin_task(l));
         st.renew = self.renew_task(&st.config, st.local_ca.clone());
@@ -180,7 +180,7 @@ impl Controller {
         }
     }
 
-    fn admin_task(self: &Arc<Self>, listener: TcpListener) -> Task {
+    fn admin_task(self: &Arc<Self>, listener: AdminListener) -> Task {
         let me = self.clone();
         Task::spawn(move |stop| admin::serve(listener, me, stop))
     }
@@ -248,7 +248,7 @@ impl Controller {
         let mut moved = Vec::new();
         let https = rebind("https", Some(old.listen.https), Some(new.listen.https)).await?;
         let http = rebind("http", old.listen.http, new.listen.http).await?;
-        let admin = rebind("admin", old.admin.listen, new.admin.listen).await?;
+        let admin = rebind_admin(old.admin.listen.as_ref(), new.admin.listen.as_ref()).await?;
 
         // 2. Apply; nothing below fails.
         store.set_sites(new.sites.iter().zip(keys).map(|(site, key)| {
@@ -286,7 +286,7 @@ impl Controller {
                 moved.push("admin off".into());
             }
             Rebind::Bound(l) => {
-                moved.push(format!("admin {}", local(&l)));
+                moved.push(format!("admin {}", l.describe()));
                 let next = self.admin_task(l);
                 if let Some(t) = st.admin.replace(next) {
                     t.stop().await;
@@ -474,10 +474,25 @@ fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
-enum Rebind {
+enum Rebind<L = TcpListener> {
     Keep,
     Stop,
-    Bound(TcpListener),
+    Bound(L),
+}
+
+/// Binds the admin listener's new address or socket when it changed.
+async fn rebind_admin(
+    old: Option<&AdminListen>,
+    new: Option<&AdminListen>,
+) -> Result<Rebind<AdminListener>, Vec<Problem>> {
+    match (old, new) {
+        (a, b) if a == b => Ok(Rebind::Keep),
+        (_, None) => Ok(Rebind::Stop),
+        (_, Some(listen)) => AdminListener::bind(listen)
+            .await
+            .map(Rebind::Bound)
+            .map_err(|e| vec![Problem::new("admin.listen", e)]),
+    }
 }
 
 /// Binds the new address of a listener when it changed (before the old one closes).
@@ -494,7 +509,6 @@ async fn rebind(
             .map(Rebind::Bound)
             .map_err(|e| {
                 let key = match what {
-                    "admin" => "admin.listen",
                     "http" => "listen.http",
                     _ => "listen.https",
                 };

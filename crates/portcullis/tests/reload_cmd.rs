@@ -412,3 +412,27 @@ async fn reload_command_sends_the_token_from_the_config() {
     );
     stop(gw);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_command_reaches_a_unix_socket_admin_listener() {
+    let files = Files::new();
+    let a = files.site("a.test", "respond: {body: a}");
+    let admin = "{listen: 'unix:./admin.sock'}";
+    files.write_admin(admin, std::slice::from_ref(&a));
+    let gw = files.run();
+    files.write_admin(admin, &[a, files.site("b.test", "respond: {body: b}")]);
+    let out = reload_command(&files.path).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "reloaded: 2 sites\n", "{out:?}");
+    assert_eq!(
+        answer(&files.client(&gw), "b.test").await,
+        Some((200, "b".into()))
+    );
+    assert!(
+        messages(&gw).iter().any(|m| m == "portcullis is serving"),
+        "{:?}",
+        gw.logs()
+    );
+    stop(gw);
+    assert!(!files.dir.path().join("admin.sock").exists());
+}

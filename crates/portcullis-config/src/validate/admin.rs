@@ -2,17 +2,21 @@
 //! answers to.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use super::Validator;
 use crate::file::AdminFile;
-use crate::model::{Admin, AdminToken, defaults};
+use crate::model::{Admin, AdminListen, AdminToken, defaults};
 
 impl Validator<'_> {
     pub(super) fn admin(&mut self, f: AdminFile) -> Option<Admin> {
         let before = self.problems.len();
         let listen = match f.listen.as_deref() {
             Some("off") => None,
-            other => self.addr(other.unwrap_or(defaults::ADMIN), "admin.listen"),
+            Some(text) if text.starts_with("unix:") => self.unix_socket(&text["unix:".len()..]),
+            other => self
+                .addr(other.unwrap_or(defaults::ADMIN), "admin.listen")
+                .map(AdminListen::Tcp),
         };
         let token = f.token_file.and_then(|path| {
             AdminToken::read(&self.resolve(&path))
@@ -35,7 +39,36 @@ impl Validator<'_> {
             allowed_hosts,
         })
     }
+
+    /// `unix:PATH`, resolved against the config file's folder.
+    fn unix_socket(&mut self, path: &str) -> Option<AdminListen> {
+        if path.trim().is_empty() {
+            self.err(
+                "admin.listen",
+                "`unix:` needs a path, e.g. `unix:/run/portcullis/admin.sock`",
+            );
+            return None;
+        }
+        let path = self.resolve(Path::new(path));
+        // `sockaddr_un` holds 108 bytes with the final NUL; the gateway binds a temporary
+        // name a little longer first (see the admin listener).
+        if path.as_os_str().len() > UNIX_PATH_MAX {
+            self.err(
+                "admin.listen",
+                format!(
+                    "`unix:{}` is longer than the {UNIX_PATH_MAX} bytes a unix socket path may have here",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        Some(AdminListen::Unix(path))
+    }
 }
+
+/// The longest socket path accepted: 107 bytes, less room for the temporary name the
+/// socket is created under (`.NAME.PID.tmp`, up to 16 bytes more).
+const UNIX_PATH_MAX: usize = 107 - 16;
 
 /// A name such as `portcullis-admin.gw.svc` or an address, as a `Host` header names it
 /// without its port: lowercased, with no trailing dot, an IPv6 address without brackets.
