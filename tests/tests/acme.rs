@@ -124,7 +124,7 @@ async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
 
 /// `/readyz` on the admin listener: status and body.
 async fn readyz(admin: SocketAddr) -> (u16, String) {
-    let (status, text) = plain_get(admin, "admin", "/readyz").await;
+    let (status, text) = plain_get(admin, "localhost", "/readyz").await;
     let body = text
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)

@@ -152,7 +152,7 @@ fn tally(ports: impl IntoIterator<Item = u16>) -> BTreeMap<u16, usize> {
 /// `GET /metrics` on the admin listener.
 async fn scrape(gw: &TestGateway) -> String {
     let mut tcp = TcpStream::connect(gw.admin.unwrap()).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut out = String::new();

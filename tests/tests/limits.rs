@@ -48,7 +48,7 @@ async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) ->
 /// listener's `/metrics`.
 async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut tcp = TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut text = String::new();
@@ -311,6 +311,109 @@ async fn cap_is_enforced(limits: &str, cap: usize, reason: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_per_ip_cap_are_refused_without_disturbing_others() {
     cap_is_enforced("{max_connections_per_ip: 5}", 5, "max_connections_per_ip").await;
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all this
+/// machine's), so a test has client addresses of its own.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Behind a NAT or a load balancer without the PROXY protocol every client has the same
+/// address: by default there is no per-address cap to reset them.
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_one_address_may_open_more_than_512_connections() {
+    const CONNS: usize = 600;
+    let ca = TestCa::new("limits CA");
+    let gw = gateway(&ca, "{}", "respond: {body: ok}").await;
+    let http = gw.http.unwrap();
+    // Silent connections, cut off by `header_read_timeout` (10 s) if the test fails.
+    let conns: Vec<TcpStream> = within(
+        Duration::from_secs(30),
+        "opening the connections",
+        futures_util::stream::iter(0..CONNS)
+            .map(|_| connect_from("127.0.0.4", http))
+            .buffer_unordered(64)
+            .collect(),
+    )
+    .await;
+    wait::until(
+        Duration::from_secs(10),
+        "every connection from one address to be held",
+        || async { (gw.gateway.open_connections() >= CONNS).then_some(()) },
+    )
+    .await;
+    let refused = metric(
+        gw.admin.unwrap(),
+        "portcullis_connections_rejected_total",
+        &[("reason", "max_connections_per_ip")],
+    )
+    .await;
+    assert_eq!(refused, 0.0);
+    drop(conns);
+    wait::until(
+        Duration::from_secs(30),
+        "the connections to close",
+        || async { (gw.gateway.open_connections() == 0).then_some(()) },
+    )
+    .await;
+}
+
+/// With a cap set, a refusal is counted, and the first one of each address is logged with
+/// the setting's name so the operator finds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_ip_refusal_is_counted_and_logged_once_per_address() {
+    let ca = TestCa::new("limits CA");
+    let gw = gateway(&ca, "{max_connections_per_ip: 2}", "respond: {body: ok}").await;
+    let http = gw.http.unwrap();
+    let mut held = Vec::new();
+    for (from, refusals) in [("127.0.0.2", 3), ("127.0.0.3", 1)] {
+        for _ in 0..2 {
+            held.push(connect_from(from, http).await);
+        }
+        wait::until(Duration::from_secs(10), "the connections held", || async {
+            (gw.gateway.open_connections() == held.len()).then_some(())
+        })
+        .await;
+        for _ in 0..refusals {
+            let mut refused = connect_from(from, http).await;
+            refused
+                .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+                .await
+                .ok();
+            let answer = within(
+                Duration::from_secs(10),
+                "the refused connection to close",
+                read_until_closed(&mut refused),
+            )
+            .await;
+            assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        }
+    }
+    wait::until(Duration::from_secs(10), "the refusals counted", || async {
+        let n = metric(
+            gw.admin.unwrap(),
+            "portcullis_connections_rejected_total",
+            &[("listener", "http"), ("reason", "max_connections_per_ip")],
+        )
+        .await;
+        (n == 4.0).then_some(())
+    })
+    .await;
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        let peer = format!("peer={from}");
+        portcullis_tests::logs::wait_for(
+            Duration::from_secs(10),
+            &["limits.max_connections_per_ip", &peer],
+        )
+        .await;
+        let lines = portcullis_tests::logs::lines_with(&["limits.max_connections_per_ip", &peer]);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].contains("WARN"), "{}", lines[0]);
+    }
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,7 +90,7 @@ struct Scrape(Vec<Sample>);
 
 impl Scrape {
     async fn take(admin: SocketAddr) -> Self {
-        let (status, head, body) = plain_get(admin, "admin", "/metrics").await;
+        let (status, head, body) = plain_get(admin, "localhost", "/metrics").await;
         assert_eq!(status, 200, "{head}");
         Self(parse(&body))
     }
@@ -238,7 +238,7 @@ async fn metrics_pass_promtool_check() {
     assert_eq!(get_on_shop(&client, "m.test", "/nowhere").await, 404);
     assert!(client.tls("unknown.test", true, &[]).await.is_err());
     let admin = s.gw.admin.unwrap();
-    let (status, head, body) = plain_get(admin, "admin", "/metrics").await;
+    let (status, head, body) = plain_get(admin, "localhost", "/metrics").await;
     assert_eq!(status, 200);
     assert!(
         head.to_ascii_lowercase()
@@ -568,9 +568,9 @@ async fn what_clients_send_never_becomes_a_label_value() {
 async fn health_and_readiness() {
     let s = setup().await;
     let admin = s.gw.admin.unwrap();
-    let (status, _, body) = plain_get(admin, "admin", "/healthz").await;
+    let (status, _, body) = plain_get(admin, "localhost", "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    let (status, _, body) = plain_get(admin, "admin", "/readyz").await;
+    let (status, _, body) = plain_get(admin, "localhost", "/readyz").await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
 
     // A site with no certificate yet (its ACME CA is unreachable): alive, not ready.
@@ -584,9 +584,9 @@ async fn health_and_readiness() {
         .start()
         .await;
     let admin = waiting.admin.unwrap();
-    let (status, _, body) = plain_get(admin, "admin", "/healthz").await;
+    let (status, _, body) = plain_get(admin, "localhost", "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
-    let (status, _, body) = plain_get(admin, "admin", "/readyz").await;
+    let (status, _, body) = plain_get(admin, "localhost", "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("not ready"), "{body}");
     assert!(body.contains("site pending:"), "{body}");

@@ -129,7 +129,7 @@ impl Running {
     /// `GET /metrics` on the admin listener.
     async fn metrics(&self) -> String {
         let mut tcp = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut out = String::new();

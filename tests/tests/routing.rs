@@ -167,7 +167,7 @@ async fn admin_reports_health_and_readiness() {
     let admin = gw.admin.unwrap();
     let health = raw_http(
         admin,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(
@@ -176,7 +176,7 @@ async fn admin_reports_health_and_readiness() {
     );
     let ready = raw_http(
         admin,
-        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(

@@ -30,6 +30,8 @@ pub(crate) struct ListenProxyProtocolFile {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct AdminFile {
     pub listen: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

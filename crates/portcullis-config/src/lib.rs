@@ -15,10 +15,10 @@ pub use error::{Error, Problem, Result};
 pub use host::{HostMap, HostPattern, strip_port};
 pub use ipnet::IpNet;
 pub use model::{
-    Acme, Action, ActiveHealth, Admin, Balance, CertKey, Challenge, Config, Eab, HashKey, Health,
-    Hsts, Limits, Listen, Mode, Origin, OriginServer, OriginTimeouts, OriginTls, PassiveHealth,
-    ProxyProtocolVersion, Respond, Retries, Route, Shutdown, Site, SiteTls, TlsSettings, Transport,
-    Upgrades, Verify, defaults,
+    Acme, Action, ActiveHealth, Admin, AdminListen, AdminToken, Balance, CertKey, Challenge,
+    Config, Eab, HashKey, Health, Hsts, Limits, Listen, Mode, Origin, OriginServer, OriginTimeouts,
+    OriginTls, PassiveHealth, ProxyProtocolVersion, Respond, Retries, Route, Shutdown, Site,
+    SiteTls, TlsSettings, Transport, Upgrades, Verify, defaults,
 };
 pub use units::{parse_duration, parse_size};
 pub use validate::{load, parse, parse_addr};

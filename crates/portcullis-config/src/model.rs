@@ -101,8 +101,107 @@ pub struct Listen {
 /// Admin listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
-    /// Address of `/healthz` and `/readyz` (default `127.0.0.1:9901`), or `None` for `off`.
-    pub listen: Option<SocketAddr>,
+    /// Where `/healthz`, `/readyz`, `/metrics` and `/reload` are served (default
+    /// `127.0.0.1:9901`), or `None` for `off`.
+    pub listen: Option<AdminListen>,
+    /// The bearer token read from `admin.token_file`: required by `POST /reload` and
+    /// `GET /metrics` when set.
+    pub token: Option<AdminToken>,
+    /// Host names (and addresses) the admin listener answers to besides loopback names and
+    /// its own address, lowercased, without port (`admin.allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Admin {
+    /// What `check` and `run` say when the admin listener is reachable from other machines
+    /// and anyone who reaches it can reload the gateway and read its metrics.
+    pub fn exposure_warning(&self) -> Option<crate::Problem> {
+        let addr = self.listen.as_ref()?.tcp()?;
+        if addr.ip().is_loopback() || self.token.is_some() {
+            return None;
+        }
+        Some(crate::Problem::new(
+            "admin.listen",
+            format!(
+                "{addr} is not a loopback address and there is no `admin.token_file`; anyone \
+                 who can reach it can reload the gateway and read its metrics"
+            ),
+        ))
+    }
+}
+
+/// Where the admin listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A unix socket at this path (`unix:/run/portcullis/admin.sock`), which only the
+    /// gateway's user may connect to (mode 0600).
+    Unix(PathBuf),
+}
+
+impl AdminListen {
+    /// The TCP address, when it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(addr) => Some(*addr),
+            Self::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => addr.fmt(f),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The admin listener's bearer token. Its value never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token as read from `path`: surrounding whitespace (the file's final newline)
+    /// is dropped; an empty file, or one with characters a header cannot carry, is refused.
+    pub fn read(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!(
+                "{} is empty; write a long random token into it (e.g. `openssl rand -hex 32`)",
+                path.display()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{} must hold one token of printable ASCII characters without spaces",
+                path.display()
+            ));
+        }
+        Ok(Self(token.to_owned()))
+    }
+
+    /// Whether `presented` is the token, in time that does not depend on where they differ
+    /// (so the token cannot be guessed a byte at a time by timing answers).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+
+    /// The token, to send in an `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// Gateway-wide TLS settings.
@@ -546,8 +645,14 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// `limits.max_connections`.
     pub const MAX_CONNECTIONS: usize = 16_384;
-    /// `limits.max_connections_per_ip` (0 in the file means unlimited).
-    pub const MAX_CONNECTIONS_PER_IP: usize = 512;
+    /// `limits.max_connections_per_ip`: unlimited (`None`; 0 in the file says the same).
+    /// Behind a NAT (Kubernetes' source NAT, a corporate proxy) or a load balancer without
+    /// the PROXY protocol every client shares a few addresses, and a per-address cap resets
+    /// busy sites; one address can carry tens of thousands of connections (a port each),
+    /// more than `max_connections`, so no cap both protects and is safe for them. nginx
+    /// and HAProxy have no such default either; `max_connections` and the timeouts bound
+    /// what one client can hold.
+    pub const MAX_CONNECTIONS_PER_IP: Option<usize> = None;
     /// `limits.h2_max_concurrent_streams`.
     pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
     /// `limits.h2_max_resets` (per connection, per 10 s).

@@ -32,13 +32,17 @@ fn minimal_config_gets_defaults() {
     .unwrap();
     assert_eq!(c.listen.https, "0.0.0.0:443".parse().unwrap());
     assert_eq!(c.listen.http, Some("0.0.0.0:80".parse().unwrap()));
-    assert_eq!(c.admin.listen, Some("127.0.0.1:9901".parse().unwrap()));
+    assert_eq!(
+        c.admin.listen,
+        Some(AdminListen::Tcp("127.0.0.1:9901".parse().unwrap()))
+    );
     assert_eq!(c.tls.local_ca_dir, Path::new("/etc/portcullis/data/ca"));
     assert_eq!(c.limits.header_read_timeout, defaults::HEADER_READ_TIMEOUT);
     assert_eq!(c.limits.idle_timeout, defaults::IDLE_TIMEOUT);
+    assert_eq!(c.limits.max_connections_per_ip, None);
     assert_eq!(
         c.limits.max_connections_per_ip,
-        Some(defaults::MAX_CONNECTIONS_PER_IP)
+        defaults::MAX_CONNECTIONS_PER_IP
     );
     assert_eq!(c.limits.max_body_size, None);
     let site = &c.sites[0];
@@ -451,4 +455,97 @@ fn h2c_and_non_tokens_can_never_be_upgrades() {
         p[2].starts_with("sites[0].routes[0].upgrades[2]: `web socket` is not a protocol name")
     );
     assert!(p[3].starts_with("sites[0].routes[0].upgrades[3]: `websocket` is listed twice"));
+}
+
+/// One site, which every valid config needs.
+const SITE: &str = "sites: [{hosts: [a.test], tls: local, respond: {}}]\n";
+
+#[test]
+fn admin_token_and_allowed_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    let c = parse(
+        &format!("admin: {{listen: '0.0.0.0:9901', token_file: ./token, allowed_hosts: [Admin.GW.svc., '[::1]', 10.0.0.5]}}\n{SITE}"),
+        dir.path(),
+    )
+    .unwrap();
+    let token = c.admin.token.as_ref().unwrap();
+    assert!(token.matches(b"s3cret-token"));
+    assert!(!token.matches(b"s3cret-tokeN"));
+    assert!(!token.matches(b"s3cret"));
+    assert_eq!(c.admin.allowed_hosts, ["admin.gw.svc", "::1", "10.0.0.5"]);
+    // The token stays out of `Debug` output, which error paths and logs may print.
+    assert!(!format!("{c:?}").contains("s3cret"));
+    assert_eq!(c.admin.exposure_warning(), None);
+
+    let err = |yaml: &str| match parse(&format!("{yaml}{SITE}"), dir.path()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+    };
+    let empty = err("admin: {token_file: empty}\n");
+    assert_eq!(empty.len(), 1, "{empty:?}");
+    assert!(
+        empty[0].starts_with("admin.token_file: ") && empty[0].contains("is empty"),
+        "{empty:?}"
+    );
+    let missing = err("admin: {token_file: nowhere}\n");
+    assert!(
+        missing[0].starts_with("admin.token_file: cannot read"),
+        "{missing:?}"
+    );
+    let bad_host = err("admin: {allowed_hosts: ['http://x.test:9901']}\n");
+    assert!(
+        bad_host[0].starts_with("admin.allowed_hosts[0]: "),
+        "{bad_host:?}"
+    );
+}
+
+#[test]
+fn an_exposed_admin_listener_without_a_token_is_warned_about() {
+    let c = parse(
+        &format!("admin: {{listen: '0.0.0.0:9901'}}\n{SITE}"),
+        Path::new("/"),
+    )
+    .unwrap();
+    let warning = c.admin.exposure_warning().unwrap().to_string();
+    assert!(
+        warning.starts_with("admin.listen: 0.0.0.0:9901 "),
+        "{warning}"
+    );
+    assert!(warning.contains("admin.token_file"), "{warning}");
+    let loopback = parse(
+        &format!("admin: {{listen: '[::1]:9901'}}\n{SITE}"),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(loopback.admin.exposure_warning(), None);
+}
+
+#[test]
+fn the_admin_listener_may_be_a_unix_socket() {
+    let c = parse(
+        &format!("admin: {{listen: 'unix:./run/admin.sock'}}\n{SITE}"),
+        Path::new("/etc/portcullis"),
+    )
+    .unwrap();
+    let listen = c.admin.listen.as_ref().unwrap();
+    assert_eq!(
+        listen,
+        &AdminListen::Unix("/etc/portcullis/run/admin.sock".into())
+    );
+    assert_eq!(listen.to_string(), "unix:/etc/portcullis/run/admin.sock");
+    // Only processes of this machine reach it.
+    assert_eq!(c.admin.exposure_warning(), None);
+    let long = format!("admin: {{listen: 'unix:/{}'}}\n{SITE}", "a".repeat(120));
+    let err = parse(&long, Path::new("/")).unwrap_err().problems()[0].to_string();
+    assert!(err.starts_with("admin.listen: "), "{err}");
+    let err = parse(
+        &format!("admin: {{listen: 'unix:'}}\n{SITE}"),
+        Path::new("/"),
+    )
+    .unwrap_err()
+    .problems()[0]
+        .to_string();
+    assert!(err.starts_with("admin.listen: "), "{err}");
 }

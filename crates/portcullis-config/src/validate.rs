@@ -13,6 +13,7 @@ use crate::file::{AcmeFile, AdminFile, LimitsFile, ListenFile, ShutdownFile, Tls
 use crate::model::{Admin, Config, Listen, Shutdown, TlsSettings, defaults};
 
 mod acme;
+mod admin;
 mod limits;
 mod origin;
 mod site;
@@ -252,14 +253,6 @@ impl Validator<'_> {
         })
     }
 
-    fn admin(&mut self, f: AdminFile) -> Option<Admin> {
-        let listen = match f.listen.as_deref() {
-            Some("off") => None,
-            other => Some(self.addr(other.unwrap_or(defaults::ADMIN), "admin.listen")?),
-        };
-        Some(Admin { listen })
-    }
-
     fn addr(&mut self, text: &str, key: &str) -> Option<SocketAddr> {
         match parse_addr(text) {
             Ok(a) => Some(a),
@@ -278,7 +271,7 @@ impl Validator<'_> {
                 self.err("listen.http", "same address as `listen.https`");
             }
         }
-        if let Some(a) = admin.listen {
+        if let Some(a) = admin.listen.as_ref().and_then(|l| l.tcp()) {
             if clash(a, Some(listen.https)) {
                 self.err("admin.listen", "same address as `listen.https`");
             } else if clash(a, listen.http) {

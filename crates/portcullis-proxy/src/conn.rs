@@ -24,6 +24,23 @@ use crate::metrics::RejectReason;
 pub(crate) struct ConnTracker {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Addresses whose refusal under the per-IP cap has been logged.
+    warned: Mutex<std::collections::HashSet<IpAddr>>,
+}
+
+/// Addresses remembered as warned about. Clients choose their addresses (a whole IPv6
+/// prefix is cheap), so the set is bounded: past it, refusals are only counted.
+const WARNED_MAX: usize = 1024;
+
+/// What to log about a refusal under the per-IP cap.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PerIpWarning {
+    /// The first refusal of this address: say so, naming the setting.
+    First,
+    /// The first address past the bound: say that more are only counted.
+    Saturated,
+    /// Already said.
+    Quiet,
 }
 
 /// Held while a connection is open; gives its place back when dropped.
@@ -62,6 +79,33 @@ impl ConnTracker {
     /// Connections open now.
     pub(crate) fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+
+    /// Whether a refusal of `ip` under the per-IP cap should be logged: the first one of
+    /// each address, up to [`WARNED_MAX`] addresses, so an operator whose clients share an
+    /// address (a NAT, a load balancer without the PROXY protocol) finds the setting in the
+    /// log without a flood of lines.
+    pub(crate) fn per_ip_warning(&self, ip: IpAddr) -> PerIpWarning {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.contains(&ip) {
+            PerIpWarning::Quiet
+        } else if warned.len() < WARNED_MAX {
+            warned.insert(ip);
+            PerIpWarning::First
+        } else if warned.len() == WARNED_MAX {
+            // One entry past the bound marks that the saturation was logged.
+            warned.insert(ip);
+            PerIpWarning::Saturated
+        } else {
+            PerIpWarning::Quiet
+        }
+    }
+
+    /// Forgets which addresses were warned about (the limits changed; a refusal under the
+    /// new ones is news).
+    pub(crate) fn forget_warned(&self) {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        *warned = Default::default();
     }
 }
 
@@ -362,6 +406,28 @@ mod tests {
         assert_eq!(t.open(), 2);
         assert!(t.acquire(a, 3, Some(2)).is_ok());
         assert!(t.acquire(a, 10, None).is_ok());
+    }
+
+    #[test]
+    fn each_address_is_warned_about_once_and_the_set_is_bounded() {
+        let t = ConnTracker::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(t.per_ip_warning(a), PerIpWarning::First);
+        assert_eq!(t.per_ip_warning(a), PerIpWarning::Quiet);
+        for i in 1..WARNED_MAX {
+            let ip = IpAddr::from(std::net::Ipv6Addr::from(i as u128));
+            assert_eq!(t.per_ip_warning(ip), PerIpWarning::First);
+        }
+        let more: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(t.per_ip_warning(more), PerIpWarning::Saturated);
+        assert_eq!(
+            t.per_ip_warning("2001:db8::2".parse().unwrap()),
+            PerIpWarning::Quiet
+        );
+        assert_eq!(t.per_ip_warning(more), PerIpWarning::Quiet);
+        assert!(t.warned.lock().unwrap().len() <= WARNED_MAX + 1);
+        t.forget_warned();
+        assert_eq!(t.per_ip_warning(a), PerIpWarning::First);
     }
 
     /// A body read to its end is told by its request's number, so a task that finishes

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::conn::{ClockedIo, ConnClock, ConnPermit, ConnTracker};
+use crate::conn::{ClockedIo, ConnClock, ConnPermit, ConnTracker, PerIpWarning};
 use crate::drain::{Drain, DrainWatch, Supervised};
 use crate::edge::{self, ConnInfo};
 use crate::error::BindError;
@@ -218,6 +218,7 @@ impl Gateway {
         self.shared
             .settings
             .store(Arc::new(ConnSettings::new(limits)));
+        self.shared.conns.forget_warned();
     }
 
     /// The current routing table.
@@ -372,6 +373,11 @@ async fn accept_loop(
             Err(reason) => {
                 metrics.rejected(reason);
                 debug!(%peer, ?reason, "connection refused");
+                if let (RejectReason::MaxConnectionsPerIp, Some(max)) =
+                    (reason, settings.max_connections_per_ip)
+                {
+                    warn_per_ip(&shared.conns, peer.ip(), max);
+                }
                 continue;
             }
         };
@@ -393,6 +399,29 @@ async fn accept_loop(
             metrics,
         };
         tokio::spawn(connection(Box::new(accepted)).instrument(span));
+    }
+}
+
+/// Logs a refusal under `limits.max_connections_per_ip`, the first of each address only:
+/// a NAT or a load balancer puts many clients behind one address, and the operator must be
+/// able to find which setting turned them away.
+fn warn_per_ip(conns: &ConnTracker, ip: std::net::IpAddr, max: usize) {
+    match conns.per_ip_warning(ip) {
+        PerIpWarning::First => warn!(
+            peer = %ip,
+            limit = max,
+            "connection refused: this address already has {max} connections open \
+             (limits.max_connections_per_ip); clients behind one NAT or load balancer share \
+             an address, so raise the limit or set it to 0 (unlimited); later refusals of \
+             this address are only counted in portcullis_connections_rejected_total"
+        ),
+        PerIpWarning::Saturated => warn!(
+            limit = max,
+            "connections refused from many addresses under limits.max_connections_per_ip; \
+             refusals of further addresses are only counted in \
+             portcullis_connections_rejected_total"
+        ),
+        PerIpWarning::Quiet => {}
     }
 }
 

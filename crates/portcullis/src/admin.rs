@@ -1,9 +1,19 @@
 //! The admin listener: `GET /healthz` (the process is alive), `GET /readyz` (listeners
 //! bound, config loaded, every site has a certificate), `GET /metrics` (Prometheus text
 //! format) and `POST /reload` (re-read the config file; used by `portcullis reload`).
+//!
+//! Every request passes [`access`]'s checks first; `/metrics` and `/reload` also need the
+//! token when `admin.token_file` is set. `/healthz` and `/readyz` never do, so probes that
+//! cannot carry a secret (a kubelet's) keep working.
+
+mod access;
+mod listener;
+
+pub(crate) use listener::AdminListener;
 
 use std::convert::Infallible;
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,18 +23,18 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::controller::Controller;
+use listener::AdminConn;
 
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: AdminListener,
     controller: Arc<Controller>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (tcp, _) = tokio::select! {
+        let conn = tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -32,15 +42,64 @@ pub(crate) async fn serve(
             },
         };
         let controller = controller.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let controller = controller.clone();
-                async move { Ok::<_, Infallible>(route(&controller, &req).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
+        match conn {
+            AdminConn::Tcp(tcp, local) => {
+                tokio::spawn(serve_connection(tcp, controller, Some(local.ip())));
+            }
+            // Only this machine's processes of the gateway's user reach the socket (mode
+            // 0600); the checks still run, and loopback names pass them.
+            AdminConn::Unix(unix) => {
+                tokio::spawn(serve_connection(unix, controller, None));
+            }
+        }
+    }
+}
+
+async fn serve_connection<IO>(io: IO, controller: Arc<Controller>, local: Option<IpAddr>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let controller = controller.clone();
+        async move { Ok::<_, Infallible>(answer(&controller, &req, local).await) }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+/// Checks who is asking, then routes.
+async fn answer(
+    controller: &Arc<Controller>,
+    req: &Request<Incoming>,
+    local: Option<IpAddr>,
+) -> Response<Full<Bytes>> {
+    let settings = controller.admin_settings();
+    let public = matches!(req.uri().path(), "/healthz" | "/readyz");
+    let checked = access::check_request(req, &settings, local).and_then(|()| {
+        if public {
+            Ok(())
+        } else {
+            access::check_token(req.headers(), &settings)
+        }
+    });
+    match checked {
+        Ok(()) => route(controller, req).await,
+        Err(refusal) => {
+            tracing::debug!(
+                path = req.uri().path(),
+                status = refusal.status().as_u16(),
+                "admin request refused"
+            );
+            let mut resp = text(refusal.status(), refusal.message());
+            if refusal == access::Refusal::Token {
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"portcullis admin\""),
+                );
+            }
+            resp
+        }
     }
 }
 
@@ -119,6 +178,11 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // Nothing here is for a browser to render, whatever a client makes of the body.
+    resp.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
     );
     resp
 }

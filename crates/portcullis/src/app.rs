@@ -9,9 +9,9 @@ use portcullis_acme::{AcmeManager, AcmeSite, AcmeStats};
 use portcullis_config::{Config, HostPattern, Problem, SiteTls};
 use portcullis_proxy::{BindError, Gateway, ListenerKind, Listeners, ProxyMetrics, Router};
 use portcullis_tls::{CertStore, Challenges, LocalCa, SiteCerts, load_site_certificates};
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::admin::AdminListener;
 use crate::controller::{Controller, Parts};
 use crate::telemetry::Telemetry;
 
@@ -24,6 +24,9 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The admin listener's unix socket could not be created.
+    #[error("{0}")]
+    AdminSocket(String),
     /// The TLS server config could not be built.
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
@@ -101,7 +104,7 @@ pub fn acme_sites(config: &Config) -> Vec<AcmeSite> {
 pub struct App {
     controller: Arc<Controller>,
     listeners: Listeners,
-    admin: Option<TcpListener>,
+    admin: Option<AdminListener>,
 }
 
 impl App {
@@ -130,6 +133,9 @@ impl App {
         let Prepared { certs, router } =
             prepare(&config, local_ca.as_ref(), &telemetry.proxy).map_err(StartError::Config)?;
         for w in &certs.warnings {
+            warn!(key = %w.key, "{}", w.message);
+        }
+        if let Some(w) = config.admin.exposure_warning() {
             warn!(key = %w.key, "{}", w.message);
         }
         if let Some(ca) = &local_ca {
@@ -161,8 +167,15 @@ impl App {
             telemetry.proxy.clone(),
         )?;
         let listeners = Listeners::bind(&config.listen).await?;
-        let admin = match config.admin.listen {
-            Some(addr) => Some(portcullis_proxy::bind("admin", addr).await?),
+        let admin = match &config.admin.listen {
+            Some(portcullis_config::AdminListen::Tcp(addr)) => Some(AdminListener::Tcp(
+                portcullis_proxy::bind("admin", *addr).await?,
+            )),
+            Some(unix) => Some(
+                AdminListener::bind(unix)
+                    .await
+                    .map_err(StartError::AdminSocket)?,
+            ),
             None => None,
         };
         let controller = Arc::new(Controller::new(Parts {
@@ -204,9 +217,9 @@ impl App {
         self.listeners.http_addr()
     }
 
-    /// Address of the admin listener, if any.
+    /// Address of the admin listener, if it listens on TCP.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.admin.as_ref().and_then(AdminListener::tcp_addr)
     }
 
     /// The running gateway (to swap routes or certificates).
@@ -227,7 +240,7 @@ impl App {
         info!(
             https = %listeners.https_addr(),
             http = %or_off(listeners.http_addr()),
-            admin = %or_off(admin.as_ref().and_then(|l| l.local_addr().ok())),
+            admin = %admin.as_ref().map_or_else(|| "off".to_owned(), AdminListener::describe),
             sites,
             "portcullis is serving"
         );

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use portcullis_acme::{AcmeManager, AcmeStats};
-use portcullis_config::{Config, Problem, Site, SiteTls};
+use portcullis_config::{Admin, AdminListen, Config, Problem, Site, SiteTls};
 use portcullis_proxy::{Gateway, ListenerKind, Router};
 use portcullis_tls::{
     CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteBinding, SiteCerts,
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::admin;
+use crate::admin::{self, AdminListener};
 use crate::app::{acme_sites, open_local_ca};
 use crate::telemetry::Telemetry;
 
@@ -72,6 +72,9 @@ pub struct Controller {
     pub(crate) telemetry: Telemetry,
     acme_stats: Arc<AcmeStats>,
     acme: ArcSwapOption<AcmeManager>,
+    /// The `admin` section in force, read by each admin request without waiting for a
+    /// reload that holds `state`.
+    admin: ArcSwap<Admin>,
     state: tokio::sync::Mutex<State>,
     /// The config file's content as last loaded (or tried), so the watcher reacts only to
     /// edits made since.
@@ -124,6 +127,7 @@ impl Controller {
             telemetry,
             acme_stats,
             acme: ArcSwapOption::new(acme.clone()),
+            admin: ArcSwap::from_pointee(config.admin.clone()),
             loaded: std::sync::Mutex::new(loaded),
             state: tokio::sync::Mutex::new(State {
                 config,
@@ -147,13 +151,18 @@ impl Controller {
         self.acme.load_full()
     }
 
+    /// The admin listener's settings now in force (token, allowed hosts).
+    pub(crate) fn admin_settings(&self) -> Arc<Admin> {
+        self.admin.load_full()
+    }
+
     /// The configuration now in force.
     pub async fn config(&self) -> Config {
         self.state.lock().await.config.clone()
     }
 
     /// Starts the tasks beside the data path: the admin listener and local renewal.
-    pub(crate) async fn start_tasks(self: &Arc<Self>, admin: Option<TcpListener>) {
+    pub(crate) async fn start_tasks(self: &Arc<Self>, admin: Option<AdminListener>) {
         let mut st = self.state.lock().await;
         st.admin = admin.map(|l| self.admin_task(l));
         st.renew = self.renew_task(&st.config, st.local_ca.clone());
@@ -171,7 +180,7 @@ impl Controller {
         }
     }
 
-    fn admin_task(self: &Arc<Self>, listener: TcpListener) -> Task {
+    fn admin_task(self: &Arc<Self>, listener: AdminListener) -> Task {
         let me = self.clone();
         Task::spawn(move |stop| admin::serve(listener, me, stop))
     }
@@ -239,7 +248,7 @@ impl Controller {
         let mut moved = Vec::new();
         let https = rebind("https", Some(old.listen.https), Some(new.listen.https)).await?;
         let http = rebind("http", old.listen.http, new.listen.http).await?;
-        let admin = rebind("admin", old.admin.listen, new.admin.listen).await?;
+        let admin = rebind_admin(old.admin.listen.as_ref(), new.admin.listen.as_ref()).await?;
 
         // 2. Apply; nothing below fails.
         store.set_sites(new.sites.iter().zip(keys).map(|(site, key)| {
@@ -254,6 +263,7 @@ impl Controller {
         }));
         self.gateway.set_router(router);
         self.gateway.set_limits(&new.limits);
+        self.admin.store(Arc::new(new.admin.clone()));
         for (kind, change) in [(ListenerKind::Https, https), (ListenerKind::Http, http)] {
             match change {
                 Rebind::Keep => {}
@@ -276,7 +286,7 @@ impl Controller {
                 moved.push("admin off".into());
             }
             Rebind::Bound(l) => {
-                moved.push(format!("admin {}", local(&l)));
+                moved.push(format!("admin {}", l.describe()));
                 let next = self.admin_task(l);
                 if let Some(t) = st.admin.replace(next) {
                     t.stop().await;
@@ -323,6 +333,9 @@ impl Controller {
             }
         };
         for w in &certs.warnings {
+            warn!(key = %w.key, "{}", w.message);
+        }
+        if let Some(w) = new.admin.exposure_warning() {
             warn!(key = %w.key, "{}", w.message);
         }
         let store = self.gateway.certs();
@@ -461,10 +474,25 @@ fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
-enum Rebind {
+enum Rebind<L = TcpListener> {
     Keep,
     Stop,
-    Bound(TcpListener),
+    Bound(L),
+}
+
+/// Binds the admin listener's new address or socket when it changed.
+async fn rebind_admin(
+    old: Option<&AdminListen>,
+    new: Option<&AdminListen>,
+) -> Result<Rebind<AdminListener>, Vec<Problem>> {
+    match (old, new) {
+        (a, b) if a == b => Ok(Rebind::Keep),
+        (_, None) => Ok(Rebind::Stop),
+        (_, Some(listen)) => AdminListener::bind(listen)
+            .await
+            .map(Rebind::Bound)
+            .map_err(|e| vec![Problem::new("admin.listen", e)]),
+    }
 }
 
 /// Binds the new address of a listener when it changed (before the old one closes).
@@ -481,7 +509,6 @@ async fn rebind(
             .map(Rebind::Bound)
             .map_err(|e| {
                 let key = match what {
-                    "admin" => "admin.listen",
                     "http" => "listen.http",
                     _ => "listen.https",
                 };

@@ -56,7 +56,7 @@ enum Command {
     },
     /// Ask the running gateway to reload its config file (through its admin listener).
     Reload {
-        /// The YAML config file (read for the admin address).
+        /// The YAML config file (read for the admin address and token).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -184,6 +184,9 @@ fn check(path: &std::path::Path) -> ExitCode {
             for w in &prepared.certs.warnings {
                 println!("warning: {w}");
             }
+            if let Some(w) = config.admin.exposure_warning() {
+                println!("warning: {w}");
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }
@@ -192,8 +195,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn reload(config: &std::path::Path) -> ExitCode {
-    let outcome = match portcullis::admin_address(config) {
-        Ok(addr) => portcullis::request_reload(addr).await,
+    let outcome = match portcullis::admin_target(config) {
+        Ok(target) => portcullis::request_reload(&target).await,
         Err(e) => Err(e),
     };
     match outcome {

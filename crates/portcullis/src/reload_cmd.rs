@@ -1,15 +1,15 @@
 //! `portcullis reload --config FILE`: asks the running gateway, through its admin listener,
-//! to re-read its config file. The file is read only to find the admin address, so a file
-//! with mistakes still gets them reported by the gateway, key by key.
+//! to re-read its config file. The file is read only to find the admin address and token,
+//! so a file with mistakes still gets them reported by the gateway, key by key.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use portcullis_config::defaults;
+use portcullis_config::{AdminListen, AdminToken, defaults};
 
 /// What the gateway said.
 #[derive(Debug)]
@@ -20,17 +20,44 @@ pub enum ReloadOutcome {
     Refused(Vec<String>),
 }
 
-/// The admin address named in the config file (default `127.0.0.1:9901`), with an
-/// all-interfaces address turned into loopback.
-pub fn admin_address(config: &Path) -> Result<SocketAddr, String> {
+/// Where the admin listener is and what to show it.
+#[derive(Debug)]
+pub struct AdminTarget {
+    /// The admin address named in the config file (default `127.0.0.1:9901`), with an
+    /// all-interfaces address turned into loopback, or its unix socket.
+    pub listen: AdminListen,
+    /// The token read from `admin.token_file`, when the config names one.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin listener named in the config file at `config`, and its token.
+pub fn admin_target(config: &Path) -> Result<AdminTarget, String> {
     let text = std::fs::read_to_string(config)
         .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
     let doc = admin_section(&text)
         .and_then(|section| serde_yaml::from_str::<serde_yaml::Value>(section).ok())
         .filter(|doc| doc.get("admin").is_some())
         .unwrap_or_else(|| serde_yaml::from_str(&text).unwrap_or(serde_yaml::Value::Null));
-    let listen = doc
-        .get("admin")
+    let admin = doc.get("admin");
+    // Relative paths are relative to the config file's folder, as the gateway reads them.
+    let base = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let resolve = |path: &str| {
+        let path = Path::new(path);
+        base.join(path.strip_prefix(".").unwrap_or(path))
+    };
+    let token = match admin.and_then(|a| a.get("token_file")) {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(path) => {
+            let path = path
+                .as_str()
+                .ok_or("admin.token_file: expected the path of a file")?;
+            Some(AdminToken::read(&resolve(path)).map_err(|e| format!("admin.token_file: {e}"))?)
+        }
+    };
+    let listen = admin
         .and_then(|a| a.get("listen"))
         .and_then(|l| l.as_str())
         .unwrap_or(defaults::ADMIN);
@@ -39,12 +66,21 @@ pub fn admin_address(config: &Path) -> Result<SocketAddr, String> {
             "the admin listener is off in this config; send SIGHUP to the gateway instead".into(),
         );
     }
+    if let Some(path) = listen.strip_prefix("unix:") {
+        return Ok(AdminTarget {
+            listen: AdminListen::Unix(resolve(path)),
+            token,
+        });
+    }
     let mut addr =
         portcullis_config::parse_addr(listen).map_err(|e| format!("admin.listen: {e}"))?;
     if addr.ip().is_unspecified() {
         addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
-    Ok(addr)
+    Ok(AdminTarget {
+        listen: AdminListen::Tcp(addr),
+        token,
+    })
 }
 
 /// The top-level `admin:` key of a block-style config, with the indented, blank and comment
@@ -68,22 +104,49 @@ fn admin_section(text: &str) -> Option<&str> {
     Some(&text[start?..])
 }
 
-/// Sends `POST /reload` to the admin listener at `addr`.
-pub async fn request_reload(addr: SocketAddr) -> Result<ReloadOutcome, String> {
+/// Sends `POST /reload` to the admin listener, with its token if there is one.
+pub async fn request_reload(target: &AdminTarget) -> Result<ReloadOutcome, String> {
+    let addr = &target.listen;
     let unreachable = |e: &dyn std::fmt::Display| {
         format!("cannot reach the gateway's admin listener at {addr}: {e}")
     };
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(tcp))
+    match addr {
+        AdminListen::Tcp(tcp) => {
+            let io = tokio::net::TcpStream::connect(tcp)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            post_reload(io, &tcp.to_string(), target).await
+        }
+        AdminListen::Unix(path) => {
+            let io = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            post_reload(io, "localhost", target).await
+        }
+    }
+}
+
+/// `POST /reload` on a connection to the admin listener, naming it `host`.
+async fn post_reload<IO>(io: IO, host: &str, target: &AdminTarget) -> Result<ReloadOutcome, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = &target.listen;
+    let unreachable = |e: &dyn std::fmt::Display| {
+        format!("cannot reach the gateway's admin listener at {addr}: {e}")
+    };
+    let (mut sender, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| unreachable(&e))?;
     tokio::spawn(conn);
-    let req = http::Request::post("/reload")
-        .header(http::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+    let mut req = http::Request::post("/reload").header(http::header::HOST, host);
+    if let Some(token) = &target.token {
+        let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.expose()))
+            .map_err(|_| "admin.token_file: the token cannot be sent in a header".to_owned())?;
+        value.set_sensitive(true);
+        req = req.header(http::header::AUTHORIZATION, value);
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
     let resp = sender
         .send_request(req)
         .await
@@ -101,6 +164,10 @@ pub async fn request_reload(addr: SocketAddr) -> Result<ReloadOutcome, String> {
         422 => Ok(ReloadOutcome::Refused(
             body.lines().map(str::to_owned).collect(),
         )),
+        401 if target.token.is_none() => Err(format!(
+            "the admin listener at {addr} wants a token, and this config has no \
+             `admin.token_file`: {body}"
+        )),
         other => Err(format!(
             "the admin listener at {addr} answered {other}: {body}"
         )),
@@ -111,11 +178,27 @@ pub async fn request_reload(addr: SocketAddr) -> Result<ReloadOutcome, String> {
 mod tests {
     use super::*;
 
-    fn address(text: &str) -> Result<SocketAddr, String> {
+    fn address(text: &str) -> Result<String, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.yaml");
         std::fs::write(&path, text).unwrap();
-        admin_address(&path)
+        admin_target(&path).map(|t| t.listen.to_string())
+    }
+
+    #[test]
+    fn the_token_file_is_read_next_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.yaml");
+        std::fs::write(dir.path().join("admin.token"), "abc123\n").unwrap();
+        std::fs::write(&path, "admin:\n  token_file: ./admin.token\nsites: []\n").unwrap();
+        let target = admin_target(&path).unwrap();
+        assert!(target.token.unwrap().matches(b"abc123"));
+        std::fs::write(dir.path().join("admin.token"), "").unwrap();
+        let err = admin_target(&path).unwrap_err();
+        assert!(
+            err.starts_with("admin.token_file: ") && err.contains("empty"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,7 +14,11 @@ pub fn render(config: &Config, certs: &SiteCerts) -> String {
         "listen: https {}, http {}, admin {}",
         config.listen.https,
         addr(config.listen.http),
-        addr(config.admin.listen)
+        config
+            .admin
+            .listen
+            .as_ref()
+            .map_or("off".to_owned(), ToString::to_string)
     );
     for (site, cert) in config.sites.iter().zip(&certs.sites) {
         let default = if site.default { " (default)" } else { "" };

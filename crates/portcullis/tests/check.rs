@@ -528,3 +528,65 @@ fn a_port_in_use_names_the_listener_and_the_address() {
     }
     drop(taken);
 }
+
+/// `check` on a one-site config whose `admin` section is `admin`, with a token file beside
+/// it.
+fn check_admin(admin: &str) -> (Output, GatewayBuilder) {
+    let b = GatewayBuilder::new();
+    std::fs::write(b.dir().join("admin.token"), "0123456789abcdef\n").unwrap();
+    let b = b
+        .site("{hosts: [a.test], tls: local, respond: {}}")
+        .set("admin", admin);
+    let out = check(&b.write_config());
+    (out, b)
+}
+
+#[test]
+fn an_admin_listener_off_loopback_without_a_token_is_a_warning() {
+    let warnings = |out: &Output| -> Vec<String> {
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("warning: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (out, b) = check_admin("{listen: '0.0.0.0:0'}");
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    let w = warnings(&out);
+    assert_eq!(w.len(), 1, "stdout:\n{}", out.stdout);
+    assert!(
+        w[0].starts_with("warning: admin.listen: 0.0.0.0:0 ") && w[0].contains("admin.token_file"),
+        "{w:?}"
+    );
+    // `run` says the same in its log.
+    let gw = portcullis_tests::GatewayProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_portcullis")),
+        &[
+            "run",
+            "--config",
+            b.dir().join("portcullis.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        gw.logs().iter().any(|l| l.contains("\"level\":\"WARN\"")
+            && l.contains("\"key\":\"admin.listen\"")
+            && l.contains("admin.token_file")),
+        "log:\n{}",
+        gw.logs().join("\n")
+    );
+    drop(gw);
+
+    for quiet in [
+        "{listen: '0.0.0.0:0', token_file: admin.token}",
+        "{listen: '127.0.0.1:0'}",
+        "{listen: off}",
+    ] {
+        let (out, _b) = check_admin(quiet);
+        assert_eq!(out.code, Some(0), "{quiet}: stderr:\n{}", out.stderr);
+        assert!(
+            warnings(&out).is_empty(),
+            "{quiet}: stdout:\n{}",
+            out.stdout
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! `--log-format json`: every line on stderr is one JSON object, and each proxied request
-//! writes an access line with the fixed field vocabulary.
+//! writes an access line with the fixed field vocabulary. `pretty` logs written to a file
+//! carry no colour codes.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -95,4 +96,49 @@ async fn json_logs_are_one_object_per_line_with_an_access_line_per_request() {
         field(&serving, "https").as_str(),
         Some(gw.https.to_string().as_str())
     );
+}
+
+/// Runs the gateway with pretty logs and stderr redirected to a file (as systemd and
+/// `2>gw.log` do), until it serves; the file's text.
+fn pretty_log_to_file(env: &[(&str, &str)]) -> String {
+    let b = GatewayBuilder::new().site("{hosts: [p.test], tls: local, respond: {}}");
+    let config = b.write_config();
+    let log = b.dir().join("stderr.log");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["--log-format", "pretty", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("portcullis is serving") {
+            break text;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the gateway did not start; its log:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    text
+}
+
+#[test]
+fn pretty_logs_written_to_a_file_have_no_colour_codes() {
+    let text = pretty_log_to_file(&[]);
+    assert!(
+        !text.contains("\x1b["),
+        "colour codes in a log file:\n{text:?}"
+    );
+    // Still the pretty format: a level word, not a JSON object.
+    assert!(text.contains(" INFO "), "{text}");
+    assert!(!text.trim_start().starts_with('{'), "{text}");
 }

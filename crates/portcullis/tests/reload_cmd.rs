@@ -48,8 +48,13 @@ impl Files {
     /// Writes the config (in one step, so the gateway's file watcher never reads half of
     /// it): HTTPS on any loopback port, no plain HTTP, the admin listener at `admin`.
     fn write(&self, admin: &str, sites: &[String]) {
+        self.write_admin(&format!("{{listen: '{admin}'}}"), sites);
+    }
+
+    /// As [`write`](Self::write), with the whole `admin` section given.
+    fn write_admin(&self, admin: &str, sites: &[String]) {
         let mut text = format!(
-            "listen: {{https: '127.0.0.1:0', http: 'off'}}\nadmin: {{listen: '{admin}'}}\n\
+            "listen: {{https: '127.0.0.1:0', http: 'off'}}\nadmin: {admin}\n\
              tls: {{local_ca_dir: '{}'}}\nsites:\n",
             self.dir.path().join("ca").display()
         );
@@ -365,4 +370,69 @@ async fn a_reload_blocked_on_a_file_does_not_stall_a_one_worker_gateway() {
     )
     .await;
     stop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_command_sends_the_token_from_the_config() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let files = Files::new();
+    let admin = free_admin_address().to_string();
+    let mut token = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(files.dir.path().join("admin.token"))
+        .unwrap();
+    std::io::Write::write_all(&mut token, b"c0ffee-0123456789\n").unwrap();
+    let with_token = format!("{{listen: '{admin}', token_file: ./admin.token}}");
+    let a = files.site("a.test", "respond: {body: a}");
+    files.write_admin(&with_token, std::slice::from_ref(&a));
+    let gw = files.run();
+
+    files.write_admin(
+        &with_token,
+        &[a.clone(), files.site("b.test", "respond: {body: b}")],
+    );
+    let out = reload_command(&files.path).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "reloaded: 2 sites\n", "{out:?}");
+    assert_eq!(
+        answer(&files.client(&gw), "b.test").await,
+        Some((200, "b".into()))
+    );
+
+    // A copy of the config without the token is refused, and says why.
+    let other = files.dir.path().join("no-token.yaml");
+    std::fs::write(&other, format!("admin: {{listen: '{admin}'}}\nsites: []\n")).unwrap();
+    let out = reload_command(&other).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("wants a token") && out.stderr.contains("admin.token_file"),
+        "{out:?}"
+    );
+    stop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_command_reaches_a_unix_socket_admin_listener() {
+    let files = Files::new();
+    let a = files.site("a.test", "respond: {body: a}");
+    let admin = "{listen: 'unix:./admin.sock'}";
+    files.write_admin(admin, std::slice::from_ref(&a));
+    let gw = files.run();
+    files.write_admin(admin, &[a, files.site("b.test", "respond: {body: b}")]);
+    let out = reload_command(&files.path).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "reloaded: 2 sites\n", "{out:?}");
+    assert_eq!(
+        answer(&files.client(&gw), "b.test").await,
+        Some((200, "b".into()))
+    );
+    assert!(
+        messages(&gw).iter().any(|m| m == "portcullis is serving"),
+        "{:?}",
+        gw.logs()
+    );
+    stop(gw);
+    assert!(!files.dir.path().join("admin.sock").exists());
 }

@@ -40,7 +40,7 @@ impl Validator<'_> {
             Some(n) => n,
         };
         let max_connections_per_ip = match f.max_connections_per_ip {
-            None => Some(defaults::MAX_CONNECTIONS_PER_IP),
+            None => defaults::MAX_CONNECTIONS_PER_IP,
             Some(0) => None,
             Some(n) => Some(n),
         };
