@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 pub async fn scrape(admin: SocketAddr) -> String {
     let fetch = async {
         let mut tcp = TcpStream::connect(admin).await.unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut out = String::new();
