@@ -18,5 +18,5 @@ pub use controller::{Controller, ReloadSummary};
 pub use logging::{LogFormat, init as init_logging};
 pub use proxy_cmd::{ProxyArgs, config as proxy_config};
 pub use reload_cmd::{AdminRequestError, AdminTarget, ReloadOutcome, admin_target, request_reload};
-pub use runtime::build as build_runtime;
+pub use runtime::{RuntimeError, build as build_runtime};
 pub use summary::render as render_summary;
