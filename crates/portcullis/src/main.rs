@@ -174,14 +174,10 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match portcullis::prepare(
-        &config,
-        None,
-        &portcullis_proxy::ProxyMetrics::unregistered(),
-    ) {
-        Ok(prepared) => {
-            print!("{}", portcullis::render_summary(&config, &prepared.certs));
-            for w in &prepared.certs.warnings {
+    match portcullis::check(&config) {
+        Ok(certs) => {
+            print!("{}", portcullis::render_summary(&config, &certs));
+            for w in &certs.warnings {
                 println!("warning: {w}");
             }
             if let Some(w) = config.admin.exposure_warning() {
