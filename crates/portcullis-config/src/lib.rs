@@ -11,7 +11,7 @@ mod pem;
 mod units;
 mod validate;
 
-pub use error::{Error, Problem, Result};
+pub use error::{Error, Problem, Result, TokenError, ValueError};
 pub use host::{HostMap, HostPattern, strip_port};
 pub use ipnet::IpNet;
 pub use model::{

@@ -144,7 +144,7 @@ fn main() -> ExitCode {
 /// `--busy-poll`: a duration up to a second (a bare number would be seconds, which is never
 /// meant here).
 fn busy_poll(text: &str) -> Result<Duration, String> {
-    let d = portcullis_config::parse_duration(text)?;
+    let d = portcullis_config::parse_duration(text).map_err(|e| e.to_string())?;
     if d > Duration::from_secs(1) {
         return Err(format!(
             "`{text}` is more than 1s; busy polling is for microseconds, e.g. 200us"
