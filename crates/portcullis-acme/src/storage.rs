@@ -103,6 +103,10 @@ pub struct SiteStatus {
     pub last_success: Option<u64>,
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`portcullis certs` reads this without a runtime; on the manager's tasks it reads or writes a few KiB per site, at start, at reload and when an order ends"
+)]
 impl Storage {
     /// State for `directory` under `storage`.
     pub fn new(storage: &Path, directory: &str) -> Self {
@@ -248,6 +252,10 @@ fn file_name(name: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "test fixtures, written outside any runtime"
+)]
 mod tests {
     use super::*;
 
