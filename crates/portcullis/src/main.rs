@@ -9,7 +9,7 @@ use portcullis::{App, LogFormat, ProxyArgs, StartError};
 use portcullis_config::{Config, Problem};
 
 /// mimalloc: 4% fewer instructions per proxied HTTP/1.1 request than glibc's malloc, 7% per
-/// HTTP/2 request, and a fifth less memory with 10,000 sites (docs/performance.md, step 26).
+/// HTTP/2 request, and a fifth less memory with 10,000 sites (docs/performance-steps.md#step-26).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
