@@ -73,7 +73,10 @@ impl Upstream {
     ) -> Result<Arc<Self>, String> {
         let (scheme, tls) = match &origin.transport {
             Transport::Plain => (Scheme::HTTP, None),
-            Transport::Tls(tls) => (Scheme::HTTPS, Some(origin_tls_config(tls)?)),
+            Transport::Tls(tls) => (
+                Scheme::HTTPS,
+                Some(origin_tls_config(tls).map_err(|e| e.to_string())?),
+            ),
         };
         let backends = origin
             .servers

@@ -9,7 +9,7 @@ use portcullis::{App, LogFormat, ProxyArgs, StartError};
 use portcullis_config::{Config, Problem};
 
 /// mimalloc: 4% fewer instructions per proxied HTTP/1.1 request than glibc's malloc, 7% per
-/// HTTP/2 request, and a fifth less memory with 10,000 sites (docs/performance.md, step 26).
+/// HTTP/2 request, and a fifth less memory with 10,000 sites (docs/performance-steps.md#step-26).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
 /// `--busy-poll`: a duration up to a second (a bare number would be seconds, which is never
 /// meant here).
 fn busy_poll(text: &str) -> Result<Duration, String> {
-    let d = portcullis_config::parse_duration(text)?;
+    let d = portcullis_config::parse_duration(text).map_err(|e| e.to_string())?;
     if d > Duration::from_secs(1) {
         return Err(format!(
             "`{text}` is more than 1s; busy polling is for microseconds, e.g. 200us"

@@ -11,7 +11,7 @@
 //! one response alone, then again for the next: HTTP/2 responses went out one or two per
 //! TLS record and TCP segment. Without the slot a woken task joins the back of the queue,
 //! the streams that are ready all run first, and the connection writes their responses in
-//! one go (`docs/performance.md`, step 30: 2.9 → 2.35 TCP segments and 2.8 → 2.4 system
+//! one go (`docs/performance-steps.md#step-30`: 2.9 → 2.35 TCP segments and 2.8 → 2.4 system
 //! calls per HTTP/2 request, as HAProxy). Nothing measured lost by it: HTTP/1.1 connections
 //! are one task each and made the same system calls either way.
 //!

@@ -61,7 +61,7 @@ impl Backend {
             (Transport::Tls(_), Some(cfg)) => {
                 let name = match &cfg.server_name {
                     Some(n) => n.clone(),
-                    None => server_name(&server.host)?,
+                    None => server_name(&server.host).map_err(|e| e.to_string())?,
                 };
                 // A PROXY header describes one client, so such connections are never
                 // shared by HTTP/2 streams of different clients.
