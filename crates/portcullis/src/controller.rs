@@ -556,7 +556,12 @@ impl AdminApi for Controller {
     }
 }
 
-/// Reads and validates the config file, with what was read (for the watcher).
+/// Reads and validates the config file, with what was read (for the watcher). Called only
+/// through `off_the_workers`, which moves a worker's other tasks elsewhere first.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "always run under off_the_workers (block_in_place)"
+)]
 fn read_file(path: &Path) -> (Option<Loaded>, Result<Config, Vec<Problem>>) {
     // The stamp before the content: an edit in between is seen by the watcher's next look.
     let stamp = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
@@ -603,4 +608,8 @@ fn reissue_local(config: &Config, ca: &LocalCa, store: &CertStore) {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests;

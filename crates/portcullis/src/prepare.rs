@@ -354,6 +354,10 @@ pub(crate) fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests {
     use super::*;
 

@@ -84,6 +84,10 @@ pub struct AdminTarget {
 }
 
 /// The admin listener named in the config file at `config`, and its token.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`portcullis reload` reads its config before its one request; nothing else runs then"
+)]
 pub fn admin_target(config: &Path) -> Result<AdminTarget, AdminRequestError> {
     let text = std::fs::read_to_string(config).map_err(|source| AdminRequestError::ReadConfig {
         path: config.to_owned(),
@@ -250,6 +254,10 @@ where
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests {
     use super::*;
 

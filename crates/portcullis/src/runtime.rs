@@ -70,7 +70,7 @@ pub enum RuntimeError {
 /// Whether this build can turn off Tokio's LIFO slot.
 const TOKIO_UNSTABLE: bool = cfg!(tokio_unstable);
 
-/// The runtime for `portcullis`: [`builder`]'s, busy-polling for `busy_poll` after each
+/// The runtime for `portcullis`: `builder`'s, busy-polling for `busy_poll` after each
 /// wake-up when that is set (and not zero).
 pub fn build(
     workers: Option<u16>,
@@ -160,6 +160,10 @@ impl BusyPoll {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};

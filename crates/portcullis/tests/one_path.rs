@@ -2,6 +2,10 @@
 //! a change from the empty state): a site whose certificate source changes serves the same
 //! after a reload, after `apply` with a parsed config, and after a fresh start.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the test writes its config and certificate files between steps"
+)]
 
 use std::path::Path;
 use std::time::Duration;

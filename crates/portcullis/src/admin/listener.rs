@@ -27,6 +27,10 @@ pub(crate) struct UnixSocket {
 }
 
 impl Drop for UnixSocket {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "one unlink of a local socket path when the admin listener stops"
+    )]
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -104,6 +108,10 @@ impl AdminListener {
 /// so no other user can connect in between (a `chmod` after `bind` leaves a window, and the
 /// umask is the whole process's). A socket left behind by a gateway that did not stop
 /// cleanly is replaced; a live one, or a file that is not a socket, is not.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a few metadata calls on a local socket path, once per bind at start-up or reload"
+)]
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
