@@ -1,7 +1,7 @@
 //! A TLS client that dials the gateway's address whatever the host, with control over SNI
 //! and ALPN, speaking HTTP/1.1 or HTTP/2 as negotiated.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -86,16 +86,38 @@ impl TestClient {
         send_sni: bool,
         alpn: &[&str],
     ) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        self.tls_over(tcp, name, send_sni, alpn).await
+    }
+
+    /// As [`tls`](Self::tls), over a TCP connection the test made (from an address of its
+    /// own, or after bytes of its own such as a PROXY header).
+    pub async fn tls_over(
+        &self,
+        tcp: TcpStream,
+        name: &str,
+        send_sni: bool,
+        alpn: &[&str],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let mut config = ClientConfig::builder()
             .with_root_certificates(self.roots.clone())
             .with_no_client_auth();
         config.enable_sni = send_sni;
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        let tcp = TcpStream::connect(self.addr).await?;
         let name = ServerName::try_from(name.to_owned()).unwrap();
         TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
+    }
+
+    /// As [`connect`](Self::connect), over a TCP connection the test made.
+    pub async fn connect_over(
+        &self,
+        tcp: TcpStream,
+        name: &str,
+        alpn: &[&str],
+    ) -> std::io::Result<Conn> {
+        Conn::over(self.tls_over(tcp, name, true, alpn).await?).await
     }
 
     /// An HTTP connection with SNI `name`, HTTP/2 if `alpn` offers `h2` and it is chosen.
@@ -113,6 +135,14 @@ impl TestClient {
         let mut conn = self.connect(host, &["http/1.1"]).await.unwrap();
         conn.get(host, path).await
     }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (all of 127.0.0.0/8 is this
+/// machine's on Linux), so a test has client addresses of its own.
+pub async fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.unwrap()
 }
 
 enum Sender {

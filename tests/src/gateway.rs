@@ -11,6 +11,7 @@ use serde_yaml::{Mapping, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::ca::TestCa;
 use crate::client::TestClient;
 
 /// Builds a config: listeners on 127.0.0.1:0, the local CA in the temporary folder.
@@ -66,6 +67,21 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a site for `hosts` with a certificate for them from `ca`, written to the
+    /// temporary folder; `rest` is the rest of the site's YAML mapping (`origin: ...`,
+    /// `respond: ...`, `routes: [...]`).
+    pub fn tls_site(self, ca: &TestCa, hosts: &[&str], rest: &str) -> Self {
+        let (cert, key) = ca.leaf(hosts).write(self.dir(), hosts[0]);
+        let hosts: Vec<String> = hosts.iter().map(|h| format!("'{h}'")).collect();
+        let sep = if rest.is_empty() { "" } else { ", " };
+        self.site(&format!(
+            "{{hosts: [{}], tls: {{cert: '{}', key: '{}'}}{sep}{rest}}}",
+            hosts.join(", "),
+            cert.display(),
+            key.display()
+        ))
+    }
+
     /// Sets a top-level key (e.g. `limits`) to a YAML value.
     pub fn set(mut self, key: &str, value: &str) -> Self {
         self.root.insert(key.into(), yaml(value));
@@ -105,29 +121,9 @@ impl GatewayBuilder {
     /// Starts the gateway from the written config file.
     pub async fn try_start(self) -> Result<TestGateway, StartError> {
         let path = self.write_config();
-        let app = App::start_from_file(&path).await?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let https = app.https_addr();
-        let http = app.http_addr();
-        let admin = app.admin_addr();
-        let gateway = app.gateway().clone();
-        let acme = app.acme();
-        let controller = app.controller().clone();
-        let task = tokio::spawn(app.run(async {
-            let _ = stopped.await;
-        }));
-        Ok(TestGateway {
-            https,
-            http,
-            admin,
-            gateway,
-            acme,
-            controller,
-            config_path: path,
-            stop: Some(stop),
-            task: Some(task),
-            dir: self.dir,
-        })
+        let mut gw = TestGateway::from_file(&path).await?;
+        gw.temporary = Some(self.dir);
+        Ok(gw)
     }
 }
 
@@ -149,19 +145,68 @@ pub struct TestGateway {
     pub config_path: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<bool>>,
-    /// The folder holding the config, certificates and local CA.
-    pub dir: tempfile::TempDir,
+    /// The builder's temporary folder, removed with the gateway.
+    temporary: Option<tempfile::TempDir>,
 }
 
 impl TestGateway {
+    /// Runs the gateway from the config file at `path` as `portcullis run` does: it reloads
+    /// that file (and watches it).
+    pub async fn from_file(path: &Path) -> Result<Self, StartError> {
+        crate::init();
+        let app = App::start_from_file(path).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let https = app.https_addr();
+        let http = app.http_addr();
+        let admin = app.admin_addr();
+        let gateway = app.gateway().clone();
+        let acme = app.acme();
+        let controller = app.controller().clone();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            https,
+            http,
+            admin,
+            gateway,
+            acme,
+            controller,
+            config_path: path.to_owned(),
+            stop: Some(stop),
+            task: Some(task),
+            temporary: None,
+        })
+    }
+
+    /// The folder holding the config file (relative paths in it resolve against it), and
+    /// for a builder's gateway its certificates and local CA.
+    pub fn dir(&self) -> &Path {
+        self.config_path
+            .parent()
+            .expect("a config file in a folder")
+    }
+
     /// A client for the HTTPS listener trusting `root`.
     pub fn client(&self, root: &CertificateDer<'static>) -> TestClient {
         TestClient::new(self.https, root)
     }
 
+    /// `GET /metrics` on the admin listener; the page's text.
+    pub async fn scrape(&self) -> String {
+        crate::scrape::scrape(self.admin.expect("an admin listener on TCP")).await
+    }
+
+    /// Reloads the config file; panics with every problem if the reload is refused.
+    pub async fn reload(&self) -> portcullis::ReloadSummary {
+        crate::wait::within("reload", self.controller.reload())
+            .await
+            .unwrap_or_else(|problems| panic!("reload refused: {problems:?}"))
+    }
+
     /// The local CA's root certificate (after a `tls: local` site started it).
     pub fn local_ca_root(&self) -> CertificateDer<'static> {
-        let pem = std::fs::read(self.dir.path().join("ca/root.crt")).unwrap();
+        let pem = std::fs::read(self.dir().join("ca/root.crt")).unwrap();
         rustls_pki_types::pem::PemObject::from_pem_slice(&pem).unwrap()
     }
 

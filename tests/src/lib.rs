@@ -3,6 +3,8 @@
 //! control over SNI and ALPN, a gRPC service and client (h2c and TLS origins), and a runner
 //! for the gateway as a separate process; for adversarial tests, an origin that records the
 //! exact bytes it receives and clients that write exact HTTP/1.1 bytes and HTTP/2 frames.
+//! The end-to-end suites (`tests/e2e/main.rs`) are one test binary built on these; a helper two
+//! suites need lives here, once.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod ca;
@@ -12,6 +14,7 @@ pub mod grpc;
 pub mod logs;
 mod origin;
 mod pebble;
+pub mod plain;
 mod process;
 pub mod raw_client;
 mod raw_origin;
@@ -19,13 +22,14 @@ pub mod scrape;
 pub mod wait;
 
 pub use ca::{Leaf, TestCa};
-pub use client::{ClientBody, Conn, Resp, TestClient, bytes, collect, empty};
+pub use client::{ClientBody, Conn, Resp, TestClient, bytes, collect, connect_from, empty};
 pub use gateway::{GatewayBuilder, TestGateway};
-pub use origin::{OriginBody, Seen, TestOrigin};
+pub use origin::{OriginBody, Seen, TestOrigin, closed_port};
 pub use pebble::{Pebble, PebbleOptions};
 pub use process::GatewayProcess;
 pub use raw_client::{H2Outcome, RawH1, RawH2, RawResponse};
 pub use raw_origin::{RawOrigin, RawRequest, head_lines};
+pub use wait::{within, within_for};
 
 /// Installs the crypto provider and a log subscriber once per test binary.
 pub fn init() {

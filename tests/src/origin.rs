@@ -65,6 +65,12 @@ struct State {
     serving: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// A port on 127.0.0.1 with nothing listening on it: an origin that refuses connections.
+pub async fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// A running origin; stops when dropped.
 pub struct TestOrigin {
     /// Where it listens.

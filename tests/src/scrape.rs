@@ -1,27 +1,12 @@
 //! Reading the admin listener's `/metrics`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// `GET /metrics` on the admin listener at `admin`; the page's text.
 pub async fn scrape(admin: SocketAddr) -> String {
-    let fetch = async {
-        let mut tcp = TcpStream::connect(admin).await.unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        tcp.read_to_string(&mut out).await.unwrap();
-        out
-    };
-    let out = tokio::time::timeout(Duration::from_secs(10), fetch)
-        .await
-        .expect("/metrics answered within 10 s");
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
+    let resp = crate::plain::get(admin, "localhost", "/metrics").await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    resp.text
 }
 
 /// The sum of the samples of `name` carrying every label in `labels`.
@@ -38,4 +23,15 @@ pub fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             ours.then(|| value.parse::<f64>().unwrap())
         })
         .sum()
+}
+
+/// The value of the sample written exactly `series` (`name{labels}` as the page spells
+/// it); panics if the page has none.
+pub fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
+        .trim()
+        .parse()
+        .unwrap()
 }

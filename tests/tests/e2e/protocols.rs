@@ -1,9 +1,7 @@
 //! Protocols across the gateway: HTTP/2 and HTTP/1.1 on either side independently,
 //! WebSocket upgrades, pooled origin connections, large bodies streamed both ways, and
 //! HTTP/1.1 keep-alive connections that give their buffers back while idle.
-#![allow(clippy::unwrap_used)]
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use portcullis_tests::{
     ClientBody, Conn, GatewayBuilder, Resp, TestCa, TestGateway, TestOrigin, bytes, collect, wait,
+    within_for,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -33,23 +32,12 @@ async fn gateway_from(
     edge: &TestCa,
     rest: impl FnOnce(&std::path::Path) -> String,
 ) -> TestGateway {
-    let (cert, key) = edge.leaf(&["a.test"]).write(b.dir(), "a.test");
     let rest = rest(b.dir());
-    b.site(&format!(
-        "{{hosts: [a.test], tls: {{cert: {}, key: {}}}, {rest}}}",
-        cert.display(),
-        key.display()
-    ))
-    .start()
-    .await
+    b.tls_site(edge, &["a.test"], &rest).start().await
 }
 
-/// Fails the test instead of hanging when the gateway never answers.
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), fut)
-        .await
-        .unwrap_or_else(|_| panic!("no answer within 60 s: {what}"))
-}
+/// How long the gateway may take to answer before the test fails instead of hanging.
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// Sends `body` as a POST to `path` and reads the whole response.
 async fn post(conn: &mut Conn, path: &str, body: ClientBody) -> Resp {
@@ -95,7 +83,7 @@ async fn h2_clients_reach_http1_origins() {
     assert!(conn.is_h2());
 
     for (path, origin) in [("/tls/x", &tls_h1), ("/plain/y", &plain)] {
-        let resp = within(path, conn.get("a.test", path)).await;
+        let resp = within_for(LIMIT, path, conn.get("a.test", path)).await;
         assert_eq!(resp.status, 200, "{path}");
         assert_eq!(resp.version, Version::HTTP_2, "{path}");
         assert_eq!(resp.text(), format!("ok GET {path}"));
@@ -128,7 +116,7 @@ async fn http1_clients_reach_h2_origins_in_full_and_strict_mode() {
     assert!(!conn.is_h2());
 
     for path in ["/full/a", "/strict/b"] {
-        let resp = within(path, conn.get("a.test", path)).await;
+        let resp = within_for(LIMIT, path, conn.get("a.test", path)).await;
         assert_eq!(resp.status, 200, "{path}");
         assert_eq!(resp.version, Version::HTTP_11, "{path}");
         assert_eq!(resp.text(), format!("ok GET {path}"));
@@ -158,7 +146,7 @@ async fn websocket_echoes_through_the_gateway_beside_ordinary_requests() {
 
     for (url, origin) in [("wss://a.test/ws", &plain), ("wss://a.test/tls/ws", &tls)] {
         let stream = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
-        let (mut ws, resp) = within(url, tokio_tungstenite::client_async(url, stream))
+        let (mut ws, resp) = within_for(LIMIT, url, tokio_tungstenite::client_async(url, stream))
             .await
             .unwrap();
         assert_eq!(resp.status(), 101, "{url}");
@@ -179,7 +167,7 @@ async fn websocket_echoes_through_the_gateway_beside_ordinary_requests() {
             let binary = ws.next().await.unwrap().unwrap();
             (text, binary)
         };
-        let (echoed, plain_resp) = within(url, async {
+        let (echoed, plain_resp) = within_for(LIMIT, url, async {
             tokio::join!(echo, client.get("a.test", "/alongside"))
         })
         .await;
@@ -196,12 +184,12 @@ async fn websocket_echoes_through_the_gateway_beside_ordinary_requests() {
 
         // The tunnel is still open after the other request finished.
         let big = "x".repeat(100_000);
-        within(url, ws.send(Message::text(big.clone())))
+        within_for(LIMIT, url, ws.send(Message::text(big.clone())))
             .await
             .unwrap();
-        let back = within(url, ws.next()).await.unwrap().unwrap();
+        let back = within_for(LIMIT, url, ws.next()).await.unwrap().unwrap();
         assert_eq!(back, Message::text(big), "{url}");
-        within(url, ws.close(None)).await.unwrap();
+        within_for(LIMIT, url, ws.close(None)).await.unwrap();
     }
 }
 
@@ -232,7 +220,7 @@ async fn origin_connections_are_pooled_across_client_connections() {
         for i in 0..REQUESTS {
             let path = format!("{prefix}/{i}");
             // `get` opens a fresh client connection every time.
-            let resp = within(&path, client.get("a.test", &path)).await;
+            let resp = within_for(LIMIT, &path, client.get("a.test", &path)).await;
             assert_eq!(resp.status, 200, "{path}");
             assert_eq!(resp.text(), format!("ok GET {path}"));
         }
@@ -273,16 +261,26 @@ async fn large_bodies_stream_both_ways_on_h1_and_h2() {
             let what = format!("{alpn} client via {prefix:?}");
             let upload = format!("{prefix}/upload");
 
-            let fixed = within(&what, post(&mut conn, &upload, bytes(vec![b'u'; SIZE]))).await;
+            let fixed = within_for(
+                LIMIT,
+                &what,
+                post(&mut conn, &upload, bytes(vec![b'u'; SIZE])),
+            )
+            .await;
             assert_eq!(fixed.status, 200, "{what}");
             assert_eq!(fixed.text(), format!("received {SIZE}"), "{what}");
             assert_eq!(origin.last().version, origin_version, "{what}");
 
-            let chunked = within(&what, post(&mut conn, &upload, streamed(SIZE))).await;
+            let chunked = within_for(LIMIT, &what, post(&mut conn, &upload, streamed(SIZE))).await;
             assert_eq!(chunked.status, 200, "{what}");
             assert_eq!(chunked.text(), format!("received {SIZE}"), "{what}");
 
-            let down = within(&what, conn.get("a.test", &format!("{prefix}/bytes/{SIZE}"))).await;
+            let down = within_for(
+                LIMIT,
+                &what,
+                conn.get("a.test", &format!("{prefix}/bytes/{SIZE}")),
+            )
+            .await;
             assert_eq!(down.status, 200, "{what}");
             assert_eq!(down.body.len(), SIZE, "{what}");
             assert!(down.body.iter().all(|&b| b == b'x'), "{what}");
@@ -319,11 +317,11 @@ async fn an_origin_answering_before_the_upload_ends_is_heard_at_once() {
         for body in [bytes(vec![b'u'; size]), streamed(size)] {
             let what = format!("{alpn} client, {size} bytes to {path}");
             let mut conn = client.connect("a.test", &[alpn]).await.unwrap();
-            let early = within(&what, post(&mut conn, path, body)).await;
+            let early = within_for(LIMIT, &what, post(&mut conn, path, body)).await;
             assert_eq!(early.status, 413, "{what}");
             assert_eq!(early.text(), "too large", "{what}");
             let mut conn = client.connect("a.test", &[alpn]).await.unwrap();
-            let next = within(&what, conn.get("a.test", "/after")).await;
+            let next = within_for(LIMIT, &what, conn.get("a.test", "/after")).await;
             assert_eq!(next.status, 200, "{what}");
             assert_eq!(next.text(), "ok GET /after", "{what}");
         }
@@ -341,18 +339,17 @@ async fn an_http1_client_writing_its_whole_upload_first_still_hears_an_early_ans
     const SIZE: usize = 32 * 1024 * 1024;
     let edge = TestCa::new("edge CA");
     let origin = TestOrigin::http().await;
-    let b = GatewayBuilder::new();
-    let (cert, key) = edge.leaf(&["a.test", "small.test"]).write(b.dir(), "a");
-    let tls = format!("{{cert: {}, key: {}}}", cert.display(), key.display());
-    let gw = b
-        .site(&format!(
-            "{{hosts: [a.test], tls: {tls}, origin: http://{}}}",
-            origin.addr
-        ))
-        .site(&format!(
-            "{{hosts: [small.test], tls: {tls}, origin: http://{}, max_body_size: 1KiB}}",
-            origin.addr
-        ))
+    let gw = GatewayBuilder::new()
+        .tls_site(
+            &edge,
+            &["a.test"],
+            &format!("origin: http://{}", origin.addr),
+        )
+        .tls_site(
+            &edge,
+            &["small.test"],
+            &format!("origin: http://{}, max_body_size: 1KiB", origin.addr),
+        )
         .start()
         .await;
     let client = gw.client(&edge.root_der);
@@ -388,10 +385,10 @@ async fn an_http1_client_writing_its_whole_upload_first_still_hears_an_early_ans
             }
             tls.flush().await
         };
-        within(&what, upload).await.unwrap_or_else(|e| {
+        within_for(LIMIT, &what, upload).await.unwrap_or_else(|e| {
             panic!("{what}: the upload failed before its answer was read: {e}")
         });
-        let (status, _) = within(&what, read_response(&mut tls)).await;
+        let (status, _) = within_for(LIMIT, &what, read_response(&mut tls)).await;
         assert_eq!(status, format!("HTTP/1.1 {answer}"), "{what}");
     }
 }
@@ -410,10 +407,10 @@ async fn a_lingering_connection_ends_when_its_client_goes_quiet_or_on_shutdown()
         let head = "POST /early HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100000000\r\n\r\n";
         tls.write_all(head.as_bytes()).await.unwrap();
         tls.write_all(&[b'u'; 256 * 1024]).await.unwrap();
-        let (status, _) = within("answer", read_response(&mut tls)).await;
+        let (status, _) = within_for(LIMIT, "answer", read_response(&mut tls)).await;
         assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
         // Discarded, not refused.
-        within("more", tls.write_all(&[b'u'; 1024 * 1024]))
+        within_for(LIMIT, "more", tls.write_all(&[b'u'; 1024 * 1024]))
             .await
             .unwrap();
         assert_eq!(gw.gateway.open_connections(), 1);
@@ -431,7 +428,10 @@ async fn a_lingering_connection_ends_when_its_client_goes_quiet_or_on_shutdown()
 
     let _lingering = answered_early().await;
     let started = std::time::Instant::now();
-    assert!(within("drain", gw.stop()).await, "drain did not finish");
+    assert!(
+        within_for(LIMIT, "drain", gw.stop()).await,
+        "drain did not finish"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "the drain waited for a lingering connection"
@@ -474,13 +474,15 @@ async fn a_connection_with_nothing_more_to_come_closes_without_lingering() {
     for (request, answer) in requests {
         let mut tls = client.tls("a.test", true, &["http/1.1"]).await.unwrap();
         tls.write_all(request.as_bytes()).await.unwrap();
-        let (status, body) = within(answer, read_response(&mut tls)).await;
+        let (status, body) = within_for(LIMIT, answer, read_response(&mut tls)).await;
         assert_eq!(
             (status.as_str(), body.as_str()),
             ("HTTP/1.1 200 OK", answer)
         );
         let mut rest = Vec::new();
-        within(answer, tls.read_to_end(&mut rest)).await.unwrap();
+        within_for(LIMIT, answer, tls.read_to_end(&mut rest))
+            .await
+            .unwrap();
         closed_soon(format!("the connection after {answer:?} to close")).await;
         drop(tls);
     }
@@ -489,7 +491,7 @@ async fn a_connection_with_nothing_more_to_come_closes_without_lingering() {
     tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
         .await
         .unwrap();
-    let (status, _) = within("keep-alive", read_response(&mut tls)).await;
+    let (status, _) = within_for(LIMIT, "keep-alive", read_response(&mut tls)).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     closed_soon("the idle connection to close".to_owned()).await;
 }
@@ -514,23 +516,23 @@ async fn an_early_answer_to_a_small_upload_keeps_the_connection() {
         );
         tls.write_all(head.as_bytes()).await.unwrap();
         tls.write_all(&[b'u'; 1024]).await.unwrap();
-        let (status, _) = within(&what, read_response(&mut tls)).await;
+        let (status, _) = within_for(LIMIT, &what, read_response(&mut tls)).await;
         assert_eq!(status, "HTTP/1.1 413 Payload Too Large", "{what}");
-        within(&what, tls.write_all(&vec![b'u'; rest]))
+        within_for(LIMIT, &what, tls.write_all(&vec![b'u'; rest]))
             .await
             .unwrap();
         tls.write_all(b"GET /next HTTP/1.1\r\nhost: a.test\r\n\r\n")
             .await
             .unwrap();
         if kept {
-            let (status, body) = within(&what, read_response(&mut tls)).await;
+            let (status, body) = within_for(LIMIT, &what, read_response(&mut tls)).await;
             assert_eq!(
                 (status.as_str(), body.as_str()),
                 ("HTTP/1.1 200 OK", "ok GET /next")
             );
         } else {
             let mut after = Vec::new();
-            let _ = within(&what, tls.read_to_end(&mut after)).await;
+            let _ = within_for(LIMIT, &what, tls.read_to_end(&mut after)).await;
             assert!(after.is_empty(), "{what}: an answer after the close");
         }
     }
@@ -588,7 +590,8 @@ async fn a_websocket_stays_counted_and_outlives_the_idle_timeout() {
         .tls("a.test", true, &["http/1.1"])
         .await
         .unwrap();
-    let (mut ws, _) = within(
+    let (mut ws, _) = within_for(
+        LIMIT,
         "ws",
         tokio_tungstenite::client_async("wss://a.test/ws", stream),
     )
@@ -599,10 +602,10 @@ async fn a_websocket_stays_counted_and_outlives_the_idle_timeout() {
     while std::time::Instant::now() < until {
         assert_eq!(gw.gateway.open_connections(), 1, "round {rounds}");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        within("echo", ws.send(Message::text("still here")))
+        within_for(LIMIT, "echo", ws.send(Message::text("still here")))
             .await
             .unwrap();
-        let back = within("echo", ws.next()).await.unwrap().unwrap();
+        let back = within_for(LIMIT, "echo", ws.next()).await.unwrap().unwrap();
         assert_eq!(back, Message::text("still here"));
         rounds += 1;
     }
@@ -653,7 +656,7 @@ async fn a_connection_released_while_idle_serves_again() {
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: a.test\r\n\r\n");
 
     tls.write_all(get("/one").as_bytes()).await.unwrap();
-    let (status, body) = within("first", read_response(&mut tls)).await;
+    let (status, body) = within_for(LIMIT, "first", read_response(&mut tls)).await;
     assert_eq!(
         (status.as_str(), body.as_str()),
         ("HTTP/1.1 200 OK", "ok GET /one")
@@ -664,7 +667,7 @@ async fn a_connection_released_while_idle_serves_again() {
     let two = get("/two") + &get("/three");
     tls.write_all(two.as_bytes()).await.unwrap();
     for path in ["/two", "/three"] {
-        let (status, body) = within(path, read_response(&mut tls)).await;
+        let (status, body) = within_for(LIMIT, path, read_response(&mut tls)).await;
         assert_eq!(status, "HTTP/1.1 200 OK", "{path}");
         assert_eq!(body, format!("ok GET {path}"));
     }
@@ -677,7 +680,7 @@ async fn a_connection_released_while_idle_serves_again() {
     tls.write_all(first.as_bytes()).await.unwrap();
     tokio::time::sleep(PAST_RELEASE).await;
     tls.write_all(rest.as_bytes()).await.unwrap();
-    let (status, body) = within("/four", read_response(&mut tls)).await;
+    let (status, body) = within_for(LIMIT, "/four", read_response(&mut tls)).await;
     assert_eq!(
         (status.as_str(), body.as_str()),
         ("HTTP/1.1 200 OK", "ok GET /four")
@@ -685,7 +688,8 @@ async fn a_connection_released_while_idle_serves_again() {
 
     // A WebSocket on the released connection: the tunnel gets the client's stream.
     tokio::time::sleep(PAST_RELEASE).await;
-    let (mut ws, resp) = within(
+    let (mut ws, resp) = within_for(
+        LIMIT,
         "upgrade",
         tokio_tungstenite::client_async("wss://a.test/ws", tls),
     )
@@ -693,7 +697,7 @@ async fn a_connection_released_while_idle_serves_again() {
     .unwrap();
     assert_eq!(resp.status(), 101);
     ws.send(Message::text("after a rest")).await.unwrap();
-    let echoed = within("echo", ws.next()).await.unwrap().unwrap();
+    let echoed = within_for(LIMIT, "echo", ws.next()).await.unwrap().unwrap();
     assert_eq!(echoed, Message::text("after a rest"));
     ws.close(None).await.unwrap();
     let paths: Vec<String> = origin.seen().into_iter().map(|s| s.path).collect();
@@ -712,17 +716,20 @@ async fn a_released_connection_closes_cleanly_on_shutdown() {
     tls.write_all(b"GET /one HTTP/1.1\r\nhost: a.test\r\n\r\n")
         .await
         .unwrap();
-    let (status, _) = within("request", read_response(&mut tls)).await;
+    let (status, _) = within_for(LIMIT, "request", read_response(&mut tls)).await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     tokio::time::sleep(PAST_RELEASE).await;
 
     let started = std::time::Instant::now();
-    assert!(within("drain", gw.stop()).await, "drain did not finish");
+    assert!(
+        within_for(LIMIT, "drain", gw.stop()).await,
+        "drain did not finish"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "drain waited on an idle connection"
     );
     let mut rest = Vec::new();
-    let read = within("close", tls.read_to_end(&mut rest)).await;
+    let read = within_for(LIMIT, "close", tls.read_to_end(&mut rest)).await;
     assert_eq!(read.unwrap(), 0, "expected close_notify and nothing else");
 }

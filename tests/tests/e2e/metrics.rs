@@ -1,7 +1,6 @@
 //! The admin listener: `/metrics` is valid Prometheus text (promtool agrees), its catalogue
 //! follows the traffic with labels taken from the configuration only, and `/healthz` and
 //! `/readyz` say whether the gateway lives and can serve every site.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
@@ -15,12 +14,12 @@ use http::Request;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use portcullis_tests::{
-    GatewayBuilder, TestCa, TestClient, TestGateway, TestOrigin, collect, empty, wait,
+    GatewayBuilder, TestCa, TestClient, TestGateway, TestOrigin, closed_port, collect, empty,
+    plain, wait,
 };
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// `exp.test`'s certificate expires 2031-05-17T00:00:00Z.
 const EXP_NOT_AFTER: f64 = 1_936_742_400.0;
@@ -29,17 +28,8 @@ const RCGEN_NOT_AFTER: f64 = 67_090_118_400.0;
 
 /// One request over a fresh plain TCP connection: status, head and body.
 async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut out))
-        .await
-        .expect("the response ends within 10 s")
-        .unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let status = head[9..12].parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
+    let resp = plain::get(addr, host, path).await;
+    (resp.status, resp.head().to_owned(), resp.body().to_owned())
 }
 
 /// One sample of the exposition text.
@@ -133,12 +123,6 @@ impl Scrape {
     }
 }
 
-/// A port with nothing listening on it.
-async fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Two sites: `shop` (`m.test`) with a route to a live origin and one to a dead origin, and
 /// `expiry` (`exp.test`), whose self-signed certificate expires at [`EXP_NOT_AFTER`].
 struct Setup {
@@ -155,7 +139,6 @@ async fn setup() -> Setup {
     let live = format!("http://{}", origin.addr);
     let dead = format!("http://127.0.0.1:{}", closed_port().await);
     let b = GatewayBuilder::new();
-    let (cert, key) = ca.leaf(&["m.test"]).write(b.dir(), "m");
     let exp_key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["exp.test".to_owned()]).unwrap();
     params.not_after = rcgen::date_time_ymd(2031, 5, 17);
@@ -164,12 +147,13 @@ async fn setup() -> Setup {
     std::fs::write(&exp_cert_path, exp_cert.pem()).unwrap();
     std::fs::write(&exp_key_path, exp_key.serialize_pem()).unwrap();
     let gw = b
-        .site(&format!(
-            "{{name: shop, hosts: [m.test], tls: {{cert: {}, key: {}}},
-              routes: [{{path: /api, origin: '{live}'}}, {{path: /dead, origin: '{dead}'}}]}}",
-            cert.display(),
-            key.display()
-        ))
+        .tls_site(
+            &ca,
+            &["m.test"],
+            &format!(
+                "name: shop, routes: [{{path: /api, origin: '{live}'}}, {{path: /dead, origin: '{dead}'}}]"
+            ),
+        )
         .site(&format!(
             "{{name: expiry, hosts: [exp.test], tls: {{cert: {}, key: {}}}, respond: {{body: exp}}}}",
             exp_cert_path.display(),
@@ -597,14 +581,12 @@ async fn origin_connections_and_waiting_requests_are_counted() {
     let ca = TestCa::new("metrics CA");
     let origin = TestOrigin::http().await;
     let url = format!("http://{}", origin.addr);
-    let b = GatewayBuilder::new();
-    let (cert, key) = ca.leaf(&["m.test"]).write(b.dir(), "m");
-    let gw = b
-        .site(&format!(
-            "{{hosts: [m.test], tls: {{cert: {}, key: {}}}, origin: {{url: '{url}', max_connections: 1}}}}",
-            cert.display(),
-            key.display()
-        ))
+    let gw = GatewayBuilder::new()
+        .tls_site(
+            &ca,
+            &["m.test"],
+            &format!("origin: {{url: '{url}', max_connections: 1}}"),
+        )
         .start()
         .await;
     let admin = gw.admin.unwrap();

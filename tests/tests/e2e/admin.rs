@@ -2,45 +2,27 @@
 //! is not the listener (DNS rebinding), a request from another origin (`Origin`,
 //! `Sec-Fetch-Site`, the preflight-free `text/plain` POST), and with `admin.token_file`
 //! anything but `/healthz` and `/readyz` without the bearer token.
-#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
+use portcullis_tests::plain::{self, PlainResponse};
+use portcullis_tests::scrape::sample;
 use portcullis_tests::{GatewayBuilder, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const TOKEN: &str = "7f3a9c1e5b2d4f60a8e1c3b5d7f90214";
 
-/// An answer: status, head (lowercased) and body.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) to `admin`.
-async fn send(admin: SocketAddr, request: &str) -> Answer {
-    let mut tcp = TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut text))
-        .await
-        .expect("the admin listener did not answer within 10 s")
-        .unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    Answer {
-        status: head[9..12].parse().unwrap(),
-        head: head.to_ascii_lowercase(),
-        body: body.to_owned(),
-    }
-}
-
 /// `METHOD path` with `Host: host` and the extra header lines in `headers`.
-async fn request(admin: SocketAddr, method: &str, path: &str, host: &str, headers: &str) -> Answer {
-    send(
+async fn request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &str,
+) -> PlainResponse {
+    plain::send(
         admin,
         &format!(
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: 0\r\n\
@@ -70,13 +52,11 @@ async fn gateway(admin: &str, token: bool) -> TestGateway {
 /// Successful reloads so far, from `/metrics` (asked with `auth` header lines).
 async fn reloads(admin: SocketAddr, auth: &str) -> f64 {
     let a = request(admin, "GET", "/metrics", "localhost", auth).await;
-    assert_eq!(a.status, 200, "{}", a.body);
-    a.body
-        .lines()
-        .find_map(|l| l.strip_prefix("portcullis_config_reloads_total{result=\"success\"} "))
-        .unwrap()
-        .parse()
-        .unwrap()
+    assert_eq!(a.status, 200, "{}", a.body());
+    sample(
+        a.body(),
+        r#"portcullis_config_reloads_total{result="success"}"#,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,24 +78,25 @@ async fn requests_a_web_page_could_send_are_refused() {
         ] {
             let a = request(admin, method, path, host, "").await;
             assert_eq!(
-                a.status, 403,
+                a.status,
+                403,
                 "{method} {path} with Host {host}: {}",
-                a.body
+                a.body()
             );
-            assert!(a.body.contains("admin.allowed_hosts"), "{}", a.body);
+            assert!(a.body().contains("admin.allowed_hosts"), "{}", a.body());
             assert!(
-                !a.body.contains("portcullis_"),
+                !a.body().contains("portcullis_"),
                 "metrics leaked: {}",
-                a.body
+                a.body()
             );
         }
     }
     // HTTP/1.1 without Host.
-    let a = send(admin, "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
-    assert_eq!(a.status, 400, "{}", a.body);
+    let a = plain::send(admin, "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(a.status, 400, "{}", a.body());
 
     // Cross-site: the "simple" POST a form or fetch() sends with no preflight.
-    let simple = send(
+    let simple = plain::send(
         admin,
         &format!(
             "POST /reload HTTP/1.1\r\nHost: {own}\r\nOrigin: http://evil.example\r\n\
@@ -123,7 +104,7 @@ async fn requests_a_web_page_could_send_are_refused() {
         ),
     )
     .await;
-    assert_eq!(simple.status, 403, "{}", simple.body);
+    assert_eq!(simple.status, 403, "{}", simple.body());
     for headers in [
         "Origin: http://evil.example\r\n",
         "Origin: null\r\n",
@@ -133,7 +114,12 @@ async fn requests_a_web_page_could_send_are_refused() {
     ] {
         for (method, path) in [("POST", "/reload"), ("GET", "/metrics")] {
             let a = request(admin, method, path, &own, headers).await;
-            assert_eq!(a.status, 403, "{method} {path} with {headers}: {}", a.body);
+            assert_eq!(
+                a.status,
+                403,
+                "{method} {path} with {headers}: {}",
+                a.body()
+            );
         }
     }
     // None of the refused reloads ran.
@@ -148,13 +134,13 @@ async fn requests_a_web_page_could_send_are_refused() {
         "admin.internal",
     ] {
         let a = request(admin, "GET", "/healthz", host, "").await;
-        assert_eq!(a.status, 200, "Host {host}: {}", a.body);
+        assert_eq!(a.status, 200, "Host {host}: {}", a.body());
     }
     let same_origin = format!("Origin: http://{own}\r\nSec-Fetch-Site: same-origin\r\n");
     let a = request(admin, "POST", "/reload", &own, &same_origin).await;
-    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.status, 200, "{}", a.body());
     let a = request(admin, "POST", "/reload", "localhost", "").await;
-    assert_eq!((a.status, a.body.as_str()), (200, "reloaded: 1 sites\n"));
+    assert_eq!((a.status, a.body()), (200, "reloaded: 1 sites\n"));
     assert_eq!(reloads(admin, "").await, 2.0);
 }
 
@@ -171,13 +157,20 @@ async fn with_a_token_file_reload_and_metrics_need_the_bearer_token() {
             format!("Authorization: Basic {TOKEN}\r\n"),
         ] {
             let a = request(admin, method, path, "localhost", &wrong).await;
-            assert_eq!(a.status, 401, "{method} {path} with {wrong:?}: {}", a.body);
-            assert!(
-                a.head.contains("\r\nwww-authenticate: bearer"),
-                "{}",
-                a.head
+            assert_eq!(
+                a.status,
+                401,
+                "{method} {path} with {wrong:?}: {}",
+                a.body()
             );
-            assert!(a.body.contains("admin.token_file"), "{}", a.body);
+            assert!(
+                a.head()
+                    .to_ascii_lowercase()
+                    .contains("\r\nwww-authenticate: bearer"),
+                "{}",
+                a.head()
+            );
+            assert!(a.body().contains("admin.token_file"), "{}", a.body());
         }
     }
     // The token does not let a web page in.
@@ -189,16 +182,16 @@ async fn with_a_token_file_reload_and_metrics_need_the_bearer_token() {
         &format!("{right}Origin: http://evil.example\r\n"),
     )
     .await;
-    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.status, 403, "{}", a.body());
     assert_eq!(reloads(admin, &right).await, 0.0);
 
     let a = request(admin, "POST", "/reload", "localhost", &right).await;
-    assert_eq!((a.status, a.body.as_str()), (200, "reloaded: 1 sites\n"));
+    assert_eq!((a.status, a.body()), (200, "reloaded: 1 sites\n"));
     assert_eq!(reloads(admin, &right).await, 1.0);
     // Probes carry no secret.
     for path in ["/healthz", "/readyz"] {
         let a = request(admin, "GET", path, "localhost", "").await;
-        assert_eq!(a.status, 200, "{path}: {}", a.body);
+        assert_eq!(a.status, 200, "{path}: {}", a.body());
     }
 }
 
@@ -207,7 +200,7 @@ async fn the_admin_listener_can_be_a_unix_socket_only_its_user_can_use() {
     use std::os::unix::fs::PermissionsExt;
     let gw = gateway("{listen: 'unix:./admin.sock'}", false).await;
     assert_eq!(gw.admin, None, "no TCP admin listener");
-    let path = gw.dir.path().join("admin.sock");
+    let path = gw.dir().join("admin.sock");
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     let over_unix = |request: String| {
@@ -262,7 +255,7 @@ async fn a_stale_socket_is_replaced_and_a_file_that_is_not_one_is_left_alone() {
         .site("{hosts: [a.test], tls: local, respond: {}}")
         .start()
         .await;
-    let path = gw.dir.path().join("admin.sock");
+    let path = gw.dir().join("admin.sock");
     tokio::net::UnixStream::connect(&path).await.unwrap();
 
     // A regular file at the path is someone's data: refused, and kept. (In a folder of

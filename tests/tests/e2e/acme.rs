@@ -1,17 +1,16 @@
 //! ACME against pebble: issuance through the gateway's own listeners, renewal, restarts,
 //! badNonce, CA outages and External Account Binding.
-#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use portcullis_tests::plain::{self, PlainResponse};
 use portcullis_tests::{GatewayBuilder, Pebble, PebbleOptions, TestClient, logs, wait};
 use portcullis_tls::CertInfo;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Waits until a handshake for `name`, trusting only pebble's issuing root, succeeds; returns
 /// the served leaf.
@@ -104,32 +103,10 @@ async fn wait_for_serial(
     .await
 }
 
-/// One request over a fresh plain TCP connection; returns the status and the whole
-/// response text.
-async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut out))
-        .await
-        .expect("the response ends within 10 s")
-        .unwrap();
-    let status = out
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP/1.1 response: {out:?}"));
-    (status, out)
-}
-
 /// `/readyz` on the admin listener: status and body.
 async fn readyz(admin: SocketAddr) -> (u16, String) {
-    let (status, text) = plain_get(admin, "localhost", "/readyz").await;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let resp = plain::get(admin, "localhost", "/readyz").await;
+    (resp.status, resp.body().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,10 +206,10 @@ async fn http_01_answers_are_withdrawn_once_the_order_is_done() {
     );
     for token in &tokens {
         let path = format!("/.well-known/acme-challenge/{token}");
-        let (status, text) = plain_get(http, "gone.test", &path).await;
+        let PlainResponse { status, text } = plain::get(http, "gone.test", &path).await;
         assert_eq!(status, 308, "{text}");
         assert!(!text.contains(&format!("{token}.")), "{text}");
-        let (status, text) = plain_get(http, "unclaimed.test", &path).await;
+        let PlainResponse { status, text } = plain::get(http, "unclaimed.test", &path).await;
         assert_eq!(status, 404, "{text}");
     }
 }

@@ -1,29 +1,18 @@
 //! What users see when things go wrong: dead, slow or resetting origins get fast 502/504;
 //! slow or malformed clients get 4xx or are cut off without disturbing anyone else.
-#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
-use portcullis_tests::{GatewayBuilder, TestCa, TestGateway, TestOrigin, wait};
+use portcullis_tests::{GatewayBuilder, TestCa, TestGateway, TestOrigin, closed_port, wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 async fn gateway(ca: &TestCa, origin: &str, limits: &str) -> TestGateway {
-    let b = GatewayBuilder::new().set("limits", limits);
-    let (cert, key) = ca.leaf(&["f.test"]).write(b.dir(), "f");
-    b.site(&format!(
-        "{{hosts: [f.test], tls: {{cert: {}, key: {}}}, origin: {origin}}}",
-        cert.display(),
-        key.display()
-    ))
-    .start()
-    .await
-}
-
-/// A port with nothing listening on it.
-async fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
+    GatewayBuilder::new()
+        .set("limits", limits)
+        .tls_site(ca, &["f.test"], &format!("origin: {origin}"))
+        .start()
+        .await
 }
 
 #[tokio::test]

@@ -1,7 +1,6 @@
 //! ACME Renewal Information (RFC 9773) and rate limits, against a small fake directory: the
 //! CA's window decides when to renew, the order names the certificate it replaces, and a
 //! `Retry-After` outweighs the configured backoff. Also: a corrupt stored certificate.
-#![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

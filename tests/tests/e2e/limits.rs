@@ -1,9 +1,8 @@
 //! Abuse protection at the edge: connection caps, slowloris, header vs idle timeouts,
 //! HTTP/2 rapid reset and stream limits, and request body size limits. Attacks are held open
 //! while an ordinary client is served, and each cut-off is checked in `/metrics`.
-#![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_tests::{
     ClientBody, GatewayBuilder, Resp, TestCa, TestClient, TestGateway, TestOrigin, bytes, collect,
-    empty, wait,
+    connect_from, empty, logs, scrape, wait, within_for,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,51 +25,17 @@ const HOST: &str = "l.test";
 /// A gateway with one site, `l.test`, under `limits`; `rest` is the rest of the site's YAML
 /// mapping (its `origin`, `max_body_size`).
 async fn gateway(ca: &TestCa, limits: &str, rest: &str) -> TestGateway {
-    let b = GatewayBuilder::new().set("limits", limits);
-    let (cert, key) = ca.leaf(&[HOST]).write(b.dir(), "l");
-    b.site(&format!(
-        "{{hosts: [{HOST}], tls: {{cert: {}, key: {}}}, {rest}}}",
-        cert.display(),
-        key.display()
-    ))
-    .start()
-    .await
-}
-
-/// Fails the test instead of hanging.
-async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, fut)
+    GatewayBuilder::new()
+        .set("limits", limits)
+        .tls_site(ca, &[HOST], rest)
+        .start()
         .await
-        .unwrap_or_else(|_| panic!("not within {limit:?}: {what}"))
 }
 
 /// The sum of the samples of `name` carrying every label in `labels`, from the admin
 /// listener's `/metrics`.
 async fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut tcp = TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    within(
-        Duration::from_secs(10),
-        "/metrics",
-        tcp.read_to_string(&mut text),
-    )
-    .await
-    .unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let (n, labels) = series.split_once('{').unwrap_or((series, ""));
-            let labels = labels.trim_end_matches('}');
-            n == name && wanted.iter().all(|w| labels.split(',').any(|l| l == w))
-        })
-        .map(|(_, v)| v.parse::<f64>().unwrap())
-        .sum()
+    scrape::metric(&scrape::scrape(admin).await, name, labels)
 }
 
 /// Reads until the peer closes (a response such as 408 may come first); the bytes read.
@@ -98,7 +63,7 @@ async fn h1(client: &TestClient) -> (http1::SendRequest<ClientBody>, JoinHandle<
 
 /// GET `path` on an HTTP/1.1 connection.
 async fn get1(sender: &mut http1::SendRequest<ClientBody>, path: &str) -> Resp {
-    within(Duration::from_secs(10), path, async {
+    within_for(Duration::from_secs(10), path, async {
         sender.ready().await.unwrap();
         let req = Request::get(path)
             .header("host", HOST)
@@ -147,7 +112,7 @@ async fn a_thousand_slowloris_connections_do_not_starve_a_normal_client() {
     .await;
     let client = gw.client(&ca.root_der);
     let https = gw.https;
-    let open = within(
+    let open = within_for(
         Duration::from_secs(60),
         "opening the attackers (the gateway must go on accepting while they stall)",
         async {
@@ -199,7 +164,7 @@ async fn a_thousand_slowloris_connections_do_not_starve_a_normal_client() {
     // A normal client is served promptly, again and again, while the attack goes on.
     for i in 0..5 {
         let start = Instant::now();
-        let resp = within(
+        let resp = within_for(
             Duration::from_secs(10),
             "a normal request during the attack",
             client.get(HOST, &format!("/normal/{i}")),
@@ -253,7 +218,7 @@ async fn cap_is_enforced(limits: &str, cap: usize, reason: &str) {
     assert_eq!(gw.gateway.open_connections(), cap);
 
     // One more: the TLS handshake fails (the gateway closes the socket unread).
-    let refused = within(
+    let refused = within_for(
         Duration::from_secs(10),
         "the over-limit handshake",
         client.tls(HOST, true, &["http/1.1"]),
@@ -266,7 +231,7 @@ async fn cap_is_enforced(limits: &str, cap: usize, reason: &str) {
         .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let answer = within(
+    let answer = within_for(
         Duration::from_secs(10),
         "the over-limit plain connection to close",
         read_until_closed(&mut plain),
@@ -313,14 +278,6 @@ async fn connections_over_the_per_ip_cap_are_refused_without_disturbing_others()
     cap_is_enforced("{max_connections_per_ip: 5}", 5, "max_connections_per_ip").await;
 }
 
-/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all this
-/// machine's), so a test has client addresses of its own.
-async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    socket.connect(to).await.unwrap()
-}
-
 /// Behind a NAT or a load balancer without the PROXY protocol every client has the same
 /// address: by default there is no per-address cap to reset them.
 #[tokio::test(flavor = "multi_thread")]
@@ -330,11 +287,11 @@ async fn by_default_one_address_may_open_more_than_512_connections() {
     let gw = gateway(&ca, "{}", "respond: {body: ok}").await;
     let http = gw.http.unwrap();
     // Silent connections, cut off by `header_read_timeout` (10 s) if the test fails.
-    let conns: Vec<TcpStream> = within(
+    let conns: Vec<TcpStream> = within_for(
         Duration::from_secs(30),
         "opening the connections",
         futures_util::stream::iter(0..CONNS)
-            .map(|_| connect_from("127.0.0.4", http))
+            .map(|_| connect_from(Ipv4Addr::new(127, 0, 0, 4).into(), http))
             .buffer_unordered(64)
             .collect(),
     )
@@ -371,19 +328,19 @@ async fn a_per_ip_refusal_is_counted_and_logged_once_per_address() {
     let mut held = Vec::new();
     for (from, refusals) in [("127.0.0.2", 3), ("127.0.0.3", 1)] {
         for _ in 0..2 {
-            held.push(connect_from(from, http).await);
+            held.push(connect_from(from.parse().unwrap(), http).await);
         }
         wait::until(Duration::from_secs(10), "the connections held", || async {
             (gw.gateway.open_connections() == held.len()).then_some(())
         })
         .await;
         for _ in 0..refusals {
-            let mut refused = connect_from(from, http).await;
+            let mut refused = connect_from(from.parse().unwrap(), http).await;
             refused
                 .write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
                 .await
                 .ok();
-            let answer = within(
+            let answer = within_for(
                 Duration::from_secs(10),
                 "the refused connection to close",
                 read_until_closed(&mut refused),
@@ -404,12 +361,16 @@ async fn a_per_ip_refusal_is_counted_and_logged_once_per_address() {
     .await;
     for from in ["127.0.0.2", "127.0.0.3"] {
         let peer = format!("peer={from}");
-        portcullis_tests::logs::wait_for(
+        logs::wait_for(
             Duration::from_secs(10),
             &["limits.max_connections_per_ip", &peer],
         )
         .await;
-        let lines = portcullis_tests::logs::lines_with(&["limits.max_connections_per_ip", &peer]);
+        // The whole binary's log: only this address, not one it is the start of.
+        let lines: Vec<String> = logs::lines_with(&["limits.max_connections_per_ip", &peer])
+            .into_iter()
+            .filter(|l| l.split(' ').any(|field| field == peer))
+            .collect();
         assert_eq!(lines.len(), 1, "{lines:#?}");
         assert!(lines[0].contains("WARN"), "{}", lines[0]);
     }
@@ -454,7 +415,7 @@ async fn idle_keep_alive_outlives_the_header_timeout_but_not_the_idle_timeout() 
         .await
         .unwrap();
     c.flush().await.unwrap();
-    let answer = within(
+    let answer = within_for(
         Duration::from_secs(10),
         "the half head to be cut off",
         read_until_closed(&mut c),
@@ -484,7 +445,7 @@ async fn idle_keep_alive_outlives_the_header_timeout_but_not_the_idle_timeout() 
     let a_idle = Instant::now();
 
     // B, idle ever since, is closed at the idle timeout; A, used since, outlives it.
-    within(
+    within_for(
         Duration::from_secs(10),
         "the idle connection to close",
         b_task,
@@ -501,7 +462,7 @@ async fn idle_keep_alive_outlives_the_header_timeout_but_not_the_idle_timeout() 
         "A closed though used {:?} ago",
         a_idle.elapsed()
     );
-    within(
+    within_for(
         Duration::from_secs(10),
         "the other idle connection to close",
         a_task,
@@ -565,7 +526,7 @@ async fn h2_rapid_reset_gets_the_connection_closed_while_others_are_served() {
         .await;
         drop(pending); // RST_STREAM(CANCEL)
         if i == MAX_RESETS / 2 {
-            let resp = within(
+            let resp = within_for(
                 Duration::from_secs(10),
                 "the bystander during the flood",
                 bystander.get(HOST, "/bystander"),
@@ -574,7 +535,7 @@ async fn h2_rapid_reset_gets_the_connection_closed_while_others_are_served() {
             assert_eq!(resp.text(), "ok GET /bystander");
         }
     }
-    within(
+    within_for(
         Duration::from_secs(10),
         "the attacking connection to be closed",
         attack_conn,
@@ -612,7 +573,7 @@ async fn h2_streams_over_the_concurrency_limit_are_queued_not_refused() {
     .await;
     let (sender, _conn) = h2(&gw.client(&ca.root_der)).await;
     // One request first, so the server's SETTINGS have arrived before the test proper.
-    let warm = within(
+    let warm = within_for(
         Duration::from_secs(10),
         "the first request",
         sender.clone().send_request(get2("/warm")),
@@ -650,13 +611,13 @@ async fn h2_streams_over_the_concurrency_limit_are_queued_not_refused() {
         .map(|i| request(format!("/slow/1?short={i}")))
         .collect();
 
-    let short = within(
+    let short = within_for(
         Duration::from_secs(30),
         "the queued requests",
         futures_util::future::join_all(short),
     )
     .await;
-    let long = within(
+    let long = within_for(
         Duration::from_secs(30),
         "the long requests",
         futures_util::future::join_all(long),
@@ -692,7 +653,7 @@ async fn upload(client: &TestClient, host: &str, body: ClientBody) -> Resp {
         .method(Method::POST)
         .body(body)
         .unwrap();
-    within(Duration::from_secs(10), "an upload", async {
+    within_for(Duration::from_secs(10), "an upload", async {
         collect(conn.send(req).await.unwrap()).await
     })
     .await
@@ -703,20 +664,18 @@ async fn request_bodies_over_the_limit_get_413() {
     let ca = TestCa::new("limits CA");
     let origin = TestOrigin::http().await;
     // `small.test` has its own 1 KiB limit; `plain.test` takes the global 3 KiB.
-    let b = GatewayBuilder::new().set("limits", "{max_body_size: 3KiB}");
-    let (cert, key) = ca
-        .leaf(&["small.test", "plain.test"])
-        .write(b.dir(), "body");
-    let tls = format!("{{cert: {}, key: {}}}", cert.display(), key.display());
-    let gw = b
-        .site(&format!(
-            "{{hosts: [small.test], tls: {tls}, origin: http://{}, max_body_size: 1KiB}}",
-            origin.addr
-        ))
-        .site(&format!(
-            "{{hosts: [plain.test], tls: {tls}, origin: http://{}}}",
-            origin.addr
-        ))
+    let gw = GatewayBuilder::new()
+        .set("limits", "{max_body_size: 3KiB}")
+        .tls_site(
+            &ca,
+            &["small.test"],
+            &format!("origin: http://{}, max_body_size: 1KiB", origin.addr),
+        )
+        .tls_site(
+            &ca,
+            &["plain.test"],
+            &format!("origin: http://{}", origin.addr),
+        )
         .start()
         .await;
     let client = gw.client(&ca.root_der);
@@ -785,7 +744,7 @@ async fn a_raw_headers_then_reset_flood_is_cut_off_and_counted() {
             }
         }
     }
-    let ended = within(
+    let ended = within_for(
         Duration::from_secs(10),
         "the flooding connection to end",
         driver,

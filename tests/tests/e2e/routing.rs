@@ -1,47 +1,27 @@
 //! Sites and routes: Host must match the SNI's site (421), plain HTTP redirects only
 //! configured hosts, fixed responses, longest-prefix routes, HSTS.
-#![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use portcullis_tests::{GatewayBuilder, TestCa, TestGateway};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use portcullis_tests::{GatewayBuilder, TestCa, TestGateway, plain};
 
 async fn two_sites(ca: &TestCa) -> TestGateway {
-    let b = GatewayBuilder::new();
-    let (a_cert, a_key) = ca.leaf(&["a.test", "*.a.test"]).write(b.dir(), "a");
-    let (b_cert, b_key) = ca.leaf(&["b.test"]).write(b.dir(), "b");
-    b.site(&format!(
-        r#"{{hosts: [a.test, "*.a.test"], tls: {{cert: {}, key: {}}}, hsts: {{max_age: 600, include_subdomains: true}},
-            respond: {{body: "a root\n"}},
+    GatewayBuilder::new()
+        .tls_site(
+            ca,
+            &["a.test", "*.a.test"],
+            r#"hsts: {max_age: 600, include_subdomains: true},
+            respond: {body: "a root\n"},
             routes: [
-              {{path: /api, respond: {{status: 201, body: api, content_type: application/json}}}},
-              {{path: /api/v2, respond: {{status: 202, body: v2}}}},
-              {{path: /down, respond: {{status: 503, body: "back soon"}}}}]}}"#,
-        a_cert.display(),
-        a_key.display()
-    ))
-    .site(&format!(
-        "{{hosts: [b.test], tls: {{cert: {}, key: {}}}, routes: [{{path: /only, respond: {{body: only}}}}]}}",
-        b_cert.display(),
-        b_key.display()
-    ))
-    .start()
-    .await
-}
-
-/// One plain HTTP/1.1 exchange, read to the end.
-async fn raw_http(addr: SocketAddr, request: &str) -> String {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut out))
+              {path: /api, respond: {status: 201, body: api, content_type: application/json}},
+              {path: /api/v2, respond: {status: 202, body: v2}},
+              {path: /down, respond: {status: 503, body: "back soon"}}]"#,
+        )
+        .tls_site(
+            ca,
+            &["b.test"],
+            "routes: [{path: /only, respond: {body: only}}]",
+        )
+        .start()
         .await
-        .unwrap()
-        .unwrap();
-    out
 }
 
 #[tokio::test]
@@ -109,7 +89,7 @@ async fn plain_http_redirects_configured_hosts_only() {
     let http = gw.http.unwrap();
     let https_port = gw.https.port();
 
-    let resp = raw_http(
+    let resp = plain::exchange(
         http,
         "GET /path/x?q=1&r=2 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     )
@@ -126,7 +106,7 @@ async fn plain_http_redirects_configured_hosts_only() {
     );
 
     // The port the client used on :80 is dropped; wildcard hosts are configured hosts.
-    let resp = raw_http(
+    let resp = plain::exchange(
         http,
         "GET / HTTP/1.1\r\nHost: x.a.test:80\r\nConnection: close\r\n\r\n",
     )
@@ -143,7 +123,7 @@ async fn plain_http_redirects_configured_hosts_only() {
         "b.test.",
         "x.y.a.test",
     ] {
-        let resp = raw_http(
+        let resp = plain::exchange(
             http,
             &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
         )
@@ -156,7 +136,7 @@ async fn plain_http_redirects_configured_hosts_only() {
             assert!(!resp.contains("location:"), "{host}: {resp}");
         }
     }
-    let resp = raw_http(http, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    let resp = plain::exchange(http, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
 }
 
@@ -165,7 +145,7 @@ async fn admin_reports_health_and_readiness() {
     let ca = TestCa::new("routing CA");
     let gw = two_sites(&ca).await;
     let admin = gw.admin.unwrap();
-    let health = raw_http(
+    let health = plain::exchange(
         admin,
         "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
@@ -174,7 +154,7 @@ async fn admin_reports_health_and_readiness() {
         health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
         "{health}"
     );
-    let ready = raw_http(
+    let ready = plain::exchange(
         admin,
         "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )

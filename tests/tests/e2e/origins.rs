@@ -1,10 +1,8 @@
 //! Reaching origins: flexible (plaintext), full (TLS, unverified) and strict (verified) modes,
 //! `server_name`, client certificates for authenticated origin pulls, the forwarding headers
 //! an origin sees, and routes with their own origins.
-#![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +12,9 @@ use http::Version;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use portcullis_tests::{GatewayBuilder, Leaf, TestCa, TestGateway, TestOrigin, collect, empty};
+use portcullis_tests::{
+    GatewayBuilder, Leaf, TestCa, TestGateway, TestOrigin, collect, empty, within_for,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -23,23 +23,12 @@ use tokio::task::JoinHandle;
 /// rest of the site's YAML mapping (`origin`, `routes`).
 async fn gateway(edge: &TestCa, rest: impl FnOnce(&std::path::Path) -> String) -> TestGateway {
     let b = GatewayBuilder::new();
-    let (cert, key) = edge.leaf(&["a.test"]).write(b.dir(), "a.test");
     let rest = rest(b.dir());
-    b.site(&format!(
-        "{{hosts: [a.test], tls: {{cert: {}, key: {}}}, {rest}}}",
-        cert.display(),
-        key.display()
-    ))
-    .start()
-    .await
+    b.tls_site(edge, &["a.test"], &rest).start().await
 }
 
-/// Fails the test instead of hanging when the gateway never answers.
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), fut)
-        .await
-        .unwrap_or_else(|_| panic!("no answer within 30 s: {what}"))
-}
+/// How long the gateway may take to answer before the test fails instead of hanging.
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// Every value of header `name`, in order.
 fn values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
@@ -99,7 +88,8 @@ async fn flexible_mode_forwards_plaintext_http() {
     let origin = TestOrigin::http().await;
     let gw = gateway(&edge, |_| format!("origin: http://{}", origin.addr)).await;
 
-    let resp = within(
+    let resp = within_for(
+        LIMIT,
         "flexible GET",
         gw.client(&edge.root_der).get("a.test", "/hello?x=1"),
     )
@@ -126,7 +116,12 @@ async fn full_mode_accepts_an_origin_certificate_nobody_trusts() {
     })
     .await;
 
-    let resp = within("full GET", gw.client(&edge.root_der).get("a.test", "/full")).await;
+    let resp = within_for(
+        LIMIT,
+        "full GET",
+        gw.client(&edge.root_der).get("a.test", "/full"),
+    )
+    .await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "ok GET /full");
     // The origin only speaks TLS, so its having seen the request proves TLS was used.
@@ -192,7 +187,7 @@ async fn strict_mode_verifies_chain_and_name_and_maps_failures_to_502_or_526() {
     .await;
     let client = gw.client(&edge.root_der);
 
-    let right = within("strict /right", client.get("a.test", "/right")).await;
+    let right = within_for(LIMIT, "strict /right", client.get("a.test", "/right")).await;
     assert_eq!(right.status, 200);
     assert_eq!(right.text(), "ok GET /right");
 
@@ -205,7 +200,7 @@ async fn strict_mode_verifies_chain_and_name_and_maps_failures_to_502_or_526() {
         ("/leaf-for-other-name-526", 526),
         ("/not-tls-526", 502),
     ] {
-        let resp = within(path, client.get("a.test", path)).await;
+        let resp = within_for(LIMIT, path, client.get("a.test", path)).await;
         assert_eq!(resp.status, status, "{path}: {}", resp.text());
         assert!(
             resp.text().starts_with(&status.to_string()),
@@ -239,14 +234,14 @@ async fn server_name_sets_the_sni_and_the_name_verified() {
     .await;
     let client = gw.client(&edge.root_der);
 
-    let named = within("/named", client.get("a.test", "/named")).await;
+    let named = within_for(LIMIT, "/named", client.get("a.test", "/named")).await;
     assert_eq!(named.status, 200);
     assert_eq!(named.text(), "named");
     assert_eq!(*snis.lock().unwrap(), [Some("app.internal".to_owned())]);
 
     // Without server_name the gateway verifies the URL's IP, which the leaf does not name
     // (and sends no SNI, as for any IP).
-    let unnamed = within("/unnamed", client.get("a.test", "/unnamed")).await;
+    let unnamed = within_for(LIMIT, "/unnamed", client.get("a.test", "/unnamed")).await;
     assert_eq!(unnamed.status, 502);
     assert_eq!(
         *snis.lock().unwrap(),
@@ -287,13 +282,13 @@ async fn client_certificate_is_presented_to_origins_that_require_one() {
     .await;
     let client = gw.client(&edge.root_der);
 
-    let none = within("/none", client.get("a.test", "/none")).await;
+    let none = within_for(LIMIT, "/none", client.get("a.test", "/none")).await;
     assert_eq!(none.status, 502, "{}", none.text());
-    let other = within("/other", client.get("a.test", "/other")).await;
+    let other = within_for(LIMIT, "/other", client.get("a.test", "/other")).await;
     assert_eq!(other.status, 502, "{}", other.text());
     assert!(origin.seen().is_empty(), "{:?}", origin.seen());
 
-    let pull = within("/pull", client.get("a.test", "/pull")).await;
+    let pull = within_for(LIMIT, "/pull", client.get("a.test", "/pull")).await;
     assert_eq!(pull.status, 200);
     assert_eq!(pull.text(), "ok GET /pull");
     let seen = origin.last();
@@ -325,7 +320,7 @@ async fn origin_sees_forwarding_headers_and_no_client_hop_by_hop_headers() {
         .header("x-end-to-end", "kept")
         .body(empty())
         .unwrap();
-    let resp = within("h1 /headers", async {
+    let resp = within_for(LIMIT, "h1 /headers", async {
         collect(conn.send(req).await.unwrap()).await
     })
     .await;
@@ -358,7 +353,7 @@ async fn origin_sees_forwarding_headers_and_no_client_hop_by_hop_headers() {
         .header("x-forwarded-for", "6.6.6.6")
         .body(empty())
         .unwrap();
-    let resp = within("h2 /headers-h2", async {
+    let resp = within_for(LIMIT, "h2 /headers-h2", async {
         collect(conn.send(req).await.unwrap()).await
     })
     .await;
@@ -387,7 +382,7 @@ async fn origin_hop_by_hop_response_headers_do_not_reach_the_client() {
 
     for alpn in ["http/1.1", "h2"] {
         let mut conn = client.connect("a.test", &[alpn]).await.unwrap();
-        let resp = within("/hop", conn.get("a.test", "/hop")).await;
+        let resp = within_for(LIMIT, "/hop", conn.get("a.test", "/hop")).await;
         assert_eq!(resp.status, 200, "{alpn}");
         assert_eq!(resp.text(), "hop", "{alpn}");
         assert_eq!(resp.headers["x-public"], "yes", "{alpn}");
@@ -427,7 +422,7 @@ async fn routes_forward_to_their_own_origins_and_strip_prefixes() {
         ("/apix/users", &site_origin, "/apix/users"),
         ("/other?q", &site_origin, "/other?q"),
     ] {
-        let resp = within(path, conn.get("a.test", path)).await;
+        let resp = within_for(LIMIT, path, conn.get("a.test", path)).await;
         assert_eq!(resp.status, 200, "{path}");
         assert_eq!(resp.text(), format!("ok GET {seen_path}"), "{path}");
         assert_eq!(origin.last().path, seen_path, "{path}");
@@ -460,12 +455,7 @@ async fn sites_in_front_of_one_origin_share_its_connections_and_keep_their_host(
         let mut b = GatewayBuilder::new();
         let names = ["a.test", "b.test", "c.test", "d.test"];
         for name in names {
-            let (cert, key) = edge.leaf(&[name]).write(b.dir(), name);
-            b = b.site(&format!(
-                "{{hosts: [{name}], tls: {{cert: {}, key: {}}}, origin: {url}}}",
-                cert.display(),
-                key.display(),
-            ));
+            b = b.tls_site(&edge, &[name], &format!("origin: {url}"));
         }
         let gw = b.start().await;
         let client = gw.client(&edge.root_der);
@@ -474,7 +464,7 @@ async fn sites_in_front_of_one_origin_share_its_connections_and_keep_their_host(
         // Host would open one per site.
         for round in 0..2 {
             for name in names {
-                let resp = within(name, client.get(name, &format!("/{round}"))).await;
+                let resp = within_for(LIMIT, name, client.get(name, &format!("/{round}"))).await;
                 assert_eq!(resp.status, 200, "{what} {name}");
                 let seen = origin.last();
                 let host = match alpn {
@@ -518,7 +508,7 @@ async fn max_connections_makes_requests_wait_for_a_free_connection() {
         })
         .collect();
     for r in slow {
-        let resp = within("slow request", r).await.unwrap();
+        let resp = within_for(LIMIT, "slow request", r).await.unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.text(), "slow done");
     }

@@ -1,7 +1,6 @@
 //! PROXY protocol at both ends: accepted from trusted load balancers (v1 and v2) and refused
 //! from anyone else; sent to origins that ask for it, one connection per client; and
 //! `trusted_proxies` deciding whether forwarding headers are kept.
-#![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,21 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
 use http_body_util::Full;
-use hyper::client::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis_proxy::{ProxyAddrs, ProxyHeader, encode_v1, encode_v2, read_header};
 use portcullis_tests::{
-    ClientBody, GatewayBuilder, Resp, TestCa, TestGateway, TestOrigin, collect, empty,
+    GatewayBuilder, Resp, TestCa, TestGateway, TestOrigin, collect, empty, within_for,
 };
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsConnector;
 
 const LISTEN_TRUSTING_LOOPBACK: &str =
     "{https: 127.0.0.1:0, http: 127.0.0.1:0, proxy_protocol: {trusted: [127.0.0.1/32]}}";
@@ -41,13 +35,8 @@ async fn setup(origin: &str, listen: &str, extra: &[(&str, &str)]) -> Setup {
     for (k, v) in extra {
         b = b.set(k, v);
     }
-    let (cert, key) = ca.leaf(&["a.test"]).write(b.dir(), "a.test");
     let gw = b
-        .site(&format!(
-            "{{hosts: [a.test], tls: {{cert: {}, key: {}}}, origin: {origin}}}",
-            cert.display(),
-            key.display()
-        ))
+        .tls_site(&ca, &["a.test"], &format!("origin: {origin}"))
         .start()
         .await;
     Setup {
@@ -61,25 +50,17 @@ impl Setup {
     async fn get_after(&self, prefix: &[u8], headers: &[(&str, &str)]) -> std::io::Result<Resp> {
         let mut tcp = TcpStream::connect(self.gw.https).await?;
         tcp.write_all(prefix).await?;
-        let mut roots = RootCertStore::empty();
-        roots.add(self.root.clone()).unwrap();
-        let mut config = ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        let mut conn = self
+            .gw
+            .client(&self.root)
+            .connect_over(tcp, "a.test", &["http/1.1"])
             .await?;
-        let (mut sender, conn) = http1::handshake::<_, ClientBody>(TokioIo::new(tls))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        let mut req = Request::get("/").header("host", "a.test");
+        let mut req = conn.request("a.test", "/");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = sender
-            .send_request(req.body(empty()).unwrap())
+        let resp = conn
+            .send(req.body(empty()).unwrap())
             .await
             .map_err(std::io::Error::other)?;
         Ok(collect(resp).await)
@@ -93,11 +74,8 @@ fn addrs(source: &str, destination: &str) -> ProxyAddrs {
     }
 }
 
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), fut)
-        .await
-        .unwrap_or_else(|_| panic!("no answer within 20 s: {what}"))
-}
+/// How long the gateway may take to answer before the test fails instead of hanging.
+const LIMIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn a_trusted_load_balancer_s_client_address_is_used_v1_and_v2() {
@@ -118,15 +96,19 @@ async fn a_trusted_load_balancer_s_client_address_is_used_v1_and_v2() {
             "2001:db8::9",
         ),
     ] {
-        let resp = within("request after a PROXY header", s.get_after(&header, &[]))
-            .await
-            .unwrap();
+        let resp = within_for(
+            LIMIT,
+            "request after a PROXY header",
+            s.get_after(&header, &[]),
+        )
+        .await
+        .unwrap();
         assert_eq!(resp.status, 200, "{}", resp.text());
         let seen = origin.last();
         assert_eq!(seen.headers["x-forwarded-for"], client);
     }
     // The header is required from a trusted peer: none means no connection.
-    let refused = within("TLS without a PROXY header", s.get_after(b"", &[])).await;
+    let refused = within_for(LIMIT, "TLS without a PROXY header", s.get_after(b"", &[])).await;
     assert!(
         refused.is_err(),
         "a trusted peer got through without a header"
@@ -143,13 +125,20 @@ async fn a_proxy_header_from_an_untrusted_peer_is_refused() {
     )
     .await;
     let header = encode_v2(&addrs("203.0.113.7:40000", "192.0.2.1:443"));
-    let forged = within("TLS after a forged header", s.get_after(&header, &[])).await;
+    let forged = within_for(
+        LIMIT,
+        "TLS after a forged header",
+        s.get_after(&header, &[]),
+    )
+    .await;
     assert!(
         forged.is_err(),
         "a PROXY header from an untrusted peer was accepted"
     );
     // Without the header, the peer is an ordinary client.
-    let resp = within("plain TLS", s.get_after(b"", &[])).await.unwrap();
+    let resp = within_for(LIMIT, "plain TLS", s.get_after(b"", &[]))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(origin.last().headers["x-forwarded-for"], "127.0.0.1");
 }
@@ -227,9 +216,13 @@ async fn origins_get_the_client_address_in_a_proxy_header_one_connection_per_cli
             let header = encode_v1(&addrs(client, "192.0.2.1:443"));
             // Two requests per client connection would share one origin connection; each
             // client connection here is new, so each needs its own origin connection.
-            let resp = within("request to a PROXY origin", s.get_after(&header, &[]))
-                .await
-                .unwrap();
+            let resp = within_for(
+                LIMIT,
+                "request to a PROXY origin",
+                s.get_after(&header, &[]),
+            )
+            .await
+            .unwrap();
             assert_eq!(resp.status, 200, "{version}: {}", resp.text());
             bodies.push(resp.text());
         }

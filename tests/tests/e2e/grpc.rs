@@ -3,9 +3,7 @@
 //! to TLS origins in `strict` and `full` mode and to a plaintext origin with `h2c: true`.
 //! Without `h2c`, a plaintext origin gets HTTP/1.1, which a gRPC server cannot answer: the
 //! call must fail quickly instead of hanging.
-#![allow(clippy::unwrap_used)]
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,16 +12,9 @@ use http_body_util::BodyExt;
 use portcullis_tests::grpc::{
     CountReply, EchoReply, EchoRequest, GrpcClient, GrpcOrigin, SERVICE, SumRequest, frame, unframe,
 };
-use portcullis_tests::{GatewayBuilder, TestCa, TestGateway, bytes};
+use portcullis_tests::{GatewayBuilder, TestCa, TestGateway, bytes, within};
 use tokio::sync::mpsc;
 use tonic::Code;
-
-/// Fails the test instead of hanging when something never answers.
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| panic!("no answer within 10 s: {what}"))
-}
 
 /// How the gateway reaches the gRPC origin.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +40,6 @@ impl Setup {
     async fn new(mode: Mode) -> Self {
         let edge = TestCa::new("edge CA");
         let b = GatewayBuilder::new();
-        let (cert, key) = edge.leaf(&["grpc.test"]).write(b.dir(), "grpc.test");
         let (origin, origin_yaml) = match mode {
             Mode::Strict => {
                 let origin_ca = TestCa::new("origin CA");
@@ -80,11 +70,7 @@ impl Setup {
             }
         };
         let gw = b
-            .site(&format!(
-                "{{hosts: [grpc.test], tls: {{cert: {}, key: {}}}, origin: {origin_yaml}}}",
-                cert.display(),
-                key.display()
-            ))
+            .tls_site(&edge, &["grpc.test"], &format!("origin: {origin_yaml}"))
             .start()
             .await;
         Self { gw, origin, edge }

@@ -2,10 +2,8 @@
 //! twenty reloads without a failed request; a refused reload names the key, changes nothing
 //! and is counted; unchanged origins keep their pooled connections; a removed site's request
 //! in flight finishes; a moved listener; the file watcher.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,11 +13,11 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use http_body_util::BodyExt;
-use portcullis::{App, Controller, StartError};
-use portcullis_tests::{Conn, TestCa, TestClient, TestOrigin, empty, logs, wait};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use portcullis::StartError;
+use portcullis_tests::scrape::sample;
+use portcullis_tests::{
+    Conn, TestCa, TestClient, TestGateway, TestOrigin, empty, logs, wait, within,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 /// `listen.https` when the test does not care which port.
@@ -86,80 +84,19 @@ impl Files {
 }
 
 /// The gateway run from the config file as `portcullis run` runs it: it reloads that file
-/// and watches it. (`GatewayBuilder::start` hands the gateway the parsed config without its
-/// file, and such a gateway has nothing to reload.)
-struct Running {
-    https: SocketAddr,
-    admin: SocketAddr,
-    controller: Arc<Controller>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<bool>>,
-}
-
-impl Running {
-    async fn start(files: &Files) -> Self {
-        let app = match App::start_from_file(&files.path).await {
-            Ok(app) => app,
-            Err(StartError::Config(problems)) => panic!("config refused: {problems:?}"),
-            Err(e) => panic!("gateway did not start: {e}"),
-        };
-        let https = app.https_addr();
-        let admin = app.admin_addr().unwrap();
-        let controller = app.controller().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(async {
-            let _ = stopped.await;
-        }));
-        Self {
-            https,
-            admin,
-            controller,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Reloads, failing the test with every problem if the reload is refused.
-    async fn reload(&self) -> portcullis::ReloadSummary {
-        within("reload", self.controller.reload())
-            .await
-            .unwrap_or_else(|problems| panic!("reload refused: {problems:?}"))
-    }
-
-    /// `GET /metrics` on the admin listener.
-    async fn metrics(&self) -> String {
-        let mut tcp = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        within("GET /metrics", tcp.read_to_string(&mut out))
-            .await
-            .unwrap();
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        out
-    }
-
-    /// Stops the gateway and waits for its drain, which must end before its timeout.
-    async fn stop(mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        let task = self.task.take().unwrap();
-        let drained = within("the gateway to stop", task).await.unwrap();
-        assert!(drained, "connections were still open at the drain timeout");
+/// and watches it.
+async fn start(files: &Files) -> TestGateway {
+    match TestGateway::from_file(&files.path).await {
+        Ok(gw) => gw,
+        Err(StartError::Config(problems)) => panic!("config refused: {problems:?}"),
+        Err(e) => panic!("gateway did not start: {e}"),
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-    }
-}
-
-/// Fails the test instead of hanging when something never answers.
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| panic!("no answer within 10 s: {what}"))
+/// Stops the gateway and waits for its drain, which must end before its timeout.
+async fn stop_drained(gw: TestGateway) {
+    let drained = within("the gateway to stop", gw.stop()).await;
+    assert!(drained, "connections were still open at the drain timeout");
 }
 
 /// One GET on `conn`, every error returned rather than panicking.
@@ -177,16 +114,6 @@ async fn fetch(conn: &mut Conn, host: &str, path: &str) -> Result<(StatusCode, S
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// The value of one sample line (`name{labels} value`) in a Prometheus text page.
-fn sample(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 const FAILED_RELOADS: &str = r#"portcullis_config_reloads_total{result="failure"}"#;
@@ -340,7 +267,7 @@ async fn twenty_reloads_under_traffic_fail_no_request_and_keep_a_websocket_open(
         sites
     };
     files.write(ANY_PORT, &sites(None));
-    let gw = Running::start(&files).await;
+    let gw = start(&files).await;
     let client = files.client(gw.https);
 
     let stream = client
@@ -494,7 +421,7 @@ async fn twenty_reloads_under_traffic_fail_no_request_and_keep_a_websocket_open(
     within("WebSocket close", ws.close(None)).await.unwrap();
     // A tunnel holds up the drain until both sides have closed.
     drop(ws);
-    gw.stop().await;
+    stop_drained(gw).await;
 }
 
 // --- 2. A refused reload -------------------------------------------------------------
@@ -507,14 +434,14 @@ async fn a_refused_reload_names_the_key_keeps_the_old_config_and_is_counted() {
         ANY_PORT,
         &[files.site("a.test", &format!("origin: 'http://{}'", origin.addr))],
     );
-    let gw = Running::start(&files).await;
+    let gw = start(&files).await;
     let client = files.client(gw.https);
     let mut kept = client.connect("a.test", &["h2"]).await.unwrap();
     assert_eq!(
         within("before", fetch(&mut kept, "a.test", "/before")).await,
         Ok((StatusCode::OK, "ok GET /before".into()))
     );
-    let before = gw.metrics().await;
+    let before = gw.scrape().await;
     assert_eq!(sample(&before, FAILED_RELOADS), 0.0);
 
     // `strict` needs TLS to the origin, but the URL is plain http://; a new site beside it
@@ -556,7 +483,7 @@ async fn a_refused_reload_names_the_key_keeps_the_old_config_and_is_counted() {
         "the refused config's new site is served"
     );
 
-    let after = gw.metrics().await;
+    let after = gw.scrape().await;
     // The file watcher may have refused the same file too (it looks every second).
     let watcher_tried = !logs::lines_with(&[
         "config file changed; reloading",
@@ -569,14 +496,14 @@ async fn a_refused_reload_names_the_key_keeps_the_old_config_and_is_counted() {
         "{FAILED_RELOADS} is {failed} after one refused reload (watcher tried: {watcher_tried})"
     );
     assert_eq!(sample(&after, GOOD_RELOADS), 0.0);
-    gw.stop().await;
+    stop_drained(gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_cannot_bind_its_new_listener_applies_nothing() {
     let files = Files::new();
     files.write(ANY_PORT, &[files.site("a.test", "respond: {body: a}")]);
-    let gw = Running::start(&files).await;
+    let gw = start(&files).await;
     let client = files.client(gw.https);
     let mut kept = client.connect("a.test", &["h2"]).await.unwrap();
 
@@ -616,7 +543,7 @@ async fn a_reload_that_cannot_bind_its_new_listener_applies_nothing() {
     );
     assert_eq!(gw.controller.config().await.sites.len(), 1);
     drop(taken);
-    gw.stop().await;
+    stop_drained(gw).await;
 }
 
 // --- 3. Pooled origin connections ----------------------------------------------------
@@ -635,7 +562,7 @@ async fn an_unchanged_origin_keeps_its_pooled_connection_across_a_reload() {
             files.site("other.test", &format!("origin: 'http://{}'", old.addr)),
         ],
     );
-    let gw = Running::start(&files).await;
+    let gw = start(&files).await;
     let client = files.client(gw.https);
 
     for i in 0..3 {
@@ -675,7 +602,7 @@ async fn an_unchanged_origin_keeps_its_pooled_connection_across_a_reload() {
         pooled,
         "the reload dropped keep.test's pooled origin connection"
     );
-    gw.stop().await;
+    stop_drained(gw).await;
 }
 
 // --- 4. A removed site -----------------------------------------------------------------
@@ -692,7 +619,7 @@ async fn a_removed_sites_request_in_flight_finishes_and_later_ones_get_421() {
             stays.clone(),
         ],
     );
-    let gw = Running::start(&files).await;
+    let gw = start(&files).await;
     let client = files.client(gw.https);
 
     let mut slow = client.connect("gone.test", &["http/1.1"]).await.unwrap();
@@ -742,7 +669,7 @@ async fn a_removed_sites_request_in_flight_finishes_and_later_ones_get_421() {
     assert_eq!(origin.seen().len(), 1, "{:?}", origin.seen());
     let resp = within("stays.test", client.get("stays.test", "/")).await;
     assert_eq!((resp.status, resp.text()), (StatusCode::OK, "stays".into()));
-    gw.stop().await;
+    stop_drained(gw).await;
 }
 
 // --- 5. A moved listener -----------------------------------------------------------------
@@ -752,7 +679,7 @@ async fn a_moved_https_listener_serves_the_new_port_and_lets_old_connections_fin
     let files = Files::new();
     let sites = [files.site("a.test", "respond: {body: a}")];
     files.write(ANY_PORT, &sites);
-    let gw = Running::start(&files).await;
+    let gw = start(&files).await;
     let old = gw.https;
     let mut kept = files
         .client(old)
@@ -798,7 +725,7 @@ async fn a_moved_https_listener_serves_the_new_port_and_lets_old_connections_fin
         within("kept", fetch(&mut kept, "a.test", "/")).await,
         Ok((StatusCode::OK, "a".into()))
     );
-    gw.stop().await;
+    stop_drained(gw).await;
 }
 
 // --- 6. The file watcher -----------------------------------------------------------------
@@ -808,11 +735,11 @@ async fn saving_the_file_adds_a_site_without_a_reload_call() {
     let files = Files::new();
     let first = files.site("a.test", "respond: {body: a}");
     files.write(ANY_PORT, std::slice::from_ref(&first));
-    let gw = Running::start(&files).await;
+    let gw = start(&files).await;
     let client = files.client(gw.https);
     // The watcher starts right after the admin task; once admin and HTTPS have answered,
     // it has long read the file as it was (an edit before that would go unnoticed).
-    gw.metrics().await;
+    gw.scrape().await;
     let resp = within("a.test", client.get("a.test", "/")).await;
     assert_eq!(resp.status, 200);
     assert!(client.connect("new.test", &["h2"]).await.is_err());
@@ -827,7 +754,7 @@ async fn saving_the_file_adds_a_site_without_a_reload_call() {
     })
     .await;
     assert_eq!(resp, (StatusCode::OK, "new".into()));
-    gw.stop().await;
+    stop_drained(gw).await;
 }
 
 // --- 7. Certificate files ----------------------------------------------------------------
@@ -840,7 +767,7 @@ async fn a_reload_keeps_unchanged_certificates_loads_rewritten_ones_and_refuses_
         files.site("b.test", "respond: {body: b}"),
     ];
     files.write(ANY_PORT, &sites);
-    let gw = Running::start(&files).await;
+    let gw = start(&files).await;
     let client = files.client(gw.https);
     let store = gw.controller.gateway().certs();
     let (a0, b0) = (
@@ -876,5 +803,5 @@ async fn a_reload_keeps_unchanged_certificates_loads_rewritten_ones_and_refuses_
         .await
         .unwrap();
     assert_eq!(conn.peer_leaf, fresh.cert_der);
-    gw.stop().await;
+    stop_drained(gw).await;
 }

@@ -13,7 +13,6 @@
 //! "Nothing reached the origin" is checked after a barrier: a plain request on another
 //! connection that every origin server must have received, sent once the client has its
 //! answer, so anything the gateway wrote for the case was in the origin's socket first.
-#![allow(clippy::unwrap_used)]
 
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use portcullis_tests::raw_client::{CANCEL, PROTOCOL_ERROR};
-use portcullis_tests::scrape::{metric, scrape};
+use portcullis_tests::scrape::metric;
 use portcullis_tests::{
     GatewayBuilder, H2Outcome, RawH1, RawH2, RawOrigin, RawRequest, RawResponse, TestCa,
     TestGateway,
@@ -63,22 +62,22 @@ impl Setup {
             });
         }
         let ca = TestCa::new("adversarial CA");
-        let b = GatewayBuilder::new();
-        let (cert, key) = ca.leaf(&[HOST]).write(b.dir(), "a");
         let servers: Vec<String> = origins
             .iter()
             .map(|o| format!("{{url: '{}'}}", o.url()))
             .collect();
         let origin = format!("{{servers: [{}], {PASSIVE}}}", servers.join(", "));
         let routes_extra = routes_extra.replace("ORIGIN", &origin);
-        let gw = b
-            .site(&format!(
-                "{{hosts: [{HOST}], tls: {{cert: {}, key: {}}}, origin: {origin}, \
-                 routes: [{{path: /admin, respond: {{status: 403, body: forbidden}}}}{routes_extra}]\
-                 {site_extra}}}",
-                cert.display(),
-                key.display(),
-            ))
+        let gw = GatewayBuilder::new()
+            .tls_site(
+                &ca,
+                &[HOST],
+                &format!(
+                    "origin: {origin}, \
+                     routes: [{{path: /admin, respond: {{status: 403, body: forbidden}}}}{routes_extra}]\
+                     {site_extra}"
+                ),
+            )
             .start()
             .await;
         Self { gw, ca, origins }
@@ -206,7 +205,7 @@ impl Setup {
 
     /// Metrics of every origin server: up, errors, ejections.
     async fn health(&self) -> Vec<(String, f64, f64, f64)> {
-        let page = scrape(self.gw.admin.unwrap()).await;
+        let page = self.gw.scrape().await;
         self.origins
             .iter()
             .map(|o| {
@@ -573,15 +572,13 @@ async fn the_upgrades_key_says_which_upgrades_pass() {
 #[tokio::test]
 async fn h2c_in_upgrades_is_refused_by_the_config_check() {
     let ca = TestCa::new("adversarial CA");
-    let b = GatewayBuilder::new();
-    let (cert, key) = ca.leaf(&[HOST]).write(b.dir(), "a");
-    let result = b
-        .site(&format!(
-            "{{hosts: [{HOST}], tls: {{cert: {}, key: {}}}, origin: 'http://127.0.0.1:9', \
-             routes: [{{path: /x, origin: 'http://127.0.0.1:9', upgrades: [websocket, h2c]}}]}}",
-            cert.display(),
-            key.display()
-        ))
+    let result = GatewayBuilder::new()
+        .tls_site(
+            &ca,
+            &[HOST],
+            "origin: 'http://127.0.0.1:9', \
+             routes: [{path: /x, origin: 'http://127.0.0.1:9', upgrades: [websocket, h2c]}]",
+        )
         .try_start()
         .await;
     let problems = match result {
@@ -1461,7 +1458,7 @@ async fn no_client_byte_stream_hurts_the_origin_health() {
             "seed {seed}, stream {sent}: connection still open: {:?}",
             String::from_utf8_lossy(&bytes)
         );
-        let now = metric(&scrape(s.gw.admin.unwrap()).await, ERRORS, &[]);
+        let now = metric(&s.gw.scrape().await, ERRORS, &[]);
         if now > errors && culprits.len() < 3 {
             culprits.push(format!(
                 "stream {sent}: {:?}",

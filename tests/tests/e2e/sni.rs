@@ -1,5 +1,4 @@
 //! Certificates chosen by SNI: exact names, wildcards, the default site, unknown names.
-#![allow(clippy::unwrap_used)]
 
 use portcullis_tests::{GatewayBuilder, TestCa};
 use portcullis_tls::CertInfo;
@@ -8,30 +7,14 @@ fn names(der: &rustls_pki_types::CertificateDer<'_>) -> Vec<String> {
     CertInfo::parse(der).unwrap().names
 }
 
-fn site(dir: &std::path::Path, ca: &TestCa, stem: &str, hosts: &[&str], extra: &str) -> String {
-    let (cert, key) = ca.leaf(hosts).write(dir, stem);
-    format!(
-        "{{hosts: [{}], tls: {{cert: {}, key: {}}}, respond: {{body: {stem}}} {extra}}}",
-        hosts
-            .iter()
-            .map(|h| format!("'{h}'"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        cert.display(),
-        key.display()
-    )
-}
-
 #[tokio::test]
 async fn sni_picks_exact_then_wildcard_and_refuses_unknown_names() {
     let ca = TestCa::new("sni test CA");
-    let b = GatewayBuilder::new();
-    let dir = b.dir().to_owned();
-    let gw = b
-        .site(&site(&dir, &ca, "alpha", &["alpha.test"], ""))
-        .site(&site(&dir, &ca, "wild", &["*.beta.test"], ""))
-        .site(&site(&dir, &ca, "exact", &["www.beta.test"], ""))
-        .site(&site(&dir, &ca, "gamma", &["gamma.test"], ""))
+    let gw = GatewayBuilder::new()
+        .tls_site(&ca, &["alpha.test"], "respond: {body: alpha}")
+        .tls_site(&ca, &["*.beta.test"], "respond: {body: wild}")
+        .tls_site(&ca, &["www.beta.test"], "respond: {body: exact}")
+        .tls_site(&ca, &["gamma.test"], "respond: {body: gamma}")
         .start()
         .await;
     let client = gw.client(&ca.root_der);
@@ -88,17 +71,13 @@ async fn sni_picks_exact_then_wildcard_and_refuses_unknown_names() {
 #[tokio::test]
 async fn the_default_site_answers_no_sni_and_unknown_sni() {
     let ca = TestCa::new("default test CA");
-    let b = GatewayBuilder::new();
-    let dir = b.dir().to_owned();
-    let gw = b
-        .site(&site(
-            &dir,
+    let gw = GatewayBuilder::new()
+        .tls_site(
             &ca,
-            "main",
             &["main.test", "127.0.0.1"],
-            ", default: true",
-        ))
-        .site(&site(&dir, &ca, "other", &["other.test"], ""))
+            "respond: {body: main}, default: true",
+        )
+        .tls_site(&ca, &["other.test"], "respond: {body: other}")
         .start()
         .await;
     let client = gw.client(&ca.root_der);
@@ -137,11 +116,9 @@ async fn the_default_site_answers_no_sni_and_unknown_sni() {
 #[tokio::test]
 async fn one_site_certificate_swaps_without_touching_others_or_open_connections() {
     let ca = TestCa::new("swap test CA");
-    let b = GatewayBuilder::new();
-    let dir = b.dir().to_owned();
-    let gw = b
-        .site(&site(&dir, &ca, "a", &["a.test"], ""))
-        .site(&site(&dir, &ca, "b", &["b.test"], ""))
+    let gw = GatewayBuilder::new()
+        .tls_site(&ca, &["a.test"], "respond: {body: a}")
+        .tls_site(&ca, &["b.test"], "respond: {body: b}")
         .start()
         .await;
     let client = gw.client(&ca.root_der);
