@@ -1,5 +1,8 @@
-//! One origin as the data path uses it: its servers, how one is picked for a request, when
-//! a failed request is tried again, and the origin's timeouts.
+//! The third floor: one origin as the data path uses it. Its servers ([`backend`]), how one
+//! is picked for a request ([`balance`]), when a failed request is tried again ([`budget`],
+//! with a body that can be offered twice: [`replay`], [`request_body`]), and each server's
+//! connections: the pool ([`pool`]), the HTTP/1.1 client ([`origin_h1`]) and the
+//! connector (TCP, PROXY header, TLS: [`connector`]); active health checks in [`health`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,9 +19,12 @@ use crate::metrics::ProxyMetrics;
 mod backend;
 mod balance;
 mod budget;
+mod connector;
 mod health;
 mod origin_h1;
 mod pool;
+mod replay;
+mod request_body;
 #[cfg(test)]
 mod test_pipe;
 
@@ -29,7 +35,9 @@ use budget::RetryBudget;
 pub(crate) use origin_h1::OriginUpgrade;
 /// For [`crate::fuzzing`]: the response decoder, without I/O.
 pub(crate) use origin_h1::codec as origin_h1_codec;
-pub(crate) use pool::{OriginBody, SHARED_KEY};
+pub(crate) use pool::{OriginBody, PoolKey};
+pub(crate) use replay::{ReplayBody, Replayable};
+pub(crate) use request_body::{BodyFault, ClientFault, RequestBody};
 
 /// A ready-to-use origin.
 pub struct Upstream {

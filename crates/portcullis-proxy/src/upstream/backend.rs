@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use portcullis_config::{Origin, OriginServer, PassiveHealth, Transport};
 use portcullis_tls::{OriginTlsConfig, server_name};
 
-use crate::connector::OriginConnector;
+use super::connector::OriginConnector;
+use super::pool::OriginPool;
 use crate::metrics::{OriginMetrics, ProxyMetrics};
-use crate::upstream::pool::OriginPool;
 
 /// One origin server.
 pub(crate) struct Backend {

@@ -29,9 +29,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tracing::trace;
 
-use crate::conn::{ClockedIo, ConnClock};
-use crate::drain::{DrainWatch, GracefulConn, Supervised};
-use crate::edge::ConnInfo;
+use crate::conn::{ClockedIo, ConnClock, ConnInfo, DrainWatch, GracefulConn, Supervised};
 
 /// How long an HTTP/1.1 connection sits idle before its buffers are freed. Serving a
 /// released connection again costs about a third of a request's work (a new hyper
@@ -103,20 +101,6 @@ impl ClientIo for Box<TlsStream<TcpStream>> {
     }
 }
 
-/// A client connection after it switched protocols, for its tunnel.
-pub(crate) type Upgraded = Box<dyn UpgradedIo>;
-
-/// What an upgraded client connection can do.
-pub(crate) trait UpgradedIo: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpgradedIo for T {}
-
-impl std::fmt::Debug for dyn UpgradedIo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Upgraded")
-    }
-}
-
 /// Serves an HTTP/1.1 connection until it closes, is cut off, or switches protocols
 /// (the stream then goes to the tunnel waiting in `conn`).
 pub(crate) async fn serve<T, S, B>(
@@ -125,7 +109,7 @@ pub(crate) async fn serve<T, S, B>(
     mut service: S,
     conn: &ConnInfo,
     watcher: &mut DrainWatch,
-    // By reference: an `async fn` stores its arguments twice (see `server::connection`).
+    // By reference: an `async fn` stores its arguments twice (see `listener::connection`).
     timeouts: &(Duration, Duration),
 ) -> Supervised<Result<(), String>>
 where
@@ -475,7 +459,7 @@ mod tests {
             .unwrap();
         let clock = Arc::new(ConnClock::new(true));
         let stream = Rewind::new(ClockedIo::new(tcp, clock.clone()));
-        let drain = crate::drain::Drain::new();
+        let drain = crate::conn::Drain::new();
         let watcher = drain.watcher();
         let waiting = parked(&stream, &clock, &watcher, Duration::from_secs(60));
         let size = std::mem::size_of_val(&waiting);
