@@ -155,3 +155,19 @@ impl BindError {
         Self { what, addr, reason }
     }
 }
+
+/// An origin's clients could not be built from its settings ([`Upstream::new`]); the
+/// message says which setting and why.
+///
+/// [`Upstream::new`]: crate::Upstream::new
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The origin's TLS settings make no client config (a CA or client certificate file
+    /// that cannot be read or used, no system roots).
+    #[error("{0}")]
+    Tls(String),
+    /// A server's host is not a valid TLS server name, and no `server_name` replaces it.
+    #[error("{0}")]
+    ServerName(String),
+}

@@ -33,7 +33,7 @@ mod router;
 mod shared;
 mod upstream;
 
-pub use error::{BindError, OriginError, OriginFailureKind};
+pub use error::{BindError, OriginError, OriginFailureKind, UpstreamError};
 pub use listener::{Gateway, ListenerKind, Listeners, bind};
 pub use metrics::ProxyMetrics;
 pub use proxy_protocol::{

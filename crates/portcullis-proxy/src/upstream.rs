@@ -14,6 +14,7 @@ use http::uri::Scheme;
 use portcullis_config::{HashKey, Origin, Retries, Transport};
 use portcullis_tls::origin_tls_config;
 
+use crate::error::UpstreamError;
 use crate::metrics::ProxyMetrics;
 
 mod backend;
@@ -67,7 +68,7 @@ impl Upstream {
     /// Builds the clients for every server of `origin`, and starts its health checks when
     /// called inside a Tokio runtime (they stop when the upstream is dropped). The error
     /// says what is wrong with its TLS settings.
-    pub fn new(origin: &Origin, metrics: &ProxyMetrics) -> Result<Arc<Self>, String> {
+    pub fn new(origin: &Origin, metrics: &ProxyMetrics) -> Result<Arc<Self>, UpstreamError> {
         Self::with_known(origin, metrics, &|_| None)
     }
 
@@ -78,10 +79,13 @@ impl Upstream {
         origin: &Origin,
         metrics: &ProxyMetrics,
         known: &dyn Fn(&str) -> Option<&'a Arc<Backend>>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, UpstreamError> {
         let (scheme, tls) = match &origin.transport {
             Transport::Plain => (Scheme::HTTP, None),
-            Transport::Tls(tls) => (Scheme::HTTPS, Some(origin_tls_config(tls)?)),
+            Transport::Tls(tls) => (
+                Scheme::HTTPS,
+                Some(origin_tls_config(tls).map_err(UpstreamError::Tls)?),
+            ),
         };
         let backends = origin
             .servers
@@ -91,7 +95,7 @@ impl Upstream {
                 if let Some(old) = known(&s.url) {
                     b.inherit_health(old);
                 }
-                Ok::<_, String>(Arc::new(b))
+                Ok::<_, UpstreamError>(Arc::new(b))
             })
             .collect::<Result<Box<[_]>, _>>()?;
         let upstream = Arc::new(Self {
