@@ -10,6 +10,22 @@
 //! Ending hyper's connection ourselves also means a switch of protocols (WebSocket) takes
 //! the client's stream from here, rather than from hyper's upgrade machinery, and that the
 //! stream outlives hyper's connection when it closes: it lingers (see [`linger`]).
+//!
+//! What this relies on from hyper's HTTP/1.1 server (checked against hyper 1.12, the
+//! version the root `Cargo.toml` pins with `~`; `h1/release_tests.rs` fails if one of
+//! these stops holding):
+//! - `Connection::poll_without_shutdown` is ready once hyper is done with the connection
+//!   (the client closed, keep-alive is off, or `graceful_shutdown` was called), without
+//!   shutting the stream down, so `into_parts` hands the stream back open.
+//! - `graceful_shutdown` between requests ends the connection at once and writes nothing;
+//!   during a request it finishes that exchange first.
+//! - `Parts::read_buf` holds every byte hyper read and did not use (a pipelined request),
+//!   which [`Rewind`] serves before the stream's own.
+//! - hyper reads the stream only while polled, and parses a request head only from what it
+//!   read: with no request begun since a stretch started (the clock's count), hyper holds
+//!   nothing of the client's.
+//! - With `header_read_timeout(None)` hyper runs no timer of its own on an idle
+//!   connection; the connection's clock times heads and idleness instead.
 
 use std::future::Future;
 use std::io;
@@ -442,6 +458,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod release_tests;
 
 #[cfg(test)]
 mod tests {
