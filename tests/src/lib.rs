@@ -5,6 +5,8 @@
 //! exact bytes it receives and clients that write exact HTTP/1.1 bytes and HTTP/2 frames.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[cfg(test)]
+mod architecture;
 mod ca;
 mod client;
 mod gateway;
