@@ -2,7 +2,7 @@
 # User-space instructions per proxied request, counted by callgrind.
 #
 # The "callgrind, 4,000 proxied HTTP/1.1 requests (h2load --h1 -c 10, 20,000 minus 4,000)"
-# and "HTTP/2 (h2load -c 10 -m 10, 20,000 minus 4,000)" figures of docs/performance.md.
+# and "HTTP/2 (h2load -c 10 -m 10, 20,000 minus 4,000)" figures of docs/performance-steps.md.
 # Wall-time throughput on this shared two-core machine drifts by 20% between runs; the
 # number of instructions the proxy executes per request moves by about 1%, so it shows a
 # change of a few percent that wall time cannot. It counts user space only (the kernel's

@@ -12,7 +12,7 @@
 #
 # Everything else is the release build (same profile, features and flags, `--cfg
 # tokio_unstable` from .cargo/config.toml: the flags here are added to it, not put in its
-# place). docs/performance.md (step 33) has what it changes and what it costs. Two release
+# place). docs/performance-steps.md#step-33 has what it changes and what it costs. Two release
 # builds of the workspace (about 4 + 3.5 min on two cores) and about a minute of load.
 #
 # It needs llvm-profdata of rustc's LLVM version: `rustup component add llvm-tools`, or
@@ -124,7 +124,7 @@ for mode in flexible full strict; do
     h2load -t1 --h1 -c 10 -n 2000 -d "$TMP/body" "${url[@]}" >"$TMP/logs/$mode-h1-body.out" 2>&1
     h2load -t1 -c 10 -m 10 -n 2000 -d "$TMP/body" "${url[@]}" >"$TMP/logs/$mode-h2-body.out" 2>&1
     # The origin (nginx's `return`) answers before it has the bodies; the gateway reads and
-    # drops the rest of each (docs/performance.md, step 35), so HTTP/1.1 connections stay.
+    # drops the rest of each (docs/performance-steps.md#step-35), so HTTP/1.1 connections stay.
     for f in h1 h2 single h1-body h2-body; do all_ok "$TMP/logs/$mode-$f.out"; done
     "$TLSLOAD" -p "$port" -d 3 -w 0 -c 50 -n "$NAME" >"$TMP/logs/$mode-handshake.out" 2>&1
     # The profile is written when the process exits: SIGINT drains and exits cleanly.

@@ -3,6 +3,10 @@
 //! how the input is laid out and checks it all).
 
 #![no_main]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "libfuzzer-sys's `fuzz_target!` opens its debug output file with std::fs; no runtime here"
+)]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -2,6 +2,10 @@
 //! was given, and whatever it decodes must survive a re-encode.
 
 #![no_main]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "libfuzzer-sys's `fuzz_target!` opens its debug output file with std::fs; no runtime here"
+)]
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_proxy::{Parsed, ProxyHeader, encode_v1, encode_v2, parse};

@@ -17,6 +17,8 @@ use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::CertificateDer;
 
+use crate::error::{AcmeError, Step};
+
 tokio::task_local! {
     /// Where the current ACME flow collects the CA's `Retry-After`.
     static RETRY_AFTER_SLOT: Arc<Mutex<Option<SystemTime>>>;
@@ -38,22 +40,23 @@ pub(crate) struct AcmeHttp {
 
 impl AcmeHttp {
     /// A client trusting the system's roots and `extra_roots`.
-    pub(crate) fn new(extra_roots: &[CertificateDer<'static>]) -> Result<Self, String> {
+    /// The error is the account step's: nothing can be asked of the CA without it.
+    pub(crate) fn new(extra_roots: &[CertificateDer<'static>]) -> Result<Self, AcmeError> {
+        let fail = |message: &str| AcmeError::new(Step::Account, message);
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         let (added, _) = roots.add_parsable_certificates(extra_roots.iter().cloned());
         if !extra_roots.is_empty() && added == 0 {
-            return Err("`acme.ca_bundle` holds no usable certificate".into());
+            return Err(fail("`acme.ca_bundle` holds no usable certificate"));
         }
         if roots.is_empty() {
-            return Err(
-                "no trusted roots: the system has no CA certificates and `acme.ca_bundle` is not set"
-                    .into(),
-            );
+            return Err(fail(
+                "no trusted roots: the system has no CA certificates and `acme.ca_bundle` is not set",
+            ));
         }
         let tls = ClientConfig::builder_with_provider(portcullis_tls::crypto_provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| fail(&e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let mut http = HttpConnector::new();

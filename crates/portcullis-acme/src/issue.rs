@@ -116,7 +116,7 @@ pub(crate) async fn order(
             }
             _ => {
                 let cert = tls_alpn01_certificate(&name, key_auth.digest().as_ref())
-                    .map_err(|e| AcmeError::new(Step::Challenge, e))?;
+                    .map_err(|e| AcmeError::new(Step::Challenge, e.to_string()))?;
                 challenges.set_tls_alpn01(&name, cert);
                 published.alpn_names.push(name.clone());
             }

@@ -14,4 +14,4 @@ mod storage;
 
 pub use error::{AcmeError, Step};
 pub use manager::{AcmeManager, AcmeSite, AcmeStats};
-pub use storage::{SiteStatus, Storage, StoredCert, from_unix, unix};
+pub use storage::{SiteStatus, Storage, StorageError, StoredCert, from_unix, unix};

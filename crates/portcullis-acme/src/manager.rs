@@ -73,7 +73,7 @@ enum Outcome {
 pub struct AcmeManager {
     cfg: Acme,
     storage: Storage,
-    http: Result<AcmeHttp, String>,
+    http: Result<AcmeHttp, AcmeError>,
     certs: Arc<CertStore>,
     challenges: Arc<Challenges>,
     http_listener: bool,
@@ -379,7 +379,7 @@ impl AcmeManager {
         let stored = self
             .storage
             .load_cert(&site.name)
-            .map_err(|e| AcmeError::new(Step::Store, e))?
+            .map_err(|e| AcmeError::new(Step::Store, e.to_string()))?
             .ok_or_else(|| AcmeError::new(Step::Store, "the certificate just stored is missing"))?;
         Ok(Outcome::Issued(stored, issued.challenge))
     }
@@ -390,10 +390,7 @@ impl AcmeManager {
         if let Some(a) = cached.as_ref() {
             return Ok(a.clone());
         }
-        let http = self
-            .http
-            .as_ref()
-            .map_err(|e| AcmeError::new(Step::Account, e.clone()))?;
+        let http = self.http.as_ref().map_err(Clone::clone)?;
         let account = account::load_or_create(&self.cfg, &self.storage, http).await?;
         *cached = Some(account.clone());
         Ok(account)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::AccountCredentials;
-use portcullis_tls::{CertInfo, certified_key, create_private_dir, write_atomic};
+use portcullis_tls::{CertInfo, KeyError, certified_key, create_private_dir, write_atomic};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -19,6 +19,64 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+}
+
+/// A stored file that exists but cannot be used. `Display` starts with the file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The file exists but could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The file was read but does not hold what Portcullis wrote there (corrupt or
+    /// foreign).
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The stored key cannot serve the stored certificate (unusable, or another
+    /// certificate's key: a crash between the two writes of `save_cert`).
+    #[error("{}: {source}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why the pair cannot be served.
+        source: KeyError,
+    },
+}
+
+impl StorageError {
+    /// The file at fault.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Read { path, .. } | Self::Invalid { path, .. } | Self::Key { path, .. } => path,
+        }
+    }
+
+    /// Whether the stored key belongs to another certificate than the stored one.
+    pub fn is_key_mismatch(&self) -> bool {
+        matches!(
+            self,
+            Self::Key {
+                source: KeyError::Mismatch,
+                ..
+            }
+        )
+    }
+
+    fn invalid(path: &Path, reason: impl std::fmt::Display) -> Self {
+        Self::Invalid {
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 /// A certificate read back from storage.
@@ -45,6 +103,10 @@ pub struct SiteStatus {
     pub last_success: Option<u64>,
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`portcullis certs` reads this without a runtime; on the manager's tasks it reads or writes a few KiB per site, at start, at reload and when an order ends"
+)]
 impl Storage {
     /// State for `directory` under `storage`.
     pub fn new(storage: &Path, directory: &str) -> Self {
@@ -67,17 +129,14 @@ impl Storage {
     }
 
     /// The stored account, if there is a readable one.
-    pub fn load_account(&self) -> Result<Option<AccountCredentials>, String> {
+    pub fn load_account(&self) -> Result<Option<AccountCredentials>, StorageError> {
         let path = self.account_path();
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                format!(
-                    "{}: not a Portcullis ACME account file: {e}",
-                    path.display()
-                )
+                StorageError::invalid(&path, format!("not a Portcullis ACME account file: {e}"))
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(source) => Err(StorageError::Read { path, source }),
         }
     }
 
@@ -95,28 +154,37 @@ impl Storage {
 
     /// The site's stored certificate. `Ok(None)` when there is none; `Err` names a file that
     /// exists but cannot be used (corrupt, foreign, or a key that does not match).
-    pub fn load_cert(&self, site: &str) -> Result<Option<StoredCert>, String> {
+    pub fn load_cert(&self, site: &str) -> Result<Option<StoredCert>, StorageError> {
         let dir = self.site_dir(site);
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
         let chain_pem = match fs::read(&cert_path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", cert_path.display())),
+            Err(source) => {
+                return Err(StorageError::Read {
+                    path: cert_path,
+                    source,
+                });
+            }
         };
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: not PEM: {e:?}", cert_path.display()))?;
+            .map_err(|e| StorageError::invalid(&cert_path, format!("not PEM: {e:?}")))?;
         let Some(leaf) = chain.first() else {
-            return Err(format!(
-                "{}: no certificate in the file",
-                cert_path.display()
+            return Err(StorageError::invalid(
+                &cert_path,
+                "no certificate in the file",
             ));
         };
         let info = CertInfo::parse(leaf)
-            .map_err(|e| format!("{}: not a certificate: {e}", cert_path.display()))?;
-        let key = PrivateKeyDer::from_pem_file(&key_path)
-            .map_err(|e| format!("{}: no usable private key: {e:?}", key_path.display()))?;
-        let key = certified_key(chain, key).map_err(|e| format!("{}: {e}", key_path.display()))?;
+            .map_err(|e| StorageError::invalid(&cert_path, format!("not a certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+            StorageError::invalid(&key_path, format!("no usable private key: {e:?}"))
+        })?;
+        let key = certified_key(chain, key).map_err(|source| StorageError::Key {
+            path: key_path,
+            source,
+        })?;
         Ok(Some(StoredCert { key, info }))
     }
 
@@ -184,6 +252,10 @@ fn file_name(name: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "test fixtures, written outside any runtime"
+)]
 mod tests {
     use super::*;
 
@@ -211,7 +283,7 @@ mod tests {
         let site_dir = s.site_dir("site");
         create_private_dir(&site_dir).unwrap();
         fs::write(site_dir.join("cert.pem"), "garbage").unwrap();
-        let err = s.load_cert("site").err().unwrap();
+        let err = s.load_cert("site").err().unwrap().to_string();
         assert!(err.contains("cert.pem"), "{err}");
 
         // A certificate with somebody else's key.
@@ -220,6 +292,8 @@ mod tests {
         s.save_cert("site", &a.cert.pem(), &b.signing_key.serialize_pem())
             .unwrap();
         let err = s.load_cert("site").err().unwrap();
+        assert!(err.is_key_mismatch(), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("key.pem") && err.contains("does not match"),
             "{err}"
@@ -232,7 +306,13 @@ mod tests {
 
         fs::create_dir_all(s.root()).unwrap();
         fs::write(s.account_path(), "{}").unwrap();
-        assert!(s.load_account().err().unwrap().contains("account.json"));
+        assert!(
+            s.load_account()
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("account.json")
+        );
 
         let status = SiteStatus {
             names: vec!["a.test".into()],

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::error::ValueError;
+
 /// A host a site answers for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
@@ -17,17 +19,18 @@ pub enum HostPattern {
 impl HostPattern {
     /// Parses a host as written in a config: a DNS name, `*.` followed by a DNS name, or an
     /// IP address.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
         let lower = text.trim().to_ascii_lowercase();
         let lower = lower.strip_suffix('.').unwrap_or(&lower);
         if let Some(suffix) = lower.strip_prefix("*.") {
-            validate_dns_name(suffix).map_err(|e| format!("invalid wildcard `{text}`: {e}"))?;
+            validate_dns_name(suffix)
+                .map_err(|e| ValueError::Host(format!("invalid wildcard `{text}`: {e}")))?;
             return Ok(HostPattern::Wildcard(suffix.to_owned()));
         }
         if lower.contains('*') {
-            return Err(format!(
+            return Err(ValueError::Host(format!(
                 "invalid host `{text}`: a wildcard must be a whole leftmost label (`*.example.com`)"
-            ));
+            )));
         }
         if let Ok(ip) = lower.parse::<Ipv4Addr>() {
             return Ok(HostPattern::Exact(ip.to_string()));
@@ -39,7 +42,8 @@ impl HostPattern {
         if let Ok(ip) = unbracketed.parse::<Ipv6Addr>() {
             return Ok(HostPattern::Exact(format!("[{ip}]")));
         }
-        validate_dns_name(lower).map_err(|e| format!("invalid host `{text}`: {e}"))?;
+        validate_dns_name(lower)
+            .map_err(|e| ValueError::Host(format!("invalid host `{text}`: {e}")))?;
         Ok(HostPattern::Exact(lower.to_owned()))
     }
 
@@ -249,6 +253,7 @@ mod tests {
         assert!(HostPattern::parse("-bad.com").is_err());
         assert!(HostPattern::parse("").is_err());
         assert!(HostPattern::parse("*.").is_err());
+        assert!(HostPattern::parse("-bad.com").unwrap_err().is_host());
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //!
 //! [`load`] reads a file and returns a [`Config`] in which every value has been checked, or
 //! every [`Problem`] found, each named by its key path (`sites[1].origin.mode: ...`).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "no async here: reading the files a config names is the crate's job, and its caller decides where that may block"
+)]
 
 mod error;
 mod file;
@@ -11,7 +15,7 @@ mod pem;
 mod units;
 mod validate;
 
-pub use error::{Error, Problem, Result};
+pub use error::{Error, Problem, Result, TokenError, ValueError};
 pub use host::{HostMap, HostPattern, strip_port};
 pub use ipnet::IpNet;
 pub use model::{

@@ -9,6 +9,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use ipnet::IpNet;
 
+use crate::error::TokenError;
 use crate::host::HostPattern;
 
 /// A whole, valid configuration.
@@ -166,21 +167,21 @@ pub struct AdminToken(String);
 impl AdminToken {
     /// The token as read from `path`: surrounding whitespace (the file's final newline)
     /// is dropped; an empty file, or one with characters a header cannot carry, is refused.
-    pub fn read(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn read(path: &std::path::Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let token = text.trim();
         if token.is_empty() {
-            return Err(format!(
-                "{} is empty; write a long random token into it (e.g. `openssl rand -hex 32`)",
-                path.display()
-            ));
+            return Err(TokenError::Empty {
+                path: path.to_owned(),
+            });
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "{} must hold one token of printable ASCII characters without spaces",
-                path.display()
-            ));
+            return Err(TokenError::NotPrintable {
+                path: path.to_owned(),
+            });
         }
         Ok(Self(token.to_owned()))
     }

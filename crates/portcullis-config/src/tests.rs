@@ -489,6 +489,11 @@ fn admin_token_and_allowed_hosts() {
         empty[0].starts_with("admin.token_file: ") && empty[0].contains("is empty"),
         "{empty:?}"
     );
+    // Callers tell the cases apart by kind, not by text.
+    let read = |name: &str| crate::AdminToken::read(&dir.path().join(name)).unwrap_err();
+    assert!(read("nowhere").is_read());
+    assert!(matches!(read("empty"), crate::TokenError::Empty { .. }));
+    assert_eq!(read("empty").path(), dir.path().join("empty"));
     let missing = err("admin: {token_file: nowhere}\n");
     assert!(
         missing[0].starts_with("admin.token_file: cannot read"),

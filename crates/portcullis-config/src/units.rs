@@ -5,27 +5,30 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 
+use crate::error::ValueError;
+
 /// Parses `90`, `90s`, `1m30s`, `250ms`, `200us`, `2h`, `30d`. A bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration".into());
+        return Err(ValueError::Duration("empty duration".into()));
     }
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
+    let invalid = |why: &str| ValueError::Duration(format!("invalid duration `{text}`: {why}"));
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!(
-                "invalid duration `{text}`: expected a number followed by us, ms, s, m, h or d"
+            return Err(invalid(
+                "expected a number followed by us, ms, s, m, h or d",
             ));
         }
         let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("invalid duration `{text}`: number too large"))?;
+            .map_err(|_| invalid("number too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
         let unit = &rest[..unit_len];
@@ -38,14 +41,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
             "" => {
-                return Err(format!(
-                    "invalid duration `{text}`: a unit (us, ms, s, m, h, d) must follow every number"
+                return Err(invalid(
+                    "a unit (us, ms, s, m, h, d) must follow every number",
                 ));
             }
             other => {
-                return Err(format!(
-                    "invalid duration `{text}`: unknown unit `{other}` (use us, ms, s, m, h or d)"
-                ));
+                return Err(invalid(&format!(
+                    "unknown unit `{other}` (use us, ms, s, m, h or d)"
+                )));
             }
         };
         total = total.saturating_add(part);
@@ -54,17 +57,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses `65536`, `64KiB`, `64KB`, `1MiB`, `2GB`. A bare number is bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, ValueError> {
     let text = text.trim();
+    let invalid = |why: &str| ValueError::Size(format!("invalid size `{text}`: {why}"));
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
-        return Err(format!(
-            "invalid size `{text}`: expected a number of bytes, optionally followed by KB, KiB, MB, MiB, GB or GiB"
+        return Err(invalid(
+            "expected a number of bytes, optionally followed by KB, KiB, MB, MiB, GB or GiB",
         ));
     }
     let n: u64 = text[..digits]
         .parse()
-        .map_err(|_| format!("invalid size `{text}`: number too large"))?;
+        .map_err(|_| invalid("number too large"))?;
     let factor: u64 = match text[digits..].trim() {
         "" | "B" => 1,
         "KB" | "kB" | "k" | "K" => 1_000,
@@ -74,13 +78,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "GB" | "G" => 1_000_000_000,
         "GiB" => 1 << 30,
         other => {
-            return Err(format!(
-                "invalid size `{text}`: unknown unit `{other}` (use B, KB, KiB, MB, MiB, GB or GiB)"
-            ));
+            return Err(invalid(&format!(
+                "unknown unit `{other}` (use B, KB, KiB, MB, MiB, GB or GiB)"
+            )));
         }
     };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("invalid size `{text}`: too large"))
+    n.checked_mul(factor).ok_or_else(|| invalid("too large"))
 }
 
 /// Serde helper: a duration written as a number of seconds or a string such as `5s`.
@@ -146,8 +149,10 @@ mod tests {
         assert!(
             parse_duration("5x")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown unit `x`")
         );
+        assert!(parse_duration("").unwrap_err().is_duration());
         assert!(parse_duration("1h30").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
@@ -161,5 +166,6 @@ mod tests {
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
         assert!(parse_size("1 parsec").is_err());
         assert!(parse_size("KiB").is_err());
+        assert!(parse_size("1 parsec").unwrap_err().is_size());
     }
 }

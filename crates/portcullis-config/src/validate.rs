@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use crate::error::{Error, Problem, Result};
+use crate::error::{Error, Problem, Result, ValueError};
 use crate::file::{AcmeFile, AdminFile, LimitsFile, ListenFile, ShutdownFile, TlsFile};
 use crate::model::{Admin, Config, Listen, Shutdown, TlsSettings, defaults};
 
@@ -257,7 +257,7 @@ impl Validator<'_> {
         match parse_addr(text) {
             Ok(a) => Some(a),
             Err(e) => {
-                self.err(key, e);
+                self.err(key, e.to_string());
                 None
             }
         }
@@ -319,24 +319,26 @@ fn push_key(path: &mut String, key: &str) {
 }
 
 /// `0.0.0.0:443`, `[::]:443`, `:443` (all IPv4 interfaces) or `localhost:8443`.
-pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_addr(text: &str) -> Result<SocketAddr, ValueError> {
     let text = text.trim();
     if let Ok(a) = text.parse::<SocketAddr>() {
         return Ok(a);
     }
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{text}` is not an address; expected `IP:PORT` or `:PORT`"))?;
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| {
+        ValueError::Address(format!(
+            "`{text}` is not an address; expected `IP:PORT` or `:PORT`"
+        ))
+    })?;
     let port: u16 = port
         .parse()
-        .map_err(|_| format!("`{text}` has an invalid port `{port}`"))?;
+        .map_err(|_| ValueError::Address(format!("`{text}` has an invalid port `{port}`")))?;
     let ip = match host {
         "" | "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
         _ => {
-            return Err(format!(
+            return Err(ValueError::Address(format!(
                 "`{text}` is not an address; expected `IP:PORT` (a name other than localhost is not resolved)"
-            ));
+            )));
         }
     };
     Ok(SocketAddr::new(ip, port))

@@ -160,14 +160,11 @@ impl BindError {
 /// message says which setting and why.
 ///
 /// [`Upstream::new`]: crate::Upstream::new
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpstreamError {
-    /// The origin's TLS settings make no client config (a CA or client certificate file
-    /// that cannot be read or used, no system roots).
-    #[error("{0}")]
-    Tls(String),
-    /// A server's host is not a valid TLS server name, and no `server_name` replaces it.
-    #[error("{0}")]
-    ServerName(String),
+    /// The origin's TLS settings, or a server's host as a TLS server name (when no
+    /// `server_name` replaces it), make no client config.
+    #[error(transparent)]
+    Tls(#[from] portcullis_tls::OriginTlsError),
 }

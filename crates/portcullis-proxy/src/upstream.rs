@@ -82,10 +82,7 @@ impl Upstream {
     ) -> Result<Arc<Self>, UpstreamError> {
         let (scheme, tls) = match &origin.transport {
             Transport::Plain => (Scheme::HTTP, None),
-            Transport::Tls(tls) => (
-                Scheme::HTTPS,
-                Some(origin_tls_config(tls).map_err(UpstreamError::Tls)?),
-            ),
+            Transport::Tls(tls) => (Scheme::HTTPS, Some(origin_tls_config(tls)?)),
         };
         let backends = origin
             .servers

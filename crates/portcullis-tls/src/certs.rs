@@ -71,6 +71,11 @@ fn ecdsa_key(key: &PrivateKeyDer<'_>) -> Option<Arc<dyn SigningKey>> {
 /// The DER of OID 1.2.840.10045.2.1, `id-ecPublicKey`: the PKCS#8 algorithm of an EC key.
 const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 
+/// A certificate that cannot be read as X.509; `Display` is the parser's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidCertificate(String);
+
 /// What a leaf certificate says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -88,8 +93,9 @@ pub struct CertInfo {
 
 impl CertInfo {
     /// Reads a DER certificate.
-    pub fn parse(der: &CertificateDer<'_>) -> Result<Self, String> {
-        let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
+    pub fn parse(der: &CertificateDer<'_>) -> Result<Self, InvalidCertificate> {
+        let (_, cert) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| InvalidCertificate(e.to_string()))?;
         let validity = cert.validity();
         let mut names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -87,27 +87,46 @@ impl ResolvesServerCert for Challenges {
     }
 }
 
+/// Why a TLS-ALPN-01 answer could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChallengeCertError {
+    /// The key authorization digest is not a SHA-256 (32 bytes).
+    #[error("key authorization digest is {0} bytes, not 32")]
+    DigestLength(usize),
+    /// Generating the key or signing the certificate failed.
+    #[error("{0}")]
+    Generate(String),
+}
+
+impl ChallengeCertError {
+    /// Whether the caller passed a digest of the wrong length (a bug, not bad luck).
+    pub fn is_digest_length(&self) -> bool {
+        matches!(self, Self::DigestLength(_))
+    }
+}
+
 /// The self-signed certificate that answers TLS-ALPN-01 for `name`: it names only `name`
 /// and carries the SHA-256 digest of the key authorization in the critical `acmeIdentifier`
 /// extension.
-pub fn tls_alpn01_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+pub fn tls_alpn01_certificate(
+    name: &str,
+    digest: &[u8],
+) -> Result<Arc<CertifiedKey>, ChallengeCertError> {
     if digest.len() != 32 {
-        return Err(format!(
-            "key authorization digest is {} bytes, not 32",
-            digest.len()
-        ));
+        return Err(ChallengeCertError::DigestLength(digest.len()));
     }
-    let key = KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(|e| e.to_string())?;
+    let generate = |e: &dyn std::fmt::Display| ChallengeCertError::Generate(e.to_string());
+    let key = KeyPair::generate().map_err(|e| generate(&e))?;
+    let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(|e| generate(&e))?;
     params
         .custom_extensions
         .push(CustomExtension::new_acme_identifier(digest));
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| generate(&e))?;
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing = crypto_provider()
         .key_provider
         .load_private_key(private)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| generate(&e))?;
     // `CertifiedKey::from_der` would parse the certificate and reject the critical
     // acmeIdentifier extension; `new` takes it as it is.
     Ok(Arc::new(CertifiedKey::new(
@@ -133,6 +152,10 @@ mod tests {
         assert!(c.has_tls_alpn01("a.test"));
         c.remove_tls_alpn01("a.test");
         assert!(!c.has_tls_alpn01("a.test"));
-        assert!(tls_alpn01_certificate("a.test", &[0u8; 5]).is_err());
+        assert!(
+            tls_alpn01_certificate("a.test", &[0u8; 5])
+                .unwrap_err()
+                .is_digest_length()
+        );
     }
 }

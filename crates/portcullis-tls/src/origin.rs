@@ -11,7 +11,7 @@ use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signat
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::certs::certified_key;
+use crate::certs::{KeyError, certified_key};
 use crate::provider::crypto_provider;
 
 /// Client configs for one TLS origin.
@@ -26,14 +26,60 @@ pub struct OriginTlsConfig {
     pub server_name: Option<ServerName<'static>>,
 }
 
+/// Why an origin's TLS settings cannot be turned into client configs. `Display` names the
+/// setting at fault (`ca`, `client_cert`, the server name).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum OriginTlsError {
+    /// The server name is neither a DNS name nor an IP address.
+    #[error("`{0}` is not a valid server name")]
+    ServerName(String),
+    /// `strict` without `ca`, and the system's trust store has no usable root. The text is
+    /// empty or `: ` and the first error the trust store reported.
+    #[error(
+        "`strict` needs trusted roots, but none were found in the system's trust store{0}; install ca-certificates or set `ca`"
+    )]
+    NoSystemRoots(String),
+    /// rustls refused the system's roots.
+    #[error("cannot use the system's trust store: {0}")]
+    SystemRoots(rustls::client::VerifierBuilderError),
+    /// `ca` holds no certificate rustls can use as a root.
+    #[error("`ca` holds no usable CA certificate")]
+    NoUsableCa,
+    /// rustls refused the roots in `ca`.
+    #[error("cannot use `ca`: {0}")]
+    Ca(rustls::client::VerifierBuilderError),
+    /// `client_cert` cannot be served: its key is unusable or belongs to another certificate.
+    #[error("client_cert: {0}")]
+    ClientKey(#[from] KeyError),
+    /// rustls refused the client certificate.
+    #[error("client_cert: {0}")]
+    ClientCert(rustls::Error),
+    /// The crypto provider supports none of the default protocol versions.
+    #[error("{0}")]
+    Protocols(rustls::Error),
+}
+
+impl OriginTlsError {
+    /// Whether `strict` found no trusted root in the system's trust store (the machine
+    /// lacks ca-certificates).
+    pub fn is_no_system_roots(&self) -> bool {
+        matches!(self, Self::NoSystemRoots(_))
+    }
+
+    /// Whether the fault is in `client_cert`.
+    pub fn is_client_cert(&self) -> bool {
+        matches!(self, Self::ClientKey(_) | Self::ClientCert(_))
+    }
+}
+
 /// A host name or IP address as rustls sends and verifies it.
-pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(name.to_owned())
-        .map_err(|_| format!("`{name}` is not a valid server name"))
+pub fn server_name(name: &str) -> Result<ServerName<'static>, OriginTlsError> {
+    ServerName::try_from(name.to_owned()).map_err(|_| OriginTlsError::ServerName(name.to_owned()))
 }
 
 /// Builds the client configs for an origin; the error says what is wrong with its settings.
-pub fn origin_tls_config(tls: &OriginTls) -> Result<OriginTlsConfig, String> {
+pub fn origin_tls_config(tls: &OriginTls) -> Result<OriginTlsConfig, OriginTlsError> {
     let provider = crypto_provider();
     let verifier: Arc<dyn ServerCertVerifier> = match &tls.verify {
         Verify::Off => Arc::new(AcceptAnyCertificate(provider.clone())),
@@ -41,32 +87,31 @@ pub fn origin_tls_config(tls: &OriginTls) -> Result<OriginTlsConfig, String> {
             let roots = system_roots()?;
             WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
-                .map_err(|e| format!("cannot use the system's trust store: {e}"))?
+                .map_err(OriginTlsError::SystemRoots)?
         }
         Verify::Roots(certs) => {
             let mut roots = RootCertStore::empty();
             let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
             if added == 0 {
-                return Err("`ca` holds no usable CA certificate".into());
+                return Err(OriginTlsError::NoUsableCa);
             }
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| format!("cannot use `ca`: {e}"))?
+                .map_err(OriginTlsError::Ca)?
         }
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(OriginTlsError::Protocols)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = match &tls.client_cert {
         None => builder.with_no_client_auth(),
         Some(ck) => {
-            let key = certified_key(ck.chain.clone(), ck.key.clone_key())
-                .map_err(|e| format!("client_cert: {e}"))?;
+            let key = certified_key(ck.chain.clone(), ck.key.clone_key())?;
             builder
                 .with_client_auth_cert(key.cert.clone(), ck.key.clone_key())
-                .map_err(|e| format!("client_cert: {e}"))?
+                .map_err(OriginTlsError::ClientCert)?
         }
     };
     let server_name = tls.server_name.as_deref().map(server_name).transpose()?;
@@ -81,8 +126,8 @@ pub fn origin_tls_config(tls: &OriginTls) -> Result<OriginTlsConfig, String> {
 }
 
 /// The system's trust store, read once.
-fn system_roots() -> Result<Arc<RootCertStore>, String> {
-    static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+fn system_roots() -> Result<Arc<RootCertStore>, OriginTlsError> {
+    static ROOTS: OnceLock<Result<Arc<RootCertStore>, OriginTlsError>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {
             let found = rustls_native_certs::load_native_certs();
@@ -94,9 +139,7 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
                     .first()
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default();
-                return Err(format!(
-                    "`strict` needs trusted roots, but none were found in the system's trust store{why}; install ca-certificates or set `ca`"
-                ));
+                return Err(OriginTlsError::NoSystemRoots(why));
             }
             Ok(Arc::new(roots))
         })

@@ -9,10 +9,11 @@
 mod access;
 mod listener;
 
-pub(crate) use listener::AdminListener;
+pub(crate) use listener::{AdminBindError, AdminListener};
 
 use std::convert::Infallible;
 use std::fmt::Write;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -23,14 +24,29 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use portcullis_config::{Admin, Problem};
 use tokio::sync::watch;
 
-use crate::controller::Controller;
 use listener::AdminConn;
 
-pub(crate) async fn serve(
+/// What the admin listener needs of the running gateway; the controller provides it, so
+/// this module depends on nothing else of the crate.
+pub(crate) trait AdminApi: Send + Sync + 'static {
+    /// The `admin` section in force (token, allowed hosts), read by every request.
+    fn settings(&self) -> Arc<Admin>;
+    /// Sites that have no certificate to serve yet, sorted.
+    fn missing_certificates(&self) -> Vec<String>;
+    /// Sites waiting for their first ACME certificate, with the last error if any.
+    fn acme_waiting(&self) -> Vec<(String, Option<String>)>;
+    /// The metrics exposition, up to date.
+    fn metrics_text(&self) -> impl Future<Output = String> + Send;
+    /// Re-reads the config and applies it: the reply's body, or every problem.
+    fn reload_reply(self: Arc<Self>) -> impl Future<Output = Result<String, Vec<Problem>>> + Send;
+}
+
+pub(crate) async fn serve<A: AdminApi>(
     listener: AdminListener,
-    controller: Arc<Controller>,
+    api: Arc<A>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -41,27 +57,27 @@ pub(crate) async fn serve(
                 Err(_) => continue,
             },
         };
-        let controller = controller.clone();
+        let api = api.clone();
         match conn {
             AdminConn::Tcp(tcp, local) => {
-                tokio::spawn(serve_connection(tcp, controller, Some(local.ip())));
+                tokio::spawn(serve_connection(tcp, api, Some(local.ip())));
             }
             // Only this machine's processes of the gateway's user reach the socket (mode
             // 0600); the checks still run, and loopback names pass them.
             AdminConn::Unix(unix) => {
-                tokio::spawn(serve_connection(unix, controller, None));
+                tokio::spawn(serve_connection(unix, api, None));
             }
         }
     }
 }
 
-async fn serve_connection<IO>(io: IO, controller: Arc<Controller>, local: Option<IpAddr>)
+async fn serve_connection<IO, A: AdminApi>(io: IO, api: Arc<A>, local: Option<IpAddr>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
-        let controller = controller.clone();
-        async move { Ok::<_, Infallible>(answer(&controller, &req, local).await) }
+        let api = api.clone();
+        async move { Ok::<_, Infallible>(answer(&api, &req, local).await) }
     });
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(io), svc)
@@ -69,12 +85,12 @@ where
 }
 
 /// Checks who is asking, then routes.
-async fn answer(
-    controller: &Arc<Controller>,
+async fn answer<A: AdminApi>(
+    api: &Arc<A>,
     req: &Request<Incoming>,
     local: Option<IpAddr>,
 ) -> Response<Full<Bytes>> {
-    let settings = controller.admin_settings();
+    let settings = api.settings();
     let public = matches!(req.uri().path(), "/healthz" | "/readyz");
     let checked = access::check_request(req, &settings, local).and_then(|()| {
         if public {
@@ -84,7 +100,7 @@ async fn answer(
         }
     });
     match checked {
-        Ok(()) => route(controller, req).await,
+        Ok(()) => route(api, req).await,
         Err(refusal) => {
             tracing::debug!(
                 path = req.uri().path(),
@@ -103,10 +119,10 @@ async fn answer(
     }
 }
 
-async fn route(controller: &Arc<Controller>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route<A: AdminApi>(api: &Arc<A>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (&Method::GET | &Method::HEAD, "/readyz") => match readiness(controller) {
+        (&Method::GET | &Method::HEAD, "/readyz") => match readiness(&**api) {
             Ok(notes) => text(StatusCode::OK, format!("ready\n{notes}")),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -114,21 +130,15 @@ async fn route(controller: &Arc<Controller>, req: &Request<Incoming>) -> Respons
             ),
         },
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            let mut resp = text(StatusCode::OK, controller.metrics_text().await);
+            let mut resp = text(StatusCode::OK, api.metrics_text().await);
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             resp
         }
-        (&Method::POST, "/reload") => match controller.reload().await {
-            Ok(summary) => {
-                let mut body = format!("reloaded: {} sites\n", summary.sites);
-                for m in &summary.moved_listeners {
-                    let _ = writeln!(body, "listener {m}");
-                }
-                text(StatusCode::OK, body)
-            }
+        (&Method::POST, "/reload") => match api.clone().reload_reply().await {
+            Ok(body) => text(StatusCode::OK, body),
             Err(problems) => {
                 let body: String = problems.iter().map(|p| format!("{p}\n")).collect();
                 text(StatusCode::UNPROCESSABLE_ENTITY, body)
@@ -141,10 +151,10 @@ async fn route(controller: &Arc<Controller>, req: &Request<Incoming>) -> Respons
 
 /// Ready when every site has a certificate to serve. The body lists the sites still
 /// waiting for ACME, with the last error, whether or not a fallback is being served.
-fn readiness(controller: &Controller) -> Result<String, String> {
-    let missing = controller.gateway().certs().missing();
+fn readiness(api: &impl AdminApi) -> Result<String, String> {
+    let missing = api.missing_certificates();
     let mut lines = String::new();
-    let waiting = controller.acme().map(|a| a.waiting()).unwrap_or_default();
+    let waiting = api.acme_waiting();
     for (site, error) in waiting {
         let serving = if missing.contains(&site) {
             "no certificate yet"

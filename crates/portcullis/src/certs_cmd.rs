@@ -41,7 +41,7 @@ pub fn render(config: &Config) -> String {
             SiteTls::Acme { .. } => {
                 let (info, load_error) = match storage.load_cert(&site.name) {
                     Ok(c) => (c.map(|c| c.info), None),
-                    Err(e) => (None, Some(e)),
+                    Err(e) => (None, Some(e.to_string())),
                 };
                 let status = storage.load_status(&site.name).unwrap_or_default();
                 let next = match status.next_attempt {

@@ -1,32 +1,34 @@
-//! The running gateway's control plane: the current configuration, the tasks beside the
-//! data path (admin listener, ACME, local certificate renewal), and reload.
+//! The running gateway's control plane: the configuration in force, the tasks beside the
+//! data path (admin listener, ACME, local certificate renewal), and the one way a
+//! configuration is put in force, [`Controller::apply`].
 //!
-//! A reload validates and prepares everything that can fail first — the file, certificates,
-//! origins, new listener sockets — and only then applies it. A refused reload changes
-//! nothing. Applying keeps what did not change: unchanged origins keep their pooled
-//! connections, unchanged sites their certificates, and open client connections go on.
+//! Start-up applies the first configuration to an empty state; a reload (the admin
+//! listener's `POST /reload`, SIGHUP, the file watcher) applies the file's new content;
+//! another config source hands its `Config` to `apply`. Each change is prepared first
+//! (`prepare.rs`: everything that can fail, nothing applied) and then committed, which
+//! cannot fail: a refused change leaves everything as it was. Committing keeps what did not
+//! change: unchanged origins keep their pooled connections, unchanged sites their
+//! certificates, and open client connections go on.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use portcullis_acme::{AcmeManager, AcmeStats};
-use portcullis_config::{Admin, AdminListen, Config, Problem, Site, SiteTls};
+use portcullis_acme::{AcmeManager, AcmeSite, AcmeStats};
+use portcullis_config::{Admin, Config, Problem, SiteTls};
 use portcullis_proxy::{Gateway, ListenerKind, Router};
-use portcullis_tls::{
-    CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteBinding, SiteCerts,
-    load_site_certificates,
-};
+use portcullis_tls::{CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteBinding};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminListener};
-use crate::app::{acme_sites, open_local_ca};
+use crate::admin::{self, AdminApi};
+use crate::prepare::{Applied, ApplyError, Prepared, Rebind, Running, off_the_workers, prepare};
 use crate::telemetry::Telemetry;
 
 /// A background task and the switch that stops it.
@@ -53,51 +55,76 @@ impl Task {
 }
 
 struct State {
-    config: Config,
-    /// The certificates loaded for `config`, which the next reload reuses where the files
-    /// are unchanged.
-    certs: SiteCerts,
-    local_ca: Option<Arc<LocalCa>>,
-    acme: Option<Arc<AcmeManager>>,
+    /// `None` until the first configuration is applied.
+    applied: Option<Applied>,
     acme_task: Option<Task>,
     renew: Option<Task>,
     admin: Option<Task>,
 }
 
+/// Where the admin listener listens, for `App` and the start-up log.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AdminBound {
+    pub(crate) tcp: Option<SocketAddr>,
+    pub(crate) describe: Option<String>,
+}
+
 /// Owns the configuration and everything started from it.
 pub struct Controller {
+    /// The config file, when the configuration comes from one.
     path: Option<PathBuf>,
     gateway: Gateway,
     challenges: Arc<Challenges>,
-    pub(crate) telemetry: Telemetry,
+    telemetry: Telemetry,
     acme_stats: Arc<AcmeStats>,
     acme: ArcSwapOption<AcmeManager>,
     /// The `admin` section in force, read by each admin request without waiting for a
-    /// reload that holds `state`.
+    /// change that holds `state`.
     admin: ArcSwap<Admin>,
+    admin_bound: Mutex<AdminBound>,
     state: tokio::sync::Mutex<State>,
-    /// The config file's content as last loaded (or tried), so the watcher reacts only to
-    /// edits made since.
-    loaded: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The config file as last loaded (or tried), so the watcher reacts only to edits
+    /// made since.
+    loaded: Mutex<Option<Loaded>>,
 }
 
-/// Everything a controller starts from.
-pub(crate) struct Parts {
-    pub(crate) path: Option<PathBuf>,
-    /// The file's content as it was loaded.
-    pub(crate) loaded: Option<Vec<u8>>,
-    pub(crate) config: Config,
-    /// The certificates loaded for `config`.
-    pub(crate) certs: SiteCerts,
-    pub(crate) gateway: Gateway,
-    pub(crate) challenges: Arc<Challenges>,
-    pub(crate) telemetry: Telemetry,
-    pub(crate) local_ca: Option<LocalCa>,
-    pub(crate) acme: Option<Arc<AcmeManager>>,
-    pub(crate) acme_stats: Arc<AcmeStats>,
+/// A config file as it was read.
+#[derive(Clone, PartialEq, Eq)]
+struct Loaded {
+    stamp: Stamp,
+    content: Vec<u8>,
 }
 
-/// What a reload changed, for the log and the `reload` command.
+/// What the watcher compares before it reads a file: an edit changes the modification
+/// time or the length, a replacement by rename the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// Where a change's configuration comes from.
+enum Source {
+    /// Already parsed and validated (a config source other than the file).
+    Config(Box<Config>),
+    /// The config file, read and validated as part of the change.
+    File(PathBuf),
+}
+
+/// What a change did, for the log and the `reload` command.
 #[derive(Debug, Default)]
 pub struct ReloadSummary {
     /// Sites in the new configuration.
@@ -106,39 +133,76 @@ pub struct ReloadSummary {
     pub moved_listeners: Vec<String>,
 }
 
+impl fmt::Display for ReloadSummary {
+    /// The admin listener's answer to `POST /reload`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "reloaded: {} sites", self.sites)?;
+        for m in &self.moved_listeners {
+            writeln!(f, "listener {m}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Controller {
-    pub(crate) fn new(parts: Parts) -> Self {
-        let Parts {
+    /// Builds the control plane and applies `config` to its empty state: the same steps
+    /// as every later change. `path` is the file `config` was read from (with what was
+    /// read, for the watcher), which [`reload`](Self::reload) re-reads.
+    async fn start(
+        mut config: Config,
+        file: Option<(PathBuf, Option<Loaded>)>,
+    ) -> Result<Arc<Self>, ApplyError> {
+        // The empty state is built with the first configuration's settings and no sites.
+        let sites = std::mem::take(&mut config.sites);
+        let empty = config.clone();
+        config.sites = sites;
+        let telemetry = Telemetry::new().map_err(|e| {
+            ApplyError::Config(vec![Problem::new("", format!("metrics setup failed: {e}"))])
+        })?;
+        let router = Router::build(&empty, &telemetry.proxy, None)?;
+        let challenges = Arc::new(Challenges::new());
+        let gateway = Gateway::new(
+            router,
+            Arc::new(CertStore::new()),
+            challenges.clone(),
+            &empty.limits,
+            telemetry.proxy.clone(),
+        )?;
+        let (path, loaded) = file.unzip();
+        let me = Arc::new(Self {
             path,
-            loaded,
-            config,
-            certs,
             gateway,
             challenges,
             telemetry,
-            local_ca,
-            acme,
-            acme_stats,
-        } = parts;
-        Self {
-            path,
-            gateway,
-            challenges,
-            telemetry,
-            acme_stats,
-            acme: ArcSwapOption::new(acme.clone()),
-            admin: ArcSwap::from_pointee(config.admin.clone()),
-            loaded: std::sync::Mutex::new(loaded),
+            acme_stats: Arc::new(AcmeStats::default()),
+            acme: ArcSwapOption::empty(),
+            admin: ArcSwap::from_pointee(empty.admin),
+            admin_bound: Mutex::new(AdminBound::default()),
             state: tokio::sync::Mutex::new(State {
-                config,
-                certs,
-                local_ca: local_ca.map(Arc::new),
-                acme,
+                applied: None,
                 acme_task: None,
                 renew: None,
                 admin: None,
             }),
+            loaded: Mutex::new(loaded.flatten()),
+        });
+        {
+            let mut st = me.state.lock().await;
+            me.change(&mut st, Source::Config(Box::new(config))).await?;
         }
+        Ok(me)
+    }
+
+    /// Starts from `config`, with no file to reload.
+    pub(crate) async fn start_with(config: Config) -> Result<Arc<Self>, ApplyError> {
+        Self::start(config, None).await
+    }
+
+    /// Starts from the config file at `path`, which [`reload`](Self::reload) and the
+    /// watcher re-read.
+    pub(crate) async fn start_from_file(path: &Path) -> Result<Arc<Self>, ApplyError> {
+        let (loaded, config) = off_the_workers(|| read_file(path));
+        Self::start(config?, Some((path.to_owned(), loaded))).await
     }
 
     /// The data path.
@@ -151,52 +215,28 @@ impl Controller {
         self.acme.load_full()
     }
 
-    /// The admin listener's settings now in force (token, allowed hosts).
-    pub(crate) fn admin_settings(&self) -> Arc<Admin> {
-        self.admin.load_full()
+    /// Where the admin listener listens now.
+    pub(crate) fn admin_bound(&self) -> AdminBound {
+        self.admin_bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The configuration now in force.
     pub async fn config(&self) -> Config {
-        self.state.lock().await.config.clone()
+        let st = self.state.lock().await;
+        st.applied
+            .as_ref()
+            .map(|a| a.config.clone())
+            .expect("a controller is handed out only once its first configuration is applied")
     }
 
-    /// Starts the tasks beside the data path: the admin listener and local renewal.
-    pub(crate) async fn start_tasks(self: &Arc<Self>, admin: Option<AdminListener>) {
-        let mut st = self.state.lock().await;
-        st.admin = admin.map(|l| self.admin_task(l));
-        st.renew = self.renew_task(&st.config, st.local_ca.clone());
-        st.acme_task = st.acme.clone().map(|m| Task::spawn(|stop| m.run(stop)));
-    }
-
-    /// Stops every task (at shutdown).
-    pub(crate) async fn stop_tasks(&self) {
-        let mut st = self.state.lock().await;
-        for task in [st.admin.take(), st.renew.take(), st.acme_task.take()]
-            .into_iter()
-            .flatten()
-        {
-            task.stop().await;
-        }
-    }
-
-    fn admin_task(self: &Arc<Self>, listener: AdminListener) -> Task {
-        let me = self.clone();
-        Task::spawn(move |stop| admin::serve(listener, me, stop))
-    }
-
-    fn renew_task(&self, config: &Config, ca: Option<Arc<LocalCa>>) -> Option<Task> {
-        let ca = ca?;
-        let config = config.clone();
-        let store = self.gateway.certs().clone();
-        Some(Task::spawn(move |mut stop| async move {
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    () = tokio::time::sleep(LOCAL_RENEW_INTERVAL) => reissue_local(&config, &ca, &store),
-                }
-            }
-        }))
+    /// Puts `config` in force, from whatever source it came. Everything that can fail is
+    /// prepared first; on any error nothing changes.
+    pub async fn apply(self: &Arc<Self>, config: Config) -> Result<ReloadSummary, ApplyError> {
+        self.change_counted(Source::Config(Box::new(config)), None)
+            .await
     }
 
     /// Re-reads the config file and applies it. On any problem nothing changes and every
@@ -208,62 +248,109 @@ impl Controller {
                 "this gateway was started without a config file; there is nothing to reload",
             )]);
         };
+        self.change_counted(Source::File(path.clone()), Some(&path))
+            .await
+            .map_err(|e| e.problems())
+    }
+
+    /// A change after start-up: counted in the metrics and logged.
+    async fn change_counted(
+        self: &Arc<Self>,
+        source: Source,
+        path: Option<&Path>,
+    ) -> Result<ReloadSummary, ApplyError> {
+        let from = path.map_or_else(|| "(given)".to_owned(), |p| p.display().to_string());
         let mut st = self.state.lock().await;
-        let result = self.try_reload(&mut st, &path).await;
+        let result = self.change(&mut st, source).await;
         match &result {
             Ok(summary) => {
                 self.telemetry.reload_succeeded();
                 info!(
-                    config = %path.display(),
+                    config = %from,
                     sites = summary.sites,
                     moved = ?summary.moved_listeners,
                     "configuration reloaded"
                 );
             }
-            Err(problems) => {
+            Err(e) => {
                 self.telemetry.reload_failed();
-                for p in problems {
-                    warn!(config = %path.display(), key = %p.key, "reload refused: {}", p.message);
+                for p in e.problems() {
+                    warn!(config = %from, key = %p.key, "reload refused: {}", p.message);
                 }
             }
         }
         result
     }
 
-    async fn try_reload(
+    /// The one path from a configuration to the running state: prepare against what is in
+    /// force (nothing, at start-up), then commit.
+    async fn change(
         self: &Arc<Self>,
         st: &mut State,
-        path: &std::path::Path,
-    ) -> Result<ReloadSummary, Vec<Problem>> {
-        // 1. Everything that can fail, with nothing applied yet.
+        source: Source,
+    ) -> Result<ReloadSummary, ApplyError> {
+        let config = match source {
+            Source::Config(c) => *c,
+            Source::File(path) => off_the_workers(|| self.read_file(&path))?,
+        };
+        let router = self.gateway.router();
+        let prepared = prepare(
+            config,
+            Running {
+                applied: st.applied.as_ref(),
+                store: self.gateway.certs(),
+                router: &router,
+                metrics: self.gateway.metrics(),
+            },
+        )
+        .await?;
+        Ok(self.commit(st, prepared).await)
+    }
+
+    /// Reads and validates the config file, remembering what was read for the watcher
+    /// (also when it is refused, so the watcher does not try the same content again).
+    fn read_file(&self, path: &Path) -> Result<Config, Vec<Problem>> {
+        let (loaded, config) = read_file(path);
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = loaded;
+        config
+    }
+
+    /// Puts a prepared change in force; nothing here fails. The certificates and ACME go
+    /// first, so a listener bound for this change serves them from its first handshake.
+    async fn commit(self: &Arc<Self>, st: &mut State, prepared: Prepared) -> ReloadSummary {
         let Prepared {
-            new,
+            config,
             local_ca,
+            opened_local_ca,
             certs,
             router,
             keys,
-        } = off_the_workers(|| self.prepare(st, path))?;
-        let old = &st.config;
-        let store = self.gateway.certs();
-        let mut moved = Vec::new();
-        let https = rebind("https", Some(old.listen.https), Some(new.listen.https)).await?;
-        let http = rebind("http", old.listen.http, new.listen.http).await?;
-        let admin = rebind_admin(old.admin.listen.as_ref(), new.admin.listen.as_ref()).await?;
-
-        // 2. Apply; nothing below fails.
-        store.set_sites(new.sites.iter().zip(keys).map(|(site, key)| {
-            (
-                SiteBinding {
-                    name: &site.name,
-                    hosts: &site.hosts,
-                    default: site.default,
-                },
-                key,
-            )
-        }));
+            acme_sites,
+            keep_acme,
+            https,
+            http,
+            admin,
+        } = prepared;
+        self.gateway
+            .certs()
+            .set_sites(config.sites.iter().zip(keys).map(|(site, key)| {
+                (
+                    SiteBinding {
+                        name: &site.name,
+                        hosts: &site.hosts,
+                        default: site.default,
+                    },
+                    key,
+                )
+            }));
         self.gateway.set_router(router);
-        self.gateway.set_limits(&new.limits);
-        self.admin.store(Arc::new(new.admin.clone()));
+        self.gateway.set_limits(&config.limits);
+        self.admin.store(Arc::new(config.admin.clone()));
+        let acme = self.commit_acme(st, &config, &acme_sites, keep_acme).await;
+        if let Some(ca) = local_ca.as_ref().filter(|_| opened_local_ca) {
+            info!(root = %ca.root_cert_path().display(), "local CA in use; trust this root certificate to avoid browser warnings");
+        }
+        let mut moved = Vec::new();
         for (kind, change) in [(ListenerKind::Https, https), (ListenerKind::Http, http)] {
             match change {
                 Rebind::Keep => {}
@@ -283,149 +370,135 @@ impl Controller {
                 if let Some(t) = st.admin.take() {
                     t.stop().await;
                 }
+                *self.admin_bound.lock().unwrap_or_else(|e| e.into_inner()) = AdminBound::default();
                 moved.push("admin off".into());
             }
             Rebind::Bound(l) => {
-                moved.push(format!("admin {}", l.describe()));
-                let next = self.admin_task(l);
+                let describe = l.describe();
+                moved.push(format!("admin {describe}"));
+                *self.admin_bound.lock().unwrap_or_else(|e| e.into_inner()) = AdminBound {
+                    tcp: l.tcp_addr(),
+                    describe: Some(describe),
+                };
+                let me = self.clone();
+                let next = Task::spawn(move |stop| admin::serve(l, me, stop));
                 if let Some(t) = st.admin.replace(next) {
                     t.stop().await;
                 }
             }
         }
-        self.apply_acme(st, &new).await;
         if let Some(t) = st.renew.take() {
             t.stop().await;
         }
-        st.renew = self.renew_task(&new, local_ca.clone());
-        st.local_ca = local_ca;
+        st.renew = self.renew_task(&config, local_ca.clone());
         let summary = ReloadSummary {
-            sites: new.sites.len(),
+            sites: config.sites.len(),
             moved_listeners: moved,
         };
-        st.config = new;
-        st.certs = certs;
-        Ok(summary)
-    }
-
-    /// Reads and checks the file, loads certificates and builds the router: a reload's
-    /// work that can fail, none of it applied.
-    fn prepare(&self, st: &State, path: &std::path::Path) -> Result<Prepared, Vec<Problem>> {
-        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = std::fs::read(path).ok();
-        let new = portcullis_config::load(path).map_err(|e| e.problems())?;
-        let old = &st.config;
-        let local_ca = if new.tls.local_ca_dir == old.tls.local_ca_dir && st.local_ca.is_some() {
-            st.local_ca.clone()
-        } else {
-            open_local_ca(&new).map_err(|p| vec![p])?.map(Arc::new)
-        };
-        let certs = load_site_certificates(&new, None, Some((&st.config, &st.certs)));
-        let router = Router::build(&new, self.gateway.metrics(), Some(&self.gateway.router()));
-        let (certs, router) = match (certs, router) {
-            (Ok(c), Ok(r)) => (c, r),
-            (c, r) => {
-                return Err(c
-                    .err()
-                    .into_iter()
-                    .flatten()
-                    .chain(r.err().into_iter().flatten())
-                    .collect());
-            }
-        };
-        for w in &certs.warnings {
-            warn!(key = %w.key, "{}", w.message);
-        }
-        if let Some(w) = new.admin.exposure_warning() {
-            warn!(key = %w.key, "{}", w.message);
-        }
-        let store = self.gateway.certs();
-        // By name: a scan of the old sites for each new one is quadratic, 10^8 comparisons
-        // at 10,000 sites.
-        let old_sites: HashMap<&str, &Site> =
-            old.sites.iter().map(|o| (o.name.as_str(), o)).collect();
-        let mut keys = Vec::with_capacity(new.sites.len());
-        for (i, (site, loaded)) in new.sites.iter().zip(&certs.sites).enumerate() {
-            let unchanged = old_sites
-                .get(site.name.as_str())
-                .is_some_and(|o| o.hosts == site.hosts && o.tls == site.tls);
-            let have = store.certificate(&site.name).is_some();
-            let issue_local = match site.tls {
-                SiteTls::Files(_) => false,
-                SiteTls::Local => !(unchanged && have),
-                SiteTls::Acme { fallback_local } => fallback_local && !have,
-            };
-            let key = match (&site.tls, issue_local, &local_ca) {
-                (SiteTls::Files(_), _, _) => loaded.key.clone(),
-                (_, true, Some(ca)) => {
-                    Some(ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY).map_err(|e| {
-                        vec![Problem::new(format!("sites[{i}].tls"), e.to_string())]
-                    })?)
-                }
-                _ => None,
-            };
-            keys.push(key);
-        }
-        Ok(Prepared {
-            new,
-            local_ca,
+        st.applied = Some(Applied {
+            config,
             certs,
-            router,
-            keys,
-        })
+            local_ca,
+            acme,
+        });
+        summary
     }
 
     /// Keeps the ACME manager when its settings are unchanged (only the sites change);
-    /// otherwise stops it and starts a new one.
-    async fn apply_acme(&self, st: &mut State, new: &Config) {
-        let sites = acme_sites(new);
-        let old = &st.config;
-        let same_settings = old.acme == new.acme
-            && old.storage == new.storage
-            && old.listen.http.is_some() == new.listen.http.is_some();
-        match (st.acme.as_ref(), same_settings, sites.is_empty()) {
-            (Some(manager), true, false) => manager.update_sites(&sites),
-            _ => {
-                if let Some(task) = st.acme_task.take() {
-                    task.stop().await;
-                }
-                st.acme = None;
-                self.acme.store(None);
-                if !sites.is_empty() {
-                    let manager = Arc::new(AcmeManager::new(
-                        &new.acme,
-                        &new.storage,
-                        new.listen.http.is_some(),
-                        self.gateway.certs().clone(),
-                        self.challenges.clone(),
-                        self.acme_stats.clone(),
-                    ));
-                    manager.load(&sites);
-                    self.acme.store(Some(manager.clone()));
-                    let run = manager.clone();
-                    st.acme_task = Some(Task::spawn(|stop| run.run(stop)));
-                    st.acme = Some(manager);
-                }
-            }
+    /// otherwise stops it and starts a new one, which first serves the certificates it has
+    /// stored.
+    async fn commit_acme(
+        &self,
+        st: &mut State,
+        config: &Config,
+        sites: &[AcmeSite],
+        keep: bool,
+    ) -> Option<Arc<AcmeManager>> {
+        let current = st.applied.as_ref().and_then(|a| a.acme.clone());
+        if let (Some(manager), true, false) = (current, keep, sites.is_empty()) {
+            manager.update_sites(sites);
+            return Some(manager);
+        }
+        if let Some(task) = st.acme_task.take() {
+            task.stop().await;
+        }
+        self.acme.store(None);
+        if sites.is_empty() {
+            return None;
+        }
+        let manager = Arc::new(AcmeManager::new(
+            &config.acme,
+            &config.storage,
+            config.listen.http.is_some(),
+            self.gateway.certs().clone(),
+            self.challenges.clone(),
+            self.acme_stats.clone(),
+        ));
+        manager.load(sites);
+        self.acme.store(Some(manager.clone()));
+        let run = manager.clone();
+        st.acme_task = Some(Task::spawn(|stop| run.run(stop)));
+        Some(manager)
+    }
+
+    /// Stops every task (at shutdown).
+    pub(crate) async fn stop_tasks(&self) {
+        let mut st = self.state.lock().await;
+        for task in [st.admin.take(), st.renew.take(), st.acme_task.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.stop().await;
         }
     }
 
-    /// Reloads whenever the config file's content changes (checked every second). Returns
-    /// nothing when the gateway was not started from a file.
+    fn renew_task(&self, config: &Config, ca: Option<Arc<LocalCa>>) -> Option<Task> {
+        let ca = ca?;
+        let config = config.clone();
+        let store = self.gateway.certs().clone();
+        Some(Task::spawn(move |mut stop| async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(LOCAL_RENEW_INTERVAL) => reissue_local(&config, &ca, &store),
+                }
+            }
+        }))
+    }
+
+    /// Reloads whenever the config file's content changes. It looks every second at the
+    /// file's metadata only (a stat, off the workers), and reads the file (about 1 MB at
+    /// 10,000 sites) only when that changed. Returns nothing when the gateway was not
+    /// started from a file.
     pub(crate) fn watch_file(self: &Arc<Self>) -> Option<JoinHandle<()>> {
         let path = self.path.clone()?;
         let me = self.clone();
         Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
-                let now = std::fs::read(&path).ok();
-                let last = me.loaded.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if now.is_none() || now == last {
-                    continue; // gone for a moment (an editor's rename) or unchanged
+                let Some(stamp) = file_stamp(&path).await else {
+                    continue; // gone for a moment (an editor's rename)
+                };
+                if me.loaded_is(|l| l.stamp == stamp) {
+                    continue;
                 }
-                // Let a writer finish: act once the content has held still.
+                // Let a writer finish: act once the file has held still.
                 tokio::time::sleep(WATCH_SETTLE).await;
-                let settled = std::fs::read(&path).ok();
-                if settled != now {
+                if file_stamp(&path).await != Some(stamp) {
+                    continue;
+                }
+                let Ok(content) = tokio::fs::read(&path).await else {
+                    continue;
+                };
+                // Touched, or replaced by the same content: nothing to reload.
+                let same = me.loaded_is(|l| {
+                    let same = l.content == content;
+                    if same {
+                        l.stamp = stamp;
+                    }
+                    same
+                });
+                if same {
                     continue;
                 }
                 info!(config = %path.display(), "config file changed; reloading");
@@ -433,88 +506,78 @@ impl Controller {
             }
         }))
     }
+}
+
+impl Controller {
+    /// Whether the config file as last read passes `test` (which may update its stamp).
+    fn loaded_is(&self, test: impl FnOnce(&mut Loaded) -> bool) -> bool {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .is_some_and(test)
+    }
+}
+
+impl AdminApi for Controller {
+    fn settings(&self) -> Arc<Admin> {
+        self.admin.load_full()
+    }
+
+    fn missing_certificates(&self) -> Vec<String> {
+        self.gateway.certs().missing()
+    }
+
+    fn acme_waiting(&self) -> Vec<(String, Option<String>)> {
+        self.acme().map(|a| a.waiting()).unwrap_or_default()
+    }
 
     /// The metrics exposition, with the scrape-time metrics (certificate expiry, ACME
     /// counters) brought up to date first: tens of milliseconds of CPU at 10,000 sites, so
-    /// it runs off the workers like a reload's preparation.
-    pub(crate) async fn metrics_text(&self) -> String {
+    /// it runs off the workers like a change's preparation.
+    async fn metrics_text(&self) -> String {
         let st = self.state.lock().await;
         let acme = self.acme();
         off_the_workers(|| {
-            self.telemetry.refresh(
-                &st.config,
-                self.gateway.certs(),
-                acme.as_deref(),
-                &self.acme_stats,
-            );
+            if let Some(applied) = &st.applied {
+                self.telemetry.refresh(
+                    &applied.config,
+                    self.gateway.certs(),
+                    acme.as_deref(),
+                    &self.acme_stats,
+                );
+            }
             self.telemetry.render()
         })
     }
-}
 
-/// A reload's checked, not yet applied, new state.
-struct Prepared {
-    new: Config,
-    local_ca: Option<Arc<LocalCa>>,
-    certs: SiteCerts,
-    router: Router,
-    /// Each new site's certificate, where the reload has one for it.
-    keys: Vec<Option<Arc<rustls::sign::CertifiedKey>>>,
-}
-
-/// Runs blocking work (file reads, parsing, key loading: half a second of CPU at 10,000
-/// sites) with the worker's other tasks handed to another thread, so a reload does not stall
-/// the connections of a `--workers 1` gateway. Runs in place on a current-thread runtime,
-/// where there is no other thread to hand them to.
-fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
+    async fn reload_reply(self: Arc<Self>) -> Result<String, Vec<Problem>> {
+        self.reload().await.map(|s| s.to_string())
     }
 }
 
-enum Rebind<L = TcpListener> {
-    Keep,
-    Stop,
-    Bound(L),
+/// Reads and validates the config file, with what was read (for the watcher). Called only
+/// through `off_the_workers`, which moves a worker's other tasks elsewhere first.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "always run under off_the_workers (block_in_place)"
+)]
+fn read_file(path: &Path) -> (Option<Loaded>, Result<Config, Vec<Problem>>) {
+    // The stamp before the content: an edit in between is seen by the watcher's next look.
+    let stamp = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
+    let content = std::fs::read(path).ok();
+    let loaded = stamp
+        .zip(content)
+        .map(|(stamp, content)| Loaded { stamp, content });
+    (
+        loaded,
+        portcullis_config::load(path).map_err(|e| e.problems()),
+    )
 }
 
-/// Binds the admin listener's new address or socket when it changed.
-async fn rebind_admin(
-    old: Option<&AdminListen>,
-    new: Option<&AdminListen>,
-) -> Result<Rebind<AdminListener>, Vec<Problem>> {
-    match (old, new) {
-        (a, b) if a == b => Ok(Rebind::Keep),
-        (_, None) => Ok(Rebind::Stop),
-        (_, Some(listen)) => AdminListener::bind(listen)
-            .await
-            .map(Rebind::Bound)
-            .map_err(|e| vec![Problem::new("admin.listen", e)]),
-    }
-}
-
-/// Binds the new address of a listener when it changed (before the old one closes).
-async fn rebind(
-    what: &'static str,
-    old: Option<SocketAddr>,
-    new: Option<SocketAddr>,
-) -> Result<Rebind, Vec<Problem>> {
-    match (old, new) {
-        (a, b) if a == b => Ok(Rebind::Keep),
-        (_, None) => Ok(Rebind::Stop),
-        (_, Some(addr)) => portcullis_proxy::bind(what, addr)
-            .await
-            .map(Rebind::Bound)
-            .map_err(|e| {
-                let key = match what {
-                    "http" => "listen.http",
-                    _ => "listen.https",
-                };
-                vec![Problem::new(key, e.to_string())]
-            }),
-    }
+/// The config file's stamp, read without blocking a worker.
+async fn file_stamp(path: &Path) -> Option<Stamp> {
+    tokio::fs::metadata(path).await.ok().map(|m| Stamp::of(&m))
 }
 
 fn local(l: &TcpListener) -> String {
@@ -533,7 +596,7 @@ const LOCAL_RENEW_INTERVAL: Duration = Duration::from_secs(LOCAL_LEAF_VALIDITY.a
 /// Issues a fresh certificate for every `tls: local` site and swaps it in. (An ACME site's
 /// local fallback is not renewed: by then ACME has long replaced it, or the fallback keeps
 /// the certificate it started with.)
-pub(crate) fn reissue_local(config: &Config, ca: &LocalCa, store: &CertStore) {
+fn reissue_local(config: &Config, ca: &LocalCa, store: &CertStore) {
     for site in config.sites.iter().filter(|s| s.tls == SiteTls::Local) {
         match ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY) {
             Ok(cert) => {
@@ -544,42 +607,9 @@ pub(crate) fn reissue_local(config: &Config, ca: &LocalCa, store: &CertStore) {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use std::sync::mpsc;
-
-    #[test]
-    fn work_off_the_workers_leaves_the_worker_to_its_other_tasks() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (started_tx, started_rx) = mpsc::channel();
-            let (tx, rx) = mpsc::channel::<()>();
-            // Holds its thread until another task of this one-worker runtime has run.
-            let blocking = tokio::spawn(async move {
-                off_the_workers(|| {
-                    started_tx.send(()).unwrap();
-                    rx.recv_timeout(Duration::from_secs(5))
-                })
-            });
-            started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-            tokio::spawn(async move { tx.send(()) });
-            assert!(
-                blocking.await.unwrap().is_ok(),
-                "the other task never ran while the work blocked"
-            );
-        });
-    }
-}
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
+mod tests;

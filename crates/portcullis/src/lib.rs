@@ -1,22 +1,28 @@
-//! The `portcullis` binary's library half: wiring from config to a running gateway, the
+//! The `portcullis` binary's library half: from a configuration to a running gateway, the
 //! admin listener, and the pieces of the command line that tests drive in-process.
+//!
+//! The modules form floors, each using only those below it (`docs/architecture.md`):
+//! `app` → `controller` → `prepare` → `admin`, with `telemetry`, `runtime`, `logging` and
+//! the commands' modules beside them.
 
 mod admin;
 mod app;
 mod certs_cmd;
 mod controller;
 mod logging;
+mod prepare;
 mod proxy_cmd;
 mod reload_cmd;
 mod runtime;
 mod summary;
 mod telemetry;
 
-pub use app::{App, Prepared, StartError, acme_sites, open_local_ca, prepare};
+pub use app::App;
 pub use certs_cmd::render as render_certs;
 pub use controller::{Controller, ReloadSummary};
 pub use logging::{LogFormat, init as init_logging};
+pub use prepare::{ApplyError, StartError, check};
 pub use proxy_cmd::{ProxyArgs, config as proxy_config};
-pub use reload_cmd::{AdminTarget, ReloadOutcome, admin_target, request_reload};
-pub use runtime::build as build_runtime;
+pub use reload_cmd::{AdminRequestError, AdminTarget, ReloadOutcome, admin_target, request_reload};
+pub use runtime::{RuntimeError, build as build_runtime};
 pub use summary::render as render_summary;

@@ -40,6 +40,10 @@ fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests {
     use super::*;
 

@@ -9,7 +9,7 @@ use portcullis::{App, LogFormat, ProxyArgs, StartError};
 use portcullis_config::{Config, Problem};
 
 /// mimalloc: 4% fewer instructions per proxied HTTP/1.1 request than glibc's malloc, 7% per
-/// HTTP/2 request, and a fifth less memory with 10,000 sites (docs/performance.md, step 26).
+/// HTTP/2 request, and a fifth less memory with 10,000 sites (docs/performance-steps.md#step-26).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
 /// `--busy-poll`: a duration up to a second (a bare number would be seconds, which is never
 /// meant here).
 fn busy_poll(text: &str) -> Result<Duration, String> {
-    let d = portcullis_config::parse_duration(text)?;
+    let d = portcullis_config::parse_duration(text).map_err(|e| e.to_string())?;
     if d > Duration::from_secs(1) {
         return Err(format!(
             "`{text}` is more than 1s; busy polling is for microseconds, e.g. 200us"
@@ -174,14 +174,10 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match portcullis::prepare(
-        &config,
-        None,
-        &portcullis_proxy::ProxyMetrics::unregistered(),
-    ) {
-        Ok(prepared) => {
-            print!("{}", portcullis::render_summary(&config, &prepared.certs));
-            for w in &prepared.certs.warnings {
+    match portcullis::check(&config) {
+        Ok(certs) => {
+            print!("{}", portcullis::render_summary(&config, &certs));
+            for w in &certs.warnings {
                 println!("warning: {w}");
             }
             if let Some(w) = config.admin.exposure_warning() {

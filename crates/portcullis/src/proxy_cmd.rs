@@ -105,6 +105,10 @@ fn parse_port(p: &str) -> Result<u16, String> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests {
     use super::*;
     use portcullis_config::{Action, Mode};

@@ -3,7 +3,7 @@
 //! so a file with mistakes still gets them reported by the gateway, key by key.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -20,6 +20,59 @@ pub enum ReloadOutcome {
     Refused(Vec<String>),
 }
 
+/// Why the admin listener could not be found or asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminRequestError {
+    /// The config file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadConfig {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key of the `admin` section cannot be used.
+    #[error("{key}: {message}")]
+    Config {
+        /// The key, e.g. `admin.token_file`.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The admin listener is off, so there is nothing to ask.
+    #[error("the admin listener is off in this config; send SIGHUP to the gateway instead")]
+    AdminOff,
+    /// The admin listener could not be reached or did not answer.
+    #[error("cannot reach the gateway's admin listener at {addr}: {reason}")]
+    Unreachable {
+        /// Where it was looked for.
+        addr: AdminListen,
+        /// Why.
+        reason: String,
+    },
+    /// The admin listener wants a token the config does not name.
+    #[error(
+        "the admin listener at {addr} wants a token, and this config has no \
+         `admin.token_file`: {body}"
+    )]
+    TokenWanted {
+        /// The admin listener.
+        addr: AdminListen,
+        /// Its answer.
+        body: String,
+    },
+    /// Any other answer.
+    #[error("the admin listener at {addr} answered {status}: {body}")]
+    Answered {
+        /// The admin listener.
+        addr: AdminListen,
+        /// The status code.
+        status: u16,
+        /// Its answer.
+        body: String,
+    },
+}
+
 /// Where the admin listener is and what to show it.
 #[derive(Debug)]
 pub struct AdminTarget {
@@ -31,9 +84,15 @@ pub struct AdminTarget {
 }
 
 /// The admin listener named in the config file at `config`, and its token.
-pub fn admin_target(config: &Path) -> Result<AdminTarget, String> {
-    let text = std::fs::read_to_string(config)
-        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`portcullis reload` reads its config before its one request; nothing else runs then"
+)]
+pub fn admin_target(config: &Path) -> Result<AdminTarget, AdminRequestError> {
+    let text = std::fs::read_to_string(config).map_err(|source| AdminRequestError::ReadConfig {
+        path: config.to_owned(),
+        source,
+    })?;
     let doc = admin_section(&text)
         .and_then(|section| serde_yaml::from_str::<serde_yaml::Value>(section).ok())
         .filter(|doc| doc.get("admin").is_some())
@@ -51,10 +110,14 @@ pub fn admin_target(config: &Path) -> Result<AdminTarget, String> {
     let token = match admin.and_then(|a| a.get("token_file")) {
         None | Some(serde_yaml::Value::Null) => None,
         Some(path) => {
+            let token_file = |message: String| AdminRequestError::Config {
+                key: "admin.token_file",
+                message,
+            };
             let path = path
                 .as_str()
-                .ok_or("admin.token_file: expected the path of a file")?;
-            Some(AdminToken::read(&resolve(path)).map_err(|e| format!("admin.token_file: {e}"))?)
+                .ok_or_else(|| token_file("expected the path of a file".into()))?;
+            Some(AdminToken::read(&resolve(path)).map_err(|e| token_file(e.to_string()))?)
         }
     };
     let listen = admin
@@ -62,9 +125,7 @@ pub fn admin_target(config: &Path) -> Result<AdminTarget, String> {
         .and_then(|l| l.as_str())
         .unwrap_or(defaults::ADMIN);
     if listen == "off" {
-        return Err(
-            "the admin listener is off in this config; send SIGHUP to the gateway instead".into(),
-        );
+        return Err(AdminRequestError::AdminOff);
     }
     if let Some(path) = listen.strip_prefix("unix:") {
         return Ok(AdminTarget {
@@ -73,7 +134,10 @@ pub fn admin_target(config: &Path) -> Result<AdminTarget, String> {
         });
     }
     let mut addr =
-        portcullis_config::parse_addr(listen).map_err(|e| format!("admin.listen: {e}"))?;
+        portcullis_config::parse_addr(listen).map_err(|e| AdminRequestError::Config {
+            key: "admin.listen",
+            message: e.to_string(),
+        })?;
     if addr.ip().is_unspecified() {
         addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
@@ -105,10 +169,11 @@ fn admin_section(text: &str) -> Option<&str> {
 }
 
 /// Sends `POST /reload` to the admin listener, with its token if there is one.
-pub async fn request_reload(target: &AdminTarget) -> Result<ReloadOutcome, String> {
+pub async fn request_reload(target: &AdminTarget) -> Result<ReloadOutcome, AdminRequestError> {
     let addr = &target.listen;
-    let unreachable = |e: &dyn std::fmt::Display| {
-        format!("cannot reach the gateway's admin listener at {addr}: {e}")
+    let unreachable = |e: &dyn std::fmt::Display| AdminRequestError::Unreachable {
+        addr: addr.clone(),
+        reason: e.to_string(),
     };
     match addr {
         AdminListen::Tcp(tcp) => {
@@ -127,13 +192,18 @@ pub async fn request_reload(target: &AdminTarget) -> Result<ReloadOutcome, Strin
 }
 
 /// `POST /reload` on a connection to the admin listener, naming it `host`.
-async fn post_reload<IO>(io: IO, host: &str, target: &AdminTarget) -> Result<ReloadOutcome, String>
+async fn post_reload<IO>(
+    io: IO,
+    host: &str,
+    target: &AdminTarget,
+) -> Result<ReloadOutcome, AdminRequestError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let addr = &target.listen;
-    let unreachable = |e: &dyn std::fmt::Display| {
-        format!("cannot reach the gateway's admin listener at {addr}: {e}")
+    let unreachable = |e: &dyn std::fmt::Display| AdminRequestError::Unreachable {
+        addr: addr.clone(),
+        reason: e.to_string(),
     };
     let (mut sender, conn) = http1::handshake(TokioIo::new(io))
         .await
@@ -141,12 +211,19 @@ where
     tokio::spawn(conn);
     let mut req = http::Request::post("/reload").header(http::header::HOST, host);
     if let Some(token) = &target.token {
-        let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.expose()))
-            .map_err(|_| "admin.token_file: the token cannot be sent in a header".to_owned())?;
+        let mut value =
+            http::HeaderValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+                AdminRequestError::Config {
+                    key: "admin.token_file",
+                    message: "the token cannot be sent in a header".into(),
+                }
+            })?;
         value.set_sensitive(true);
         req = req.header(http::header::AUTHORIZATION, value);
     }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| unreachable(&e))?;
     let resp = sender
         .send_request(req)
         .await
@@ -164,17 +241,23 @@ where
         422 => Ok(ReloadOutcome::Refused(
             body.lines().map(str::to_owned).collect(),
         )),
-        401 if target.token.is_none() => Err(format!(
-            "the admin listener at {addr} wants a token, and this config has no \
-             `admin.token_file`: {body}"
-        )),
-        other => Err(format!(
-            "the admin listener at {addr} answered {other}: {body}"
-        )),
+        401 if target.token.is_none() => Err(AdminRequestError::TokenWanted {
+            addr: addr.clone(),
+            body,
+        }),
+        status => Err(AdminRequestError::Answered {
+            addr: addr.clone(),
+            status,
+            body,
+        }),
     }
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests {
     use super::*;
 
@@ -182,7 +265,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.yaml");
         std::fs::write(&path, text).unwrap();
-        admin_target(&path).map(|t| t.listen.to_string())
+        admin_target(&path)
+            .map(|t| t.listen.to_string())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -194,7 +279,7 @@ mod tests {
         let target = admin_target(&path).unwrap();
         assert!(target.token.unwrap().matches(b"abc123"));
         std::fs::write(dir.path().join("admin.token"), "").unwrap();
-        let err = admin_target(&path).unwrap_err();
+        let err = admin_target(&path).unwrap_err().to_string();
         assert!(
             err.starts_with("admin.token_file: ") && err.contains("empty"),
             "{err}"

@@ -11,13 +11,15 @@
 //! one response alone, then again for the next: HTTP/2 responses went out one or two per
 //! TLS record and TCP segment. Without the slot a woken task joins the back of the queue,
 //! the streams that are ready all run first, and the connection writes their responses in
-//! one go (`docs/performance.md`, step 30: 2.9 → 2.35 TCP segments and 2.8 → 2.4 system
+//! one go (`docs/performance-steps.md#step-30`: 2.9 → 2.35 TCP segments and 2.8 → 2.4 system
 //! calls per HTTP/2 request, as HAProxy). Nothing measured lost by it: HTTP/1.1 connections
 //! are one task each and made the same system calls either way.
 //!
 //! `disable_lifo_slot` is in Tokio's unstable API: the workspace's `.cargo/config.toml`
-//! builds with `--cfg tokio_unstable`. A build without it (a `RUSTFLAGS` in the environment
-//! replaces the config's flags) keeps the slot, and the unit test below fails.
+//! builds with `--cfg tokio_unstable`. A `RUSTFLAGS` in the build's environment replaces the
+//! config's flags, and such a build could only keep the slot: [`build`] refuses it with
+//! [`RuntimeError::NoTokioUnstable`], which says how to rebuild, rather than run (and be
+//! measured) as another program; the unit test that checks the slot says the same.
 //!
 //! With `--busy-poll` a worker that wakes from its wait for I/O goes on polling the sockets
 //! (a non-blocking `epoll_wait`) for that long before it waits again, like HAProxy's
@@ -44,13 +46,48 @@ fn builder(workers: Option<u16>) -> tokio::runtime::Builder {
     b
 }
 
-/// The runtime for `portcullis`: [`builder`]'s, busy-polling for `busy_poll` after each
+/// Why the runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The binary was built without `--cfg tokio_unstable`.
+    #[error(
+        "this binary was built without `--cfg tokio_unstable`, so its runtime cannot turn off \
+         Tokio's LIFO slot (docs/performance.md, step 30){}. A RUSTFLAGS or \
+         CARGO_ENCODED_RUSTFLAGS in the build's environment replaces the flags of the \
+         workspace's .cargo/config.toml: unset it, or add `--cfg tokio_unstable` to it, and \
+         rebuild",
+        if *busy_poll { "; busy polling (--busy-poll, step 36) was measured with it off" } else { "" }
+    )]
+    NoTokioUnstable {
+        /// Busy polling was asked for.
+        busy_poll: bool,
+    },
+    /// The operating system refused threads or the I/O driver.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Whether this build can turn off Tokio's LIFO slot.
+const TOKIO_UNSTABLE: bool = cfg!(tokio_unstable);
+
+/// The runtime for `portcullis`: `builder`'s, busy-polling for `busy_poll` after each
 /// wake-up when that is set (and not zero).
 pub fn build(
     workers: Option<u16>,
     busy_poll: Option<Duration>,
-) -> std::io::Result<tokio::runtime::Runtime> {
-    build_polling(workers, busy_poll).map(|(rt, _)| rt)
+) -> Result<tokio::runtime::Runtime, RuntimeError> {
+    check_build(TOKIO_UNSTABLE, busy_poll)?;
+    Ok(build_polling(workers, busy_poll).map(|(rt, _)| rt)?)
+}
+
+/// Refuses a build that cannot run the runtime [`builder`] describes.
+fn check_build(tokio_unstable: bool, busy_poll: Option<Duration>) -> Result<(), RuntimeError> {
+    if tokio_unstable {
+        return Ok(());
+    }
+    Err(RuntimeError::NoTokioUnstable {
+        busy_poll: busy_poll.is_some_and(|w| !w.is_zero()),
+    })
 }
 
 /// [`build`], with the busy polling's state when it is on.
@@ -123,6 +160,10 @@ impl BusyPoll {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
@@ -214,7 +255,29 @@ mod tests {
     }
 
     #[test]
+    fn a_build_without_tokio_unstable_is_refused_with_the_fix() {
+        assert!(super::check_build(true, Some(Duration::from_micros(200))).is_ok());
+        let plain = super::check_build(false, None).unwrap_err().to_string();
+        assert!(
+            plain.contains("--cfg tokio_unstable") && plain.contains("RUSTFLAGS"),
+            "{plain}"
+        );
+        let busy = super::check_build(false, Some(Duration::from_micros(200)))
+            .unwrap_err()
+            .to_string();
+        assert!(busy.contains("--busy-poll"), "{busy}");
+    }
+
+    #[test]
     fn a_woken_task_runs_after_the_tasks_already_queued() {
+        // (`black_box`: the constant is the point of the check, not a mistake.)
+        assert!(
+            std::hint::black_box(super::TOKIO_UNSTABLE),
+            "this test binary was built without `--cfg tokio_unstable`, so the LIFO slot \
+             stays on and this test must fail: a RUSTFLAGS (or CARGO_ENCODED_RUSTFLAGS) in the \
+             environment replaced .cargo/config.toml's flags; unset it, or add \
+             `--cfg tokio_unstable` to it"
+        );
         let rt = super::builder(Some(1)).build().unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         rt.block_on(async {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_acme::{AcmeManager, AcmeStats};
 use portcullis_config::{Config, SiteTls};
@@ -12,8 +13,6 @@ use portcullis_proxy::metrics::names;
 use portcullis_tls::{CertInfo, CertStore};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use rustls::sign::CertifiedKey;
-
-use crate::controller::unix_now;
 
 /// Every metric the gateway exports.
 pub(crate) struct Telemetry {
@@ -156,4 +155,11 @@ impl Telemetry {
         }
         out
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -1,6 +1,10 @@
 //! `portcullis check` and `portcullis run` on configs that are valid, broken, or that name a
 //! port already taken: the summary, one `error: <key>: ...` line per problem, exit statuses.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "drives the binary as a process from outside any runtime: blocking is what it means"
+)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,10 @@
 //! The command line itself: `--version`, `--help`, and `proxy`, the one-site gateway built
 //! from two flags with a certificate from the local CA.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "drives the binary as a process from outside any runtime: blocking is what it means"
+)]
 
 use std::io::Read;
 use std::net::SocketAddr;

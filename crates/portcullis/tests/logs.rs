@@ -2,6 +2,10 @@
 //! writes an access line with the fixed field vocabulary. `pretty` logs written to a file
 //! carry no colour codes.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "drives the binary as a process from outside any runtime: blocking is what it means"
+)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,10 @@
 //! Reloading a running `portcullis run` process: `portcullis reload --config FILE` (through
 //! the admin listener) applies an edited file or prints why not, and SIGHUP reloads too.
 #![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "drives the binary as a process from outside any runtime: blocking is what it means"
+)]
 
 use std::io::Read;
 use std::net::SocketAddr;

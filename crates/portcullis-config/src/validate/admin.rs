@@ -20,7 +20,7 @@ impl Validator<'_> {
         };
         let token = f.token_file.and_then(|path| {
             AdminToken::read(&self.resolve(&path))
-                .map_err(|e| self.err("admin.token_file", e))
+                .map_err(|e| self.err("admin.token_file", e.to_string()))
                 .ok()
         });
         let mut allowed_hosts = Vec::new();

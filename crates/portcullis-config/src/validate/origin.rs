@@ -155,7 +155,7 @@ impl Validator<'_> {
                     None
                 }
                 Err(e) => {
-                    self.err(format!("{key}.server_name"), e);
+                    self.err(format!("{key}.server_name"), e.to_string());
                     None
                 }
             });

@@ -88,7 +88,7 @@ impl Validator<'_> {
         for (j, h) in f.hosts.iter().enumerate() {
             match HostPattern::parse(h) {
                 Ok(p) => hosts.push(p),
-                Err(e) => self.err(format!("{key}.hosts[{j}]"), e),
+                Err(e) => self.err(format!("{key}.hosts[{j}]"), e.to_string()),
             }
         }
         let name = match f.name {

@@ -62,7 +62,7 @@ impl Backend {
             (Transport::Tls(_), Some(cfg)) => {
                 let name = match &cfg.server_name {
                     Some(n) => n.clone(),
-                    None => server_name(&server.host).map_err(UpstreamError::ServerName)?,
+                    None => server_name(&server.host)?,
                 };
                 // A PROXY header describes one client, so such connections are never
                 // shared by HTTP/2 streams of different clients.

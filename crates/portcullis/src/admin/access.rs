@@ -161,6 +161,10 @@ fn shorten(text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures and wait from outside the served path"
+)]
 mod tests {
     use super::*;
 

@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use portcullis_config::AdminListen;
+use portcullis_proxy::BindError;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 /// A bound admin socket.
@@ -26,6 +27,10 @@ pub(crate) struct UnixSocket {
 }
 
 impl Drop for UnixSocket {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "one unlink of a local socket path when the admin listener stops"
+    )]
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -39,22 +44,32 @@ pub(crate) enum AdminConn {
     Unix(UnixStream),
 }
 
+/// Why the admin listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdminBindError {
+    /// Its TCP address.
+    #[error(transparent)]
+    Tcp(#[from] BindError),
+    /// Its unix socket.
+    #[error("cannot listen for admin on unix:{}: {source}", path.display())]
+    Unix { path: PathBuf, source: io::Error },
+}
+
 impl AdminListener {
     /// Binds `listen`; the error says why, for the `admin.listen` key.
-    pub(crate) async fn bind(listen: &AdminListen) -> Result<Self, String> {
+    pub(crate) async fn bind(listen: &AdminListen) -> Result<Self, AdminBindError> {
         match listen {
-            AdminListen::Tcp(addr) => portcullis_proxy::bind("admin", *addr)
-                .await
-                .map(Self::Tcp)
-                .map_err(|e| e.to_string()),
-            AdminListen::Unix(path) => bind_unix(path)
-                .map(|listener| {
-                    Self::Unix(UnixSocket {
-                        listener,
-                        path: path.clone(),
-                    })
-                })
-                .map_err(|e| format!("cannot listen for admin on unix:{}: {e}", path.display())),
+            AdminListen::Tcp(addr) => Ok(Self::Tcp(portcullis_proxy::bind("admin", *addr).await?)),
+            AdminListen::Unix(path) => match bind_unix(path) {
+                Ok(listener) => Ok(Self::Unix(UnixSocket {
+                    listener,
+                    path: path.clone(),
+                })),
+                Err(source) => Err(AdminBindError::Unix {
+                    path: path.clone(),
+                    source,
+                }),
+            },
         }
     }
 
@@ -93,6 +108,10 @@ impl AdminListener {
 /// so no other user can connect in between (a `chmod` after `bind` leaves a window, and the
 /// umask is the whole process's). A socket left behind by a gateway that did not stop
 /// cleanly is replaced; a live one, or a file that is not a socket, is not.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a few metadata calls on a local socket path, once per bind at start-up or reload"
+)]
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
