@@ -7,6 +7,8 @@
 //! suites need lives here, once.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[cfg(test)]
+mod architecture;
 mod ca;
 mod client;
 mod gateway;

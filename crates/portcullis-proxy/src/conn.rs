@@ -1,7 +1,18 @@
-//! Per-connection bookkeeping: the connection caps (total and per client IP), the clock that
-//! tells an idle keep-alive connection from one still sending its request head (or still
-//! waiting for the client to read its response), and the HTTP/2 reset counter that cuts
-//! off rapid-reset floods.
+//! One client connection, shared by the listener that serves it and the requests on it:
+//! the connection caps (total and per client IP), the clock that tells an idle keep-alive
+//! connection from one still sending its request head (or still waiting for the client to
+//! read its response), the HTTP/2 reset counter that cuts off rapid-reset floods, what its
+//! requests know of it ([`ConnInfo`]), and its supervisor (timeouts, resets, the drain).
+//!
+//! Who uses the [`ConnClock`] (it is written from four files and read from three):
+//!
+//! | file | calls | why |
+//! |---|---|---|
+//! | `listener.rs` (`conn_info`, `connection`) | `new`, `ClockedIo::new` | one clock per connection; bytes read tell it a head is arriving |
+//! | `conn/supervisor.rs` (`supervise`) | `watchdog`, `abuse` | cuts off slow heads, idle connections, reset floods |
+//! | `listener/h1.rs` (`serve`, `Stretch`, `parked`) | `begun`, `quiet_since`, `write_blocked`, `body_unread`, `idle_until` | when to take hyper's connection apart, and how to close |
+//! | `response.rs` (`Exchange`) | `begin_request`, `end_request`, `note_reset`, `abuse` | a request's start and end; a stream reset before its response |
+//! | `upstream/request_body.rs` (`RequestBody`) | `body_unread`, `begun`, `body_read`, `begin_discard`, `end_request` | an HTTP/1.1 body read to its end, or discarded after the answer |
 
 use std::collections::HashMap;
 use std::io;
@@ -17,7 +28,13 @@ use tokio::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-use crate::metrics::RejectReason;
+use crate::metrics::{ListenerMetrics, RejectReason};
+
+mod info;
+mod supervisor;
+
+pub(crate) use info::ConnInfo;
+pub(crate) use supervisor::{Drain, DrainWatch, GracefulConn, Supervised};
 
 /// Counts open client connections, in total and per IP.
 #[derive(Debug, Default)]
@@ -124,6 +141,29 @@ impl Drop for ConnPermit {
         }
         drop(per_ip);
         self.tracker.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a connection as open while it lives, and holds its place under the caps.
+#[derive(Debug)]
+pub(crate) struct OpenGuard {
+    gauge: prometheus::IntGauge,
+    _permit: ConnPermit,
+}
+
+impl OpenGuard {
+    pub(crate) fn new(metrics: &ListenerMetrics, permit: ConnPermit) -> Self {
+        metrics.open.inc();
+        Self {
+            gauge: metrics.open.clone(),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -155,3 +155,16 @@ impl BindError {
         Self { what, addr, reason }
     }
 }
+
+/// An origin's clients could not be built from its settings ([`Upstream::new`]); the
+/// message says which setting and why.
+///
+/// [`Upstream::new`]: crate::Upstream::new
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The origin's TLS settings, or a server's host as a TLS server name (when no
+    /// `server_name` replaces it), make no client config.
+    #[error(transparent)]
+    Tls(#[from] portcullis_tls::OriginTlsError),
+}

@@ -4,34 +4,41 @@
 //! A [`Router`] is built from a [`portcullis_config::Config`] and swapped whole into a
 //! running [`Gateway`]; certificates come from a [`portcullis_tls::CertStore`] that other
 //! parts (files, the local CA, ACME) publish into.
+//!
+//! The modules are floors, in the order a request travels, each using only those below it
+//! (no import circle between top-level modules; `docs/architecture.md` maps each file):
+//!
+//! - `listener`: accept, PROXY header, TLS, the HTTP/1.1 and HTTP/2 connections;
+//! - `request`: one request: site and route, forward, redirect, gRPC errors;
+//! - `shared`: what every connection shares (router snapshot, certificates, caps);
+//! - `answers`, `response`: the gateway's own responses, and the response body;
+//! - `router`: the compiled routing table;
+//! - `upstream`: balancer, retries, pools, origin clients, connector;
+//! - leaves: `conn` (one client connection: info, clock, caps, supervisor), `io`,
+//!   `headers`, `proxy_protocol`, `metrics`, `error`.
 
-mod body;
+mod answers;
 mod conn;
-mod connector;
-mod drain;
-mod edge;
 mod error;
-mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
-mod grpc;
-mod h1;
 mod headers;
+mod io;
+mod listener;
 pub mod metrics;
 mod proxy_protocol;
-mod redirect;
-mod replay;
+mod request;
+mod response;
 mod router;
-mod server;
-mod tls_accept;
+mod shared;
 mod upstream;
 
-pub use body::{ACCESS_LOG_TARGET, ProxyBody};
-pub use error::{BindError, OriginError, OriginFailureKind};
+pub use error::{BindError, OriginError, OriginFailureKind, UpstreamError};
+pub use listener::{Gateway, ListenerKind, Listeners, bind};
 pub use metrics::ProxyMetrics;
 pub use proxy_protocol::{
     Parsed, ProxyAddrs, ProxyHeader, ProxyProtocolError, encode_v1, encode_v2, parse, read_header,
 };
+pub use response::{ACCESS_LOG_TARGET, ProxyBody};
 pub use router::Router;
-pub use server::{Gateway, ListenerKind, Listeners, bind};
 pub use upstream::Upstream;

@@ -31,7 +31,7 @@ const MAX_HEADER_LEN: usize = 4096;
 const PEEK_LEN: usize = 512;
 
 /// The client's addresses as the proxy in front of us saw them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProxyAddrs {
     /// The original client.
     pub source: SocketAddr,

@@ -134,7 +134,7 @@ impl Router {
                             Some(Handler::Proxy(u))
                         }
                         Err(e) => {
-                            problems.push(Problem::new(key, e));
+                            problems.push(Problem::new(key, e.to_string()));
                             None
                         }
                     }

@@ -1,5 +1,8 @@
-//! One origin as the data path uses it: its servers, how one is picked for a request, when
-//! a failed request is tried again, and the origin's timeouts.
+//! The third floor: one origin as the data path uses it. Its servers ([`backend`]), how one
+//! is picked for a request ([`balance`]), when a failed request is tried again ([`budget`],
+//! with a body that can be offered twice: [`replay`], [`request_body`]), and each server's
+//! connections: the pool ([`pool`]), the HTTP/1.1 client ([`origin_h1`]) and the
+//! connector (TCP, PROXY header, TLS: [`connector`]); active health checks in [`health`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,14 +14,18 @@ use http::uri::Scheme;
 use portcullis_config::{HashKey, Origin, Retries, Transport};
 use portcullis_tls::origin_tls_config;
 
+use crate::error::UpstreamError;
 use crate::metrics::ProxyMetrics;
 
 mod backend;
 mod balance;
 mod budget;
+mod connector;
 mod health;
 mod origin_h1;
 mod pool;
+mod replay;
+mod request_body;
 #[cfg(test)]
 mod test_pipe;
 
@@ -29,7 +36,9 @@ use budget::RetryBudget;
 pub(crate) use origin_h1::OriginUpgrade;
 /// For [`crate::fuzzing`]: the response decoder, without I/O.
 pub(crate) use origin_h1::codec as origin_h1_codec;
-pub(crate) use pool::{OriginBody, SHARED_KEY};
+pub(crate) use pool::{OriginBody, PoolKey};
+pub(crate) use replay::{ReplayBody, Replayable};
+pub(crate) use request_body::{BodyFault, ClientFault, RequestBody};
 
 /// A ready-to-use origin.
 pub struct Upstream {
@@ -59,7 +68,7 @@ impl Upstream {
     /// Builds the clients for every server of `origin`, and starts its health checks when
     /// called inside a Tokio runtime (they stop when the upstream is dropped). The error
     /// says what is wrong with its TLS settings.
-    pub fn new(origin: &Origin, metrics: &ProxyMetrics) -> Result<Arc<Self>, String> {
+    pub fn new(origin: &Origin, metrics: &ProxyMetrics) -> Result<Arc<Self>, UpstreamError> {
         Self::with_known(origin, metrics, &|_| None)
     }
 
@@ -70,13 +79,10 @@ impl Upstream {
         origin: &Origin,
         metrics: &ProxyMetrics,
         known: &dyn Fn(&str) -> Option<&'a Arc<Backend>>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, UpstreamError> {
         let (scheme, tls) = match &origin.transport {
             Transport::Plain => (Scheme::HTTP, None),
-            Transport::Tls(tls) => (
-                Scheme::HTTPS,
-                Some(origin_tls_config(tls).map_err(|e| e.to_string())?),
-            ),
+            Transport::Tls(tls) => (Scheme::HTTPS, Some(origin_tls_config(tls)?)),
         };
         let backends = origin
             .servers
@@ -86,7 +92,7 @@ impl Upstream {
                 if let Some(old) = known(&s.url) {
                     b.inherit_health(old);
                 }
-                Ok::<_, String>(Arc::new(b))
+                Ok::<_, UpstreamError>(Arc::new(b))
             })
             .collect::<Result<Box<[_]>, _>>()?;
         let upstream = Arc::new(Self {

@@ -1,5 +1,5 @@
 //! A client's request head through the gateway's own handling: parsed as hyper's HTTP/1.1
-//! server parses it, then what `edge::dispatch` and `forward` do with its head before the
+//! server parses it, then what `request::dispatch` and `forward` do with its head before the
 //! body matters (authority, host, site, route, the header rewrite for the origin).
 //!
 //! The properties of a rewritten request are one table, in `request_head/prepared.rs`: a
@@ -11,7 +11,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Uri, Version};
 
-use crate::edge::{host_of, request_authority};
+use crate::request::{host_of, request_authority};
 use portcullis_config::Upgrades;
 
 use crate::headers::{ClientAddr, prepare_request, upgrade_allowed, wants_upgrade};
@@ -169,14 +169,14 @@ static CLIENTS: LazyLock<[ClientAddr; 4]> = LazyLock::new(|| {
     ]
 });
 
-/// What `edge::dispatch` does with a request up to `forward`, then `forward`'s header
+/// What `request::dispatch` does with a request up to `forward`, then `forward`'s header
 /// rewrite for every client in [`CLIENTS`].
 fn check_request(req: &Request<()>) {
     if req.method() == Method::CONNECT {
         // Answered 405 before anything else looks at it.
         return;
     }
-    if crate::edge::refuse_target(req).is_some() {
+    if crate::request::refuse_target(req).is_some() {
         return;
     }
     // What is left is in the origin or absolute form.

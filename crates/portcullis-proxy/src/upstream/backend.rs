@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use portcullis_config::{Origin, OriginServer, PassiveHealth, Transport};
 use portcullis_tls::{OriginTlsConfig, server_name};
 
-use crate::connector::OriginConnector;
+use super::connector::OriginConnector;
+use super::pool::OriginPool;
+use crate::error::UpstreamError;
 use crate::metrics::{OriginMetrics, ProxyMetrics};
-use crate::upstream::pool::OriginPool;
 
 /// One origin server.
 pub(crate) struct Backend {
@@ -54,14 +55,14 @@ impl Backend {
         server: &OriginServer,
         tls: Option<&OriginTlsConfig>,
         metrics: &ProxyMetrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, UpstreamError> {
         let connect = origin.timeouts.connect;
         let pp = origin.proxy_protocol;
         let (normal, upgrade) = match (&origin.transport, tls) {
             (Transport::Tls(_), Some(cfg)) => {
                 let name = match &cfg.server_name {
                     Some(n) => n.clone(),
-                    None => server_name(&server.host).map_err(|e| e.to_string())?,
+                    None => server_name(&server.host)?,
                 };
                 // A PROXY header describes one client, so such connections are never
                 // shared by HTTP/2 streams of different clients.

@@ -8,8 +8,9 @@ use http::{Request, Uri, header};
 use portcullis_config::ActiveHealth;
 use tracing::debug;
 
+use super::pool::PoolKey;
+use super::replay::ReplayBody;
 use super::{Backend, Upstream};
-use crate::replay::ReplayBody;
 
 /// Starts one check loop per server; each stops once the upstream is gone.
 pub(super) fn spawn_checks(upstream: &Arc<Upstream>, policy: &ActiveHealth) {
@@ -75,10 +76,8 @@ async fn check(backend: &Backend, uri: &Uri, policy: &ActiveHealth) -> bool {
     let Ok(req) = req else {
         return false;
     };
-    // Keyed by the server's address: checks keep a connection of their own.
-    let Some(key) = uri.authority() else {
-        return false;
-    };
+    // Checks keep a connection of their own.
+    let key = &PoolKey::HealthCheck;
     match tokio::time::timeout(policy.timeout, backend.client.request(key, req)).await {
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();

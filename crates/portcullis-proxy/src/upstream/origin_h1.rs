@@ -24,10 +24,10 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::replay::ReplayBody;
 use crate::error::{OriginError, OriginFailureKind};
-use crate::h1::Upgraded;
 use crate::headers::wants_upgrade;
-use crate::replay::ReplayBody;
+use crate::io::BoxedIo;
 
 use super::pool::Ended;
 
@@ -48,7 +48,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct H1Conn(Box<State>);
 
 struct State {
-    io: Upgraded,
+    io: BoxedIo,
     /// Bytes read past what has been used.
     buf: BytesMut,
     /// The connection's place in its pool, and the way back there.
@@ -66,16 +66,16 @@ pub(crate) enum SendError {
 /// The origin side of an upgraded connection: the stream and the bytes read past the
 /// `101` head, for the tunnel to pass on first.
 #[derive(Clone)]
-pub(crate) struct OriginUpgrade(Arc<Mutex<Option<(Upgraded, Bytes)>>>);
+pub(crate) struct OriginUpgrade(Arc<Mutex<Option<(BoxedIo, Bytes)>>>);
 
 impl OriginUpgrade {
-    pub(crate) fn take(&self) -> Option<(Upgraded, Bytes)> {
+    pub(crate) fn take(&self) -> Option<(BoxedIo, Bytes)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
 impl H1Conn {
-    pub(crate) fn new(io: Upgraded, lease: Ended) -> Self {
+    pub(crate) fn new(io: BoxedIo, lease: Ended) -> Self {
         Self(Box::new(State {
             io,
             buf: BytesMut::new(),
@@ -322,7 +322,7 @@ impl Writer {
 
     /// Writes until everything is out (`Ready(Ok)`), or the body or the connection has
     /// nothing more for now.
-    fn poll(&mut self, cx: &mut Context<'_>, io: &mut Upgraded) -> Poll<Result<(), WriteError>> {
+    fn poll(&mut self, cx: &mut Context<'_>, io: &mut BoxedIo) -> Poll<Result<(), WriteError>> {
         match self.state {
             WriteState::Done => return Poll::Ready(Ok(())),
             WriteState::Failed => {
@@ -342,7 +342,7 @@ impl Writer {
     fn poll_inner(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut Upgraded,
+        io: &mut BoxedIo,
     ) -> Poll<Result<(), WriteError>> {
         if let Some(mut head) = self.head.take() {
             // A small first chunk of body that is there already goes in the same write.

@@ -19,8 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::Authority;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http2};
@@ -31,10 +30,11 @@ use tokio::sync::oneshot;
 use tower_service::Service;
 use tracing::debug;
 
-use crate::connector::OriginConnector;
+use super::connector::OriginConnector;
+use super::replay::ReplayBody;
 use crate::error::{OriginError, OriginFailureKind};
 use crate::metrics::PoolMetrics;
-use crate::replay::ReplayBody;
+use crate::proxy_protocol::ProxyAddrs;
 
 use super::origin_h1::{H1Body, H1Conn, SendError};
 
@@ -61,16 +61,48 @@ struct Inner<C> {
     started: AtomicU64,
 }
 
-/// The pool key of connections every site in front of the server shares.
-pub(crate) const SHARED_KEY: &str = "origin";
+/// Which of an origin server's connections a request may use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum PoolKey {
+    /// The connections every site in front of the server shares: the site travels in each
+    /// request (`Host` for HTTP/1.1, `:authority` for HTTP/2).
+    Shared,
+    /// A PROXY protocol origin's connections for one client connection: each begins with a
+    /// header naming its addresses, so they are never shared with another. (Behind an
+    /// `Arc`: the key is cloned into every connection's lease.)
+    Client(Arc<ProxyAddrs>),
+    /// The gateway's own connections, for active health checks: apart from the clients',
+    /// and a PROXY protocol origin gets a `LOCAL` header on them.
+    HealthCheck,
+}
+
+impl PoolKey {
+    /// The client's addresses, for the PROXY header of a new connection.
+    pub(crate) fn addrs(&self) -> Option<&ProxyAddrs> {
+        match self {
+            PoolKey::Shared | PoolKey::HealthCheck => None,
+            PoolKey::Client(addrs) => Some(addrs),
+        }
+    }
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolKey::Shared => f.write_str("origin"),
+            PoolKey::Client(a) => write!(f, "origin for {} via {}", a.source, a.destination),
+            PoolKey::HealthCheck => f.write_str("origin (health check)"),
+        }
+    }
+}
 
 /// Every key's connections. The shared key's, which every origin but a PROXY protocol one
-/// uses alone, are kept apart: finding them hashes nothing (`Authority` hashes byte by
-/// byte, lowercased; a request checks out and gives back, two lookups).
+/// uses alone, are kept apart: finding them hashes nothing (a request checks out and gives
+/// back, two lookups).
 #[derive(Default)]
 struct Slots {
     shared: Slot,
-    by_key: HashMap<Authority, Slot>,
+    by_key: HashMap<PoolKey, Slot>,
 }
 
 #[derive(Default)]
@@ -136,7 +168,7 @@ struct Delivered {
 
 impl<C, S> OriginPool<C>
 where
-    C: Service<Uri, Response = TokioIo<S>, Error = OriginError> + Clone + Send + Sync + 'static,
+    C: Service<PoolKey, Response = TokioIo<S>, Error = OriginError> + Clone + Send + Sync + 'static,
     C::Future: Send,
     S: Connection + AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -169,7 +201,7 @@ where
     /// header is the caller's).
     pub(crate) async fn request(
         &self,
-        key: &Authority,
+        key: &PoolKey,
         mut req: Request<ReplayBody>,
     ) -> Result<Response<OriginBody>, OriginError> {
         let mut tries = 0;
@@ -195,13 +227,13 @@ where
                 },
             }
             debug!(
-                authority = key.as_str(),
+                authority = %key,
                 "pooled origin connection was closed; trying another"
             );
         }
     }
 
-    async fn checkout(&self, key: &Authority) -> Result<Delivered, OriginError> {
+    async fn checkout(&self, key: &PoolKey) -> Result<Delivered, OriginError> {
         let waiting = loop {
             let idle = {
                 let mut slots = self.inner.lock();
@@ -260,7 +292,7 @@ where
 
     /// Requests waiting for a connection of `key`.
     #[cfg(test)]
-    fn waiting(&self, key: &Authority) -> usize {
+    fn waiting(&self, key: &PoolKey) -> usize {
         slot(&mut self.inner.lock(), key)
             .waiters
             .iter()
@@ -271,7 +303,7 @@ where
 
 impl<C, S> Inner<C>
 where
-    C: Service<Uri, Response = TokioIo<S>, Error = OriginError> + Clone + Send + Sync + 'static,
+    C: Service<PoolKey, Response = TokioIo<S>, Error = OriginError> + Clone + Send + Sync + 'static,
     C::Future: Send,
     S: Connection + AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -282,7 +314,7 @@ where
     /// Starts connects until as many are under way as requests wait (one, once the key has
     /// spoken HTTP/2: that connection serves them all), within `max_connections`; past it,
     /// requests wait for a connection to come back or close.
-    fn fill(self: &Arc<Self>, slot: &mut Slot, key: &Authority) {
+    fn fill(self: &Arc<Self>, slot: &mut Slot, key: &PoolKey) {
         slot.waiters.retain(|w| !w.is_closed());
         let wanted = if slot.h2_seen || self.h2_only {
             usize::from(!slot.waiters.is_empty())
@@ -296,7 +328,7 @@ where
         }
     }
 
-    async fn connect(self: Arc<Self>, key: Authority) {
+    async fn connect(self: Arc<Self>, key: PoolKey) {
         let result = self.open(&key).await;
         let mut slots = self.lock();
         let slot = slot(&mut slots, &key);
@@ -336,15 +368,9 @@ where
         self.fill(slot, &key);
     }
 
-    async fn open(self: &Arc<Self>, key: &Authority) -> Result<Conn, OriginError> {
-        // The connector reads PROXY protocol addresses from the authority.
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(key.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| OriginError::new(OriginFailureKind::Connect, e.to_string()))?;
-        let io = self.connector.clone().call(uri).await?;
+    async fn open(self: &Arc<Self>, key: &PoolKey) -> Result<Conn, OriginError> {
+        // The connector writes a PROXY protocol origin's header from the key.
+        let io = self.connector.clone().call(key.clone()).await?;
         let failed = |e: hyper::Error| {
             OriginError::new(
                 OriginFailureKind::Connect,
@@ -375,7 +401,7 @@ where
     }
 
     /// Counts a connection as open until the returned handle is dropped.
-    fn opened(self: &Arc<Self>, key: &Authority) -> Ended {
+    fn opened(self: &Arc<Self>, key: &PoolKey) -> Ended {
         slot(&mut self.lock(), key).open += 1;
         if let Some(m) = &self.metrics {
             m.open.inc();
@@ -465,25 +491,25 @@ where
 /// What a connection needs of its pool, without the pool's connector type.
 pub(crate) trait PoolSide: Send + Sync {
     /// A connection of `key` closed: one fewer open, and room for a waiting request.
-    fn closed(self: Arc<Self>, key: &Authority);
+    fn closed(self: Arc<Self>, key: &PoolKey);
     /// An HTTP/1.1 connection finished its exchange and may serve another.
-    fn give_back(self: Arc<Self>, key: &Authority, conn: H1Conn);
+    fn give_back(self: Arc<Self>, key: &PoolKey, conn: H1Conn);
 }
 
 impl<C, S> PoolSide for Inner<C>
 where
-    C: Service<Uri, Response = TokioIo<S>, Error = OriginError> + Clone + Send + Sync + 'static,
+    C: Service<PoolKey, Response = TokioIo<S>, Error = OriginError> + Clone + Send + Sync + 'static,
     C::Future: Send,
     S: Connection + AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    fn closed(self: Arc<Self>, key: &Authority) {
+    fn closed(self: Arc<Self>, key: &PoolKey) {
         let mut slots = self.lock();
         let slot = slot(&mut slots, key);
         slot.open = slot.open.saturating_sub(1);
         self.fill(slot, key);
     }
 
-    fn give_back(self: Arc<Self>, key: &Authority, conn: H1Conn) {
+    fn give_back(self: Arc<Self>, key: &PoolKey, conn: H1Conn) {
         self.hand_h1(slot(&mut self.lock(), key), conn, true);
     }
 }
@@ -492,7 +518,7 @@ where
 /// the pool holds its connections.
 pub(crate) struct Ended {
     pool: Weak<dyn PoolSide>,
-    key: Authority,
+    key: PoolKey,
     /// The open-connections gauge, which outlives a dropped pool.
     open: Option<prometheus::IntGauge>,
 }
@@ -503,7 +529,7 @@ impl Ended {
         self.pool.upgrade()
     }
 
-    pub(crate) fn key(&self) -> &Authority {
+    pub(crate) fn key(&self) -> &PoolKey {
         &self.key
     }
 }
@@ -547,13 +573,12 @@ fn stale_or_fail(
     }
 }
 
-/// The slot of `key`, made when missing (the reaper removes empty ones). One lookup: an
-/// `Authority` is a `Bytes`, so the clone is a reference count.
-fn slot<'a>(slots: &'a mut Slots, key: &Authority) -> &'a mut Slot {
-    if key.as_str() == SHARED_KEY {
-        &mut slots.shared
-    } else {
-        slots.by_key.entry(key.clone()).or_default()
+/// The slot of `key`, made when missing (the reaper removes empty ones). One lookup: a
+/// client's key is an `Arc`, so the clone is a reference count.
+fn slot<'a>(slots: &'a mut Slots, key: &PoolKey) -> &'a mut Slot {
+    match key {
+        PoolKey::Shared => &mut slots.shared,
+        PoolKey::Client(_) | PoolKey::HealthCheck => slots.by_key.entry(key.clone()).or_default(),
     }
 }
 

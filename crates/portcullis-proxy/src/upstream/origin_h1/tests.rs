@@ -5,8 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::uri::Authority;
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Method};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -15,7 +14,7 @@ use tower_service::Service;
 
 use super::codec::{Chunk, Decoder, Step, parse_head, response_decoder};
 use super::*;
-use crate::upstream::pool::{OriginBody, OriginPool, SHARED_KEY};
+use crate::upstream::pool::{OriginBody, OriginPool, PoolKey};
 use crate::upstream::test_pipe::Pipe;
 
 /// Connects to the test: every connection's origin end arrives on `accepted`.
@@ -25,7 +24,7 @@ struct Scripted {
     connects: Arc<AtomicUsize>,
 }
 
-impl Service<Uri> for Scripted {
+impl Service<PoolKey> for Scripted {
     type Response = TokioIo<Pipe>;
     type Error = OriginError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, OriginError>> + Send>>;
@@ -34,7 +33,7 @@ impl Service<Uri> for Scripted {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _uri: Uri) -> Self::Future {
+    fn call(&mut self, _key: PoolKey) -> Self::Future {
         let (client, server) = tokio::io::duplex(64 * 1024);
         self.connects.fetch_add(1, Ordering::SeqCst);
         let sent = self.tx.send(server);
@@ -82,7 +81,7 @@ impl Harness {
         req: Request<ReplayBody>,
     ) -> tokio::task::JoinHandle<Result<Response<OriginBody>, OriginError>> {
         let pool = self.pool.clone();
-        tokio::spawn(async move { pool.request(&Authority::from_static(SHARED_KEY), req).await })
+        tokio::spawn(async move { pool.request(&PoolKey::Shared, req).await })
     }
 
     /// Sends `req`, which must open a connection, and answers it with `bytes`: the result,

@@ -81,7 +81,7 @@ impl Origin {
     }
 }
 
-impl Service<Uri> for Origin {
+impl Service<PoolKey> for Origin {
     type Response = TokioIo<Pipe>;
     type Error = OriginError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, OriginError>> + Send>>;
@@ -90,7 +90,7 @@ impl Service<Uri> for Origin {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _uri: Uri) -> Self::Future {
+    fn call(&mut self, _key: PoolKey) -> Self::Future {
         let me = self.clone();
         Box::pin(async move {
             me.calls.fetch_add(1, Ordering::SeqCst);
@@ -132,8 +132,8 @@ fn get() -> Request<ReplayBody> {
         .unwrap()
 }
 
-fn key() -> Authority {
-    Authority::from_static(SHARED_KEY)
+fn key() -> PoolKey {
+    PoolKey::Shared
 }
 
 async fn until(what: &str, check: impl Fn() -> bool) {
@@ -282,7 +282,10 @@ async fn requests_behind_one_failed_http2_connect_all_fail_at_once() {
 async fn each_key_has_connections_of_its_own_and_emptied_keys_are_forgotten() {
     let origin = Origin::new().open();
     let pool = OriginPool::new(origin.clone(), Duration::from_millis(50), false, None, None);
-    let client = Authority::from_static("7f000001.40000.7f000001.443.pp");
+    let client = PoolKey::Client(Arc::new(ProxyAddrs {
+        source: "127.0.0.1:40000".parse().unwrap(),
+        destination: "127.0.0.1:443".parse().unwrap(),
+    }));
     for k in [key(), client.clone(), key(), client.clone()] {
         assert_eq!(pool.request(&k, get()).await.unwrap().status(), 200);
     }

@@ -10,6 +10,22 @@
 //! Ending hyper's connection ourselves also means a switch of protocols (WebSocket) takes
 //! the client's stream from here, rather than from hyper's upgrade machinery, and that the
 //! stream outlives hyper's connection when it closes: it lingers (see [`linger`]).
+//!
+//! What this relies on from hyper's HTTP/1.1 server (checked against hyper 1.12, the
+//! version the root `Cargo.toml` pins with `~`; `h1/release_tests.rs` fails if one of
+//! these stops holding):
+//! - `Connection::poll_without_shutdown` is ready once hyper is done with the connection
+//!   (the client closed, keep-alive is off, or `graceful_shutdown` was called), without
+//!   shutting the stream down, so `into_parts` hands the stream back open.
+//! - `graceful_shutdown` between requests ends the connection at once and writes nothing;
+//!   during a request it finishes that exchange first.
+//! - `Parts::read_buf` holds every byte hyper read and did not use (a pipelined request),
+//!   which [`Rewind`] serves before the stream's own.
+//! - hyper reads the stream only while polled, and parses a request head only from what it
+//!   read: with no request begun since a stretch started (the clock's count), hyper holds
+//!   nothing of the client's.
+//! - With `header_read_timeout(None)` hyper runs no timer of its own on an idle
+//!   connection; the connection's clock times heads and idleness instead.
 
 use std::future::Future;
 use std::io;
@@ -29,9 +45,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tracing::trace;
 
-use crate::conn::{ClockedIo, ConnClock};
-use crate::drain::{DrainWatch, GracefulConn, Supervised};
-use crate::edge::ConnInfo;
+use crate::conn::{ClockedIo, ConnClock, ConnInfo, DrainWatch, GracefulConn, Supervised};
 
 /// How long an HTTP/1.1 connection sits idle before its buffers are freed. Serving a
 /// released connection again costs about a third of a request's work (a new hyper
@@ -103,20 +117,6 @@ impl ClientIo for Box<TlsStream<TcpStream>> {
     }
 }
 
-/// A client connection after it switched protocols, for its tunnel.
-pub(crate) type Upgraded = Box<dyn UpgradedIo>;
-
-/// What an upgraded client connection can do.
-pub(crate) trait UpgradedIo: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpgradedIo for T {}
-
-impl std::fmt::Debug for dyn UpgradedIo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Upgraded")
-    }
-}
-
 /// Serves an HTTP/1.1 connection until it closes, is cut off, or switches protocols
 /// (the stream then goes to the tunnel waiting in `conn`).
 pub(crate) async fn serve<T, S, B>(
@@ -125,7 +125,7 @@ pub(crate) async fn serve<T, S, B>(
     mut service: S,
     conn: &ConnInfo,
     watcher: &mut DrainWatch,
-    // By reference: an `async fn` stores its arguments twice (see `server::connection`).
+    // By reference: an `async fn` stores its arguments twice (see `listener::connection`).
     timeouts: &(Duration, Duration),
 ) -> Supervised<Result<(), String>>
 where
@@ -460,6 +460,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 }
 
 #[cfg(test)]
+mod release_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
@@ -475,7 +478,7 @@ mod tests {
             .unwrap();
         let clock = Arc::new(ConnClock::new(true));
         let stream = Rewind::new(ClockedIo::new(tcp, clock.clone()));
-        let drain = crate::drain::Drain::new();
+        let drain = crate::conn::Drain::new();
         let watcher = drain.watcher();
         let waiting = parked(&stream, &clock, &watcher, Duration::from_secs(60));
         let size = std::mem::size_of_val(&waiting);

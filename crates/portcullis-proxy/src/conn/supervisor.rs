@@ -1,6 +1,8 @@
-//! Graceful drain: connections hold a token and watch a signal. On shutdown every HTTP
-//! connection is told to finish its current requests and close; the drain is complete when
-//! the last token is dropped.
+//! The connection supervisor: [`DrainWatch::supervise`] runs a connection while its clock's
+//! watchdog cuts off slow heads and idle connections and its reset alarm cuts off floods.
+//! And the graceful drain: connections hold a token and watch a signal. On shutdown every
+//! HTTP connection is told to finish its current requests and close; the drain is complete
+//! when the last token is dropped.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -18,7 +20,7 @@ use hyper::service::HttpService;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Notify, mpsc};
 
-use crate::conn::{ConnClock, Expired};
+use super::{ConnClock, Expired};
 
 /// Owned by the server; starts and awaits the drain.
 pub(crate) struct Drain {

@@ -1,9 +1,8 @@
 //! Opens connections to one origin server: TCP with a deadline, a PROXY protocol header when
 //! the origin wants one, then TLS when the mode asks for it. Each server has its own
-//! connector and address, so the URI the pool hands in only keys the pool: normally it
-//! carries the client's Host; for PROXY protocol origins it carries the client's and the
-//! listener's addresses (see [`pool_authority`]), so connections are never shared between
-//! clients and the connector knows what header to write.
+//! connector and address, so the pool hands in only its key: shared, or for PROXY protocol
+//! origins the client's and the listener's addresses ([`PoolKey::Client`]), so connections
+//! are never shared between clients and the connector knows what header to write.
 
 use std::future::Future;
 use std::io;
@@ -12,10 +11,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::net::{IpAddr, SocketAddr};
-
-use http::Uri;
-use http::uri::Authority;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use portcullis_config::ProxyProtocolVersion;
@@ -26,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::pool::PoolKey;
 use crate::error::{OriginError, OriginFailureKind};
 use crate::proxy_protocol::{ProxyAddrs, encode_v1, encode_v2};
 
@@ -62,56 +58,6 @@ impl OriginConnector {
     }
 }
 
-/// The pool key of a PROXY protocol origin's connections for one client: both addresses,
-/// as a host name (`<source ip hex>.<port>.<destination ip hex>.<port>.pp`).
-pub(crate) fn pool_authority(addrs: &ProxyAddrs) -> Option<Authority> {
-    let hex = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => v4
-            .octets()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-        IpAddr::V6(v6) => v6
-            .octets()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-    };
-    let (s, d) = (addrs.source, addrs.destination);
-    Authority::try_from(format!(
-        "{}.{}.{}.{}.pp",
-        hex(s.ip()),
-        s.port(),
-        hex(d.ip()),
-        d.port()
-    ))
-    .ok()
-}
-
-/// The addresses [`pool_authority`] put in a URI, if it holds any.
-fn addrs_from(uri: &Uri) -> Option<ProxyAddrs> {
-    let host = uri.host()?.strip_suffix(".pp")?;
-    let mut parts = host.split('.');
-    let mut addr = || -> Option<SocketAddr> {
-        let hex = parts.next()?;
-        let port = parts.next()?.parse().ok()?;
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-            .collect::<Option<_>>()?;
-        let ip = match bytes.len() {
-            4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
-            16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
-            _ => return None,
-        };
-        Some(SocketAddr::new(ip, port))
-    };
-    Some(ProxyAddrs {
-        source: addr()?,
-        destination: addr()?,
-    })
-}
-
 /// The PROXY header for a connection: the client's addresses, or `LOCAL` for the gateway's
 /// own connections (health checks).
 fn proxy_header(version: ProxyProtocolVersion, addrs: Option<&ProxyAddrs>) -> Vec<u8> {
@@ -128,7 +74,7 @@ fn proxy_header(version: ProxyProtocolVersion, addrs: Option<&ProxyAddrs>) -> Ve
     }
 }
 
-impl tower_service::Service<Uri> for OriginConnector {
+impl tower_service::Service<PoolKey> for OriginConnector {
     type Response = TokioIo<OriginStream>;
     type Error = OriginError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, OriginError>> + Send>>;
@@ -137,11 +83,9 @@ impl tower_service::Service<Uri> for OriginConnector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
+    fn call(&mut self, key: PoolKey) -> Self::Future {
         let target = self.target.clone();
-        let header = target
-            .proxy_protocol
-            .map(|v| proxy_header(v, addrs_from(&uri).as_ref()));
+        let header = target.proxy_protocol.map(|v| proxy_header(v, key.addrs()));
         Box::pin(async move {
             match tokio::time::timeout(target.connect_timeout, connect(&target, header)).await {
                 Ok(result) => result.map(TokioIo::new),
@@ -320,16 +264,21 @@ mod tests {
                 source: s.parse().unwrap(),
                 destination: d.parse().unwrap(),
             };
-            let authority = pool_authority(&addrs).unwrap();
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query("/")
-                .build()
-                .unwrap();
-            assert_eq!(addrs_from(&uri), Some(addrs));
+            let key = PoolKey::Client(Arc::new(addrs));
+            assert_eq!(key.addrs(), Some(&addrs));
+            for v in [ProxyProtocolVersion::V1, ProxyProtocolVersion::V2] {
+                let header = proxy_header(v, key.addrs());
+                let expected = match v {
+                    ProxyProtocolVersion::V1 => encode_v1(&addrs),
+                    ProxyProtocolVersion::V2 => encode_v2(&addrs),
+                };
+                assert_eq!(header, expected);
+            }
         }
-        let plain: Uri = "http://example.com/".parse().unwrap();
-        assert_eq!(addrs_from(&plain), None);
+        assert_eq!(PoolKey::Shared.addrs(), None);
+        assert_eq!(
+            proxy_header(ProxyProtocolVersion::V1, PoolKey::Shared.addrs()),
+            b"PROXY UNKNOWN\r\n"
+        );
     }
 }

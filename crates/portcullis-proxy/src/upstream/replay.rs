@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::RequestBody;
+use super::request_body::RequestBody;
 
 /// The body one attempt sends.
 #[derive(Debug)]

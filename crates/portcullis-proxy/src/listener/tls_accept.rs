@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 use tokio_rustls::server::TlsStream;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// A fatal `unrecognized_name` (112) alert record, TLS 1.2 record version.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];

@@ -9,9 +9,11 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{Exchange, ProxyBody};
-use crate::edge::{ConnInfo, error_response, host_of, request_authority};
-use crate::server::Shared;
+use super::{host_of, request_authority};
+use crate::answers::error_response;
+use crate::conn::ConnInfo;
+use crate::response::{Exchange, ProxyBody};
+use crate::shared::Shared;
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,

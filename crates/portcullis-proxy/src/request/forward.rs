@@ -12,15 +12,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::body::{AccessLog, BodyFault, ClientFault, ProxyBody, RequestBody};
-use crate::connector::pool_authority;
-use crate::edge::{ConnInfo, error_response};
+use crate::answers::error_response;
+use crate::conn::ConnInfo;
 use crate::error::{OriginError, OriginFailureKind};
-use crate::h1::Upgraded;
 use crate::headers;
+use crate::io::BoxedIo;
 use crate::proxy_protocol::ProxyAddrs;
-use crate::replay::{ReplayBody, Replayable};
-use crate::upstream::{InFlight, OriginUpgrade, SHARED_KEY, Upstream};
+use crate::response::{AccessLog, ProxyBody};
+use crate::upstream::{
+    BodyFault, ClientFault, InFlight, OriginUpgrade, PoolKey, ReplayBody, Replayable, RequestBody,
+    Upstream,
+};
 
 /// Where a proxied request goes and under which limits.
 pub(crate) struct Target<'a> {
@@ -87,21 +89,12 @@ pub(crate) async fn forward(
     // by those; any other origin's serve every site in front of it: the site travels in
     // each request (`Host` for HTTP/1.1, the URI's authority as `:authority` for HTTP/2).
     let pool_key = if upstream.proxy_protocol {
-        let addrs = ProxyAddrs {
+        PoolKey::Client(Arc::new(ProxyAddrs {
             source: conn.peer,
             destination: conn.local,
-        };
-        match pool_authority(&addrs) {
-            Some(key) => key,
-            None => {
-                return error_response(
-                    StatusCode::BAD_GATEWAY,
-                    status_text(StatusCode::BAD_GATEWAY),
-                );
-            }
-        }
+        }))
     } else {
-        Authority::from_static(SHARED_KEY)
+        PoolKey::Shared
     };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(upstream.scheme.clone());
@@ -315,7 +308,7 @@ fn unavailable(retry_after: std::time::Duration) -> Response<ProxyBody> {
 /// Copies bytes both ways between an upgraded client connection and its origin, starting
 /// with what the origin sent right behind its `101`.
 async fn tunnel(
-    client: oneshot::Receiver<Upgraded>,
+    client: oneshot::Receiver<BoxedIo>,
     origin: Option<OriginUpgrade>,
     // Holds the drain token and the connection's place under the caps until it closes.
     _conn: Arc<ConnInfo>,

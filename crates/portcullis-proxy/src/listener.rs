@@ -1,7 +1,9 @@
-//! Listeners and connection handling: accept under the connection caps, TLS, HTTP/1.1 or
-//! HTTP/2 by ALPN, each connection supervised for slow heads, idleness and reset floods,
-//! and a graceful drain on shutdown. Listeners can be replaced while running (reload binds
-//! the new socket before the old one closes).
+//! The first floor of a request: listeners and connection handling. Accept under the
+//! connection caps, the PROXY header from a trusted load balancer, TLS ([`tls_accept`]),
+//! HTTP/1.1 ([`h1`]) or HTTP/2 by ALPN, each connection supervised for slow heads, idleness
+//! and reset floods, and a graceful drain on shutdown; each request goes to
+//! [`request::handle`] (HTTPS) or [`redirect::handle`] (plain HTTP). Listeners can be
+//! replaced while running (reload binds the new socket before the old one closes).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,92 +14,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use portcullis_config::{Limits, Listen};
-use portcullis_tls::{CertStore, Challenges, EdgeTls, server_config};
+use portcullis_tls::{CertStore, Challenges, server_config};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::conn::{ClockedIo, ConnClock, ConnPermit, ConnTracker, PerIpWarning};
-use crate::drain::{Drain, DrainWatch, Supervised};
-use crate::edge::{self, ConnInfo};
+use crate::conn::{
+    ClockedIo, ConnClock, ConnInfo, ConnPermit, ConnTracker, Drain, DrainWatch, OpenGuard,
+    PerIpWarning, Supervised,
+};
 use crate::error::BindError;
-use crate::h1;
 use crate::headers::ClientAddr;
 use crate::metrics::{ListenerMetrics, ProxyMetrics, RejectReason};
 use crate::proxy_protocol::{ProxyHeader, ProxyProtocolError, read_header};
-use crate::redirect;
+use crate::request::{self, redirect};
 use crate::router::Router;
+use crate::shared::{ConnSettings, Shared};
 
-/// What a new connection is held to; swapped whole when the limits change.
-pub(crate) struct ConnSettings {
-    h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
-    handshake_timeout: Duration,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
-    max_connections: usize,
-    max_connections_per_ip: Option<usize>,
-    h2_max_resets: u32,
-}
-
-impl ConnSettings {
-    /// The request head and idle timeouts, as the supervisor takes them.
-    fn timeouts(&self) -> (Duration, Duration) {
-        (self.header_read_timeout, self.idle_timeout)
-    }
-
-    fn new(limits: &Limits) -> Self {
-        let mut h1 = http1::Builder::new();
-        // Slow heads and idle keep-alive are timed by the connection's own watchdog, which
-        // tells the two apart (hyper's header timer also runs while a connection is idle).
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_header_size(limits.max_header_size)
-            .max_buf_size(limits.max_header_size.max(8192) + 8192);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            // Streams reset before the application sees them (the h2 crate's own guard
-            // against rapid reset); resets after that are counted per connection here.
-            .max_pending_accept_reset_streams(Some(20))
-            .max_local_error_reset_streams(Some(1024));
-        Self {
-            h1,
-            h2,
-            handshake_timeout: limits.handshake_timeout,
-            header_read_timeout: limits.header_read_timeout,
-            idle_timeout: limits.idle_timeout,
-            max_connections: limits.max_connections,
-            max_connections_per_ip: limits.max_connections_per_ip,
-            h2_max_resets: limits.h2_max_resets,
-        }
-    }
-}
-
-/// State shared by every connection; each request reads the router snapshot once.
-pub(crate) struct Shared {
-    pub(crate) router: ArcSwap<Router>,
-    pub(crate) certs: Arc<CertStore>,
-    pub(crate) challenges: Arc<Challenges>,
-    pub(crate) tls: EdgeTls,
-    settings: ArcSwap<ConnSettings>,
-    conns: Arc<ConnTracker>,
-    pub(crate) metrics: ProxyMetrics,
-    https_port: AtomicU16,
-}
-
-impl Shared {
-    /// Port of the HTTPS listener, for redirects (443 is left out of URLs).
-    pub(crate) fn https_port(&self) -> u16 {
-        self.https_port.load(Ordering::Relaxed)
-    }
-}
+mod h1;
+mod tls_accept;
 
 /// Which edge listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -486,7 +425,7 @@ async fn connection(a: Box<Accepted>) {
             // is freed when it ends rather than sized into the task that outlives it.
             let accepted = Box::pin(tokio::time::timeout(
                 settings.handshake_timeout,
-                crate::tls_accept::accept(tcp, &shared),
+                tls_accept::accept(tcp, &shared),
             ))
             .await;
             let Some(tls) = handshake_done(&shared, accepted) else {
@@ -502,7 +441,7 @@ async fn connection(a: Box<Accepted>) {
                 let svc = service_fn(move |req| {
                     // Boxed: hyper spawns a task per stream holding this future and moves
                     // it on the way there; a pointer moves cheaper than the request future.
-                    boxed(|| edge::handle(shared.clone(), conn.clone(), req))
+                    boxed(|| request::handle(shared.clone(), conn.clone(), req))
                 });
                 // Boxed, so an HTTP/1.1 connection's task is not sized for HTTP/2's
                 // supervision.
@@ -521,7 +460,9 @@ async fn connection(a: Box<Accepted>) {
                 // boxed too, so neither protocol's state is sized into the other's task.
                 let svc = {
                     let conn = conn.clone();
-                    service_fn(move |req| boxed(|| edge::handle(shared.clone(), conn.clone(), req)))
+                    service_fn(move |req| {
+                        boxed(|| request::handle(shared.clone(), conn.clone(), req))
+                    })
                 };
                 Box::pin(h1::serve(
                     &settings.h1,
@@ -562,31 +503,8 @@ async fn connection(a: Box<Accepted>) {
     finish(outcome, &metrics, peer);
 }
 
-/// Counts a connection as open while it lives, and holds its place under the caps.
-#[derive(Debug)]
-pub(crate) struct OpenGuard {
-    gauge: prometheus::IntGauge,
-    _permit: ConnPermit,
-}
-
-impl OpenGuard {
-    fn new(metrics: &ListenerMetrics, permit: ConnPermit) -> Self {
-        metrics.open.inc();
-        Self {
-            gauge: metrics.open.clone(),
-            _permit: permit,
-        }
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
 type Handshake = Result<
-    Result<Box<tokio_rustls::server::TlsStream<TcpStream>>, crate::tls_accept::HandshakeError>,
+    Result<Box<tokio_rustls::server::TlsStream<TcpStream>>, tls_accept::HandshakeError>,
     tokio::time::error::Elapsed,
 >;
 
