@@ -45,6 +45,24 @@ struct Setup {
 const PASSIVE: &str = "health: {passive: {failures: 3, window: 10s, eject: 30s}}";
 
 impl Setup {
+    /// `GET path` with `Host: a.test` and the `sent` lines is answered 200 by the first
+    /// origin server, which received exactly one request whose lines are the gateway's
+    /// rewrite plus `expected`.
+    async fn assert_forwarded_as(&self, path: &str, sent: &[&str], expected: &[&str]) {
+        let before = self.origins[0].requests().len();
+        let lines = [&["host: a.test"][..], sent].concat();
+        let line = format!("GET {path} HTTP/1.1");
+        let (resp, _) = self.send(&request(&line, &lines, "")).await;
+        assert_eq!(status(&resp), Some(200), "{sent:?}: {resp:?}");
+        let new = self.origins[0].requests()[before..].to_vec();
+        assert_eq!(new.len(), 1, "{sent:?}");
+        assert_eq!(
+            new[0].header_lines(),
+            rewritten("1.1", expected),
+            "sent {sent:?}"
+        );
+    }
+
     /// `n` origin servers with passive health on.
     async fn new(n: usize, h2c: bool) -> Self {
         Self::with(n, h2c, "", "").await
@@ -636,17 +654,7 @@ async fn te_reaches_the_origin_as_trailers_or_not_at_all() {
         (&["te: gzip"], &[]),
     ];
     for (sent, expected) in cases {
-        let before = s.origins[0].requests().len();
-        let lines = [&["host: a.test"][..], sent].concat();
-        let (resp, _) = s.send(&request("GET /te HTTP/1.1", &lines, "")).await;
-        assert_eq!(status(&resp), Some(200), "{sent:?}: {resp:?}");
-        let new = s.origins[0].requests()[before..].to_vec();
-        assert_eq!(new.len(), 1, "{sent:?}");
-        assert_eq!(
-            new[0].header_lines(),
-            rewritten("1.1", expected),
-            "sent {sent:?}"
-        );
+        s.assert_forwarded_as("/te", sent, expected).await;
     }
 }
 
@@ -1210,17 +1218,7 @@ async fn hop_by_hop_and_forwarding_headers_are_rewritten() {
         ),
     ];
     for (sent, expected) in cases {
-        let before = s.origins[0].requests().len();
-        let lines = [&["host: a.test"][..], sent].concat();
-        let (resp, _) = s.send(&request("GET /hop HTTP/1.1", &lines, "")).await;
-        assert_eq!(status(&resp), Some(200), "{sent:?}: {resp:?}");
-        let new = s.origins[0].requests()[before..].to_vec();
-        assert_eq!(new.len(), 1, "{sent:?}");
-        assert_eq!(
-            new[0].header_lines(),
-            rewritten("1.1", expected),
-            "{sent:?}"
-        );
+        s.assert_forwarded_as("/hop", sent, expected).await;
     }
 }
 
