@@ -13,4 +13,4 @@ mod snapshot;
 mod translate;
 
 pub use snapshot::{ObjectKey, Snapshot};
-pub use translate::{K8sProblem, Options, Translated, translate};
+pub use translate::{DEFAULT_SITE_HOST, K8sProblem, Options, Translated, translate};
