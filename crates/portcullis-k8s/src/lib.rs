@@ -24,4 +24,4 @@ pub use snapshot::{ObjectKey, Snapshot};
 pub use source::{
     Debounce, ListError, Source, SourceConfig, SourceStatus, WATCH_TIMEOUT, list_once,
 };
-pub use translate::{K8sProblem, Options, Translated, translate};
+pub use translate::{DEFAULT_SITE_HOST, K8sProblem, Options, Translated, translate};
