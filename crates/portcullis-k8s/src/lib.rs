@@ -6,11 +6,25 @@
 //!   problems found, each naming the object and the field (`ingress default/shop:
 //!   rules[0].http.paths[1].backend.service.port: ...`). A problem never stops the other
 //!   Ingresses from being served.
+//! - [`Elector`]: the Lease election; only the leader writes to the API server.
+//! - [`StatusWriter`]: `status.loadBalancer.ingress` of our Ingresses.
+//! - [`Recorder`]: Events for problems and issued certificates.
 //!
 //! This crate depends on `portcullis-config` only, never on the proxy.
 
+mod events;
+mod leader;
 mod snapshot;
+mod status;
 mod translate;
 
+pub use events::{
+    COMPONENT, EventType, REASON_CERTIFICATE_ISSUED, REASON_SECRET_INVALID, REASON_SECRET_NOT_OURS,
+    REASON_TRANSLATION, Recorder,
+};
+pub use leader::{DEFAULT_ELECTION_ID, Elector, LeaseTimings, default_identity};
 pub use snapshot::{ObjectKey, Snapshot};
+pub use status::{
+    PublishTarget, StatusReport, StatusWriter, load_balancer_entry, service_addresses,
+};
 pub use translate::{K8sProblem, Options, Translated, translate};
