@@ -9,15 +9,23 @@
 //! - [`Elector`]: the Lease election; only the leader writes to the API server.
 //! - [`StatusWriter`]: `status.loadBalancer.ingress` of our Ingresses.
 //! - [`Recorder`]: Events for problems and issued certificates.
+//! - [`AcmeSecrets`], [`write_certificate`], [`read_certificate`]: ACME certificates stored in
+//!   (and read from) Secrets.
 //!
 //! This crate depends on `portcullis-config` only, never on the proxy.
 
+mod acme;
 mod events;
 mod leader;
 mod snapshot;
 mod status;
 mod translate;
 
+pub use acme::{
+    AcmeSecrets, AcmeSecretsHandle, CERT_MANAGER_ANNOTATIONS, HOSTS_ANNOTATION, IssuedCertificate,
+    MANAGED_BY, MANAGED_BY_LABEL, NotOurs, SecretError, SecretWrite, TLS_SECRET_TYPE, ownership,
+    read_certificate, write_certificate,
+};
 pub use events::{
     COMPONENT, EventType, REASON_CERTIFICATE_ISSUED, REASON_SECRET_INVALID, REASON_SECRET_NOT_OURS,
     REASON_TRANSLATION, Recorder,
