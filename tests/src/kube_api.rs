@@ -284,16 +284,22 @@ impl FakeApiServer {
         path
     }
 
-    /// A kube client for this server, configured from the same kubeconfig.
-    pub async fn client(&self) -> kube::Client {
+    /// The kube client configuration for this server, read from the same kubeconfig. Note
+    /// kube's `default_retry` (on by default): the client itself retries 429, 503 and 504,
+    /// honouring `Retry-After`; turn it off to see those answers.
+    pub async fn config(&self) -> kube::Config {
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml()).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(
+        kube::Config::from_custom_kubeconfig(
             kubeconfig,
             &kube::config::KubeConfigOptions::default(),
         )
         .await
-        .unwrap();
-        kube::Client::try_from(config).unwrap()
+        .unwrap()
+    }
+
+    /// A kube client for this server ([`Self::config`]).
+    pub async fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config().await).unwrap()
     }
 
     /// Creates `obj` in the store (no HTTP), as a POST would; panics on an API error.

@@ -57,8 +57,7 @@ impl Shared {
         pre: &Preconditions,
     ) -> Result<Value, ApiError> {
         let out = self.store.delete(k, ns, name, pre)?;
-        if k == super::kinds::namespaces() && out.pointer("/metadata/deletionTimestamp").is_some()
-        {
+        if k == super::kinds::namespaces() && out.pointer("/metadata/deletionTimestamp").is_some() {
             let delay = self.options.namespace_deletion_delay;
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) if !delay.is_zero() => {

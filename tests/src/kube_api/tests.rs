@@ -162,11 +162,18 @@ async fn cluster_scoped_kinds_and_namespace_deletion() {
     assert_eq!(api.list::<Ingress>("").len(), 2);
     assert_eq!(api.list::<Ingress>("shop").len(), 1);
     let terminating = api.delete::<Namespace>("", "shop").unwrap();
-    assert_eq!(terminating.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert_eq!(
+        terminating.status.unwrap().phase.as_deref(),
+        Some("Terminating")
+    );
     let refused = api.try_create(&ingress("shop", "c", "c.test")).unwrap_err();
     assert_eq!((refused.code, refused.reason), (403, "Forbidden"));
     api.shared.store.finalize_namespace("shop");
-    assert_eq!(api.list::<Ingress>("").len(), 1, "the namespace's objects went with it");
+    assert_eq!(
+        api.list::<Ingress>("").len(),
+        1,
+        "the namespace's objects went with it"
+    );
     assert!(api.get::<Namespace>("", "shop").is_none());
     assert!(api.delete::<Ingress>("shop", "a").is_none());
 }
