@@ -40,7 +40,9 @@
 //!   to the object keep the stored status and `/status` writes change only the status.
 //!   DELETE answers the object and emits DELETED at a new RV; preconditions (RV, uid) 409;
 //!   `metadata.finalizers` keep an object (with `deletionTimestamp`) until they are
-//!   removed. Deleting a namespace deletes its objects. DELETE on a collection.
+//!   removed. A deleted namespace is `Terminating` (new objects in it 403) for
+//!   [`FakeApiOptions::namespace_deletion_delay`], then its objects and itself are
+//!   deleted. DELETE on a collection.
 //! - Defaults the real server fills in and clients read: a Service's `type`, cluster IP,
 //!   `targetPort`, port `protocol`; a Secret's `type` and `stringData` merged into `data`;
 //!   a Namespace's `kubernetes.io/metadata.name` label and `Active` phase; EndpointSlice
@@ -123,6 +125,9 @@ pub struct FakeApiOptions {
     /// etcd compaction drops them (unbounded by default; see also
     /// [`FakeApiServer::compact`]).
     pub history_limit: Option<usize>,
+    /// How long a deleted namespace stays `Terminating` (refusing new objects) before its
+    /// objects and itself are deleted; zero deletes them at once.
+    pub namespace_deletion_delay: Duration,
 }
 
 impl Default for FakeApiOptions {
@@ -130,6 +135,7 @@ impl Default for FakeApiOptions {
         Self {
             bookmark_interval: Duration::from_secs(2),
             history_limit: None,
+            namespace_deletion_delay: Duration::from_millis(200),
         }
     }
 }
@@ -231,6 +237,14 @@ impl FakeApiServer {
         }
     }
 
+    /// Whether the fake serves objects of `api_version` (`networking.k8s.io/v1`) and `kind`
+    /// (`Ingress`): a test skips manifests it cannot hold.
+    pub fn serves(api_version: &str, kind: &str) -> bool {
+        KINDS
+            .iter()
+            .any(|k| k.api_version() == api_version && k.kind == kind)
+    }
+
     /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
@@ -270,16 +284,22 @@ impl FakeApiServer {
         path
     }
 
-    /// A kube client for this server, configured from the same kubeconfig.
-    pub async fn client(&self) -> kube::Client {
+    /// The kube client configuration for this server, read from the same kubeconfig. Note
+    /// kube's `default_retry` (on by default): the client itself retries 429, 503 and 504,
+    /// honouring `Retry-After`; turn it off to see those answers.
+    pub async fn config(&self) -> kube::Config {
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml()).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(
+        kube::Config::from_custom_kubeconfig(
             kubeconfig,
             &kube::config::KubeConfigOptions::default(),
         )
         .await
-        .unwrap();
-        kube::Client::try_from(config).unwrap()
+        .unwrap()
+    }
+
+    /// A kube client for this server ([`Self::config`]).
+    pub async fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config().await).unwrap()
     }
 
     /// Creates `obj` in the store (no HTTP), as a POST would; panics on an API error.
@@ -359,7 +379,8 @@ impl FakeApiServer {
     }
 
     /// Deletes `ns`/`name`: the object's last state, or `None` when there was none. An
-    /// object with finalizers stays, marked with a `deletionTimestamp`.
+    /// object with finalizers stays, marked with a `deletionTimestamp`; so does a namespace,
+    /// for [`FakeApiOptions::namespace_deletion_delay`].
     pub fn delete<K: Resource + Serialize + DeserializeOwned>(
         &self,
         ns: &str,

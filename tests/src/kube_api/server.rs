@@ -46,6 +46,35 @@ pub(crate) struct Shared {
     pub shutdown: tokio::sync::watch::Receiver<()>,
 }
 
+impl Shared {
+    /// DELETE; a namespace is emptied and removed after
+    /// [`FakeApiOptions::namespace_deletion_delay`], as the namespace controller would.
+    pub fn delete(
+        self: &Arc<Self>,
+        k: usize,
+        ns: &str,
+        name: &str,
+        pre: &Preconditions,
+    ) -> Result<Value, ApiError> {
+        let out = self.store.delete(k, ns, name, pre)?;
+        if k == super::kinds::namespaces() && out.pointer("/metadata/deletionTimestamp").is_some() {
+            let delay = self.options.namespace_deletion_delay;
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) if !delay.is_zero() => {
+                    let shared = self.clone();
+                    let name = name.to_owned();
+                    runtime.spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        shared.store.finalize_namespace(&name);
+                    });
+                }
+                _ => self.store.finalize_namespace(name),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Accepts connections until aborted; aborting it closes every connection.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
@@ -380,7 +409,7 @@ async fn serve(
                     .and_then(Value::as_str)
                     .map(str::to_owned),
             };
-            let out = shared.store.delete(t.k, &ns, &name, &pre)?;
+            let out = shared.delete(t.k, &ns, &name, &pre)?;
             Ok(json_response(200, &out))
         }
         "deletecollection" => {

@@ -89,6 +89,18 @@ impl ApiError {
         .about(kind, name)
     }
 
+    pub(crate) fn terminating(kind: &Kind, name: &str, ns: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                kind.qualified()
+            ),
+        )
+        .about(kind, name)
+    }
+
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

@@ -204,6 +204,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Runs the namespace controller's deletion of a terminating namespace.
+    pub fn finalize_namespace(&self, name: &str) {
+        let mut inner = self.lock();
+        inner.finalize_namespace(name);
+        let rv = inner.rv;
+        drop(inner);
+        self.notify(rv);
+    }
+
     pub fn delete(
         &self,
         k: usize,
@@ -331,12 +340,17 @@ impl Inner {
                 format!("metadata.name: Invalid value: \"{name}\": {why}"),
             ));
         }
-        if kind.namespaced
-            && !self.collections[namespaces()]
+        if kind.namespaced {
+            match self.collections[namespaces()]
                 .objects
-                .contains_key(&(String::new(), namespace.clone()))
-        {
-            return Err(ApiError::not_found(&KINDS[namespaces()], &namespace));
+                .get(&(String::new(), namespace.clone()))
+            {
+                None => return Err(ApiError::not_found(&KINDS[namespaces()], &namespace)),
+                Some(ns) if ns.pointer("/metadata/deletionTimestamp").is_some() => {
+                    return Err(ApiError::terminating(kind, &name, &namespace));
+                }
+                Some(_) => {}
+            }
         }
         let key = (namespace.clone(), name.clone());
         if self.collections[k].objects.contains_key(&key) {
@@ -552,22 +566,42 @@ impl Inner {
             return Ok((*obj).clone());
         }
         if k == namespaces() {
-            for other in 0..KINDS.len() {
-                if !KINDS[other].namespaced {
-                    continue;
-                }
-                let keys: Vec<Key> = self.collections[other]
-                    .objects
-                    .range((name.to_owned(), String::new())..)
-                    .take_while(|(key, _)| key.0 == name)
-                    .map(|(key, _)| key.clone())
-                    .collect();
-                for key in keys {
-                    self.remove(other, &key);
-                }
+            // The namespace controller empties it and removes it later (`finalize_namespace`).
+            if old.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok((*old).clone());
             }
+            let mut new = (*old).clone();
+            self.rv += 1;
+            new["status"] = json!({"phase": "Terminating"});
+            let meta = meta_mut(&mut new);
+            meta.insert("deletionTimestamp".into(), json!(now()));
+            meta.insert("resourceVersion".into(), json!(self.rv.to_string()));
+            let obj = Arc::new(new);
+            self.collections[k].objects.insert(key, obj.clone());
+            self.record(k, ChangeType::Modified, obj.clone(), Some(old));
+            return Ok((*obj).clone());
         }
         Ok(self.remove(k, &key).unwrap_or_else(|| (*old).clone()))
+    }
+
+    /// What the namespace controller does to a terminating namespace: deletes every
+    /// object in it, then the namespace.
+    pub(crate) fn finalize_namespace(&mut self, name: &str) {
+        for other in 0..KINDS.len() {
+            if !KINDS[other].namespaced {
+                continue;
+            }
+            let keys: Vec<Key> = self.collections[other]
+                .objects
+                .range((name.to_owned(), String::new())..)
+                .take_while(|(key, _)| key.0 == name)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in keys {
+                self.remove(other, &key);
+            }
+        }
+        self.remove(namespaces(), &(String::new(), name.to_owned()));
     }
 
     fn remove(&mut self, k: usize, key: &Key) -> Option<Value> {

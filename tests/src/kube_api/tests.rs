@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde_json::{Value, json};
 
-use super::FakeApiServer;
+use super::{FakeApiOptions, FakeApiServer};
 
 fn from<K: serde::de::DeserializeOwned>(v: Value) -> K {
     serde_json::from_value(v).unwrap()
@@ -144,7 +144,11 @@ async fn defaults_are_filled_in() {
 
 #[tokio::test]
 async fn cluster_scoped_kinds_and_namespace_deletion() {
-    let api = FakeApiServer::start().await;
+    let api = FakeApiServer::start_with(FakeApiOptions {
+        namespace_deletion_delay: std::time::Duration::from_secs(3600),
+        ..FakeApiOptions::default()
+    })
+    .await;
     let class: IngressClass = from(
         json!({"metadata": {"name": "portcullis", "namespace": "ignored"},
         "spec": {"controller": "portcullis.dev/ingress-controller"}}),
@@ -157,12 +161,20 @@ async fn cluster_scoped_kinds_and_namespace_deletion() {
     api.create(&ingress("default", "b", "b.test"));
     assert_eq!(api.list::<Ingress>("").len(), 2);
     assert_eq!(api.list::<Ingress>("shop").len(), 1);
-    api.delete::<Namespace>("", "shop").unwrap();
+    let terminating = api.delete::<Namespace>("", "shop").unwrap();
+    assert_eq!(
+        terminating.status.unwrap().phase.as_deref(),
+        Some("Terminating")
+    );
+    let refused = api.try_create(&ingress("shop", "c", "c.test")).unwrap_err();
+    assert_eq!((refused.code, refused.reason), (403, "Forbidden"));
+    api.shared.store.finalize_namespace("shop");
     assert_eq!(
         api.list::<Ingress>("").len(),
         1,
         "the namespace's objects went with it"
     );
+    assert!(api.get::<Namespace>("", "shop").is_none());
     assert!(api.delete::<Ingress>("shop", "a").is_none());
 }
 
