@@ -300,6 +300,12 @@ pub async fn check_kubernetes(
     for p in &translated.problems {
         let _ = writeln!(output, "{p}");
     }
+    for (ingress, annotation) in &translated.unsupported_annotations {
+        let _ = writeln!(
+            output,
+            "ingress {ingress}: annotation {annotation} is not supported (ignored)"
+        );
+    }
     let _ = writeln!(
         output,
         "kubernetes: {} ingress{} read, {} site{}, {problems} problem{}",

@@ -4,4 +4,5 @@
 //! is built on (`fake_api`).
 
 mod fake_api;
+mod ingress;
 mod kubectl;

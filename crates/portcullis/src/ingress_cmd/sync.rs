@@ -188,7 +188,16 @@ impl Syncer {
     /// Logs each problem once, when it appears (and once when it is gone), and sets the
     /// problem metrics.
     fn report(&self, t: &Translated, reported: &mut BTreeSet<String>) {
-        let now: BTreeSet<String> = t.problems.iter().map(ToString::to_string).collect();
+        let unsupported = t
+            .unsupported_annotations
+            .iter()
+            .map(|(ingress, a)| format!("ingress {ingress}: annotation {a} is not supported"));
+        let now: BTreeSet<String> = t
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .chain(unsupported)
+            .collect();
         if &now == reported {
             return;
         }
@@ -199,6 +208,11 @@ impl Syncer {
             info!("kubernetes problem resolved: {p}");
         }
         self.metrics.set_problems(&t.problems);
+        self.metrics.set_unsupported(
+            t.unsupported_annotations
+                .iter()
+                .map(|(i, a)| (i.namespace.as_str(), i.name.as_str(), a.as_str())),
+        );
         *reported = now;
     }
 }
