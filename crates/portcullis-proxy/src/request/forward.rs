@@ -19,6 +19,7 @@ use crate::headers;
 use crate::io::BoxedIo;
 use crate::proxy_protocol::ProxyAddrs;
 use crate::response::{AccessLog, ProxyBody};
+use crate::router::rewrite_path;
 use crate::upstream::{
     BodyFault, ClientFault, InFlight, OriginUpgrade, PoolKey, ReplayBody, Replayable, RequestBody,
     Upstream,
@@ -27,7 +28,8 @@ use crate::upstream::{
 /// Where a proxied request goes and under which limits.
 pub(crate) struct Target<'a> {
     pub(crate) authority: Authority,
-    pub(crate) strip: usize,
+    /// Leading bytes of the path replaced, and with what.
+    pub(crate) rewrite: Option<(usize, &'a str)>,
     pub(crate) max_body: Option<u64>,
     pub(crate) site: &'a str,
     /// The protocols an `Upgrade` request may switch to.
@@ -43,7 +45,7 @@ pub(crate) async fn forward(
 ) -> Response<ProxyBody> {
     let Target {
         authority,
-        strip,
+        rewrite,
         max_body,
         site,
         upgrades,
@@ -64,16 +66,15 @@ pub(crate) async fn forward(
     let client_h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
 
-    let path_and_query = match (strip, parts.uri.path_and_query()) {
-        (0, Some(pq)) => pq.clone(),
-        (n, Some(pq)) => {
-            let rest = &pq.path()[n.min(pq.path().len())..];
-            let rest = if rest.is_empty() { "/" } else { rest };
-            let stripped = match pq.query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest.to_owned(),
-            };
-            PathAndQuery::try_from(stripped).unwrap_or_else(|_| PathAndQuery::from_static("/"))
+    let path_and_query = match (rewrite, parts.uri.path_and_query()) {
+        (None, Some(pq)) => pq.clone(),
+        (Some((n, to)), Some(pq)) => {
+            let mut path = rewrite_path(pq.path(), n, to);
+            if let Some(q) = pq.query() {
+                path.push('?');
+                path.push_str(q);
+            }
+            PathAndQuery::try_from(path).unwrap_or_else(|_| PathAndQuery::from_static("/"))
         }
         (_, None) => PathAndQuery::from_static("/"),
     };
