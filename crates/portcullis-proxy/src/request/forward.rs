@@ -131,12 +131,22 @@ pub(crate) async fn forward(
     let mut tried: Vec<usize> = Vec::new();
     let (backend, mut resp, in_flight) = loop {
         let Some(i) = upstream.pick(key, &tried) else {
+            if upstream.backends.is_empty() {
+                debug!(site, origin = &*upstream.label, "origin has no servers");
+                return unavailable(
+                    "503 Service Unavailable: the origin has no servers\n",
+                    upstream.retry_after(),
+                );
+            }
             warn!(
                 site,
                 origin = &*upstream.label,
                 "no origin server available"
             );
-            return unavailable(upstream.retry_after());
+            return unavailable(
+                "503 Service Unavailable: no origin server is available\n",
+                upstream.retry_after(),
+            );
         };
         let backend = &upstream.backends[i];
         let retries_left = tried.len() < attempts as usize;
@@ -293,12 +303,9 @@ fn bad_body(client_h2: bool) -> Response<ProxyBody> {
     resp
 }
 
-/// 503 when every server of the origin is down or ejected.
-fn unavailable(retry_after: std::time::Duration) -> Response<ProxyBody> {
-    let mut resp = error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "503 Service Unavailable: no origin server is available\n",
-    );
+/// 503 when every server of the origin is down or ejected, or it has none.
+fn unavailable(text: &'static str, retry_after: std::time::Duration) -> Response<ProxyBody> {
+    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, text);
     resp.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(retry_after.as_secs().max(1)),
