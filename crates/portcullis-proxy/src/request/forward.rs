@@ -86,6 +86,7 @@ pub(crate) async fn forward(
         upgrade,
     );
     let key = upstream.hash_key(&parts.headers, conn.peer.ip());
+    let sticky = upstream.sticky_server(&parts.headers);
     // PROXY protocol origins' connections carry one client's addresses, so they are pooled
     // by those; any other origin's serve every site in front of it: the site travels in
     // each request (`Host` for HTTP/1.1, the URI's authority as `:authority` for HTTP/2).
@@ -129,8 +130,13 @@ pub(crate) async fn forward(
     upstream.note_request();
 
     let mut tried: Vec<usize> = Vec::new();
-    let (backend, mut resp, in_flight) = loop {
-        let Some(i) = upstream.pick(key, &tried) else {
+    let (i, backend, mut resp, in_flight) = loop {
+        let pick = match sticky {
+            // A retry goes wherever the balancer says; the cookie then names that server.
+            Some(i) if tried.is_empty() => Some(i),
+            _ => upstream.pick(key, &tried),
+        };
+        let Some(i) = pick else {
             if upstream.backends.is_empty() {
                 debug!(site, origin = &*upstream.label, "origin has no servers");
                 return unavailable(
@@ -201,11 +207,11 @@ pub(crate) async fn forward(
                 let status = resp.status().as_u16();
                 // An origin's answer to a body the client broke says nothing of its health.
                 if !upstream.retries.on_status.contains(&status) || client_fault(&fault).is_some() {
-                    break (backend, resp, in_flight);
+                    break (i, backend, resp, in_flight);
                 }
                 backend.record_failure();
                 if !may_retry(false) {
-                    break (backend, resp, in_flight);
+                    break (i, backend, resp, in_flight);
                 }
                 debug!(
                     site,
@@ -264,6 +270,11 @@ pub(crate) async fn forward(
     };
     if let Some(log) = log {
         log.origin = Some(backend.label.clone());
+    }
+    if sticky != Some(i)
+        && let Some(cookie) = upstream.sticky_cookie(i, conn.tls)
+    {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
