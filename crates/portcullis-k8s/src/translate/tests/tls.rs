@@ -351,3 +351,26 @@ fn acme_with_http01_and_no_plain_listener_reads_secrets() {
     assert_problem(&t, "controller acme.challenge");
     assert_eq!(site(&t, "shop.example.com").tls, SiteTls::None);
 }
+
+#[test]
+fn a_certificate_that_does_not_name_the_host_is_not_served_for_it() {
+    let mut s = world(vec![
+        ingress("default", "a")
+            .rule(Some("shop.example.com"), vec![prefix("/", "web")])
+            .tls(&["shop.example.com", "www.example.com"], Some("shop-tls"))
+            .build(),
+    ]);
+    s.secrets = vec![tls_secret("default", "shop-tls", &["shop.example.com"])];
+    let t = run(&s);
+    assert_eq!(
+        problems(&t),
+        [
+            "ingress default/a: tls[0].hosts[1]: the certificate in secret default/shop-tls is not valid for www.example.com; the default certificate is served for it"
+        ]
+    );
+    assert!(matches!(
+        site(&t, "shop.example.com").tls,
+        SiteTls::Files(_)
+    ));
+    assert_eq!(site(&t, "www.example.com").tls, SiteTls::None);
+}
