@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::Ingress;
 use portcullis_config::{
-    Action, Challenge, Config, HostPattern, Hsts, PlainHttp, Route, Site, SiteTls, Upgrades,
+    Action, Challenge, Config, HostPattern, Hsts, PathMatch, PlainHttp, Route, Site, SiteTls,
+    Upgrades,
 };
 
 use super::annotations;
@@ -54,7 +55,9 @@ struct SiteBuild {
     host: HostPattern,
     /// By (path, exact).
     routes: BTreeMap<(String, bool), Claimed<(Route, Redirects)>>,
-    fallback: Option<Claimed<(Action, Redirects)>>,
+    /// An Ingress's `defaultBackend`, as a `/` prefix route carrying that Ingress's
+    /// per-route settings (source ranges, body size...): a site fallback has none of them.
+    fallback: Option<Claimed<(Route, Redirects)>>,
     /// The Secret named (none: the default certificate) and what it gave.
     tls: Option<Claimed<(Option<ObjectKey>, SiteTls)>>,
     hsts: Option<Claimed<Option<Hsts>>>,
@@ -179,8 +182,14 @@ impl<'a> Builder<'a> {
         if let Some(backend) = &spec.default_backend
             && let Some(action) = self.action(&key, &settings, &template, backend, "defaultBackend")
         {
+            let route = rules::route(&settings, "/".to_owned(), PathMatch::Prefix, action);
             let mut targets: Vec<Option<HostPattern>> = named.iter().cloned().map(Some).collect();
-            if hostless || hosts.is_empty() {
+            let host_rules = spec
+                .rules
+                .iter()
+                .flatten()
+                .any(|r| r.host.as_deref().is_some_and(|h| !h.is_empty()));
+            if hostless || !host_rules {
                 targets.push(None);
             }
             for host in targets {
@@ -189,11 +198,11 @@ impl<'a> Builder<'a> {
                     None => {
                         site.fallback = Some(Claimed {
                             owner: key.clone(),
-                            value: (action.clone(), redirects),
+                            value: (route.clone(), redirects),
                         });
                         None
                     }
-                    Some(c) if c.owner != key && c.value.0 != action => Some(c.owner.clone()),
+                    Some(c) if c.owner != key && c.value.0 != route => Some(c.owner.clone()),
                     Some(_) => None,
                 };
                 if let Some(owner) = conflict {
@@ -319,8 +328,18 @@ impl<'a> Builder<'a> {
 
 fn site(build: SiteBuild, default: bool, tls: Option<SiteTls>, fallback: &Option<Action>) -> Site {
     let has_tls = !default && build.tls.is_some();
-    let routes = build
-        .routes
+    let mut routes = build.routes;
+    // An Ingress's defaultBackend is what `/` does when no path claims `/` (a `/` prefix
+    // matches every request, so it is exactly the fallback). The controller's default
+    // backend, which has no per-route settings, stays the site's fallback.
+    let fallback = match build.fallback {
+        Some(c) => {
+            routes.entry(("/".to_owned(), false)).or_insert(c);
+            None
+        }
+        None => fallback.clone(),
+    };
+    let routes = routes
         .into_values()
         .map(|c| {
             let (mut route, policy) = c.value;
@@ -328,10 +347,7 @@ fn site(build: SiteBuild, default: bool, tls: Option<SiteTls>, fallback: &Option
             route
         })
         .collect();
-    let (fallback, policy) = match build.fallback {
-        Some(c) => (Some(c.value.0), c.value.1),
-        None => (fallback.clone(), Redirects::IfTls),
-    };
+    let policy = Redirects::IfTls;
     Site {
         name: build.host.to_string(),
         hosts: vec![build.host],

@@ -63,6 +63,22 @@ fn match_name(m: PathMatch) -> &'static str {
     }
 }
 
+/// A route with the Ingress's per-route settings.
+pub(super) fn route(settings: &Settings, path: String, m: PathMatch, action: Action) -> Route {
+    Route {
+        path_match: m,
+        rewrite: settings.rewrite.clone(),
+        upgrades: if settings.websocket {
+            Upgrades::default()
+        } else {
+            Upgrades::none()
+        },
+        access: settings.access.clone(),
+        max_body_size: settings.max_body_size,
+        ..Route::new(path, action)
+    }
+}
+
 impl Builder<'_> {
     /// Merges the rules' paths; gives the valid hosts named and whether a rule has no host.
     pub(super) fn rules(
@@ -139,18 +155,7 @@ impl Builder<'_> {
                 ) else {
                     continue;
                 };
-                let route = Route {
-                    path_match: m,
-                    rewrite: settings.rewrite.clone(),
-                    upgrades: if settings.websocket {
-                        Upgrades::default()
-                    } else {
-                        Upgrades::none()
-                    },
-                    access: settings.access.clone(),
-                    max_body_size: settings.max_body_size,
-                    ..Route::new(p.clone(), action)
-                };
+                let route = route(settings, p.clone(), m, action);
                 let policy = if is_acme_challenge(&p) {
                     Redirects::Never
                 } else {
