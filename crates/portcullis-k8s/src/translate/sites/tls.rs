@@ -2,7 +2,6 @@
 
 use k8s_openapi::api::networking::v1::Ingress;
 use portcullis_config::{HostPattern, SiteTls};
-use portcullis_tls::CertInfo;
 
 use super::{Builder, Claimed, parse_host};
 use crate::snapshot::ObjectKey;
@@ -82,11 +81,6 @@ impl Builder<'_> {
             if !acme && let Some(Err(why)) = &read {
                 self.problem(key, format!("tls[{i}].secretName"), why.clone());
             }
-            // What the certificate names, to match it with the hosts.
-            let info = match &read {
-                Some(Ok(ck)) => ck.chain.first().and_then(|c| CertInfo::parse(c).ok()),
-                _ => None,
-            };
             let hosts: Vec<(String, HostPattern)> = if explicit {
                 let mut out = Vec::new();
                 for (j, text) in tls.hosts.iter().flatten().enumerate() {
@@ -99,7 +93,10 @@ impl Builder<'_> {
             } else {
                 rule_hosts
                     .iter()
-                    .filter(|h| info.as_ref().is_none_or(|i| i.covers(h)))
+                    .filter(|h| match (&read, &secret) {
+                        (Some(Ok(_)), Some(s)) => self.index.covers(s, h),
+                        _ => true,
+                    })
                     .filter(|h| {
                         self.sites
                             .get(&h.to_string())
@@ -161,7 +158,7 @@ impl Builder<'_> {
                         // A certificate that does not name the host would fail every
                         // client's check: the default certificate may do better (as
                         // ingress-nginx does).
-                        Ok(_) if info.as_ref().is_some_and(|i| !i.covers(&host)) => {
+                        Ok(_) if !self.index.covers(s, &host) => {
                             self.problem(
                                 key,
                                 hkey.clone(),
