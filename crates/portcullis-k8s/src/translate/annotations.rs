@@ -111,12 +111,14 @@ pub(super) struct SecretRef {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct OriginSettings {
     pub(super) mode: Option<(String, Mode)>,
+    /// ingress-nginx's `proxy-ssl-verify`.
+    pub(super) nginx_verify: Option<bool>,
     pub(super) protocol: Option<(String, Protocol)>,
     /// Roots for `strict` (`ca.crt`).
     pub(super) ca_secret: Option<SecretRef>,
     /// A `kubernetes.io/tls` Secret: the client certificate.
     pub(super) client_cert_secret: Option<SecretRef>,
-    pub(super) server_name: Option<String>,
+    pub(super) server_name: Option<(String, String)>,
     pub(super) connect_timeout: Option<Duration>,
     pub(super) read_timeout: Option<Duration>,
     pub(super) balance: Option<Balance>,

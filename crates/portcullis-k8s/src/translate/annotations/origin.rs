@@ -16,13 +16,12 @@ impl Reader<'_> {
                 "`{v}` is not an origin mode; use flexible, full or strict"
             )),
         });
-        // ingress-nginx's proxy-ssl-verify stands for a mode when ours is absent.
-        let mode = mode.or_else(|| {
-            self.parse(self.nginx("proxy-ssl-verify"), |v| match v {
-                "on" => Ok(Mode::Strict),
-                "off" => Ok(Mode::Full),
-                _ => Err(format!("`{v}` is not `on` or `off`")),
-            })
+        // ingress-nginx's proxy-ssl-verify: whether a TLS backend is verified (it never
+        // turns TLS on by itself).
+        let nginx_verify = self.value(self.nginx("proxy-ssl-verify"), |v| match v {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("`{v}` is not `on` or `off`")),
         });
         let protocol = self.parse(
             self.either("backend-protocol", "backend-protocol"),
@@ -73,7 +72,7 @@ impl Reader<'_> {
             ca_secret = Some(secret.clone());
             client_cert_secret = Some(secret);
         }
-        let server_name = self.value(self.either("origin-server-name", "proxy-ssl-name"), |v| {
+        let server_name = self.parse(self.either("origin-server-name", "proxy-ssl-name"), |v| {
             match HostPattern::parse(v) {
                 Ok(HostPattern::Exact(name)) => Ok(name
                     .trim_start_matches('[')
@@ -100,6 +99,7 @@ impl Reader<'_> {
         let retries = self.retries();
         OriginSettings {
             mode,
+            nginx_verify,
             protocol,
             ca_secret,
             client_cert_secret,

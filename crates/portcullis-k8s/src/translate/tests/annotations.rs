@@ -695,3 +695,41 @@ fn ours_wins_over_nginx_for_every_pair() {
     assert_eq!(o.timeouts.connect, Duration::from_secs(1));
     assert_eq!(o.transport, Transport::Plain);
 }
+
+#[test]
+fn nginx_proxy_ssl_never_turns_tls_on_by_itself() {
+    let t = ok(&[
+        (
+            "nginx.ingress.kubernetes.io/proxy-ssl-secret",
+            "default/client",
+        ),
+        ("nginx.ingress.kubernetes.io/proxy-ssl-verify", "on"),
+        ("nginx.ingress.kubernetes.io/proxy-ssl-name", "web.internal"),
+    ]);
+    assert_eq!(origin(&root(&t).action).transport, Transport::Plain);
+    // Without proxy-ssl-verify, its CA is not used to verify.
+    let t = ok(&[
+        ("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS"),
+        ("nginx.ingress.kubernetes.io/proxy-ssl-secret", "client"),
+    ]);
+    assert_eq!(tls_of(&t).verify, Verify::Off);
+    assert!(tls_of(&t).client_cert.is_some());
+}
+
+#[test]
+fn our_origin_tls_settings_on_a_plaintext_origin_are_problems() {
+    let t = annotated(&[
+        ("portcullis.dev/origin-mode", "flexible"),
+        ("portcullis.dev/origin-client-cert-secret", "client"),
+        ("portcullis.dev/origin-server-name", "web.internal"),
+    ]);
+    assert_problem(
+        &t,
+        "origin-client-cert-secret\"]: only applies to TLS origins",
+    );
+    assert_problem(&t, "origin-server-name\"]: only applies to TLS origins");
+    assert_eq!(origin(&root(&t).action).transport, Transport::Plain);
+    // A CA alone asks for verification: strict.
+    let t = ok(&[("portcullis.dev/origin-ca-secret", "origin-ca")]);
+    assert!(matches!(tls_of(&t).verify, Verify::Roots(_)));
+}
