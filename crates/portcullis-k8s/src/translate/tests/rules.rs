@@ -459,3 +459,40 @@ fn a_default_backend_keeps_its_ingress_settings_and_yields_to_a_root_path() {
     let b = site(&t, "b.example.com");
     assert_eq!(servers(route(b, "/"))[0], "http://10.0.0.1:8080");
 }
+
+#[test]
+fn a_host_without_paths_is_known_and_answers_404() {
+    let mut ing = ingress("default", "a")
+        .rule(Some("bare.example.com"), vec![])
+        .build();
+    ing.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].http = None;
+    // Only a class: nothing to route, and no problem.
+    let empty = ingress("default", "empty").build();
+    let t = run(&world(vec![ing, empty]));
+    assert!(t.problems.is_empty(), "{:?}", problems(&t));
+    let bare = site(&t, "bare.example.com");
+    assert!(bare.routes.is_empty());
+    assert_eq!(bare.fallback, None);
+    assert_eq!(t.ingresses.len(), 2);
+}
+
+#[test]
+fn a_missing_path_is_the_root_and_a_missing_port_is_a_problem() {
+    let mut p = prefix("/", "web");
+    p.path = None;
+    p.path_type = "ImplementationSpecific".into();
+    let mut no_port = prefix("/np", "web");
+    no_port.backend.service.as_mut().unwrap().port = None;
+    let t = run(&world(vec![
+        ingress("default", "a")
+            .rule(Some("a.example.com"), vec![p, no_port])
+            .build(),
+    ]));
+    assert_eq!(
+        problems(&t),
+        [
+            "ingress default/a: rules[0].http.paths[1].backend.service.port: a port number or name is required"
+        ]
+    );
+    assert_eq!(servers(route(site(&t, "a.example.com"), "/")).len(), 2);
+}

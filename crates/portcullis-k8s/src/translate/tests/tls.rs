@@ -374,3 +374,27 @@ fn a_certificate_that_does_not_name_the_host_is_not_served_for_it() {
     ));
     assert_eq!(site(&t, "www.example.com").tls, SiteTls::None);
 }
+
+#[test]
+fn every_secret_looked_at_is_listed() {
+    let s = world(vec![
+        ingress("default", "a")
+            .annotation("portcullis.dev/origin-ca-secret", "ca")
+            .rule(Some("a.example.com"), vec![prefix("/", "web")])
+            .tls(&["a.example.com"], Some("a-tls"))
+            .build(),
+    ]);
+    let options = Options {
+        default_certificate: Some(key("kube-system", "fallback")),
+        ..Options::default()
+    };
+    let t = run_with(&s, &options);
+    assert_eq!(
+        t.secrets.iter().cloned().collect::<Vec<_>>(),
+        [
+            key("default", "a-tls"),
+            key("default", "ca"),
+            key("kube-system", "fallback")
+        ]
+    );
+}
