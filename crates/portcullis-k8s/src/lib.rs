@@ -9,8 +9,10 @@
 //!
 //! This crate depends on `portcullis-config` only, never on the proxy.
 
+mod rbac;
 mod snapshot;
 mod translate;
 
+pub use rbac::{rbac_allows, rbac_allows_named};
 pub use snapshot::{ObjectKey, Snapshot};
 pub use translate::{K8sProblem, Options, Translated, translate};
