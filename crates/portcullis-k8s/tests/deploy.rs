@@ -623,3 +623,96 @@ mod toml_channel {
         Channel(value.to_owned())
     }
 }
+
+/// docs/kubernetes.md has its sections, a row for every RBAC rule and every Helm value.
+#[test]
+fn the_docs_describe_the_deployment() {
+    let docs = std::fs::read_to_string(repo().join("docs/kubernetes.md")).unwrap();
+    let headings: Vec<&str> = docs.lines().filter(|l| l.starts_with("## ")).collect();
+    assert_eq!(
+        headings,
+        [
+            "## Install",
+            "## Classes",
+            "## Annotations",
+            "## TLS and ACME",
+            "## Leader election and status",
+            "## RBAC",
+            "## Helm values",
+            "## Container image",
+            "## Migrating from ingress-nginx",
+            "## Not supported yet",
+        ]
+    );
+    let section = |name: &str| -> &str {
+        let start = docs.find(&format!("\n## {name}\n")).unwrap();
+        let rest = &docs[start + 1..];
+        let end = rest[3..].find("\n## ").map_or(rest.len(), |e| e + 3);
+        &rest[..end]
+    };
+    for command in [
+        "kubectl apply -k deploy/kubernetes",
+        "helm install portcullis deploy/helm/portcullis -n portcullis --create-namespace",
+    ] {
+        assert!(section("Install").contains(command), "{command}");
+        let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+        assert!(readme.contains(command), "README: {command}");
+    }
+
+    // Each rule: a table row naming its resources and verbs.
+    let rbac = section("RBAC");
+    for o in kustomized() {
+        let rules = match o {
+            Object::ClusterRole(r) => r.rules.unwrap(),
+            Object::Role(r) => r.rules.unwrap(),
+            _ => continue,
+        };
+        for rule in rules {
+            for resource in rule.resources.unwrap() {
+                let row = rbac
+                    .lines()
+                    .filter(|l| l.contains(&format!("| `{resource}`")))
+                    .find(|l| rule.verbs.iter().all(|v| l.contains(v.as_str())))
+                    .unwrap_or_else(|| panic!("RBAC: no row for {resource} {:?}", rule.verbs));
+                for group in rule.api_groups.iter().flatten() {
+                    let g = if group.is_empty() { "core" } else { group };
+                    assert!(row.contains(g), "RBAC row {row}: group {g}");
+                }
+            }
+        }
+    }
+
+    // Each value of values.yaml, by its path or, in a row of siblings, `.last`.
+    let helm_values = section("Helm values");
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("deploy/helm/portcullis/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut leaves = Vec::new();
+    // Every leaf, and `resources` whole (it is given to Kubernetes as it is).
+    fn walk(v: &serde_yaml::Value, path: String, out: &mut Vec<String>) {
+        match v.as_mapping() {
+            Some(m) if !m.is_empty() && path != "resources" => {
+                for (k, v) in m {
+                    let k = k.as_str().unwrap();
+                    let p = if path.is_empty() {
+                        k.to_owned()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(v, p, out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+    walk(&values, String::new(), &mut leaves);
+    for leaf in &leaves {
+        let last = leaf.rsplit('.').next().unwrap();
+        assert!(
+            helm_values.contains(&format!("`{leaf}`"))
+                || helm_values.contains(&format!("`.{last}`")),
+            "Helm values: `{leaf}` is not described"
+        );
+    }
+}
