@@ -108,10 +108,11 @@ fn module_graph(src: &Path) -> Graph {
         };
         let tokens = tokens(&text);
         for path in use_paths(&tokens) {
-            if let (Some(first), Some(last)) = (path.first(), path.last()) {
-                if modules.contains(first) && path.len() > 1 {
-                    reexports.insert(last.clone(), first.clone());
-                }
+            if let (Some(first), Some(last)) = (path.first(), path.last())
+                && modules.contains(first)
+                && path.len() > 1
+            {
+                reexports.insert(last.clone(), first.clone());
             }
         }
     }

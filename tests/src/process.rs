@@ -39,10 +39,10 @@ impl GatewayProcess {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "portcullis is serving" {
-                        let _ = tx.send(v);
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "portcullis is serving"
+                {
+                    let _ = tx.send(v);
                 }
                 sink.lock().unwrap().push(line);
             }

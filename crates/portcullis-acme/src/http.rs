@@ -85,15 +85,14 @@ impl HttpClient for AcmeHttp {
             let resp = pending
                 .await
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
-            if let (Some(slot), true) = (slot, resp.status().as_u16() >= 400) {
-                if let Some(at) = resp
+            if let (Some(slot), true) = (slot, resp.status().as_u16() >= 400)
+                && let Some(at) = resp
                     .headers()
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after)
-                {
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
-                }
+            {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
             }
             Ok(BytesResponse::from(resp))
         })

@@ -19,13 +19,14 @@ pub use error::{Error, Problem, Result, TokenError, ValueError};
 pub use host::{HostMap, HostPattern, strip_port};
 pub use ipnet::IpNet;
 pub use model::{
-    Acme, Action, ActiveHealth, Admin, AdminListen, AdminToken, Balance, CertKey, Challenge,
-    Config, Eab, HashKey, Health, Hsts, Limits, Listen, Mode, Origin, OriginServer, OriginTimeouts,
-    OriginTls, PassiveHealth, ProxyProtocolVersion, Respond, Retries, Route, Shutdown, Site,
-    SiteTls, TlsSettings, Transport, Upgrades, Verify, defaults,
+    Access, Acme, Action, ActiveHealth, Admin, AdminListen, AdminToken, Balance, CertKey,
+    Challenge, Config, Eab, HashKey, Health, Hsts, Limits, Listen, Mode, Origin, OriginServer,
+    OriginTimeouts, OriginTls, PassiveHealth, PathMatch, PlainHttp, ProxyProtocolVersion, Redirect,
+    Respond, Retries, Route, Shutdown, Site, SiteTls, StickyCookie, TlsSettings, Transport,
+    Upgrades, Verify, defaults,
 };
 pub use units::{parse_duration, parse_size};
-pub use validate::{load, parse, parse_addr};
+pub use validate::{load, load_base, parse, parse_addr, parse_base};
 
 #[cfg(test)]
 mod tests;

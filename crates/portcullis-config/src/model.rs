@@ -267,6 +267,20 @@ pub struct Site {
     /// The protocols a request for the site's fallback may switch to (routes have their own,
     /// inherited from this one).
     pub upgrades: Upgrades,
+    /// What a plain-HTTP request for the site's fallback gets (routes have their own,
+    /// inherited from this one): redirected to HTTPS (the default) or served.
+    pub plain_http: PlainHttp,
+}
+
+/// What the plain HTTP listener does with a request for a site or route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlainHttp {
+    /// Redirect to the same URL over HTTPS (308, 301 for GET and HEAD). The default.
+    #[default]
+    Redirect,
+    /// Serve it as the HTTPS listener would (an Ingress without TLS, or with
+    /// `ssl-redirect: "false"`; ACME HTTP-01 solver paths of another issuer).
+    Serve,
 }
 
 /// Source of a site's certificate.
@@ -282,14 +296,20 @@ pub enum SiteTls {
         /// Serve a local-CA certificate while waiting.
         fallback_local: bool,
     },
+    /// No certificate of its own: handshakes for its hosts get the default site's
+    /// certificate, as for a name no site claims (an Ingress rule without `tls`, or whose
+    /// Secret is broken).
+    None,
 }
 
-/// A certificate chain and its private key, read from PEM files.
+/// A certificate chain and its private key, read from PEM files (or from a Kubernetes
+/// Secret, whose `secret:NS/NAME` then stands in for both paths).
 #[derive(Debug, PartialEq)]
 pub struct CertKey {
-    /// File the chain came from.
+    /// File the chain came from (or `secret:NS/NAME`): the certificate's name in logs, and
+    /// the key that lets a reload reuse what it already loaded.
     pub cert_path: PathBuf,
-    /// File the key came from.
+    /// File the key came from (or `secret:NS/NAME`).
     pub key_path: PathBuf,
     /// Leaf first, then intermediates.
     pub chain: Vec<CertificateDer<'static>>,
@@ -333,18 +353,73 @@ impl Hsts {
     }
 }
 
-/// A path prefix and what it does.
+/// A path and what it does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
-    /// Starts with `/`. Matches itself and anything below it (`/api` matches `/api` and
-    /// `/api/x`, not `/apix`); a prefix ending in `/` matches anything that starts with it.
+    /// Starts with `/`. As a prefix it matches itself and anything below it (`/api` matches
+    /// `/api` and `/api/x`, not `/apix`); a prefix ending in `/` matches anything that
+    /// starts with it. Exact matches only the whole path, case-sensitively.
     pub path: String,
+    /// Prefix (the default) or exact. The longest matching path wins; on a tie an exact
+    /// route beats a prefix.
+    pub path_match: PathMatch,
     /// Remove `path` from the request path before forwarding.
     pub strip_prefix: bool,
+    /// Replace the matched `path` with this before forwarding (`/app` with rewrite `/`
+    /// sends `/app/x` as `/x`). Exclusive with `strip_prefix`.
+    pub rewrite: Option<String>,
     /// What to do.
     pub action: Action,
     /// The protocols a request may switch to (`upgrades`, else the site's).
     pub upgrades: Upgrades,
+    /// Which client addresses may use the route; others get 403.
+    pub access: Access,
+    /// What a plain-HTTP request for this route gets (else the site's).
+    pub plain_http: PlainHttp,
+    /// Largest request body for this route (else the site's, else `limits.max_body_size`);
+    /// larger gets 413.
+    pub max_body_size: Option<u64>,
+}
+
+/// How a route's `path` is compared with a request's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum PathMatch {
+    /// The path and everything below it, on `/` boundaries.
+    #[default]
+    Prefix,
+    /// The whole path, byte for byte.
+    Exact,
+}
+
+/// Source-address rules of a route. A client whose address is in `deny` is refused; then,
+/// when `allow` is not empty, one whose address is not in `allow` is refused. The address is
+/// the client's as the gateway knows it (the PROXY protocol's, else the peer's; never a
+/// forwarding header).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Access {
+    /// Networks allowed (empty: every address not denied).
+    pub allow: Vec<IpNet>,
+    /// Networks refused.
+    pub deny: Vec<IpNet>,
+}
+
+impl Access {
+    /// Whether the rules let `ip` through.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        if self.deny.iter().any(|n| n.contains(&ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+
+    /// True when nothing is restricted.
+    pub fn is_open(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
 }
 
 /// The protocols an HTTP/1.1 `Upgrade` request may switch to through the gateway: names
@@ -391,6 +466,17 @@ pub enum Action {
     Proxy(Box<Origin>),
     /// Answer directly.
     Respond(Respond),
+    /// Redirect to a fixed URL (the request's path and query are not appended).
+    Redirect(Redirect),
+}
+
+/// A fixed redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// The `Location`: an absolute `http(s)://` URL or a path starting with `/`.
+    pub location: String,
 }
 
 /// A fixed response.
@@ -458,6 +544,24 @@ pub enum Balance {
     /// Consistent (rendezvous) hashing of a request key: a key stays on one server, and
     /// only the keys of a removed server move.
     Hash(HashKey),
+    /// Session affinity by a cookie the gateway sets: a client without it (or whose server
+    /// is gone or down) is balanced round robin and gets the cookie naming its server.
+    Sticky(StickyCookie),
+}
+
+/// The cookie of [`Balance::Sticky`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    /// Cookie name.
+    pub name: String,
+    /// `Max-Age`; `None` makes it a session cookie.
+    pub max_age: Option<Duration>,
+    /// `Path` (default `/`).
+    pub path: String,
+    /// `Secure` (set when the request came over HTTPS unless this says `Some(false)`).
+    pub secure: Option<bool>,
+    /// `SameSite` value (`Lax`, `Strict`, `None`), if any.
+    pub same_site: Option<String>,
 }
 
 /// What `balance: hash` hashes. A request without the key is balanced round robin.
@@ -524,6 +628,47 @@ pub struct Retries {
     pub budget: f64,
 }
 
+impl Default for Retries {
+    /// No retries; when `attempts` is raised, on connect failures and resets, within the
+    /// default budget.
+    fn default() -> Self {
+        Self {
+            attempts: 0,
+            on_connect: true,
+            on_reset: true,
+            on_status: Vec::new(),
+            budget: defaults::RETRY_BUDGET,
+        }
+    }
+}
+
+impl Default for OriginTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: defaults::CONNECT_TIMEOUT,
+            response_header: defaults::RESPONSE_HEADER_TIMEOUT,
+            idle: defaults::ORIGIN_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl Route {
+    /// A prefix route with every other setting at its default.
+    pub fn new(path: impl Into<String>, action: Action) -> Self {
+        Self {
+            path: path.into(),
+            path_match: PathMatch::Prefix,
+            strip_prefix: false,
+            rewrite: None,
+            action,
+            upgrades: Upgrades::default(),
+            access: Access::default(),
+            plain_http: PlainHttp::Redirect,
+            max_body_size: None,
+        }
+    }
+}
+
 /// PROXY protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocolVersion {
@@ -534,6 +679,31 @@ pub enum ProxyProtocolVersion {
 }
 
 impl Origin {
+    /// An origin with every setting at its default, as a file with only `servers` would
+    /// give: round robin, no health checks, one retry when there are several servers.
+    pub fn with_servers(url: String, servers: Vec<OriginServer>, transport: Transport) -> Self {
+        let several = servers.len() > 1;
+        Self {
+            url,
+            servers,
+            transport,
+            balance: Balance::RoundRobin,
+            health: Health {
+                active: None,
+                passive: None,
+            },
+            retries: Retries {
+                attempts: u32::from(several),
+                ..Retries::default()
+            },
+            timeouts: OriginTimeouts::default(),
+            proxy_protocol: None,
+            h2c: false,
+            max_connections: None,
+            verify_failure_status: 502,
+        }
+    }
+
     /// `flexible`, `full` or `strict`.
     pub fn mode(&self) -> Mode {
         match &self.transport {

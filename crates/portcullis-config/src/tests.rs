@@ -554,3 +554,21 @@ fn the_admin_listener_may_be_a_unix_socket() {
         .to_string();
     assert!(err.starts_with("admin.listen: "), "{err}");
 }
+
+#[test]
+fn a_base_config_has_no_sites_and_refuses_any() {
+    let dir = std::path::Path::new("/tmp");
+    let base = crate::parse_base("listen: { https: 127.0.0.1:8443 }\n", dir).unwrap();
+    assert!(base.sites.is_empty());
+    assert_eq!(base.listen.https.port(), 8443);
+    let empty = crate::parse_base("sites: []\n", dir).unwrap();
+    assert!(empty.sites.is_empty());
+    let err = crate::parse_base(
+        "sites:\n  - hosts: [a.test]\n    tls: local\n    respond: {}\n",
+        dir,
+    )
+    .unwrap_err();
+    assert_eq!(err.problems()[0].key, "sites");
+    // A file config still needs a site.
+    assert!(crate::parse("listen: { https: 127.0.0.1:8443 }\n", dir).is_err());
+}

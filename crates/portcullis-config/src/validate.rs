@@ -46,9 +46,42 @@ pub fn load(path: &Path) -> Result<Config> {
 
 /// Validates config text; relative paths inside it are resolved against `base_dir`.
 pub fn parse(text: &str, base_dir: &Path) -> Result<Config> {
+    parse_as(text, base_dir, Sites::Required)
+}
+
+/// Reads and validates a base config at `path`: everything but the sites, which another
+/// source (Kubernetes) says. `sites` must be absent or empty.
+pub fn load_base(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parse_base(&text, base)
+}
+
+/// Validates base config text (see [`load_base`]); the result has no sites.
+pub fn parse_base(text: &str, base_dir: &Path) -> Result<Config> {
+    parse_as(text, base_dir, Sites::Forbidden)
+}
+
+/// Whether a config's `sites` come from the file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sites {
+    /// A file config: at least one site.
+    Required,
+    /// A base config: the sites come from elsewhere; none may be written.
+    Forbidden,
+}
+
+fn parse_as(text: &str, base_dir: &Path, sites: Sites) -> Result<Config> {
     let mut v = Validator {
         base: base_dir,
         problems: Vec::new(),
+        sites,
     };
     let config = v.config(text);
     match config {
@@ -60,6 +93,7 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config> {
 struct Validator<'a> {
     base: &'a Path,
     problems: Vec<Problem>,
+    sites: Sites,
 }
 
 impl Validator<'_> {
@@ -184,7 +218,24 @@ impl Validator<'_> {
         let trusted_proxies = self
             .section::<Option<Vec<String>>>(trusted_proxies, "trusted_proxies")
             .map(|list| self.cidrs(&list.unwrap_or_default(), "trusted_proxies"));
-        let sites = self.sites(sites);
+        let sites = match self.sites {
+            Sites::Required => self.sites(sites),
+            Sites::Forbidden => {
+                let empty = match &sites {
+                    Value::Null => true,
+                    Value::Sequence(items) => items.is_empty(),
+                    _ => false,
+                };
+                if !empty {
+                    self.err(
+                        "sites",
+                        "must be empty or absent in a base config: the sites come from \
+                         Kubernetes (Ingresses)",
+                    );
+                }
+                Some(Vec::new())
+            }
+        };
 
         if let (Some(listen), Some(admin)) = (&listen, &admin) {
             self.listeners_distinct(listen, admin);
@@ -266,10 +317,10 @@ impl Validator<'_> {
     fn listeners_distinct(&mut self, listen: &Listen, admin: &Admin) {
         // Port 0 asks the OS for a fresh port each time, so it never clashes.
         let clash = |a: SocketAddr, b: Option<SocketAddr>| a.port() != 0 && Some(a) == b;
-        if let Some(http) = listen.http {
-            if clash(http, Some(listen.https)) {
-                self.err("listen.http", "same address as `listen.https`");
-            }
+        if let Some(http) = listen.http
+            && clash(http, Some(listen.https))
+        {
+            self.err("listen.http", "same address as `listen.https`");
         }
         if let Some(a) = admin.listen.as_ref().and_then(|l| l.tcp()) {
             if clash(a, Some(listen.https)) {

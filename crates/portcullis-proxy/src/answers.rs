@@ -33,6 +33,10 @@ pub(crate) fn fixed_response(fixed: &Fixed) -> Response<ProxyBody> {
     if let Some(ct) = &fixed.content_type {
         resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
     }
+    if let Some(location) = &fixed.location {
+        resp.headers_mut()
+            .insert(header::LOCATION, location.clone());
+    }
     resp
 }
 

@@ -258,10 +258,10 @@ pub(crate) fn prepare_request(
             headers.insert(header::HOST, h.clone());
         }),
     };
-    if let Some(host) = host {
-        if !keep(headers, &X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
+    if let Some(host) = host
+        && !keep(headers, &X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST, host);
     }
     if !keep(headers, &X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HTTPS);

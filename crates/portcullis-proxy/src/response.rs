@@ -85,10 +85,9 @@ impl Body for ProxyBody {
         };
         if let (Some(log), Poll::Ready(Some(Ok(f)))) =
             (this.exchange.as_mut().and_then(|e| e.log.as_mut()), &frame)
+            && let Some(data) = f.data_ref()
         {
-            if let Some(data) = f.data_ref() {
-                log.bytes += data.len() as u64;
-            }
+            log.bytes += data.len() as u64;
         }
         frame
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use std::net::IpAddr;
 
-use portcullis_config::{Action, Config, HostMap, IpNet, Problem, Respond, Upgrades};
+use portcullis_config::{Action, Config, HostMap, IpNet, Problem, Redirect, Respond, Upgrades};
 
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::upstream::{Backend, Upstream};
@@ -64,6 +64,8 @@ pub(crate) struct Fixed {
     pub(crate) status: StatusCode,
     pub(crate) body: Bytes,
     pub(crate) content_type: Option<HeaderValue>,
+    /// A redirect's `Location`.
+    pub(crate) location: Option<HeaderValue>,
 }
 
 /// A route match: the handler and how many leading bytes of the path to strip.
@@ -115,6 +117,7 @@ impl Router {
             }
             let mut handler = |action: &Action, key: String| match action {
                 Action::Respond(r) => Some(Handler::Respond(Arc::new(Fixed::new(r)))),
+                Action::Redirect(r) => Some(Handler::Respond(Arc::new(Fixed::redirect(r)))),
                 Action::Proxy(origin) => {
                     let url = origin.url.as_str();
                     let same = |u: &&Arc<Upstream>| *u.origin() == **origin;
@@ -276,6 +279,7 @@ fn action_key(action: &Action) -> &'static str {
     match action {
         Action::Proxy(_) => "origin",
         Action::Respond(_) => "respond",
+        Action::Redirect(_) => "redirect",
     }
 }
 
@@ -328,6 +332,19 @@ impl Fixed {
             status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK),
             body: Bytes::from(r.body.clone()),
             content_type,
+            location: None,
+        }
+    }
+
+    /// A `redirect` action: the status and `Location`, no body. Both were validated; a
+    /// location no header can carry (which validation refuses) is left out rather than
+    /// failing the table.
+    fn redirect(r: &Redirect) -> Self {
+        Self {
+            status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND),
+            body: Bytes::new(),
+            content_type: None,
+            location: HeaderValue::from_str(&r.location).ok(),
         }
     }
 }

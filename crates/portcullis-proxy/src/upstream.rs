@@ -112,10 +112,10 @@ impl Upstream {
             proxy_protocol: origin.proxy_protocol.is_some(),
             origin: origin.clone(),
         });
-        if let Some(active) = &origin.health.active {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                health::spawn_checks(&upstream, active);
-            }
+        if let Some(active) = &origin.health.active
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            health::spawn_checks(&upstream, active);
         }
         Ok(upstream)
     }

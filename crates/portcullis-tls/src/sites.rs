@@ -22,6 +22,8 @@ pub enum CertSource {
     Local,
     /// ACME; the certificate (if any yet) comes from the ACME client, not from here.
     Acme,
+    /// None of its own: the default site's certificate is served for its names.
+    None,
 }
 
 /// One site's certificate as loaded.
@@ -211,6 +213,7 @@ fn load_one(
             },
             None => (CertSource::Local, None),
         },
+        SiteTls::None => (CertSource::None, None),
     };
     let info = match ck.as_ref().map(|ck| CertInfo::parse(&ck.cert[0])) {
         Some(Ok(info)) => Some(info),

@@ -38,6 +38,7 @@ pub fn render(config: &Config) -> String {
                 },
             ),
             SiteTls::Local => ("local", None, "weekly while running".into(), String::new()),
+            SiteTls::None => ("none", None, "-".into(), String::new()),
             SiteTls::Acme { .. } => {
                 let (info, load_error) = match storage.load_cert(&site.name) {
                     Ok(c) => (c.map(|c| c.info), None),

@@ -235,7 +235,7 @@ fn sites(new: &Config, running: &Running<'_>) -> Result<Sites, Vec<Problem>> {
         let was_acme = old.is_some_and(|o| matches!(o.tls, SiteTls::Acme { .. }));
         let have = running.store.certificate(&site.name).is_some();
         let issue_local = match site.tls {
-            SiteTls::Files(_) => false,
+            SiteTls::Files(_) | SiteTls::None => false,
             SiteTls::Local => !(unchanged && have),
             // An ACME site keeps what it serves (its ACME certificate, or the fallback issued
             // before); a site that just became one gets a fallback, as at start-up.

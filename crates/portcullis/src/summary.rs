@@ -49,6 +49,7 @@ pub fn render(config: &Config, certs: &SiteCerts) -> String {
                 "local CA in {} (issued at start, re-issued weekly)",
                 config.tls.local_ca_dir.display()
             ),
+            (CertSource::None, _) => "none of its own (the default certificate)".to_owned(),
         };
         let _ = writeln!(out, "  tls:    {tls}");
         if let Some(h) = &site.hsts {
@@ -86,6 +87,7 @@ fn action(a: &Action) -> String {
     match a {
         Action::Respond(r) => format!("respond {}", r.status),
         Action::Proxy(o) => origin(o),
+        Action::Redirect(r) => format!("redirect {} {}", r.status, r.location),
     }
 }
 
@@ -112,6 +114,7 @@ fn origin(o: &Origin) -> String {
             Balance::LeastRequests => "least_requests",
             Balance::RandomTwo => "random_two",
             Balance::Hash(_) => "hash",
+            Balance::Sticky(_) => "sticky cookie",
         };
         let _ = write!(s, ", {} servers, {balance}", o.servers.len());
     }

@@ -124,6 +124,8 @@ impl Telemetry {
             };
             let source = match &site.tls {
                 SiteTls::Files(_) => "file",
+                // Its names are served the default site's certificate, counted there.
+                SiteTls::None => continue,
                 SiteTls::Local => "local",
                 SiteTls::Acme { .. } => match acme.and_then(|a| a.certificate(&site.name)) {
                     Some(issued) if Arc::ptr_eq(&issued, &cert) => "acme",

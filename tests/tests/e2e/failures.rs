@@ -128,14 +128,14 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
         .await
         .unwrap();
     // hyper may answer 408 before closing; either way the connection ends.
-    if let Ok(n) = n {
-        if n > 0 {
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
-            let rest = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
-                .await
-                .unwrap();
-            assert!(closed(rest));
-        }
+    if let Ok(n) = n
+        && n > 0
+    {
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
+        let rest = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(closed(rest));
     }
     let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
         .await

@@ -65,13 +65,13 @@ impl Validator<'_> {
             defaults::ACME_BACKOFF_MAX,
             "acme.backoff.max",
         );
-        if let (Some(i), Some(m)) = (backoff_initial, backoff_max) {
-            if i > m {
-                self.err(
-                    "acme.backoff.max",
-                    "must not be shorter than `acme.backoff.initial`",
-                );
-            }
+        if let (Some(i), Some(m)) = (backoff_initial, backoff_max)
+            && i > m
+        {
+            self.err(
+                "acme.backoff.max",
+                "must not be shorter than `acme.backoff.initial`",
+            );
         }
         let renew_before = self.positive_opt(f.renew_before, "acme.renew_before");
         let concurrency = match f.concurrency {

@@ -7,7 +7,9 @@ use serde_yaml::Value;
 use super::Validator;
 use crate::file::{CertKeyFile, HstsFile, RespondFile, RouteFile, SiteFile, SiteTlsFile};
 use crate::host::HostPattern;
-use crate::model::{Action, CertKey, Hsts, Respond, Route, Site, SiteTls, Upgrades, defaults};
+use crate::model::{
+    Action, CertKey, Hsts, PlainHttp, Respond, Route, Site, SiteTls, Upgrades, defaults,
+};
 use crate::pem;
 
 impl Validator<'_> {
@@ -148,6 +150,7 @@ impl Validator<'_> {
             fallback,
             max_body_size: f.max_body_size,
             upgrades,
+            plain_http: PlainHttp::Redirect,
         })
     }
 
@@ -304,10 +307,9 @@ impl Validator<'_> {
             };
             if let (true, Some(action)) = (path_ok, action) {
                 out.push(Route {
-                    path: r.path,
                     strip_prefix: r.strip_prefix,
-                    action,
                     upgrades,
+                    ..Route::new(r.path, action)
                 });
             }
         }
@@ -355,11 +357,11 @@ impl Validator<'_> {
             self.err(format!("{key}.status"), "must be between 200 and 599");
             return None;
         }
-        if let Some(ct) = &f.content_type {
-            if http::HeaderValue::from_str(ct).is_err() {
-                self.err(format!("{key}.content_type"), "not a valid header value");
-                return None;
-            }
+        if let Some(ct) = &f.content_type
+            && http::HeaderValue::from_str(ct).is_err()
+        {
+            self.err(format!("{key}.content_type"), "not a valid header value");
+            return None;
         }
         Some(Respond {
             status,

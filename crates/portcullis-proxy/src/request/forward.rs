@@ -53,10 +53,10 @@ pub(crate) async fn forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let (Some(max), Some(len)) = (max_body, declared) {
-        if len > max {
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-        }
+    if let (Some(max), Some(len)) = (max_body, declared)
+        && len > max
+    {
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
     // An upgrade the route does not allow goes as an ordinary request, without `Upgrade`.
     let upgrade = headers::wants_upgrade(req.headers(), req.version())
@@ -320,11 +320,11 @@ async fn tunnel(
             return;
         }
     };
-    if !ahead.is_empty() {
-        if let Err(e) = client.write_all(&ahead).await {
-            debug!(error = %e, "upgraded connection ended with an error");
-            return;
-        }
+    if !ahead.is_empty()
+        && let Err(e) = client.write_all(&ahead).await
+    {
+        debug!(error = %e, "upgraded connection ended with an error");
+        return;
     }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut origin).await {
         debug!(error = %e, "upgraded connection ended with an error");

@@ -32,15 +32,15 @@ pub(crate) async fn handle(
 const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 
 fn redirect(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
-    if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH) {
-        if let Some(answer) = shared.challenges.http01(token) {
-            let mut resp = Response::new(ProxyBody::bytes(answer));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            return resp;
-        }
+    if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH)
+        && let Some(answer) = shared.challenges.http01(token)
+    {
+        let mut resp = Response::new(ProxyBody::bytes(answer));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return resp;
     }
     let Some(authority) = request_authority(req) else {
         return error_response(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");

@@ -33,6 +33,9 @@ impl Balancer {
             Balance::LeastRequests => Kind::LeastRequests,
             Balance::RandomTwo => Kind::RandomTwo,
             Balance::Hash(_) => Kind::Hash,
+            // TODO(issue 24): the sticky cookie is not read or set yet; until it is, the
+            // servers are shared round robin.
+            Balance::Sticky(_) => Kind::RoundRobin,
         };
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         Self {
