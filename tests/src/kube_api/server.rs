@@ -1,0 +1,503 @@
+//! The HTTPS side: accepting connections (HTTP/1.1 and h2), the bearer token, the REST
+//! paths, RBAC's view of each request, injected faults, and the handlers.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ServerConfig;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::kinds::{KINDS, find};
+use super::list::{ListOpts, list};
+use super::selector::Selector;
+use super::status::ApiError;
+use super::store::{Preconditions, Store};
+use super::watch::{self, Control, Start, WatchOpts};
+use super::{ApiCall, FakeApiOptions};
+
+/// Body of every response.
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
+
+/// What the server, its connections and the test share.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub control: tokio::sync::watch::Sender<Control>,
+    pub options: FakeApiOptions,
+    pub token: String,
+    pub calls: Mutex<Vec<ApiCall>>,
+    /// Injected failures still to answer: `(count, status code)`.
+    pub fail: Mutex<(usize, u16)>,
+    pub open_watches: AtomicUsize,
+    /// `host:port`, for `/api`'s `serverAddressByClientCIDRs`.
+    pub address: String,
+    /// Closed when the server is dropped: ends blackholed requests and watches.
+    pub shutdown: tokio::sync::watch::Receiver<()>,
+}
+
+impl Shared {
+    /// DELETE; a namespace is emptied and removed after
+    /// [`FakeApiOptions::namespace_deletion_delay`], as the namespace controller would.
+    pub fn delete(
+        self: &Arc<Self>,
+        k: usize,
+        ns: &str,
+        name: &str,
+        pre: &Preconditions,
+    ) -> Result<Value, ApiError> {
+        let out = self.store.delete(k, ns, name, pre)?;
+        if k == super::kinds::namespaces() && out.pointer("/metadata/deletionTimestamp").is_some() {
+            let delay = self.options.namespace_deletion_delay;
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) if !delay.is_zero() => {
+                    let shared = self.clone();
+                    let name = name.to_owned();
+                    runtime.spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        shared.store.finalize_namespace(&name);
+                    });
+                }
+                _ => self.store.finalize_namespace(name),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Accepts connections until aborted; aborting it closes every connection.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    shared: Arc<Shared>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        while tasks.try_join_next().is_some() {}
+        let shared = shared.clone();
+        if shared.control.borrow().blackhole {
+            // Accepted, and never a byte back: not even the TLS handshake.
+            tasks.spawn(async move {
+                let _held = tcp;
+                let mut down = shared.shutdown.clone();
+                let _ = down.changed().await;
+            });
+            continue;
+        }
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            let Ok(stream) = TlsAcceptor::from(tls).accept(tcp).await else {
+                return;
+            };
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn json_response(code: u16, v: &Value) -> Response<Body> {
+    let body = serde_json::to_vec(v).expect("a JSON value serializes");
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("a response from valid parts")
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    let mut resp = json_response(e.code, &e.to_status());
+    if e.code == 429 {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// Query parameters, percent-decoded (the last of a repeated name wins).
+fn parse_query(q: &str) -> HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    match std::str::from_utf8(&bytes[i + 1..i + 3])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// A request for a resource: which one, where, and what RBAC calls it.
+struct Target {
+    k: usize,
+    ns: Option<String>,
+    name: Option<String>,
+    status: bool,
+    verb: &'static str,
+}
+
+/// The resource `segments` names; `Ok(None)` for the paths that name none (discovery).
+fn resolve(segments: &[&str], method: &Method, watch: bool) -> Result<Option<Target>, ApiError> {
+    let (group, version, rest) = match segments {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
+        _ => return Ok(None),
+    };
+    let namespace_sub = group.is_empty()
+        && rest.len() == 3
+        && rest[0] == "namespaces"
+        && matches!(rest[2], "status" | "finalize");
+    let (ns, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() && !namespace_sub => {
+            (Some((*ns).to_owned()), tail)
+        }
+        _ => (None, rest),
+    };
+    let (plural, name, sub) = match rest {
+        [r] => (*r, None, None),
+        [r, n] => (*r, Some((*n).to_owned()), None),
+        [r, n, s] => (*r, Some((*n).to_owned()), Some(*s)),
+        _ => return Err(ApiError::no_route()),
+    };
+    let k = find(group, version, plural).ok_or_else(ApiError::no_route)?;
+    let kind = &KINDS[k];
+    if ns.is_some() && !kind.namespaced {
+        return Err(ApiError::no_route());
+    }
+    if sub.is_some_and(|s| s != "status" || !kind.status) {
+        return Err(ApiError::no_route());
+    }
+    let verb = match (method.as_str(), name.is_some()) {
+        ("GET", _) if watch => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    if kind.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
+        return Err(ApiError::no_route());
+    }
+    Ok(Some(Target {
+        k,
+        ns,
+        name,
+        status: sub.is_some(),
+        verb,
+    }))
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    if shared.control.borrow().blackhole {
+        let mut down = shared.shutdown.clone();
+        let _ = down.changed().await;
+        return error_response(&ApiError::injected(503));
+    }
+    let bearer = format!("Bearer {}", shared.token);
+    if req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        != Some(bearer.as_bytes())
+    {
+        return error_response(&ApiError::unauthorized());
+    }
+    let path = req.uri().path().to_owned();
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let watch = req.method() == Method::GET
+        && matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let target = resolve(&segments, req.method(), watch);
+    if let Ok(Some(t)) = &target {
+        let kind = &KINDS[t.k];
+        shared.calls.lock().unwrap().push(ApiCall {
+            verb: t.verb.to_owned(),
+            group: kind.group.to_owned(),
+            resource: kind.plural.to_owned(),
+            subresource: t.status.then(|| "status".to_owned()),
+            namespace: t.ns.clone(),
+            name: t.name.clone(),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        });
+    }
+    {
+        let mut fail = shared.fail.lock().unwrap();
+        if fail.0 > 0 {
+            fail.0 -= 1;
+            return error_response(&ApiError::injected(fail.1));
+        }
+    }
+    let target = match target {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return match (
+                req.method(),
+                super::discovery::document(&segments, &shared.address),
+            ) {
+                (&Method::GET, Some(doc)) => json_response(200, &doc),
+                _ => error_response(&ApiError::no_route()),
+            };
+        }
+        Err(e) => return error_response(&e),
+    };
+    match serve(&shared, target, &query, req).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn flag(query: &HashMap<String, String>, name: &str) -> Option<bool> {
+    query.get(name).map(|v| v == "true" || v == "1")
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<(Value, String), ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok((Value::Null, content_type));
+    }
+    let value = if content_type.contains("yaml") && content_type != "application/apply-patch+yaml" {
+        serde_yaml::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?
+    } else if content_type.contains("json") || content_type.is_empty() {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+        })?
+    } else {
+        return Err(ApiError::unsupported_media_type(&content_type));
+    };
+    Ok((value, content_type))
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    t: Target,
+    query: &HashMap<String, String>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let kind = &KINDS[t.k];
+    let ns = t.ns.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let mut field_selector = query.get("fieldSelector").cloned();
+    if t.name.is_some() && t.verb == "watch" {
+        let by_name = format!("metadata.name={name}");
+        field_selector = Some(match field_selector {
+            Some(f) if !f.is_empty() => format!("{f},{by_name}"),
+            _ => by_name,
+        });
+    }
+    let selector = || {
+        Selector::parse(
+            query.get("labelSelector").map(String::as_str),
+            field_selector.as_deref(),
+            kind.fields,
+        )
+        .map_err(ApiError::bad_request)
+    };
+    match t.verb {
+        "get" => Ok(json_response(200, &shared.store.get(t.k, &ns, &name)?)),
+        "list" => {
+            let opts = ListOpts {
+                selector: selector()?,
+                resource_version: query.get("resourceVersion").cloned(),
+                version_match: query.get("resourceVersionMatch").cloned(),
+                limit: query.get("limit").and_then(|l| l.parse().ok()),
+                continue_token: query.get("continue").cloned(),
+            };
+            let inner = shared.store.lock();
+            let out = list(&inner, t.k, t.ns.as_deref(), &opts)?;
+            drop(inner);
+            Ok(json_response(200, &out))
+        }
+        "watch" => {
+            let opts = watch_opts(shared, query, selector()?)?;
+            let body = watch::stream(shared.clone(), t.k, t.ns.clone(), opts);
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .expect("a response from valid parts"))
+        }
+        "create" => {
+            let (body, _) = read_body(req).await?;
+            let out = shared.store.create(t.k, t.ns.as_deref(), body)?;
+            Ok(json_response(201, &out))
+        }
+        "update" => {
+            let (body, _) = read_body(req).await?;
+            let out = shared.store.update(t.k, &ns, &name, body, t.status)?;
+            Ok(json_response(200, &out))
+        }
+        "patch" => {
+            let (body, content_type) = read_body(req).await?;
+            match content_type.as_str() {
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {}
+                other => return Err(ApiError::unsupported_media_type(other)),
+            }
+            let out = shared.store.patch(t.k, &ns, &name, &body, t.status)?;
+            Ok(json_response(200, &out))
+        }
+        "delete" => {
+            let (body, _) = read_body(req).await?;
+            let pre = Preconditions {
+                resource_version: body
+                    .pointer("/preconditions/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                uid: body
+                    .pointer("/preconditions/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            };
+            let out = shared.delete(t.k, &ns, &name, &pre)?;
+            Ok(json_response(200, &out))
+        }
+        "deletecollection" => {
+            let opts = ListOpts {
+                selector: selector()?,
+                ..ListOpts::default()
+            };
+            let listed = {
+                let inner = shared.store.lock();
+                list(&inner, t.k, t.ns.as_deref(), &opts)?
+            };
+            for item in listed["items"].as_array().into_iter().flatten() {
+                let (ns, name) = super::store::key_of(item);
+                // Gone already (a concurrent delete) is fine: the collection is emptied.
+                let _ = shared
+                    .store
+                    .delete(t.k, &ns, &name, &Preconditions::default());
+            }
+            Ok(json_response(
+                200,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn watch_opts(
+    shared: &Shared,
+    query: &HashMap<String, String>,
+    selector: Selector,
+) -> Result<WatchOpts, ApiError> {
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .filter(|s| !s.is_empty());
+    let version_match = query
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .filter(|s| !s.is_empty());
+    let bookmarks = flag(query, "allowWatchBookmarks").unwrap_or(false);
+    let initial = flag(query, "sendInitialEvents");
+    if initial == Some(true) && (version_match != Some("NotOlderThan") || !bookmarks) {
+        return Err(ApiError::bad_request(
+            "sendInitialEvents: Forbidden: sendInitialEvents requires resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true",
+        ));
+    }
+    if initial.is_none() && version_match.is_some() {
+        return Err(ApiError::bad_request(
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        ));
+    }
+    let parsed = match rv {
+        None => None,
+        Some(r) => Some(r.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("resourceVersion: Invalid value: \"{r}\""))
+        })?),
+    };
+    let current = shared.store.lock().rv;
+    let start = match (initial, parsed) {
+        (Some(true), _) => Start::Initial { end_marker: true },
+        (None, None | Some(0)) => Start::Initial { end_marker: false },
+        (Some(false), None | Some(0)) => Start::From(current),
+        (_, Some(r)) => Start::From(r),
+    };
+    Ok(WatchOpts {
+        selector,
+        start,
+        bookmarks,
+        timeout: query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse().ok())
+            .map(Duration::from_secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_query;
+
+    #[test]
+    fn queries_are_percent_decoded() {
+        let q = parse_query(
+            "labelSelector=app%20in%20(a%2Cb)&watch=1&fieldSelector=metadata.name%3Dx&x",
+        );
+        assert_eq!(q["labelSelector"], "app in (a,b)");
+        assert_eq!(q["fieldSelector"], "metadata.name=x");
+        assert_eq!(q["watch"], "1");
+        assert_eq!(q["x"], "");
+    }
+}

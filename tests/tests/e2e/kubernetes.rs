@@ -1,0 +1,7 @@
+//! Kubernetes. No real API server can run on these machines, so the harness's fake one
+//! (`portcullis_tests::FakeApiServer`) stands in for it; these suites hold it to real
+//! clients: the real `kubectl` v1.32 (`kubectl`) and kube-rs, the client the controller
+//! is built on (`fake_api`).
+
+mod fake_api;
+mod kubectl;
