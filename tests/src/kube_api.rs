@@ -55,9 +55,11 @@
 //! - PATCH: `merge-patch+json` is RFC 7386; `strategic-merge-patch+json` is treated as a
 //!   merge patch (lists are replaced, `$patch` directives are not understood);
 //!   `apply-patch+yaml` (server-side apply) and `json-patch+json` get 415.
+//! - Protobuf request bodies (which kubectl's typed commands such as `kubectl create secret`
+//!   send) are decoded for Secret, ConfigMap and Namespace only; answers are always JSON.
 //! - No admission, no OpenAPI (`/openapi/*` 404: use `kubectl --validate=false`), no
-//!   protobuf, no `dryRun`, no field managers, no aggregated discovery, no Table output
-//!   (use `kubectl get -o json|yaml|jsonpath|name`), no garbage collection of owned objects,
+//!   `dryRun`, no field managers, no aggregated discovery, no Table output (plain `kubectl
+//!   get` prints only NAME and AGE), no garbage collection of owned objects,
 //!   no graceful pod deletion; `generation` is kept for every kind; validation is only what
 //!   is listed above. `resourceVersion=0` lists honour `limit` (the real watch cache may
 //!   not; the documentation allows both). Every path needs the token (even `/version`).
@@ -69,6 +71,7 @@ mod discovery;
 mod kinds;
 mod list;
 mod object;
+mod protobuf;
 mod selector;
 mod server;
 mod status;

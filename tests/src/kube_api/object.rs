@@ -123,10 +123,8 @@ pub(crate) fn apply_defaults(kind: &Kind, obj: &mut Value, old: Option<&Value>, 
             }
         }
         ("discovery.k8s.io", "endpointslices") => default_protocols(obj, "/ports"),
-        ("networking.k8s.io", "ingresses") => {
-            if obj.get("status").is_none() {
-                obj["status"] = json!({"loadBalancer": {}});
-            }
+        ("networking.k8s.io", "ingresses") if obj.get("status").is_none() => {
+            obj["status"] = json!({"loadBalancer": {}});
         }
         _ => {}
     }

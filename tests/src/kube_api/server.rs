@@ -297,7 +297,10 @@ fn flag(query: &HashMap<String, String>, name: &str) -> Option<bool> {
     query.get(name).map(|v| v == "true" || v == "1")
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<(Value, String), ApiError> {
+async fn read_body(
+    req: Request<Incoming>,
+    kind: &super::kinds::Kind,
+) -> Result<(Value, String), ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -317,7 +320,9 @@ async fn read_body(req: Request<Incoming>) -> Result<(Value, String), ApiError> 
     if bytes.is_empty() {
         return Ok((Value::Null, content_type));
     }
-    let value = if content_type.contains("yaml") && content_type != "application/apply-patch+yaml" {
+    let value = if content_type == "application/vnd.kubernetes.protobuf" {
+        super::protobuf::decode(kind, &bytes)?
+    } else if content_type.contains("yaml") && content_type != "application/apply-patch+yaml" {
         serde_yaml::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?
     } else if content_type.contains("json") || content_type.is_empty() {
         serde_json::from_slice(&bytes).map_err(|e| {
@@ -379,17 +384,17 @@ async fn serve(
                 .expect("a response from valid parts"))
         }
         "create" => {
-            let (body, _) = read_body(req).await?;
+            let (body, _) = read_body(req, kind).await?;
             let out = shared.store.create(t.k, t.ns.as_deref(), body)?;
             Ok(json_response(201, &out))
         }
         "update" => {
-            let (body, _) = read_body(req).await?;
+            let (body, _) = read_body(req, kind).await?;
             let out = shared.store.update(t.k, &ns, &name, body, t.status)?;
             Ok(json_response(200, &out))
         }
         "patch" => {
-            let (body, content_type) = read_body(req).await?;
+            let (body, content_type) = read_body(req, kind).await?;
             match content_type.as_str() {
                 "application/merge-patch+json" | "application/strategic-merge-patch+json" => {}
                 other => return Err(ApiError::unsupported_media_type(other)),
@@ -398,7 +403,7 @@ async fn serve(
             Ok(json_response(200, &out))
         }
         "delete" => {
-            let (body, _) = read_body(req).await?;
+            let (body, _) = read_body(req, kind).await?;
             let pre = Preconditions {
                 resource_version: body
                     .pointer("/preconditions/resourceVersion")

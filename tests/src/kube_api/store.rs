@@ -358,10 +358,10 @@ impl Inner {
         }
         body["apiVersion"] = json!(kind.api_version());
         body["kind"] = json!(kind.kind);
-        if kind.status {
-            if let Some(m) = body.as_object_mut() {
-                m.remove("status");
-            }
+        if kind.status
+            && let Some(m) = body.as_object_mut()
+        {
+            m.remove("status");
         }
         self.rv += 1;
         let serial = self.next_serial();
@@ -587,8 +587,8 @@ impl Inner {
     /// What the namespace controller does to a terminating namespace: deletes every
     /// object in it, then the namespace.
     pub(crate) fn finalize_namespace(&mut self, name: &str) {
-        for other in 0..KINDS.len() {
-            if !KINDS[other].namespaced {
+        for (other, kind) in KINDS.iter().enumerate() {
+            if !kind.namespaced {
                 continue;
             }
             let keys: Vec<Key> = self.collections[other]
