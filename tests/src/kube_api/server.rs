@@ -395,11 +395,14 @@ async fn serve(
         }
         "patch" => {
             let (body, content_type) = read_body(req, kind).await?;
-            match content_type.as_str() {
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {}
+            let strategic = match content_type.as_str() {
+                "application/merge-patch+json" => false,
+                "application/strategic-merge-patch+json" => true,
                 other => return Err(ApiError::unsupported_media_type(other)),
-            }
-            let out = shared.store.patch(t.k, &ns, &name, &body, t.status)?;
+            };
+            let out = shared
+                .store
+                .patch(t.k, &ns, &name, &body, t.status, strategic)?;
             Ok(json_response(200, &out))
         }
         "delete" => {

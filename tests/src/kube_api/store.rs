@@ -177,8 +177,9 @@ impl Store {
         Ok(out)
     }
 
-    /// PATCH with an RFC 7386 merge patch; a `metadata.resourceVersion` in the patch is a
-    /// precondition, as on the real server.
+    /// PATCH with an RFC 7386 merge patch, or a strategic merge patch
+    /// (`super::patch`); a `metadata.resourceVersion` in the patch is a precondition, as on
+    /// the real server.
     pub fn patch(
         &self,
         k: usize,
@@ -186,6 +187,7 @@ impl Store {
         name: &str,
         patch: &Value,
         status: bool,
+        strategic: bool,
     ) -> Result<Value, ApiError> {
         if !patch.is_object() {
             return Err(ApiError::bad_request("a merge patch must be a JSON object"));
@@ -196,7 +198,12 @@ impl Store {
             return Err(ApiError::not_found(&KINDS[k], name));
         };
         let mut merged = (*old).clone();
-        super::object::merge_patch(&mut merged, patch);
+        if strategic {
+            let service = KINDS[k].kind == "Service";
+            super::patch::strategic_merge_patch(&mut merged, patch, service);
+        } else {
+            super::patch::merge_patch(&mut merged, patch);
+        }
         let out = inner.update(k, ns, name, merged, status)?;
         let rv = inner.rv;
         drop(inner);

@@ -375,6 +375,67 @@ async fn own_manifests_round_trip(binary: PathBuf) {
     }
 }
 
+const APPLIED: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  namespace: default
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: api}
+  template:
+    metadata:
+      labels: {app: api}
+    spec:
+      containers:
+      - name: api
+        image: example.com/api:1
+        ports:
+        - {name: http, containerPort: 8080}
+      - name: sidecar
+        image: example.com/sidecar:1
+";
+
+#[tokio::test]
+async fn kubectl_apply_creates_then_patches_strategically() {
+    let api = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::new(&api, dir.path());
+    let file = dir.path().join("api.yaml");
+    std::fs::write(&file, APPLIED).unwrap();
+    let file = file.to_str().unwrap();
+    let out = kubectl.ok(&["apply", "--validate=false", "-f", file]).await;
+    assert_eq!(out.trim(), "deployment.apps/api created");
+    // A new image and no sidecar: kubectl sends a strategic merge patch with the container
+    // list merged by name ($patch: delete for the sidecar, $setElementOrder).
+    let changed = APPLIED.replace("api:1", "api:2").replace(
+        "      - name: sidecar\n        image: example.com/sidecar:1\n",
+        "",
+    );
+    std::fs::write(file, changed).unwrap();
+    let out = kubectl.ok(&["apply", "--validate=false", "-f", file]).await;
+    assert_eq!(out.trim(), "deployment.apps/api configured");
+    let stored: Deployment = api.get("default", "api").unwrap();
+    let stored = serde_json::to_value(&stored).unwrap();
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"],
+        serde_json::json!([{"name": "api", "image": "example.com/api:2",
+            "ports": [{"name": "http", "containerPort": 8080}]}])
+    );
+    assert!(!stored.to_string().contains("$setElementOrder"));
+    assert_eq!(stored["metadata"]["generation"], 2);
+    let patches: Vec<_> = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.verb == "patch")
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    // Applying the same file again changes nothing.
+    let out = kubectl.ok(&["apply", "--validate=false", "-f", file]).await;
+    assert_eq!(out.trim(), "deployment.apps/api unchanged");
+}
+
 /// The documents of a multi-document YAML file.
 fn documents(text: &str) -> Vec<serde_yaml::Value> {
     serde_yaml::Deserializer::from_str(text)
