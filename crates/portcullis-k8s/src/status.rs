@@ -68,7 +68,7 @@ pub struct StatusReport {
     pub written: usize,
     /// Ingresses whose status was cleared (no longer ours).
     pub cleared: usize,
-    /// Ingresses already right.
+    /// Ingresses of ours already right (others' are not counted).
     pub unchanged: usize,
     /// Writes that failed (retried at the next sync).
     pub failed: usize,
