@@ -11,13 +11,19 @@
 //! - [`Recorder`]: Events for problems and issued certificates.
 //! - [`AcmeSecrets`], [`write_certificate`], [`read_certificate`]: ACME certificates stored in
 //!   (and read from) Secrets.
+//! - [`connect`]: a client from `--kubeconfig`, `KUBECONFIG` or the pod's service account.
+//! - [`Source`]: watchers and reflector stores for every kind translation reads, publishing
+//!   a complete [`Snapshot`] after each settled burst of changes, with its health
+//!   ([`SourceStatus`]); [`list_once`] for `check --kubernetes`.
 //!
 //! This crate depends on `portcullis-config` only, never on the proxy.
 
 mod acme;
+mod client;
 mod events;
 mod leader;
 mod snapshot;
+mod source;
 mod status;
 mod translate;
 
@@ -26,13 +32,17 @@ pub use acme::{
     MANAGED_BY, MANAGED_BY_LABEL, NotOurs, SecretError, SecretWrite, TLS_SECRET_TYPE, ownership,
     read_certificate, write_certificate,
 };
+pub use client::{ClientError, FALLBACK_NAMESPACE, SERVICE_ACCOUNT_DIR, connect, own_namespace};
 pub use events::{
     COMPONENT, EventType, REASON_CERTIFICATE_ISSUED, REASON_SECRET_INVALID, REASON_SECRET_NOT_OURS,
     REASON_TRANSLATION, Recorder,
 };
 pub use leader::{DEFAULT_ELECTION_ID, Elector, LeaseTimings, default_identity};
 pub use snapshot::{ObjectKey, Snapshot};
+pub use source::{
+    Debounce, ListError, Source, SourceConfig, SourceStatus, WATCH_TIMEOUT, list_once,
+};
 pub use status::{
     PublishTarget, StatusReport, StatusWriter, load_balancer_entry, service_addresses,
 };
-pub use translate::{K8sProblem, Options, Translated, translate};
+pub use translate::{DEFAULT_SITE_HOST, K8sProblem, Options, Translated, translate};

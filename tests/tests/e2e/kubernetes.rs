@@ -5,6 +5,7 @@
 
 mod acme_secrets;
 mod fake_api;
+mod ingress;
 mod kubectl;
 mod leader;
 mod writers;
