@@ -68,7 +68,7 @@ pub struct StatusReport {
     pub written: usize,
     /// Ingresses whose status was cleared (no longer ours).
     pub cleared: usize,
-    /// Ingresses already right.
+    /// Ingresses of ours already right (others' are not counted).
     pub unchanged: usize,
     /// Writes that failed (retried at the next sync).
     pub failed: usize,
@@ -187,7 +187,9 @@ impl StatusWriter {
         let mut cleared = 0;
         for ingress in ingresses {
             let Some(key) = key_of(ingress) else { continue };
-            if !ours.contains(&key) || current_status(ingress).is_empty() {
+            // Also one we wrote that the caller's copy does not show yet.
+            let carries = !current_status(ingress).is_empty() || self.written.contains_key(&key);
+            if !ours.contains(&key) || !carries {
                 continue;
             }
             match self.patch(&key, &[]).await {
