@@ -8,9 +8,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::networking::v1::{
-    Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
-};
 use portcullis_acme::AcmeManager;
 use portcullis_k8s::{
     AcmeSecrets, AcmeSecretsHandle, Elector, IssuedCertificate, LeaseTimings, ObjectKey,
@@ -148,8 +145,8 @@ impl Writers {
             .flatten();
         if let (Some(mut writer), Some(s)) = (writer, synced) {
             let ours: BTreeSet<ObjectKey> = s.translated.ingresses.iter().cloned().collect();
-            let ingresses = assume_written(&s.snapshot.ingresses, &ours);
-            let cleared = tokio::time::timeout(STOP_LIMIT, writer.clear(&ingresses, &ours)).await;
+            let cleared =
+                tokio::time::timeout(STOP_LIMIT, writer.clear(&s.snapshot.ingresses, &ours)).await;
             match cleared {
                 Ok(n) if n > 0 => info!(ingresses = n, "Ingress status cleared"),
                 Ok(_) => {}
@@ -168,36 +165,6 @@ impl Writers {
         let _ = tokio::time::timeout(STOP_LIMIT, self.elector).await;
         let _ = tokio::time::timeout(STOP_LIMIT, self.acme_task).await;
     }
-}
-
-/// `ingresses`, with ours marked as carrying a status: the snapshot may predate the
-/// leader's last status write (its watch event still on the way), and clearing what is
-/// already clear is harmless.
-fn assume_written(ingresses: &[Ingress], ours: &BTreeSet<ObjectKey>) -> Vec<Ingress> {
-    ingresses
-        .iter()
-        .map(|i| {
-            let mut i = i.clone();
-            let key = ObjectKey {
-                namespace: i.metadata.namespace.clone().unwrap_or_default(),
-                name: i.metadata.name.clone().unwrap_or_default(),
-            };
-            let empty = i
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref())
-                .is_none_or(Vec::is_empty);
-            if ours.contains(&key) && empty {
-                i.status = Some(IngressStatus {
-                    load_balancer: Some(IngressLoadBalancerStatus {
-                        ingress: Some(vec![IngressLoadBalancerIngress::default()]),
-                    }),
-                });
-            }
-            i
-        })
-        .collect()
 }
 
 /// How long each step of stopping may take.
