@@ -170,7 +170,7 @@ async fn the_ingress_process_is_ready_after_its_first_sync_serves_and_stops_on_s
         ),
     )
     .unwrap();
-    let args = vec![
+    let args = [
         "ingress".to_owned(),
         "--kubeconfig".to_owned(),
         kubeconfig(&api, dir.path()),
