@@ -8,4 +8,5 @@ mod fake_api;
 mod ingress;
 mod kubectl;
 mod leader;
+mod source;
 mod writers;

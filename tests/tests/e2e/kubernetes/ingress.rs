@@ -3,6 +3,7 @@
 //! and requests go over real sockets to origins standing in for pods.
 
 mod faults;
+mod reporting;
 mod serving;
 
 use std::net::SocketAddr;
@@ -172,7 +173,6 @@ pub fn ingress(
 /// A running `portcullis ingress`; stopped when dropped.
 pub struct Controller {
     pub https: SocketAddr,
-    #[allow(dead_code, reason = "for the plain HTTP tests to come")]
     pub http: SocketAddr,
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
