@@ -64,9 +64,6 @@ enum Command {
         #[command(flatten)]
         cluster: KubernetesArgs,
     },
-    /// Run as a Kubernetes ingress controller: the routes come from the cluster's
-    /// Ingresses, the rest from the optional base config.
-    Ingress(IngressArgs),
     /// Ask the running gateway to reload its config file (through its admin listener).
     Reload {
         /// The YAML config file (read for the admin address and token).
@@ -97,6 +94,9 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Run as a Kubernetes ingress controller: the routes come from the cluster's
+    /// Ingresses, the rest from the optional base config.
+    Ingress(IngressArgs),
 }
 
 fn main() -> ExitCode {

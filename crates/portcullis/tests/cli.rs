@@ -94,7 +94,9 @@ fn help_lists_the_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "check", "reload", "certs", "proxy", "help"],
+        [
+            "run", "check", "reload", "certs", "proxy", "ingress", "help"
+        ],
         "stdout:\n{}",
         out.stdout
     );
