@@ -54,8 +54,9 @@ pub struct KubernetesArgs {
         value_delimiter = ','
     )]
     pub watch_namespaces: Vec<String>,
-    /// Serve Ingresses with no class even when no class of ours is the cluster default.
-    #[arg(long, env = "PORTCULLIS_WATCH_INGRESS_WITHOUT_CLASS")]
+    /// Serve Ingresses with no class even when no class of ours is the cluster default
+    /// (in the environment: true/false, 1/0, yes/no).
+    #[arg(long, env = "PORTCULLIS_WATCH_INGRESS_WITHOUT_CLASS", value_parser = clap::builder::BoolishValueParser::new())]
     pub watch_ingress_without_class: bool,
     /// The `kubernetes.io/tls` Secret (NS/NAME) served for names no Ingress claims.
     #[arg(long, env = "PORTCULLIS_DEFAULT_CERTIFICATE", value_parser = object_key)]
@@ -64,7 +65,7 @@ pub struct KubernetesArgs {
     #[arg(long, env = "PORTCULLIS_DEFAULT_BACKEND", value_parser = default_backend)]
     pub default_backend: Option<DefaultBackend>,
     /// Every TLS host gets an ACME certificate, as if annotated `portcullis.dev/acme: "true"`.
-    #[arg(long, env = "PORTCULLIS_ACME_ALL_HOSTS")]
+    #[arg(long, env = "PORTCULLIS_ACME_ALL_HOSTS", value_parser = clap::builder::BoolishValueParser::new())]
     pub acme_all_hosts: bool,
 }
 
