@@ -12,9 +12,10 @@
 //!   fails, its kind is listed (one object) every few seconds to notice when the API is
 //!   back, since a restarted watch that sees no change says nothing.
 //!
-//! What is stored is trimmed as it arrives: `metadata.managedFields` and kubectl's
-//! `last-applied-configuration` annotation (a copy of the whole object, for a Secret its
-//! data in clear) are dropped, and Secrets of types translation never reads (Helm
+//! What is stored is trimmed as it arrives: `metadata.managedFields`, owner references and
+//! kubectl's `last-applied-configuration` annotation (a copy of the whole object, for a
+//! Secret its data in clear) are dropped, as are a Service's status and labels and an
+//! endpoint's topology (`kind.rs`, `Trim`); and Secrets of types translation never reads (Helm
 //! releases, service account tokens, registry credentials, bootstrap tokens) are not
 //! watched at all.
 
@@ -363,7 +364,7 @@ pub async fn list_once(
 
 async fn list_all<K>(api: Api<K>, lp: ListParams, what: &'static str) -> Result<Vec<K>, ListError>
 where
-    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource + kind::Trim + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let mut lp = lp.limit(500);
     let mut out = Vec::new();

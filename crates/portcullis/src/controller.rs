@@ -257,6 +257,14 @@ impl Controller {
             .expect("a controller is handed out only once its first configuration is applied")
     }
 
+    /// Whether `config` is the configuration in force: a source that derives its whole
+    /// configuration again at every change (Kubernetes) skips applying one that changes
+    /// nothing, without keeping a copy of its own.
+    pub(crate) async fn config_is(&self, config: &Config) -> bool {
+        let st = self.state.lock().await;
+        st.applied.as_ref().is_some_and(|a| a.config == *config)
+    }
+
     /// Puts `config` in force, from whatever source it came. Everything that can fail is
     /// prepared first; on any error nothing changes.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<ReloadSummary, ApplyError> {

@@ -202,3 +202,147 @@ async fn the_ingress_process_is_ready_after_its_first_sync_serves_and_stops_on_s
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The issue's benchmark, not a timed test: 5,000 Ingresses (10,000 hosts), 10,000 Services
+/// and 10,000 EndpointSlices in the fake API server; prints the time from start to the first
+/// sync served, from one Ingress change to it being served, and the controller's memory.
+/// Run it on a release build:
+/// `cargo test --release -p portcullis --test ingress -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: run it on a release build with --ignored --nocapture"]
+async fn benchmark_5000_ingresses() {
+    use std::time::Instant;
+
+    let api = FakeApiServer::start().await;
+    let pod = TestOrigin::http().await;
+    let dead = portcullis_tests::closed_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    api.create::<IngressClass>(&from(json!({
+        "metadata": {"name": "portcullis"},
+        "spec": {"controller": "portcullis.dev/ingress-controller"}
+    })));
+    for i in 0..10_000 {
+        // As a cluster writes them: labels, owner references, endpoint topology.
+        let labels = json!({"app.kubernetes.io/name": format!("s{i}"),
+            "app.kubernetes.io/instance": "bench", "app.kubernetes.io/managed-by": "Helm",
+            "helm.sh/chart": "bench-1.0.0"});
+        api.create::<Service>(&from(json!({
+            "metadata": {"name": format!("s{i}"), "namespace": "default", "labels": labels},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                     "selector": {"app.kubernetes.io/name": format!("s{i}")}}
+        })));
+        let endpoint = |n: u32| {
+            json!({
+                "addresses": [format!("10.{}.{}.{n}", i / 250, i % 250)],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": format!("node-{}", (i + n) % 50),
+                "zone": "europe-west1-b",
+                "targetRef": {"kind": "Pod", "namespace": "default",
+                              "name": format!("s{i}-7d9f8b6c5-x{n}k2p"),
+                              "uid": format!("0b3f3c52-6d1e-4f7a-9c1e-{i:08}{n:04}")}
+            })
+        };
+        api.create::<EndpointSlice>(&from(json!({
+            "metadata": {"name": format!("s{i}-1"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": format!("s{i}"),
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                                    "app.kubernetes.io/name": format!("s{i}")},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Service",
+                             "name": format!("s{i}"), "uid": format!("5c1e3c52-6d1e-4f7a-9c1e-{i:012}"),
+                             "controller": true, "blockOwnerDeletion": true}]},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": dead}],
+            "endpoints": [endpoint(1), endpoint(2)]
+        })));
+    }
+    let rule = |host: String, service: String| {
+        json!({"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": service, "port": {"name": "http"}}}}]}})
+    };
+    for i in 0..5_000 {
+        api.create::<Ingress>(&from(json!({
+            "metadata": {"name": format!("i{i}"), "namespace": "default"},
+            "spec": {"ingressClassName": "portcullis", "rules": [
+                rule(format!("a{i}.bench.test"), format!("s{}", 2 * i)),
+                rule(format!("b{i}.bench.test"), format!("s{}", 2 * i + 1)),
+            ]}
+        })));
+    }
+    let base = dir.path().join("base.yaml");
+    std::fs::write(
+        &base,
+        format!(
+            "listen: {{https: 127.0.0.1:0, http: 127.0.0.1:0}}\nadmin: {{listen: 127.0.0.1:0}}\nstorage: {}\n",
+            dir.path().join("storage").display()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "ingress".to_owned(),
+        "--kubeconfig".to_owned(),
+        kubeconfig(&api, dir.path()),
+        "--config".to_owned(),
+        base.display().to_string(),
+        "--namespace".to_owned(),
+        "default".to_owned(),
+    ];
+    let started = Instant::now();
+    let gw = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        GatewayProcess::spawn(Path::new(BIN), &args)
+    })
+    .await
+    .unwrap();
+    let admin = gw.admin.unwrap();
+    let http = gw.http.unwrap();
+    let at_start = gw.rss_kib() / 1024;
+    until(Duration::from_secs(120), "/readyz 200", || async {
+        let r = portcullis_tests::plain::get(admin, "localhost", "/readyz").await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    let synced = started.elapsed();
+    let at_sync = gw.rss_kib() / 1024;
+    // The last Ingress's host is routed (502: its pods are a closed port).
+    let r = portcullis_tests::plain::get(http, "b4999.bench.test", "/").await;
+    assert_eq!(r.status, 502, "{}", r.text);
+
+    // One change: Ingress i0's first host moves to a Service whose pod answers.
+    api.patch_merge::<EndpointSlice>(
+        "default",
+        "s9999-1",
+        json!({"ports": [{"name": "http", "port": pod.addr.port()}],
+               "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}),
+    );
+    // Let that one settle first, so the timed change is the Ingress alone.
+    until(Duration::from_secs(30), "b4999 served", || async {
+        let r = portcullis_tests::plain::get(http, "b4999.bench.test", "/").await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    let changed = Instant::now();
+    api.patch_merge::<Ingress>(
+        "default",
+        "i0",
+        json!({"spec": {"rules": [rule("a0.bench.test".into(), "s9999".into()),
+                                   rule("b0.bench.test".into(), "s1".into())]}}),
+    );
+    until(
+        Duration::from_secs(30),
+        "the changed Ingress served",
+        || async {
+            let r = portcullis_tests::plain::get(http, "a0.bench.test", "/").await;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await;
+    let change = changed.elapsed();
+    println!(
+        "5,000 Ingresses, 10,000 hosts, 10,000 Services and EndpointSlices: \
+         start to routes served {synced:?}, one Ingress change to served {change:?}, \
+         RSS {at_start} MiB serving before the first sync, {at_sync} MiB at it, {} MiB after \
+         the change (peak {} MiB)",
+        gw.rss_kib() / 1024,
+        gw.peak_rss_kib() / 1024
+    );
+}

@@ -114,7 +114,6 @@ impl Syncer {
         mut status: watch::Receiver<SourceStatus>,
     ) {
         let mut leader = self.writers.leader();
-        let mut last: Option<Config> = None;
         let mut reported = BTreeSet::new();
         loop {
             tokio::select! {
@@ -141,18 +140,12 @@ impl Syncer {
             let leads = *leader.borrow_and_update();
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
-                self.sync(snapshot, leads, &mut last, &mut reported).await;
+                self.sync(snapshot, leads, &mut reported).await;
             }
         }
     }
 
-    async fn sync(
-        &self,
-        snapshot: Arc<Snapshot>,
-        leads: bool,
-        last: &mut Option<Config>,
-        reported: &mut BTreeSet<String>,
-    ) {
+    async fn sync(&self, snapshot: Arc<Snapshot>, leads: bool, reported: &mut BTreeSet<String>) {
         let (base, mut options) = (self.base.clone(), self.options.clone());
         options.acme_issuer = leads;
         let snap = snapshot.clone();
@@ -164,8 +157,8 @@ impl Syncer {
             t
         })
         .await;
-        let translated = match translated {
-            Ok(t) => Arc::new(t),
+        let mut translated = match translated {
+            Ok(t) => t,
             Err(e) => {
                 error!(error = %e, "translating the cluster's objects failed; the routes in force stay");
                 self.metrics.refused();
@@ -173,18 +166,21 @@ impl Syncer {
             }
         };
         let problems_changed = self.report(&translated, reported);
+        // The config goes to the controller, the rest to the writers: one copy of a
+        // config of thousands of sites is enough.
+        let config = std::mem::replace(&mut translated.config, self.base.clone());
         let synced = Synced {
             snapshot,
-            translated: translated.clone(),
+            translated: Arc::new(translated),
             problems_changed,
         };
-        if last.as_ref() == Some(&translated.config) {
+        if self.controller.config_is(&config).await {
             self.metrics.unchanged(unix_now());
             self.state.update(|st| st.applied = Some(SystemTime::now()));
             self.writers.synced(synced, self.controller.acme());
             return;
         }
-        match self.controller.apply(translated.config.clone()).await {
+        match self.controller.apply(config).await {
             Ok(summary) => {
                 info!(sites = summary.sites, "kubernetes sync applied");
                 self.metrics.applied(unix_now());
@@ -192,7 +188,6 @@ impl Syncer {
                     st.applied = Some(SystemTime::now());
                     st.refused = None;
                 });
-                *last = Some(translated.config.clone());
                 self.writers.synced(synced, self.controller.acme());
             }
             Err(e) => {
