@@ -345,4 +345,11 @@ async fn benchmark_5000_ingresses() {
         gw.rss_kib() / 1024,
         gw.peak_rss_kib() / 1024
     );
+    // Last, as rendering the page costs memory of its own.
+    let page = portcullis_tests::scrape::scrape(admin).await;
+    println!(
+        "/metrics: {} series, {} KiB",
+        page.lines().filter(|l| !l.starts_with('#')).count(),
+        page.len() / 1024
+    );
 }
