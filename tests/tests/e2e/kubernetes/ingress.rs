@@ -3,6 +3,7 @@
 //! and requests go over real sockets to origins standing in for pods.
 
 mod faults;
+mod rbac;
 mod reporting;
 mod serving;
 
