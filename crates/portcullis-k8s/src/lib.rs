@@ -15,4 +15,4 @@ mod translate;
 
 pub use rbac::{rbac_allows, rbac_allows_named};
 pub use snapshot::{ObjectKey, Snapshot};
-pub use translate::{K8sProblem, Options, Translated, translate};
+pub use translate::{DEFAULT_SITE_HOST, K8sProblem, Options, Translated, translate};
