@@ -470,9 +470,10 @@ impl FakeApiServer {
         self.shared.store.compact();
     }
 
-    /// While `true`, connections are accepted and nothing is ever answered (new
-    /// connections do not even finish the TLS handshake; requests on open connections
-    /// hang); open watches get nothing either.
+    /// While `true`, connections are accepted and nothing is answered, as behind a network
+    /// partition: new connections do not even finish the TLS handshake, requests on open
+    /// connections hang, open watches get nothing. Set back to `false`, the partition heals:
+    /// what is still waiting (and whose client has not given up) goes through.
     pub fn blackhole(&self, on: bool) {
         self.shared.control.send_modify(|c| c.blackhole = on);
     }

@@ -45,7 +45,7 @@ pub(crate) struct Shared {
     pub open_watches: AtomicUsize,
     /// `host:port`, for `/api`'s `serverAddressByClientCIDRs`.
     pub address: String,
-    /// Closed when the server is dropped: ends blackholed requests and watches.
+    /// Closed when the server is dropped: ends blackholed connections and watches.
     pub shutdown: tokio::sync::watch::Receiver<()>,
 }
 
@@ -91,17 +91,13 @@ pub(crate) async fn accept_loop(
         };
         while tasks.try_join_next().is_some() {}
         let shared = shared.clone();
-        if shared.control.borrow().blackhole {
-            // Accepted, and never a byte back: not even the TLS handshake.
-            tasks.spawn(async move {
-                let _held = tcp;
-                let mut down = shared.shutdown.clone();
-                let _ = down.changed().await;
-            });
-            continue;
-        }
         let tls = tls.clone();
         tasks.spawn(async move {
+            // Blackholed: accepted, and not a byte back (not even the TLS handshake)
+            // until the partition heals.
+            if !healed(&shared).await {
+                return;
+            }
             let Ok(stream) = TlsAcceptor::from(tls).accept(tcp).await else {
                 return;
             };
@@ -134,10 +130,24 @@ fn error_response(e: &ApiError) -> Response<Body> {
     resp
 }
 
+/// Waits while the server is blackholed, as packets wait out a network partition; false
+/// when the server is dropped first.
+async fn healed(shared: &Shared) -> bool {
+    let mut control = shared.control.subscribe();
+    let mut down = shared.shutdown.clone();
+    loop {
+        if !control.borrow_and_update().blackhole {
+            return true;
+        }
+        tokio::select! {
+            r = control.changed() => if r.is_err() { return false },
+            _ = down.changed() => return false,
+        }
+    }
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    if shared.control.borrow().blackhole {
-        let mut down = shared.shutdown.clone();
-        let _ = down.changed().await;
+    if !healed(&shared).await {
         return error_response(&ApiError::injected(503));
     }
     let bearer = format!("Bearer {}", shared.token);

@@ -642,7 +642,7 @@ async fn injected_failures_are_answered_as_the_real_server_would() {
 }
 
 #[tokio::test]
-async fn a_blackholed_server_never_answers() {
+async fn a_blackholed_server_never_answers_until_the_partition_heals() {
     let api = FakeApiServer::start().await;
     let maps: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
     maps.list(&ListParams::default()).await.unwrap();
@@ -651,9 +651,13 @@ async fn a_blackholed_server_never_answers() {
     let hung = tokio::time::timeout(Duration::from_millis(700), maps.get_opt("x")).await;
     assert!(hung.is_err(), "answered: {hung:?}");
     let fresh: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
-    let hung = tokio::time::timeout(Duration::from_millis(700), fresh.get_opt("x")).await;
+    let mut waiting = Box::pin(fresh.get_opt("x"));
+    let hung = tokio::time::timeout(Duration::from_millis(700), &mut waiting).await;
     assert!(hung.is_err(), "answered: {hung:?}");
+    // Healed: the request still waiting goes through, and new ones are answered.
     api.blackhole(false);
+    let answered = within("the waiting request after the partition", waiting).await;
+    assert!(answered.unwrap().is_none());
     let back: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
     let answered = within_for(
         Duration::from_secs(10),
