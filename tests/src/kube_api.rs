@@ -33,7 +33,8 @@
 //!   with a 410 Expired Status, then the stream ends — also for an open watch whose pending
 //!   history is trimmed.
 //! - Writes: POST 409 AlreadyExists, `generateName`, names checked as DNS-1123 (422
-//!   Invalid), `kind`/`apiVersion`/namespace contradicting the path 400, a namespaced
+//!   Invalid), a `resourceVersion` in a POST 500 (as etcd3's store refuses it), a `uid` in a
+//!   PUT that is not the object's 409, `kind`/`apiVersion`/namespace contradicting the path 400, a namespaced
 //!   object in a missing namespace 404 (`default`, `kube-system`, `kube-public`,
 //!   `kube-node-lease` exist from the start). PUT with a stale RV 409 Conflict, without
 //!   RV unconditional (422 for Leases, which refuse it as the real strategy does); writes

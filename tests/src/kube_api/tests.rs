@@ -55,7 +55,22 @@ async fn objects_get_server_set_metadata_and_a_global_resource_version() {
 async fn writes_check_what_the_real_server_checks() {
     let api = FakeApiServer::start().await;
     let a = api.create(&ingress("default", "a", "a.test"));
-    assert_eq!(api.try_create(&a).unwrap_err().reason, "AlreadyExists");
+    let mut again = a.clone();
+    let e = api.try_create(&again).unwrap_err();
+    assert_eq!(
+        (e.code, e.reason),
+        (500, "InternalError"),
+        "a create carrying a resourceVersion: {e}"
+    );
+    again.metadata.resource_version = None;
+    assert_eq!(api.try_create(&again).unwrap_err().reason, "AlreadyExists");
+    let mut other_uid = a.clone();
+    other_uid.metadata.uid = Some("another".into());
+    let e = api.try_replace(&other_uid).unwrap_err();
+    assert!(
+        e.code == 409 && e.message.contains("UID in precondition"),
+        "{e}"
+    );
     assert_eq!(
         api.try_create(&ingress("nowhere", "a", "a.test"))
             .unwrap_err()

@@ -97,6 +97,12 @@ impl Inner {
         let kind = &KINDS[k];
         Self::check_type(kind, &body)?;
         let namespace = Self::namespace_for(kind, ns, &body)?;
+        if meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+            // etcd3's store refuses it, and the handler makes that a 500.
+            return Err(ApiError::internal(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
         let mut name = meta_str(&body, "name").unwrap_or_default().to_owned();
         if name.is_empty() {
             match meta_str(&body, "generateName").filter(|g| !g.is_empty()) {
@@ -208,6 +214,16 @@ impl Inner {
             }
             return Err(ApiError::not_found(kind, name));
         };
+        let stored_uid = meta_str(&old, "uid").unwrap_or_default();
+        if let Some(uid) = meta_str(&body, "uid").filter(|u| !u.is_empty() && *u != stored_uid) {
+            return Err(ApiError::precondition(
+                kind,
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {stored_uid}"
+                ),
+            ));
+        }
         match meta_str(&body, "resourceVersion").filter(|s| !s.is_empty()) {
             Some(rv) if rv != meta_str(&old, "resourceVersion").unwrap_or_default() => {
                 return Err(ApiError::conflict(kind, name));
