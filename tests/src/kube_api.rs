@@ -115,7 +115,8 @@ pub struct ApiCall {
     pub resource: String,
     /// `status` for writes and reads of `/status`.
     pub subresource: Option<String>,
-    /// The path's namespace (none for cluster-scoped and all-namespace requests).
+    /// The path's namespace (none for cluster-scoped and all-namespace requests; for a
+    /// request on one Namespace, its name, as RBAC's request info has it).
     pub namespace: Option<String>,
     /// The object's name, for requests on one object.
     pub name: Option<String>,

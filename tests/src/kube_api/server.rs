@@ -172,7 +172,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             group: kind.group.to_owned(),
             resource: kind.plural.to_owned(),
             subresource: t.status.then(|| "status".to_owned()),
-            namespace: t.ns.clone(),
+            // As RBAC's request info has it, a namespace's own path is in that namespace.
+            namespace: t.ns.clone().or_else(|| {
+                (t.k == super::kinds::namespaces())
+                    .then(|| t.name.clone())
+                    .flatten()
+            }),
             name: t.name.clone(),
             user_agent: req
                 .headers()
