@@ -34,7 +34,9 @@
 //!   history is trimmed.
 //! - Writes: POST 409 AlreadyExists, `generateName`, names checked as DNS-1123 (422
 //!   Invalid), a `resourceVersion` in a POST 500 (as etcd3's store refuses it), a `uid` in a
-//!   PUT that is not the object's 409, `kind`/`apiVersion`/namespace contradicting the path 400, a namespaced
+//!   PUT that is not the object's 409, a change of an immutable field 422 (a Secret's
+//!   `type`, an EndpointSlice's `addressType`, a Service's cluster IP, a Deployment's
+//!   selector, an `immutable` Secret's or ConfigMap's data), `kind`/`apiVersion`/namespace contradicting the path 400, a namespaced
 //!   object in a missing namespace 404 (`default`, `kube-system`, `kube-public`,
 //!   `kube-node-lease` exist from the start). PUT with a stale RV 409 Conflict, without
 //!   RV unconditional (422 for Leases, which refuse it as the real strategy does); writes

@@ -205,3 +205,25 @@ async fn finalizers_hold_a_deleted_object_until_removed() {
     api.patch_merge::<Ingress>("default", "a", json!({"metadata": {"finalizers": null}}));
     assert!(api.get::<Ingress>("default", "a").is_none());
 }
+
+#[tokio::test]
+async fn immutable_fields_stay() {
+    let api = FakeApiServer::start().await;
+    let opaque: Secret = from(json!({"metadata": {"name": "s", "namespace": "default"},
+        "data": {"k": "aGVsbG8="}}));
+    let mut s = api.create(&opaque);
+    s.type_ = Some("kubernetes.io/tls".into());
+    let e = api.try_replace(&s).unwrap_err();
+    assert!(
+        e.code == 422 && e.message.contains("type: Invalid value"),
+        "{e}"
+    );
+    let frozen: ConfigMap = from(json!({"metadata": {"name": "c", "namespace": "default"},
+        "data": {"k": "v"}, "immutable": true}));
+    let mut c = api.create(&frozen);
+    c.data.as_mut().unwrap().insert("k".into(), "w".into());
+    assert_eq!(api.try_replace(&c).unwrap_err().code, 422);
+    let mut c = api.get::<ConfigMap>("default", "c").unwrap();
+    c.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
+    assert!(api.try_replace(&c).is_ok(), "metadata may still change");
+}

@@ -283,6 +283,13 @@ impl Inner {
             let mut next_ip = self.next_ip;
             apply_defaults(kind, &mut body, Some(&old), &mut next_ip);
             self.next_ip = next_ip;
+            if let Some(field) = immutable_change(kind, &old, &body) {
+                return Err(ApiError::invalid(
+                    kind,
+                    name,
+                    format!("{field}: Invalid value: field is immutable"),
+                ));
+            }
             if spec_part(&body) != spec_part(&old) {
                 let generation = old
                     .pointer("/metadata/generation")
@@ -409,4 +416,36 @@ impl Inner {
         self.record(k, ChangeType::Deleted, obj.clone(), Some(old));
         Some((*obj).clone())
     }
+}
+
+/// The first field an update may not change that it changes, named as the real
+/// validation names it: a Secret's `type`, an EndpointSlice's `addressType`, a Service's
+/// `spec.clusterIP`, a Deployment's `spec.selector`, and everything of a Secret or
+/// ConfigMap marked `immutable`.
+fn immutable_change(kind: &Kind, old: &Value, new: &Value) -> Option<&'static str> {
+    let fields: &[(&str, &str)] = match (kind.group, kind.kind) {
+        ("", "Secret") => &[("/type", "type")],
+        ("discovery.k8s.io", "EndpointSlice") => &[("/addressType", "addressType")],
+        ("", "Service") => &[("/spec/clusterIP", "spec.clusterIP")],
+        ("apps", "Deployment") => &[("/spec/selector", "spec.selector")],
+        _ => &[],
+    };
+    for (pointer, field) in fields {
+        if let Some(was) = old.pointer(pointer)
+            && new.pointer(pointer) != Some(was)
+        {
+            return Some(field);
+        }
+    }
+    if matches!(kind.kind, "Secret" | "ConfigMap")
+        && kind.group.is_empty()
+        && old.get("immutable") == Some(&Value::Bool(true))
+    {
+        for field in ["immutable", "data", "binaryData"] {
+            if old.get(field) != new.get(field) {
+                return Some(field);
+            }
+        }
+    }
+    None
 }
