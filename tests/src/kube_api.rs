@@ -33,7 +33,10 @@
 //!   with a 410 Expired Status, then the stream ends — also for an open watch whose pending
 //!   history is trimmed.
 //! - Writes: POST 409 AlreadyExists, `generateName`, names checked as DNS-1123 (422
-//!   Invalid), `kind`/`apiVersion`/namespace contradicting the path 400, a namespaced
+//!   Invalid), a `resourceVersion` in a POST 500 (as etcd3's store refuses it), a `uid` in a
+//!   PUT that is not the object's 409, a change of an immutable field 422 (a Secret's
+//!   `type`, an EndpointSlice's `addressType`, a Service's cluster IP, a Deployment's
+//!   selector, an `immutable` Secret's or ConfigMap's data), `kind`/`apiVersion`/namespace contradicting the path 400, a namespaced
 //!   object in a missing namespace 404 (`default`, `kube-system`, `kube-public`,
 //!   `kube-node-lease` exist from the start). PUT with a stale RV 409 Conflict, without
 //!   RV unconditional (422 for Leases, which refuse it as the real strategy does); writes
@@ -52,12 +55,16 @@
 //!   in the legacy form kubectl falls back to.
 //!
 //! # Not faithful (on purpose, documented)
-//! - PATCH: `merge-patch+json` is RFC 7386; `strategic-merge-patch+json` is treated as a
-//!   merge patch (lists are replaced, `$patch` directives are not understood);
-//!   `apply-patch+yaml` (server-side apply) and `json-patch+json` get 415.
+//! - PATCH: `merge-patch+json` is RFC 7386; `strategic-merge-patch+json` is the part
+//!   client-side `kubectl apply` needs (lists merged by their Kubernetes merge keys for the
+//!   common fields, `$patch`, `$deleteFromPrimitiveList`; `$setElementOrder` ignored: see
+//!   `kube_api/patch.rs`); `apply-patch+yaml` (server-side apply) and `json-patch+json`
+//!   get 415.
+//! - Protobuf request bodies (which kubectl's typed commands such as `kubectl create secret`
+//!   send) are decoded for Secret, ConfigMap and Namespace only; answers are always JSON.
 //! - No admission, no OpenAPI (`/openapi/*` 404: use `kubectl --validate=false`), no
-//!   protobuf, no `dryRun`, no field managers, no aggregated discovery, no Table output
-//!   (use `kubectl get -o json|yaml|jsonpath|name`), no garbage collection of owned objects,
+//!   `dryRun`, no field managers, no aggregated discovery, no Table output (plain `kubectl
+//!   get` prints only NAME and AGE), no garbage collection of owned objects,
 //!   no graceful pod deletion; `generation` is kept for every kind; validation is only what
 //!   is listed above. `resourceVersion=0` lists honour `limit` (the real watch cache may
 //!   not; the documentation allows both). Every path needs the token (even `/version`).
@@ -69,6 +76,8 @@ mod discovery;
 mod kinds;
 mod list;
 mod object;
+mod patch;
+mod protobuf;
 mod selector;
 mod server;
 mod status;
@@ -108,7 +117,8 @@ pub struct ApiCall {
     pub resource: String,
     /// `status` for writes and reads of `/status`.
     pub subresource: Option<String>,
-    /// The path's namespace (none for cluster-scoped and all-namespace requests).
+    /// The path's namespace (none for cluster-scoped and all-namespace requests; for a
+    /// request on one Namespace, its name, as RBAC's request info has it).
     pub namespace: Option<String>,
     /// The object's name, for requests on one object.
     pub name: Option<String>,
@@ -373,7 +383,7 @@ impl FakeApiServer {
         let k = kind_of::<K>();
         self.shared
             .store
-            .patch(k, &key_ns::<K>(k, ns), name, &patch, false)
+            .patch(k, &key_ns::<K>(k, ns), name, &patch, false, false)
             .map(from_json)
             .unwrap_or_else(|e| panic!("patching {} {ns}/{name}: {e}", K::KIND))
     }
@@ -464,9 +474,10 @@ impl FakeApiServer {
         self.shared.store.compact();
     }
 
-    /// While `true`, connections are accepted and nothing is ever answered (new
-    /// connections do not even finish the TLS handshake; requests on open connections
-    /// hang); open watches get nothing either.
+    /// While `true`, connections are accepted and nothing is answered, as behind a network
+    /// partition: new connections do not even finish the TLS handshake, requests on open
+    /// connections hang, open watches get nothing. Set back to `false`, the partition heals:
+    /// what is still waiting (and whose client has not given up) goes through.
     pub fn blackhole(&self, on: bool) {
         self.shared.control.send_modify(|c| c.blackhole = on);
     }

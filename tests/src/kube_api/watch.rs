@@ -120,7 +120,7 @@ fn drain(
             .range(first..)
             .filter_map(|ch| frame_for(ch, ns, selector)),
     );
-    Some(inner.rv)
+    Some(inner.rv.max(cursor))
 }
 
 /// The body of a watch response: JSON lines produced by a task until the watch ends.

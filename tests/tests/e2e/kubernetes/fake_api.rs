@@ -642,7 +642,7 @@ async fn injected_failures_are_answered_as_the_real_server_would() {
 }
 
 #[tokio::test]
-async fn a_blackholed_server_never_answers() {
+async fn a_blackholed_server_never_answers_until_the_partition_heals() {
     let api = FakeApiServer::start().await;
     let maps: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
     maps.list(&ListParams::default()).await.unwrap();
@@ -651,9 +651,13 @@ async fn a_blackholed_server_never_answers() {
     let hung = tokio::time::timeout(Duration::from_millis(700), maps.get_opt("x")).await;
     assert!(hung.is_err(), "answered: {hung:?}");
     let fresh: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
-    let hung = tokio::time::timeout(Duration::from_millis(700), fresh.get_opt("x")).await;
+    let mut waiting = Box::pin(fresh.get_opt("x"));
+    let hung = tokio::time::timeout(Duration::from_millis(700), &mut waiting).await;
     assert!(hung.is_err(), "answered: {hung:?}");
+    // Healed: the request still waiting goes through, and new ones are answered.
     api.blackhole(false);
+    let answered = within("the waiting request after the partition", waiting).await;
+    assert!(answered.unwrap().is_none());
     let back: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
     let answered = within_for(
         Duration::from_secs(10),
@@ -662,4 +666,34 @@ async fn a_blackholed_server_never_answers() {
     )
     .await;
     assert!(answered.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_watcher_syncs_thousands_of_objects_in_pages() {
+    let api = FakeApiServer::start().await;
+    for i in 0..5000 {
+        api.create(&ingress("default", &format!("ing-{i:04}")));
+    }
+    let ingresses: Api<Ingress> = Api::all(api.client().await);
+    let (mut stream, _task) = drive(watcher::watcher(ingresses, watcher::Config::default()));
+    let started = std::time::Instant::now();
+    let mut applied = 0;
+    loop {
+        match within_for(Duration::from_secs(30), "the initial sync", stream.recv())
+            .await
+            .unwrap()
+            .as_str()
+        {
+            "Init" => {}
+            "InitDone" => break,
+            e if e.starts_with("InitApply(") => applied += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(applied, 5000);
+    let lists = api.calls().iter().filter(|c| c.verb == "list").count();
+    assert_eq!(lists, 10, "pages of 500");
+    eprintln!("5,000 Ingresses synced in {:?}", started.elapsed());
+    api.create(&ingress("default", "late"));
+    assert_eq!(events(&mut stream, 1).await, ["Apply(late)"]);
 }
