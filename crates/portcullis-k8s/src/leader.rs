@@ -68,7 +68,20 @@ impl LeaseTimings {
 /// This replica's identity in the Lease: `$POD_NAME` when set (the Deployment passes it
 /// with the downward API), else `$HOSTNAME` (a pod's name by default), else the host name
 /// file, followed by `_` and the process id so that two processes on one host differ.
+/// Every call after the first in one process adds `_2`, `_3`…: two controllers in one
+/// process (the tests) are two replicas.
 pub fn default_identity() -> String {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = base_identity();
+    if n == 0 {
+        base
+    } else {
+        format!("{base}_{}", n + 1)
+    }
+}
+
+fn base_identity() -> String {
     if let Ok(pod) = std::env::var("POD_NAME")
         && !pod.is_empty()
     {

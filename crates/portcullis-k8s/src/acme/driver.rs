@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{SecretError, SecretWrite, write_certificate};
 use crate::events::{EventType, REASON_CERTIFICATE_ISSUED, REASON_SECRET_NOT_OURS, Recorder};
@@ -90,7 +90,9 @@ impl AcmeSecretsHandle {
     }
 }
 
-/// Writes issued certificates into Secrets, while leading. Build with [`new`](Self::new),
+/// Writes issued certificates into Secrets, while leading: certificates handed over while
+/// following are dropped, and those still waiting when this replica steps down are
+/// forgotten. Build with [`new`](Self::new),
 /// keep the handle, and drive [`run`](Self::run).
 pub struct AcmeSecrets {
     client: Client,
@@ -162,13 +164,26 @@ impl AcmeSecrets {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 got = self.issued.recv(), if open => match got {
-                    Some(c) => {
+                    // Only the leader orders; a certificate reaching a follower is stale.
+                    Some(c) if *self.leader.borrow() => {
                         pending.insert(c.site.clone(), Pending { certificate: c, failures: 0, next: Instant::now() });
                     }
+                    Some(c) => debug!(site = %c.site, "not leading: certificate not stored"),
                     None => open = false,
                 },
                 r = self.targets.changed(), if targets_open => targets_open = r.is_ok(),
-                r = self.leader.changed() => if r.is_err() { return },
+                r = self.leader.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // Stepped down: what is still waiting is the new leader's to write (it
+                    // seeds from the Secret and writes what it has); writing it later,
+                    // when leading again, could put an older certificate over a newer one.
+                    if !*self.leader.borrow() && !pending.is_empty() {
+                        warn!(waiting = pending.len(), "no longer leading: certificates not yet stored are left to the new leader");
+                        pending.clear();
+                    }
+                }
                 () = sleep_until(wake) => {}
             }
         }
