@@ -10,7 +10,6 @@
 
 mod metrics;
 mod sync;
-mod writers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +24,6 @@ use crate::prepare::{StartError, check, off_the_workers};
 use crate::summary;
 use metrics::K8sMetrics;
 use sync::{SyncState, Syncer};
-use writers::{WriterSettings, Writers};
 
 /// The flags `ingress` and `check --kubernetes` share: where the cluster is and what of
 /// it is ours.
@@ -194,7 +192,6 @@ pub struct Ingress {
     app: App,
     source: Source,
     syncer: Syncer,
-    writers: Arc<Writers>,
 }
 
 impl Ingress {
@@ -208,21 +205,6 @@ impl Ingress {
         let app = App::start_with_source(base.clone(), Arc::new(move || ready.readiness())).await?;
         let metrics = K8sMetrics::register(app.controller().registry())?;
         metrics.api_up(false);
-        let writers = Arc::new(Writers::start(
-            client.clone(),
-            app.controller().clone(),
-            &base,
-            WriterSettings {
-                namespace: args
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(portcullis_k8s::own_namespace),
-                election_id: args.election_id.clone(),
-                identity: portcullis_k8s::default_identity(),
-                timings: portcullis_k8s::LeaseTimings::default(),
-                publish: publish_target(&args),
-            },
-        ));
         let source = Source::start(
             client,
             SourceConfig {
@@ -230,19 +212,19 @@ impl Ingress {
                 ..SourceConfig::default()
             },
         );
+        // The writers (leader election, Ingress status, Events, ACME Secrets) plug in here.
         let syncer = Syncer {
             controller: app.controller().clone(),
             base,
             options: args.kubernetes.options(),
             state,
             metrics,
-            writers: Some(writers.clone()),
+            on_applied: Box::new(|_| {}),
         };
         Ok(Self {
             app,
             source,
             syncer,
-            writers,
         })
     }
 
@@ -268,24 +250,12 @@ impl Ingress {
             app,
             source,
             syncer,
-            writers,
         } = self;
         let sync = tokio::spawn(syncer.run(source.snapshots(), source.status()));
         let drained = app.run(shutdown).await;
         sync.abort();
         drop(source);
-        // The leader clears its Ingresses' status and releases the Lease.
-        writers.shutdown().await;
         drained
-    }
-}
-
-/// `--publish-service` or `--publish-address`, if either is given.
-fn publish_target(args: &IngressArgs) -> Option<portcullis_k8s::PublishTarget> {
-    match (&args.publish_service, &args.publish_address) {
-        (Some(service), _) => Some(portcullis_k8s::PublishTarget::Service(service.clone())),
-        (None, Some(address)) => Some(portcullis_k8s::PublishTarget::addresses(address)),
-        (None, None) => None,
     }
 }
 

@@ -12,7 +12,6 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::metrics::K8sMetrics;
-use super::writers::Writers;
 use crate::admin::SourceReadiness;
 use crate::controller::Controller;
 
@@ -100,10 +99,9 @@ pub(super) struct Syncer {
     pub(super) options: Options,
     pub(super) state: Arc<SyncState>,
     pub(super) metrics: K8sMetrics,
-    /// What is written to the API server (leader election, status, Events, ACME
-    /// Secrets): told of each translation put in force; while this replica leads, ACME
-    /// hosts are translated as ACME sites and their Secrets seed the ACME storage.
-    pub(super) writers: Option<Arc<Writers>>,
+    /// Called with each translation that was put in force (status, events, ACME
+    /// secrets: the writers).
+    pub(super) on_applied: Box<dyn Fn(&Translated) + Send + Sync>,
 }
 
 impl Syncer {
@@ -116,7 +114,6 @@ impl Syncer {
     ) {
         let mut last: Option<Config> = None;
         let mut reported = BTreeSet::new();
-        let mut leader = self.writers.as_ref().map(|w| w.leader());
         loop {
             tokio::select! {
                 r = snapshots.changed() => {
@@ -124,17 +121,6 @@ impl Syncer {
                         return;
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
-                    if let Some(snapshot) = snapshot {
-                        self.sync(snapshot, &mut last, &mut reported).await;
-                    }
-                }
-                // Leading or not changes who orders ACME certificates: translate again.
-                r = changed(leader.as_mut()) => {
-                    if r.is_err() {
-                        leader = None;
-                        continue;
-                    }
-                    let snapshot = snapshots.borrow().clone();
                     if let Some(snapshot) = snapshot {
                         self.sync(snapshot, &mut last, &mut reported).await;
                     }
@@ -157,13 +143,9 @@ impl Syncer {
         last: &mut Option<Config>,
         reported: &mut BTreeSet<String>,
     ) {
-        let (base, mut options) = (self.base.clone(), self.options.clone());
-        if let Some(w) = &self.writers {
-            options.acme_issuer = *w.leader().borrow();
-        }
-        let input = snapshot.clone();
+        let (base, options) = (self.base.clone(), self.options.clone());
         let translated =
-            tokio::task::spawn_blocking(move || translate(&base, &input, &options)).await;
+            tokio::task::spawn_blocking(move || translate(&base, &snapshot, &options)).await;
         let translated = match translated {
             Ok(t) => t,
             Err(e) => {
@@ -176,13 +158,8 @@ impl Syncer {
         if last.as_ref() == Some(&translated.config) {
             self.metrics.unchanged(unix_now());
             self.state.update(|st| st.applied = Some(SystemTime::now()));
-            if let Some(w) = &self.writers {
-                w.applied(&snapshot, &translated);
-            }
+            (self.on_applied)(&translated);
             return;
-        }
-        if let Some(w) = &self.writers {
-            w.seed(&snapshot, &translated).await;
         }
         match self.controller.apply(translated.config.clone()).await {
             Ok(summary) => {
@@ -192,9 +169,7 @@ impl Syncer {
                     st.applied = Some(SystemTime::now());
                     st.refused = None;
                 });
-                if let Some(w) = &self.writers {
-                    w.applied(&snapshot, &translated);
-                }
+                (self.on_applied)(&translated);
                 *last = Some(translated.config);
             }
             Err(e) => {
@@ -239,13 +214,5 @@ impl Syncer {
                 .map(|(i, a)| (i.namespace.as_str(), i.name.as_str(), a.as_str())),
         );
         *reported = now;
-    }
-}
-
-/// `rx.changed()`, or never when there is no receiver.
-async fn changed(rx: Option<&mut watch::Receiver<bool>>) -> Result<(), watch::error::RecvError> {
-    match rx {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
     }
 }
