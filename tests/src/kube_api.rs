@@ -52,12 +52,16 @@
 //!   in the legacy form kubectl falls back to.
 //!
 //! # Not faithful (on purpose, documented)
-//! - PATCH: `merge-patch+json` is RFC 7386; `strategic-merge-patch+json` is treated as a
-//!   merge patch (lists are replaced, `$patch` directives are not understood);
-//!   `apply-patch+yaml` (server-side apply) and `json-patch+json` get 415.
+//! - PATCH: `merge-patch+json` is RFC 7386; `strategic-merge-patch+json` is the part
+//!   client-side `kubectl apply` needs (lists merged by their Kubernetes merge keys for the
+//!   common fields, `$patch`, `$deleteFromPrimitiveList`; `$setElementOrder` ignored: see
+//!   `kube_api/patch.rs`); `apply-patch+yaml` (server-side apply) and `json-patch+json`
+//!   get 415.
+//! - Protobuf request bodies (which kubectl's typed commands such as `kubectl create secret`
+//!   send) are decoded for Secret, ConfigMap and Namespace only; answers are always JSON.
 //! - No admission, no OpenAPI (`/openapi/*` 404: use `kubectl --validate=false`), no
-//!   protobuf, no `dryRun`, no field managers, no aggregated discovery, no Table output
-//!   (use `kubectl get -o json|yaml|jsonpath|name`), no garbage collection of owned objects,
+//!   `dryRun`, no field managers, no aggregated discovery, no Table output (plain `kubectl
+//!   get` prints only NAME and AGE), no garbage collection of owned objects,
 //!   no graceful pod deletion; `generation` is kept for every kind; validation is only what
 //!   is listed above. `resourceVersion=0` lists honour `limit` (the real watch cache may
 //!   not; the documentation allows both). Every path needs the token (even `/version`).
@@ -69,6 +73,8 @@ mod discovery;
 mod kinds;
 mod list;
 mod object;
+mod patch;
+mod protobuf;
 mod selector;
 mod server;
 mod status;
@@ -373,7 +379,7 @@ impl FakeApiServer {
         let k = kind_of::<K>();
         self.shared
             .store
-            .patch(k, &key_ns::<K>(k, ns), name, &patch, false)
+            .patch(k, &key_ns::<K>(k, ns), name, &patch, false, false)
             .map(from_json)
             .unwrap_or_else(|e| panic!("patching {} {ns}/{name}: {e}", K::KIND))
     }

@@ -22,6 +22,7 @@ mod acme;
 mod client;
 mod events;
 mod leader;
+mod rbac;
 mod snapshot;
 mod source;
 mod status;
@@ -38,6 +39,7 @@ pub use events::{
     REASON_TRANSLATION, Recorder,
 };
 pub use leader::{DEFAULT_ELECTION_ID, Elector, LeaseTimings, default_identity};
+pub use rbac::{rbac_allows, rbac_allows_named};
 pub use snapshot::{ObjectKey, Snapshot};
 pub use source::{
     Debounce, ListError, Source, SourceConfig, SourceStatus, WATCH_TIMEOUT, list_once,

@@ -52,16 +52,25 @@ pub struct SiteCerts {
 impl SiteCerts {
     /// Puts these certificates, and the config's hosts, into `store` in one swap.
     pub fn publish(&self, config: &Config, store: &CertStore) {
-        store.set_sites(config.sites.iter().zip(&self.sites).map(|(site, cert)| {
-            (
-                SiteBinding {
-                    name: &site.name,
-                    hosts: &site.hosts,
-                    default: site.default,
-                },
-                cert.key.clone(),
-            )
-        }));
+        // A site with no certificate of its own (`tls: none`) is not in the store: its
+        // names resolve as unclaimed ones do, to the default site's certificate.
+        store.set_sites(
+            config
+                .sites
+                .iter()
+                .zip(&self.sites)
+                .filter(|(site, _)| !matches!(site.tls, SiteTls::None))
+                .map(|(site, cert)| {
+                    (
+                        SiteBinding {
+                            name: &site.name,
+                            hosts: &site.hosts,
+                            default: site.default,
+                        },
+                        cert.key.clone(),
+                    )
+                }),
+        );
     }
 }
 

@@ -356,18 +356,25 @@ impl Controller {
             http,
             admin,
         } = prepared;
-        self.gateway
-            .certs()
-            .set_sites(config.sites.iter().zip(keys).map(|(site, key)| {
-                (
-                    SiteBinding {
-                        name: &site.name,
-                        hosts: &site.hosts,
-                        default: site.default,
-                    },
-                    key,
-                )
-            }));
+        self.gateway.certs().set_sites(
+            config
+                .sites
+                .iter()
+                .zip(keys)
+                // `tls: none`: its names get the default site's certificate, as
+                // unclaimed names do.
+                .filter(|(site, _)| !matches!(site.tls, SiteTls::None))
+                .map(|(site, key)| {
+                    (
+                        SiteBinding {
+                            name: &site.name,
+                            hosts: &site.hosts,
+                            default: site.default,
+                        },
+                        key,
+                    )
+                }),
+        );
         self.gateway.set_router(router);
         self.gateway.set_limits(&config.limits);
         self.admin.store(Arc::new(config.admin.clone()));

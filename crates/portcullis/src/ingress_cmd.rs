@@ -10,6 +10,7 @@
 
 mod metrics;
 mod sync;
+mod writers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,13 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use portcullis_config::{Config, Problem};
-use portcullis_k8s::{ObjectKey, Options, Source, SourceConfig};
+use portcullis_k8s::{ObjectKey, Options, PublishTarget, Source, SourceConfig};
 
 use crate::app::App;
 use crate::prepare::{StartError, check, off_the_workers};
 use crate::summary;
 use metrics::K8sMetrics;
 use sync::{SyncState, Syncer};
+use writers::{WriterSettings, Writers};
 
 /// The flags `ingress` and `check --kubernetes` share: where the cluster is and what of
 /// it is ours.
@@ -192,6 +194,7 @@ pub struct Ingress {
     app: App,
     source: Source,
     syncer: Syncer,
+    writers: Arc<Writers>,
 }
 
 impl Ingress {
@@ -206,25 +209,42 @@ impl Ingress {
         let metrics = K8sMetrics::register(app.controller().registry())?;
         metrics.api_up(false);
         let source = Source::start(
-            client,
+            client.clone(),
             SourceConfig {
                 namespaces: args.kubernetes.watch_namespaces.clone(),
                 ..SourceConfig::default()
             },
         );
-        // The writers (leader election, Ingress status, Events, ACME Secrets) plug in here.
+        let publish = match (&args.publish_service, &args.publish_address) {
+            (Some(service), _) => Some(PublishTarget::Service(service.clone())),
+            (None, Some(address)) => Some(PublishTarget::addresses(address)),
+            (None, None) => None,
+        };
+        let writers = Arc::new(Writers::start(
+            client,
+            WriterSettings {
+                namespace: args
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(portcullis_k8s::own_namespace),
+                election_id: args.election_id.clone(),
+                identity: portcullis_k8s::default_identity(),
+                publish,
+            },
+        ));
         let syncer = Syncer {
             controller: app.controller().clone(),
             base,
             options: args.kubernetes.options(),
             state,
             metrics,
-            on_applied: Box::new(|_| {}),
+            writers: writers.clone(),
         };
         Ok(Self {
             app,
             source,
             syncer,
+            writers,
         })
     }
 
@@ -243,19 +263,30 @@ impl Ingress {
         self.app.admin_addr()
     }
 
-    /// Serves and syncs until `shutdown` completes, then stops the watchers and drains
-    /// as `run` does. True if every connection finished in time.
+    /// Serves and syncs until `shutdown` completes; then stops syncing, clears the
+    /// Ingress status and releases the Lease if leading, and drains as `run` does. True
+    /// if every connection finished in time.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let Self {
             app,
             source,
             syncer,
+            writers,
         } = self;
         let sync = tokio::spawn(syncer.run(source.snapshots(), source.status()));
-        let drained = app.run(shutdown).await;
-        sync.abort();
-        drop(source);
-        drained
+        app.run(async move {
+            shutdown.await;
+            sync.abort();
+            let _ = sync.await;
+            drop(source);
+            match Arc::try_unwrap(writers) {
+                Ok(w) => w.stop().await,
+                Err(_) => {
+                    tracing::warn!("the writers are still in use; the Lease is left to expire")
+                }
+            }
+        })
+        .await
     }
 }
 

@@ -1,5 +1,5 @@
-//! One object as JSON: its metadata, name validation, the defaults the real API server
-//! fills in, and RFC 7386 merge patch.
+//! One object as JSON: its metadata, name validation, and the defaults the real API server
+//! fills in.
 
 use serde_json::{Map, Value, json};
 
@@ -44,28 +44,6 @@ pub(crate) fn name_problem(name: &str, rule: NameRule) -> Option<String> {
         ))
     } else {
         None
-    }
-}
-
-/// RFC 7386: `patch` merged into `target` (objects merged key by key, `null` removes,
-/// anything else, arrays included, replaces).
-pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let t = target
-        .as_object_mut()
-        .expect("target was just made an object");
-    for (k, v) in p {
-        if v.is_null() {
-            t.remove(k);
-        } else {
-            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-        }
     }
 }
 
@@ -123,10 +101,8 @@ pub(crate) fn apply_defaults(kind: &Kind, obj: &mut Value, old: Option<&Value>, 
             }
         }
         ("discovery.k8s.io", "endpointslices") => default_protocols(obj, "/ports"),
-        ("networking.k8s.io", "ingresses") => {
-            if obj.get("status").is_none() {
-                obj["status"] = json!({"loadBalancer": {}});
-            }
+        ("networking.k8s.io", "ingresses") if obj.get("status").is_none() => {
+            obj["status"] = json!({"loadBalancer": {}});
         }
         _ => {}
     }
@@ -196,24 +172,7 @@ fn default_service(obj: &mut Value, old: Option<&Value>, next_ip: &mut u32) {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
-    use super::{NameRule, base64, merge_patch, name_problem};
-
-    #[test]
-    fn merge_patch_follows_rfc_7386() {
-        // The RFC's own example (appendix A).
-        let mut target = json!({"title": "Goodbye!", "author": {"givenName": "John", "familyName": "Doe"},
-            "tags": ["example", "sample"], "content": "This will be unchanged"});
-        let patch = json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890",
-            "author": {"familyName": null}, "tags": ["example"]});
-        merge_patch(&mut target, &patch);
-        assert_eq!(
-            target,
-            json!({"title": "Hello!", "author": {"givenName": "John"}, "tags": ["example"],
-                "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"})
-        );
-    }
+    use super::{NameRule, base64, name_problem};
 
     #[test]
     fn names_are_dns_1123() {

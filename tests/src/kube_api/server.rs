@@ -19,13 +19,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::kinds::{KINDS, find};
+use super::kinds::KINDS;
 use super::list::{ListOpts, list};
 use super::selector::Selector;
 use super::status::ApiError;
 use super::store::{Preconditions, Store};
 use super::watch::{self, Control, Start, WatchOpts};
 use super::{ApiCall, FakeApiOptions};
+
+mod route;
+use route::{Target, parse_query, resolve};
 
 /// Body of every response.
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
@@ -131,105 +134,6 @@ fn error_response(e: &ApiError) -> Response<Body> {
     resp
 }
 
-/// Query parameters, percent-decoded (the last of a repeated name wins).
-fn parse_query(q: &str) -> HashMap<String, String> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    match std::str::from_utf8(&bytes[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    {
-                        Some(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
-        })
-        .collect()
-}
-
-/// A request for a resource: which one, where, and what RBAC calls it.
-struct Target {
-    k: usize,
-    ns: Option<String>,
-    name: Option<String>,
-    status: bool,
-    verb: &'static str,
-}
-
-/// The resource `segments` names; `Ok(None)` for the paths that name none (discovery).
-fn resolve(segments: &[&str], method: &Method, watch: bool) -> Result<Option<Target>, ApiError> {
-    let (group, version, rest) = match segments {
-        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", "v1", rest),
-        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest),
-        _ => return Ok(None),
-    };
-    let namespace_sub = group.is_empty()
-        && rest.len() == 3
-        && rest[0] == "namespaces"
-        && matches!(rest[2], "status" | "finalize");
-    let (ns, rest) = match rest {
-        ["namespaces", ns, tail @ ..] if !tail.is_empty() && !namespace_sub => {
-            (Some((*ns).to_owned()), tail)
-        }
-        _ => (None, rest),
-    };
-    let (plural, name, sub) = match rest {
-        [r] => (*r, None, None),
-        [r, n] => (*r, Some((*n).to_owned()), None),
-        [r, n, s] => (*r, Some((*n).to_owned()), Some(*s)),
-        _ => return Err(ApiError::no_route()),
-    };
-    let k = find(group, version, plural).ok_or_else(ApiError::no_route)?;
-    let kind = &KINDS[k];
-    if ns.is_some() && !kind.namespaced {
-        return Err(ApiError::no_route());
-    }
-    if sub.is_some_and(|s| s != "status" || !kind.status) {
-        return Err(ApiError::no_route());
-    }
-    let verb = match (method.as_str(), name.is_some()) {
-        ("GET", _) if watch => "watch",
-        ("GET", true) => "get",
-        ("GET", false) => "list",
-        ("POST", false) => "create",
-        ("PUT", true) => "update",
-        ("PATCH", true) => "patch",
-        ("DELETE", true) => "delete",
-        ("DELETE", false) => "deletecollection",
-        _ => return Err(ApiError::method_not_allowed()),
-    };
-    if kind.namespaced && ns.is_none() && !matches!(verb, "list" | "watch") {
-        return Err(ApiError::no_route());
-    }
-    Ok(Some(Target {
-        k,
-        ns,
-        name,
-        status: sub.is_some(),
-        verb,
-    }))
-}
-
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if shared.control.borrow().blackhole {
         let mut down = shared.shutdown.clone();
@@ -297,7 +201,10 @@ fn flag(query: &HashMap<String, String>, name: &str) -> Option<bool> {
     query.get(name).map(|v| v == "true" || v == "1")
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<(Value, String), ApiError> {
+async fn read_body(
+    req: Request<Incoming>,
+    kind: &super::kinds::Kind,
+) -> Result<(Value, String), ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -317,7 +224,9 @@ async fn read_body(req: Request<Incoming>) -> Result<(Value, String), ApiError> 
     if bytes.is_empty() {
         return Ok((Value::Null, content_type));
     }
-    let value = if content_type.contains("yaml") && content_type != "application/apply-patch+yaml" {
+    let value = if content_type == "application/vnd.kubernetes.protobuf" {
+        super::protobuf::decode(kind, &bytes)?
+    } else if content_type.contains("yaml") && content_type != "application/apply-patch+yaml" {
         serde_yaml::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?
     } else if content_type.contains("json") || content_type.is_empty() {
         serde_json::from_slice(&bytes).map_err(|e| {
@@ -379,26 +288,29 @@ async fn serve(
                 .expect("a response from valid parts"))
         }
         "create" => {
-            let (body, _) = read_body(req).await?;
+            let (body, _) = read_body(req, kind).await?;
             let out = shared.store.create(t.k, t.ns.as_deref(), body)?;
             Ok(json_response(201, &out))
         }
         "update" => {
-            let (body, _) = read_body(req).await?;
+            let (body, _) = read_body(req, kind).await?;
             let out = shared.store.update(t.k, &ns, &name, body, t.status)?;
             Ok(json_response(200, &out))
         }
         "patch" => {
-            let (body, content_type) = read_body(req).await?;
-            match content_type.as_str() {
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {}
+            let (body, content_type) = read_body(req, kind).await?;
+            let strategic = match content_type.as_str() {
+                "application/merge-patch+json" => false,
+                "application/strategic-merge-patch+json" => true,
                 other => return Err(ApiError::unsupported_media_type(other)),
-            }
-            let out = shared.store.patch(t.k, &ns, &name, &body, t.status)?;
+            };
+            let out = shared
+                .store
+                .patch(t.k, &ns, &name, &body, t.status, strategic)?;
             Ok(json_response(200, &out))
         }
         "delete" => {
-            let (body, _) = read_body(req).await?;
+            let (body, _) = read_body(req, kind).await?;
             let pre = Preconditions {
                 resource_version: body
                     .pointer("/preconditions/resourceVersion")
@@ -484,20 +396,4 @@ fn watch_opts(
             .and_then(|t| t.parse().ok())
             .map(Duration::from_secs),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_query;
-
-    #[test]
-    fn queries_are_percent_decoded() {
-        let q = parse_query(
-            "labelSelector=app%20in%20(a%2Cb)&watch=1&fieldSelector=metadata.name%3Dx&x",
-        );
-        assert_eq!(q["labelSelector"], "app in (a,b)");
-        assert_eq!(q["fieldSelector"], "metadata.name=x");
-        assert_eq!(q["watch"], "1");
-        assert_eq!(q["x"], "");
-    }
 }

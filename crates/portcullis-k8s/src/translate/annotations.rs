@@ -4,14 +4,14 @@
 //! interprets (ingress-nginx's CVE-2025-1974 and CVE-2025-1097 came from that).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
-use ipnet::IpNet;
-use portcullis_config::{
-    Access, Balance, HashKey, HostPattern, Hsts, Mode, Redirect, Retries, StickyCookie, defaults,
-    parse_duration, parse_size,
-};
+use portcullis_config::{Access, Balance, Hsts, Mode, Redirect, Retries, defaults, parse_size};
+
+use values::{boolean, duration, location, networks, nginx_size, plain_path};
+
+mod origin;
+mod values;
 
 /// Our annotations' prefix.
 pub(super) const OURS: &str = "portcullis.dev/";
@@ -86,7 +86,7 @@ pub(super) const NGINX_NAMES: &[&str] = &[
 /// The cookie name of `affinity: cookie` without a name (ours, and ingress-nginx's: kept so
 /// clients keep their sessions across a migration).
 pub(super) const OUR_COOKIE: &str = "PORTCULLIS";
-const NGINX_COOKIE: &str = "INGRESSCOOKIE";
+pub(super) const NGINX_COOKIE: &str = "INGRESSCOOKIE";
 
 /// The application protocol towards the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,12 +111,14 @@ pub(super) struct SecretRef {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct OriginSettings {
     pub(super) mode: Option<(String, Mode)>,
+    /// ingress-nginx's `proxy-ssl-verify`.
+    pub(super) nginx_verify: Option<bool>,
     pub(super) protocol: Option<(String, Protocol)>,
     /// Roots for `strict` (`ca.crt`).
     pub(super) ca_secret: Option<SecretRef>,
     /// A `kubernetes.io/tls` Secret: the client certificate.
     pub(super) client_cert_secret: Option<SecretRef>,
-    pub(super) server_name: Option<String>,
+    pub(super) server_name: Option<(String, String)>,
     pub(super) connect_timeout: Option<Duration>,
     pub(super) read_timeout: Option<Duration>,
     pub(super) balance: Option<Balance>,
@@ -181,7 +183,7 @@ pub(super) fn annotation_key(full_name: &str) -> String {
     format!("metadata.annotations[\"{full_name}\"]")
 }
 
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     map: &'a BTreeMap<String, String>,
     problems: Vec<(String, String)>,
 }
@@ -190,29 +192,29 @@ struct Reader<'a> {
 type Found<'a> = (String, &'a str);
 
 impl<'a> Reader<'a> {
-    fn ours(&self, name: &str) -> Option<Found<'a>> {
+    pub(super) fn ours(&self, name: &str) -> Option<Found<'a>> {
         let full = format!("{OURS}{name}");
         let value = self.map.get(&full)?;
         Some((full, value.trim()))
     }
 
-    fn nginx(&self, name: &str) -> Option<Found<'a>> {
+    pub(super) fn nginx(&self, name: &str) -> Option<Found<'a>> {
         let full = format!("{NGINX}{name}");
         let value = self.map.get(&full)?;
         Some((full, value.trim()))
     }
 
     /// Ours, else ingress-nginx's.
-    fn either(&self, ours: &str, nginx: &str) -> Option<Found<'a>> {
+    pub(super) fn either(&self, ours: &str, nginx: &str) -> Option<Found<'a>> {
         self.ours(ours).or_else(|| self.nginx(nginx))
     }
 
-    fn problem(&mut self, full: &str, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, full: &str, message: impl Into<String>) {
         self.problems.push((annotation_key(full), message.into()));
     }
 
     /// Parses a found value, recording a problem (and giving `None`) when it is invalid.
-    fn parse<T>(
+    pub(super) fn parse<T>(
         &mut self,
         found: Option<Found<'a>>,
         f: impl FnOnce(&str) -> Result<T, String>,
@@ -227,7 +229,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn value<T>(
+    pub(super) fn value<T>(
         &mut self,
         found: Option<Found<'a>>,
         f: impl FnOnce(&str) -> Result<T, String>,
@@ -328,254 +330,6 @@ impl<'a> Reader<'a> {
         Some((said, Some(hsts)))
     }
 
-    fn origin(&mut self) -> OriginSettings {
-        let mode = self.parse(self.ours("origin-mode"), |v| match v {
-            "flexible" => Ok(Mode::Flexible),
-            "full" => Ok(Mode::Full),
-            "strict" => Ok(Mode::Strict),
-            _ => Err(format!(
-                "`{v}` is not an origin mode; use flexible, full or strict"
-            )),
-        });
-        // ingress-nginx's proxy-ssl-verify stands for a mode when ours is absent.
-        let mode = mode.or_else(|| {
-            self.parse(self.nginx("proxy-ssl-verify"), |v| match v {
-                "on" => Ok(Mode::Strict),
-                "off" => Ok(Mode::Full),
-                _ => Err(format!("`{v}` is not `on` or `off`")),
-            })
-        });
-        let protocol = self.parse(
-            self.either("backend-protocol", "backend-protocol"),
-            |v| match v.to_ascii_uppercase().as_str() {
-                "HTTP" => Ok(Protocol::Http),
-                "HTTPS" => Ok(Protocol::Https),
-                "H2C" => Ok(Protocol::H2c),
-                "GRPC" => Ok(Protocol::Grpc),
-                "GRPCS" => Ok(Protocol::Grpcs),
-                "AUTO_HTTP" | "FCGI" => Err(format!(
-                    "`{v}` is not supported; use HTTP, HTTPS, H2C, GRPC or GRPCS"
-                )),
-                _ => Err(format!(
-                    "`{v}` is not a backend protocol; use HTTP, HTTPS, H2C, GRPC or GRPCS"
-                )),
-            },
-        );
-        let mut ca_secret =
-            self.parse(self.ours("origin-ca-secret"), secret_name)
-                .map(|(key, name)| SecretRef {
-                    key,
-                    namespace: None,
-                    name,
-                });
-        let mut client_cert_secret = self
-            .parse(self.ours("origin-client-cert-secret"), secret_name)
-            .map(|(key, name)| SecretRef {
-                key,
-                namespace: None,
-                name,
-            });
-        // ingress-nginx's proxy-ssl-secret holds both: ca.crt, and tls.crt/tls.key.
-        if ca_secret.is_none()
-            && client_cert_secret.is_none()
-            && let Some((key, (namespace, name))) =
-                self.parse(self.nginx("proxy-ssl-secret"), |v| {
-                    match v.split_once('/') {
-                        Some((ns, name)) => Ok((Some(ns.to_owned()), secret_name(name)?)),
-                        None => Ok((None, secret_name(v)?)),
-                    }
-                })
-        {
-            let secret = SecretRef {
-                key,
-                namespace,
-                name,
-            };
-            ca_secret = Some(secret.clone());
-            client_cert_secret = Some(secret);
-        }
-        let server_name = self.value(self.either("origin-server-name", "proxy-ssl-name"), |v| {
-            match HostPattern::parse(v) {
-                Ok(HostPattern::Exact(name)) => Ok(name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned()),
-                Ok(HostPattern::Wildcard(_)) => Err("must be one name, not a wildcard".to_owned()),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-        // Accepted for migration: the gateway sends SNI whenever it has a name.
-        let _ = self.value(self.nginx("proxy-ssl-server-name"), |v| match v {
-            "on" | "off" => Ok(()),
-            _ => Err(format!("`{v}` is not `on` or `off`")),
-        });
-        let connect_timeout = self.value(
-            self.either("connect-timeout", "proxy-connect-timeout"),
-            positive_duration,
-        );
-        let read_timeout = self.value(
-            self.either("read-timeout", "proxy-read-timeout"),
-            positive_duration,
-        );
-        let balance = self.balance();
-        let retries = self.retries();
-        OriginSettings {
-            mode,
-            protocol,
-            ca_secret,
-            client_cert_secret,
-            server_name,
-            connect_timeout,
-            read_timeout,
-            balance,
-            retries,
-        }
-    }
-
-    fn balance(&mut self) -> Option<Balance> {
-        if let Some(sticky) = self.affinity() {
-            return Some(sticky);
-        }
-        if let Some(found) = self.ours("balance") {
-            return self.value(Some(found), |v| match v {
-                "round_robin" => Ok(Balance::RoundRobin),
-                "least_requests" => Ok(Balance::LeastRequests),
-                "random_two" => Ok(Balance::RandomTwo),
-                _ => Err(format!(
-                    "`{v}` is not a balance; use round_robin, least_requests or random_two"
-                )),
-            });
-        }
-        if let Some(found) = self.nginx("upstream-hash-by") {
-            return self.value(Some(found), |v| {
-                let key = if v == "$remote_addr" {
-                    HashKey::ClientIp
-                } else if let Some(h) = v.strip_prefix("$http_") {
-                    let name = h.replace('_', "-").to_ascii_lowercase();
-                    if !is_token(&name) {
-                        return Err(format!("`{v}` does not name a header"));
-                    }
-                    HashKey::Header(name)
-                } else if let Some(c) = v.strip_prefix("$cookie_") {
-                    if !is_token(c) {
-                        return Err(format!("`{v}` does not name a cookie"));
-                    }
-                    HashKey::Cookie(c.to_owned())
-                } else {
-                    return Err(format!(
-                        "`{v}` cannot be translated; only $remote_addr, $http_NAME and $cookie_NAME are"
-                    ));
-                };
-                Ok(Balance::Hash(key))
-            });
-        }
-        self.value(self.nginx("load-balance"), |v| match v {
-            "round_robin" => Ok(Balance::RoundRobin),
-            // The nearest equivalent of a latency-weighted average: fewest requests in flight.
-            "ewma" => Ok(Balance::LeastRequests),
-            _ => Err(format!("`{v}` is not supported; use round_robin or ewma")),
-        })
-    }
-
-    fn affinity(&mut self) -> Option<Balance> {
-        let (ours, nginx) = (self.ours("affinity"), self.nginx("affinity"));
-        let from_nginx = ours.is_none() && nginx.is_some();
-        self.value(ours.or(nginx), |v| match v {
-            "cookie" => Ok(()),
-            _ => Err(format!("`{v}` is not supported; use cookie")),
-        })?;
-        let name = self
-            .value(
-                self.either("affinity-cookie-name", "session-cookie-name"),
-                |v| {
-                    if is_token(v) {
-                        Ok(v.to_owned())
-                    } else {
-                        Err(format!("`{v}` is not a valid cookie name"))
-                    }
-                },
-            )
-            .unwrap_or_else(|| if from_nginx { NGINX_COOKIE } else { OUR_COOKIE }.to_owned());
-        let max_age = self.value(
-            self.either("affinity-cookie-max-age", "session-cookie-max-age"),
-            duration,
-        );
-        let path = self
-            .value(
-                self.either("affinity-cookie-path", "session-cookie-path"),
-                |v| {
-                    if v.starts_with('/') && v.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
-                        Ok(v.to_owned())
-                    } else {
-                        Err(format!("`{v}` is not a cookie path (`/...`, no `;`)"))
-                    }
-                },
-            )
-            .unwrap_or_else(|| "/".to_owned());
-        let same_site = self.value(
-            self.either("affinity-cookie-samesite", "session-cookie-samesite"),
-            |v| match v.to_ascii_lowercase().as_str() {
-                "lax" => Ok("Lax".to_owned()),
-                "strict" => Ok("Strict".to_owned()),
-                "none" => Ok("None".to_owned()),
-                _ => Err(format!("`{v}` is not Lax, Strict or None")),
-            },
-        );
-        Some(Balance::Sticky(StickyCookie {
-            name,
-            max_age,
-            path,
-            secure: None,
-            same_site,
-        }))
-    }
-
-    fn retries(&mut self) -> Option<Retries> {
-        let attempts = self.value(self.ours("retries"), |v| match v.parse::<u32>() {
-            Ok(n) if n <= 10 => Ok(n),
-            _ => Err(format!("`{v}` is not a number from 0 to 10")),
-        });
-        let on = self.value(self.ours("retry-on"), |v| {
-            let mut r = Retries {
-                on_connect: false,
-                on_reset: false,
-                ..Retries::default()
-            };
-            for item in v.split(',').map(str::trim) {
-                match item {
-                    "connect" => r.on_connect = true,
-                    "reset" => r.on_reset = true,
-                    code => match code.parse::<u16>() {
-                        Ok(c) if (500..=599).contains(&c) => {
-                            if !r.on_status.contains(&c) {
-                                r.on_status.push(c);
-                            }
-                        }
-                        _ => {
-                            return Err(format!(
-                                "`{item}` is not a retry condition; use connect, reset or 5xx statuses"
-                            ));
-                        }
-                    },
-                }
-            }
-            r.on_status.sort_unstable();
-            Ok(r)
-        });
-        match (attempts, on) {
-            (None, None) => None,
-            (attempts, on) => {
-                let mut r = on.unwrap_or_default();
-                if let Some(n) = attempts {
-                    r.attempts = n;
-                } else {
-                    r.attempts = 1;
-                }
-                Some(r)
-            }
-        }
-    }
-
     fn rewrite(&mut self) -> Option<String> {
         if let Some(found) = self.ours("rewrite-target") {
             return self.value(Some(found), plain_path);
@@ -626,111 +380,4 @@ impl<'a> Reader<'a> {
             location,
         })
     }
-}
-
-fn boolean(v: &str) -> Result<bool, String> {
-    if v.eq_ignore_ascii_case("true") {
-        Ok(true)
-    } else if v.eq_ignore_ascii_case("false") {
-        Ok(false)
-    } else {
-        Err(format!("`{v}` is not \"true\" or \"false\""))
-    }
-}
-
-fn duration(v: &str) -> Result<Duration, String> {
-    parse_duration(v).map_err(|e| e.to_string())
-}
-
-fn positive_duration(v: &str) -> Result<Duration, String> {
-    match duration(v)? {
-        d if d.is_zero() => Err("must be greater than zero".to_owned()),
-        d => Ok(d),
-    }
-}
-
-/// nginx sizes: bytes, or `k`, `m`, `g` (binary multiples); `0` is unlimited.
-fn nginx_size(v: &str) -> Result<u64, String> {
-    let digits = v.bytes().take_while(u8::is_ascii_digit).count();
-    let n: u64 = v[..digits]
-        .parse()
-        .map_err(|_| format!("`{v}` is not a size such as 8m"))?;
-    let factor: u64 = match &v[digits..] {
-        "" => 1,
-        "k" | "K" => 1 << 10,
-        "m" | "M" => 1 << 20,
-        "g" | "G" => 1 << 30,
-        _ => return Err(format!("`{v}` is not a size such as 8m")),
-    };
-    Ok(match n.checked_mul(factor) {
-        Some(0) | None => u64::MAX,
-        Some(size) => size,
-    })
-}
-
-/// `10.0.0.0/8, 192.168.1.1, 2001:db8::/32`.
-fn networks(v: &str) -> Result<Vec<IpNet>, String> {
-    let mut out = Vec::new();
-    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let net = item
-            .parse::<IpNet>()
-            .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                format!("`{item}` is not an address or a CIDR range such as 10.0.0.0/8")
-            })?;
-        out.push(net.trunc());
-    }
-    if out.is_empty() {
-        return Err("lists no address or range".to_owned());
-    }
-    Ok(out)
-}
-
-/// A Secret's name in the Ingress's namespace (a DNS subdomain).
-fn secret_name(v: &str) -> Result<String, String> {
-    let ok = !v.is_empty()
-        && v.len() <= 253
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if ok {
-        Ok(v.to_owned())
-    } else {
-        Err(format!(
-            "`{v}` is not a Secret name (in the Ingress's namespace)"
-        ))
-    }
-}
-
-/// A path to forward to: `/`, then characters a request target may hold.
-fn plain_path(v: &str) -> Result<String, String> {
-    if v.starts_with('/')
-        && v.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
-    {
-        Ok(v.to_owned())
-    } else {
-        Err(format!(
-            "`{v}` is not a path (`/...`, no `?`, `#` or spaces)"
-        ))
-    }
-}
-
-/// A `Location`: an absolute http(s) URL or a path, nothing a header cannot carry.
-fn location(v: &str) -> Result<String, String> {
-    let shape = v.starts_with('/') && !v.starts_with("//")
-        || v.strip_prefix("https://")
-            .or_else(|| v.strip_prefix("http://"))
-            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
-    if shape && v.bytes().all(|b| b.is_ascii_graphic()) {
-        Ok(v.to_owned())
-    } else {
-        Err(format!("`{v}` is not an http(s):// URL or a path"))
-    }
-}
-
-/// An RFC 9110 token (cookie and header names).
-fn is_token(v: &str) -> bool {
-    !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

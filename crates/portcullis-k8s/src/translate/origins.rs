@@ -61,7 +61,13 @@ pub(super) fn template(
         o.protocol.as_ref().map(|p| p.1),
         Some(Protocol::H2c | Protocol::Grpc)
     );
-    // The mode: origin-mode (or proxy-ssl-verify), else what the protocol and a CA imply.
+    // The mode: origin-mode, else what the protocol and a CA imply. Our origin-ca-secret
+    // asks for verification (so TLS); ingress-nginx's Secret verifies only a TLS backend,
+    // and only with proxy-ssl-verify on.
+    let ours_ca = ca_key.is_some()
+        && o.ca_secret
+            .as_ref()
+            .is_some_and(|r| r.key.starts_with(super::annotations::OURS));
     let mode = match (&o.mode, protocol_tls) {
         (Some((key, Mode::Flexible)), true) => {
             problems.push((
@@ -71,11 +77,27 @@ pub(super) fn template(
             Mode::Full
         }
         (Some((_, mode)), _) => *mode,
-        (None, true) if ca_key.is_some() => Mode::Strict,
+        (None, true) if ours_ca || o.nginx_verify == Some(true) => Mode::Strict,
         (None, true) => Mode::Full,
-        (None, false) if ca_key.is_some() => Mode::Strict,
+        (None, false) if ours_ca => Mode::Strict,
         (None, false) => Mode::Flexible,
     };
+    if mode == Mode::Flexible {
+        // Our TLS settings on a plaintext origin say the user expected TLS.
+        let ours = [
+            o.ca_secret.as_ref().map(|r| r.key.as_str()),
+            o.client_cert_secret.as_ref().map(|r| r.key.as_str()),
+            o.server_name.as_ref().map(|(k, _)| k.as_str()),
+        ];
+        for key in ours.into_iter().flatten() {
+            if key.starts_with(super::annotations::OURS) {
+                problems.push((
+                    super::annotations::annotation_key(key),
+                    "only applies to TLS origins; set origin-mode or backend-protocol".to_owned(),
+                ));
+            }
+        }
+    }
     let h2c = h2c_protocol && mode == Mode::Flexible;
     if let Some((key, Protocol::H2c)) = &o.protocol
         && mode != Mode::Flexible
@@ -117,7 +139,7 @@ pub(super) fn template(
                 None
             }
         });
-        Some((verify, o.server_name.clone(), client_cert))
+        Some((verify, o.server_name.clone().map(|(_, n)| n), client_cert))
     };
     let defaults = OriginTimeouts::default();
     Template {

@@ -2,7 +2,8 @@
 //! `ca.crt` into roots. Every failure is a sentence naming the Secret and the field.
 
 use k8s_openapi::api::core::v1::Secret;
-use portcullis_config::CertKey;
+use portcullis_config::{CertKey, HostPattern};
+use portcullis_tls::CertInfo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -22,6 +23,8 @@ const CERT_MANAGER: &[&str] = &[
 pub(super) struct Parsed {
     /// The certificate and key, or why not.
     pub(super) tls: Result<CertKey, String>,
+    /// What the leaf says (its names), when it reads as X.509.
+    pub(super) info: Option<CertInfo>,
     /// `ca.crt`, if present and valid, or why not.
     pub(super) ca: Option<Result<Vec<CertificateDer<'static>>, String>>,
 }
@@ -52,6 +55,15 @@ impl Index<'_> {
         self.parsed(key)?.tls.clone()
     }
 
+    /// Whether the certificate of a valid TLS Secret is valid for `host` (a leaf that does
+    /// not read as X.509 counts as valid: the key check passed, and clients will judge).
+    pub(super) fn covers(&mut self, key: &ObjectKey, host: &HostPattern) -> bool {
+        match self.parsed(key) {
+            Ok(p) => p.info.as_ref().is_none_or(|info| info.covers(host)),
+            Err(_) => true,
+        }
+    }
+
     /// A Secret's `ca.crt` (any type).
     pub(super) fn ca_secret(
         &mut self,
@@ -68,15 +80,18 @@ fn parse(key: &ObjectKey, secret: &Secret) -> Parsed {
     let data = secret.data.as_ref();
     let field = |name: &str| data.and_then(|d| d.get(name)).map(|b| b.0.as_slice());
     let ca = field("ca.crt").map(|bytes| certs(key, "ca.crt", bytes));
-    Parsed {
-        tls: tls(
-            key,
-            secret.type_.as_deref(),
-            field("tls.crt"),
-            field("tls.key"),
-        ),
-        ca,
-    }
+    let tls = tls(
+        key,
+        secret.type_.as_deref(),
+        field("tls.crt"),
+        field("tls.key"),
+    );
+    let info = tls
+        .as_ref()
+        .ok()
+        .and_then(|ck| ck.chain.first())
+        .and_then(|leaf| CertInfo::parse(leaf).ok());
+    Parsed { tls, info, ca }
 }
 
 fn tls(

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::metrics::K8sMetrics;
+use super::writers::{Synced, Writers};
 use crate::admin::SourceReadiness;
 use crate::controller::Controller;
 
@@ -99,19 +100,20 @@ pub(super) struct Syncer {
     pub(super) options: Options,
     pub(super) state: Arc<SyncState>,
     pub(super) metrics: K8sMetrics,
-    /// Called with each translation that was put in force (status, events, ACME
-    /// secrets: the writers).
-    pub(super) on_applied: Box<dyn Fn(&Translated) + Send + Sync>,
+    /// The writers: told of each sync; whether this replica leads decides whether it
+    /// orders ACME certificates.
+    pub(super) writers: Arc<Writers>,
 }
 
 impl Syncer {
-    /// Applies each published snapshot, and mirrors the source's health, until the
-    /// source stops.
+    /// Applies each published snapshot (again when leadership changes), and mirrors the
+    /// source's health, until the source stops.
     pub(super) async fn run(
         self,
         mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
         mut status: watch::Receiver<SourceStatus>,
     ) {
+        let mut leader = self.writers.leader();
         let mut last: Option<Config> = None;
         let mut reported = BTreeSet::new();
         loop {
@@ -120,9 +122,10 @@ impl Syncer {
                     if r.is_err() {
                         return;
                     }
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    if let Some(snapshot) = snapshot {
-                        self.sync(snapshot, &mut last, &mut reported).await;
+                }
+                r = leader.changed() => {
+                    if r.is_err() {
+                        return;
                     }
                 }
                 r = status.changed() => {
@@ -132,7 +135,13 @@ impl Syncer {
                     let s = status.borrow_and_update().clone();
                     self.metrics.api_up(s.api_up);
                     self.state.update(|st| st.source = s);
+                    continue;
                 }
+            }
+            let leads = *leader.borrow_and_update();
+            let snapshot = snapshots.borrow_and_update().clone();
+            if let Some(snapshot) = snapshot {
+                self.sync(snapshot, leads, &mut last, &mut reported).await;
             }
         }
     }
@@ -140,25 +149,39 @@ impl Syncer {
     async fn sync(
         &self,
         snapshot: Arc<Snapshot>,
+        leads: bool,
         last: &mut Option<Config>,
         reported: &mut BTreeSet<String>,
     ) {
-        let (base, options) = (self.base.clone(), self.options.clone());
-        let translated =
-            tokio::task::spawn_blocking(move || translate(&base, &snapshot, &options)).await;
+        let (base, mut options) = (self.base.clone(), self.options.clone());
+        options.acme_issuer = leads;
+        let snap = snapshot.clone();
+        let translated = tokio::task::spawn_blocking(move || {
+            let t = translate(&base, &snap, &options);
+            if options.acme_issuer {
+                seed_acme(&t, &snap);
+            }
+            t
+        })
+        .await;
         let translated = match translated {
-            Ok(t) => t,
+            Ok(t) => Arc::new(t),
             Err(e) => {
                 error!(error = %e, "translating the cluster's objects failed; the routes in force stay");
                 self.metrics.refused();
                 return;
             }
         };
-        self.report(&translated, reported);
+        let problems_changed = self.report(&translated, reported);
+        let synced = Synced {
+            snapshot,
+            translated: translated.clone(),
+            problems_changed,
+        };
         if last.as_ref() == Some(&translated.config) {
             self.metrics.unchanged(unix_now());
             self.state.update(|st| st.applied = Some(SystemTime::now()));
-            (self.on_applied)(&translated);
+            self.writers.synced(synced, self.controller.acme());
             return;
         }
         match self.controller.apply(translated.config.clone()).await {
@@ -169,8 +192,8 @@ impl Syncer {
                     st.applied = Some(SystemTime::now());
                     st.refused = None;
                 });
-                (self.on_applied)(&translated);
-                *last = Some(translated.config);
+                *last = Some(translated.config.clone());
+                self.writers.synced(synced, self.controller.acme());
             }
             Err(e) => {
                 // Translation gives valid configs; a refusal here is a bug, and the
@@ -186,8 +209,8 @@ impl Syncer {
     }
 
     /// Logs each problem once, when it appears (and once when it is gone), and sets the
-    /// problem metrics.
-    fn report(&self, t: &Translated, reported: &mut BTreeSet<String>) {
+    /// problem metrics. True when the problems changed.
+    fn report(&self, t: &Translated, reported: &mut BTreeSet<String>) -> bool {
         let unsupported = t
             .unsupported_annotations
             .iter()
@@ -199,7 +222,7 @@ impl Syncer {
             .chain(unsupported)
             .collect();
         if &now == reported {
-            return;
+            return false;
         }
         for p in now.difference(reported) {
             warn!("kubernetes: {p}");
@@ -214,5 +237,38 @@ impl Syncer {
                 .map(|(i, a)| (i.namespace.as_str(), i.name.as_str(), a.as_str())),
         );
         *reported = now;
+        true
+    }
+}
+
+/// Offers the certificates stored in the ACME sites' Secrets (by another replica, or
+/// before a restart) to ACME's storage, so the leader serves and renews them instead of
+/// ordering new ones. Runs off the workers (file I/O).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "called only inside spawn_blocking, with the translation"
+)]
+fn seed_acme(t: &Translated, snapshot: &Snapshot) {
+    if t.acme_secrets.is_empty() {
+        return;
+    }
+    let storage = portcullis_acme::Storage::new(&t.config.storage, &t.config.acme.directory);
+    for (site, key) in &t.acme_secrets {
+        let secret = snapshot.secrets.iter().find(|s| {
+            s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+                && s.metadata.name.as_deref() == Some(key.name.as_str())
+        });
+        let Some((chain, private)) = secret.and_then(portcullis_k8s::read_certificate) else {
+            continue;
+        };
+        match storage.seed_cert(site, &chain, &private) {
+            Ok(true) => {
+                info!(site = %site, secret = %key, "ACME certificate taken from its Secret")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(site = %site, secret = %key, error = %e, "the certificate in the Secret cannot be used")
+            }
+        }
     }
 }

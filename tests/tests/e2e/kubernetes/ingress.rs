@@ -59,7 +59,8 @@ impl Cluster {
         }
     }
 
-    /// Runs `portcullis ingress --kubeconfig K --config BASE [extra...]` in-process.
+    /// Runs `portcullis ingress --kubeconfig K --config BASE --namespace default [extra...]`
+    /// in-process.
     pub async fn controller(&self, extra: &[&str]) -> Controller {
         let base = self.dir.path().join("base.yaml");
         std::fs::write(
@@ -77,6 +78,10 @@ impl Cluster {
             self.kubeconfig.display().to_string(),
             "--config".to_owned(),
             base.display().to_string(),
+            // The Lease lives beside the test's objects (outside a pod it would be in
+            // `portcullis`, which the fake cluster does not have).
+            "--namespace".to_owned(),
+            "default".to_owned(),
         ];
         argv.extend(extra.iter().map(|s| (*s).to_owned()));
         let args = Cli::try_parse_from(argv).unwrap().args;

@@ -17,35 +17,60 @@ use serde_json::Value;
 
 /// `kubectl` with a kubeconfig for one fake server and a discovery cache of its own.
 struct Kubectl {
+    binary: PathBuf,
     kubeconfig: PathBuf,
     cache: PathBuf,
 }
 
+/// The kubectl binaries to hold the fake to. The `kubectl` on these machines is Google
+/// Cloud SDK's dispatcher, which runs the `kubectl.1.NN` beside it that matches the
+/// server's `/version` (1.33 for the fake); the v1.32 binary is run by name as well.
+fn kubectl_binaries() -> Vec<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("kubectl"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("kubectl is not installed (it is on these machines)");
+    let mut out = vec![on_path.clone()];
+    if let Some(dir) = std::fs::canonicalize(&on_path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        let v132 = dir.join("kubectl.1.32");
+        if v132.is_file() {
+            out.push(v132);
+        }
+    }
+    out
+}
+
 impl Kubectl {
     fn new(api: &FakeApiServer, dir: &Path) -> Self {
-        let installed = Command::new("kubectl")
-            .args(["version", "--client"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            installed,
-            "kubectl is not installed (it is on these machines)"
-        );
+        Self::with_binary(kubectl_binaries().remove(0), api, dir)
+    }
+
+    fn with_binary(binary: PathBuf, api: &FakeApiServer, dir: &Path) -> Self {
         Self {
+            binary,
             kubeconfig: api.write_kubeconfig(dir),
             cache: dir.join("kube-cache"),
         }
     }
 
     async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("kubectl");
+        let mut cmd = Command::new(&self.binary);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
             .arg(&self.cache)
             .arg("--request-timeout=20s")
             .args(args);
-        let what = format!("kubectl {}", args.join(" "));
+        let what = format!("{} {}", self.binary.display(), args.join(" "));
         within_for(
             Duration::from_secs(60),
             &what,
@@ -60,7 +85,8 @@ impl Kubectl {
         let out = self.run(args).await;
         assert!(
             out.status.success(),
-            "kubectl {} failed: {}\n{}",
+            "{} {} failed: {}\n{}",
+            self.binary.display(),
             args.join(" "),
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout),
@@ -73,7 +99,8 @@ impl Kubectl {
         let out = self.run(args).await;
         assert!(
             !out.status.success(),
-            "kubectl {} succeeded: {}",
+            "{} {} succeeded: {}",
+            self.binary.display(),
             args.join(" "),
             String::from_utf8_lossy(&out.stdout)
         );
@@ -156,9 +183,17 @@ spec:
 
 #[tokio::test]
 async fn kubectl_creates_gets_replaces_and_deletes_through_the_fake() {
+    let binaries = kubectl_binaries();
+    for binary in binaries {
+        own_manifests_round_trip(binary).await;
+    }
+}
+
+async fn own_manifests_round_trip(binary: PathBuf) {
     let api = FakeApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::new(&api, dir.path());
+    let v132 = binary.file_name().is_some_and(|n| n == "kubectl.1.32");
+    let kubectl = Kubectl::with_binary(binary, &api, dir.path());
     let ns_file = dir.path().join("namespace.yaml");
     let app_file = dir.path().join("app.yaml");
     std::fs::write(&ns_file, NAMESPACE).unwrap();
@@ -320,6 +355,16 @@ async fn kubectl_creates_gets_replaces_and_deletes_through_the_fake() {
             .as_deref()
             .is_some_and(|ua| ua.starts_with("kubectl"))
     }));
+    if v132 {
+        assert!(
+            calls[0]
+                .user_agent
+                .as_deref()
+                .is_some_and(|ua| ua.contains("/v1.32.")),
+            "{:?}",
+            calls[0].user_agent
+        );
+    }
     for verb in ["create", "get", "list", "update", "delete"] {
         assert!(
             calls.iter().any(|c| c.verb == verb
@@ -328,6 +373,67 @@ async fn kubectl_creates_gets_replaces_and_deletes_through_the_fake() {
             "no {verb} of ingresses in {calls:#?}"
         );
     }
+}
+
+const APPLIED: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  namespace: default
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: api}
+  template:
+    metadata:
+      labels: {app: api}
+    spec:
+      containers:
+      - name: api
+        image: example.com/api:1
+        ports:
+        - {name: http, containerPort: 8080}
+      - name: sidecar
+        image: example.com/sidecar:1
+";
+
+#[tokio::test]
+async fn kubectl_apply_creates_then_patches_strategically() {
+    let api = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::new(&api, dir.path());
+    let file = dir.path().join("api.yaml");
+    std::fs::write(&file, APPLIED).unwrap();
+    let file = file.to_str().unwrap();
+    let out = kubectl.ok(&["apply", "--validate=false", "-f", file]).await;
+    assert_eq!(out.trim(), "deployment.apps/api created");
+    // A new image and no sidecar: kubectl sends a strategic merge patch with the container
+    // list merged by name ($patch: delete for the sidecar, $setElementOrder).
+    let changed = APPLIED.replace("api:1", "api:2").replace(
+        "      - name: sidecar\n        image: example.com/sidecar:1\n",
+        "",
+    );
+    std::fs::write(file, changed).unwrap();
+    let out = kubectl.ok(&["apply", "--validate=false", "-f", file]).await;
+    assert_eq!(out.trim(), "deployment.apps/api configured");
+    let stored: Deployment = api.get("default", "api").unwrap();
+    let stored = serde_json::to_value(&stored).unwrap();
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"],
+        serde_json::json!([{"name": "api", "image": "example.com/api:2",
+            "ports": [{"name": "http", "containerPort": 8080}]}])
+    );
+    assert!(!stored.to_string().contains("$setElementOrder"));
+    assert_eq!(stored["metadata"]["generation"], 2);
+    let patches: Vec<_> = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.verb == "patch")
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    // Applying the same file again changes nothing.
+    let out = kubectl.ok(&["apply", "--validate=false", "-f", file]).await;
+    assert_eq!(out.trim(), "deployment.apps/api unchanged");
 }
 
 /// The documents of a multi-document YAML file.
@@ -436,8 +542,12 @@ async fn round_trip(
                     key.to_str().unwrap(),
                 ])
                 .await;
+            // kubectl sent it as protobuf: what the fake decoded is what kubectl read.
             let made: Secret = api.get(&ns, &secret).unwrap();
             assert_eq!(made.type_.as_deref(), Some("kubernetes.io/tls"));
+            let data = made.data.unwrap();
+            assert_eq!(data["tls.crt"].0, leaf.cert_pem.as_bytes());
+            assert_eq!(data["tls.key"].0, leaf.key_pem.as_bytes());
         }
     }
     let out = kubectl

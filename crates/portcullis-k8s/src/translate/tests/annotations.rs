@@ -638,3 +638,98 @@ fn annotations_apply_to_their_own_ingress_only() {
     assert_eq!(route(site, "/a").max_body_size, Some(1000));
     assert_eq!(route(site, "/b").max_body_size, None);
 }
+
+#[test]
+fn remaining_invalid_values_are_refused() {
+    refused("portcullis.dev/service-upstream", "yes");
+    refused("nginx.ingress.kubernetes.io/service-upstream", "1");
+    refused(
+        "portcullis.dev/temporal-redirect",
+        "ftp://files.example.com",
+    );
+    refused(
+        "nginx.ingress.kubernetes.io/temporal-redirect",
+        "//evil.example.com",
+    );
+    refused("nginx.ingress.kubernetes.io/use-regex", "maybe");
+    refused("nginx.ingress.kubernetes.io/affinity", "balanced");
+    let t = annotated(&[
+        ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+        (
+            "nginx.ingress.kubernetes.io/session-cookie-samesite",
+            "Lax;",
+        ),
+    ]);
+    assert_problem(
+        &t,
+        "session-cookie-samesite\"]: `Lax;` is not Lax, Strict or None",
+    );
+    refused(
+        "nginx.ingress.kubernetes.io/denylist-source-range",
+        "10.0.0.300",
+    );
+    refused("nginx.ingress.kubernetes.io/proxy-connect-timeout", "0");
+    refused("nginx.ingress.kubernetes.io/proxy-ssl-name", "-bad-");
+    refused(
+        "nginx.ingress.kubernetes.io/proxy-ssl-secret",
+        "ns/Bad_Name",
+    );
+}
+
+#[test]
+fn ours_wins_over_nginx_for_every_pair() {
+    let t = ok(&[
+        ("portcullis.dev/max-body-size", "1KB"),
+        ("nginx.ingress.kubernetes.io/proxy-body-size", "8m"),
+        ("portcullis.dev/connect-timeout", "1s"),
+        ("nginx.ingress.kubernetes.io/proxy-connect-timeout", "9"),
+        ("portcullis.dev/rewrite-target", "/ours"),
+        ("nginx.ingress.kubernetes.io/rewrite-target", "/theirs"),
+        ("portcullis.dev/backend-protocol", "HTTP"),
+        ("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS"),
+    ]);
+    let r = root(&t);
+    assert_eq!(r.max_body_size, Some(1000));
+    assert_eq!(r.rewrite.as_deref(), Some("/ours"));
+    let o = origin(&r.action);
+    assert_eq!(o.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(o.transport, Transport::Plain);
+}
+
+#[test]
+fn nginx_proxy_ssl_never_turns_tls_on_by_itself() {
+    let t = ok(&[
+        (
+            "nginx.ingress.kubernetes.io/proxy-ssl-secret",
+            "default/client",
+        ),
+        ("nginx.ingress.kubernetes.io/proxy-ssl-verify", "on"),
+        ("nginx.ingress.kubernetes.io/proxy-ssl-name", "web.internal"),
+    ]);
+    assert_eq!(origin(&root(&t).action).transport, Transport::Plain);
+    // Without proxy-ssl-verify, its CA is not used to verify.
+    let t = ok(&[
+        ("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS"),
+        ("nginx.ingress.kubernetes.io/proxy-ssl-secret", "client"),
+    ]);
+    assert_eq!(tls_of(&t).verify, Verify::Off);
+    assert!(tls_of(&t).client_cert.is_some());
+}
+
+#[test]
+fn our_origin_tls_settings_on_a_plaintext_origin_are_problems() {
+    let t = annotated(&[
+        ("portcullis.dev/origin-mode", "flexible"),
+        ("portcullis.dev/origin-client-cert-secret", "client"),
+        ("portcullis.dev/origin-server-name", "web.internal"),
+    ]);
+    assert_problem(
+        &t,
+        "origin-client-cert-secret\"]: only applies to TLS origins",
+    );
+    assert_problem(&t, "origin-server-name\"]: only applies to TLS origins");
+    assert_eq!(origin(&root(&t).action).transport, Transport::Plain);
+    // A CA alone asks for verification: strict.
+    let t = ok(&[("portcullis.dev/origin-ca-secret", "origin-ca")]);
+    assert!(matches!(tls_of(&t).verify, Verify::Roots(_)));
+}

@@ -251,6 +251,7 @@ fn rules_without_host_go_to_the_default_site() {
     let t = run(&s);
     let d = default_site(&t);
     assert_eq!(d.name, DEFAULT_SITE_HOST);
+    assert!(d.default);
     assert_eq!(d.routes.len(), 1);
     assert_eq!(d.tls, portcullis_config::SiteTls::Local);
     assert_eq!(d.fallback, None);
@@ -288,20 +289,25 @@ fn default_backends() {
             .build(),
     ]);
     let t = run(&s);
+    // An Ingress's defaultBackend is its hosts' `/` prefix (what matches when no longer
+    // path does), with the Ingress's per-route settings.
     let a = site(&t, "a.example.com");
-    let fallback = a.fallback.as_ref().unwrap();
+    assert_eq!(a.fallback, None);
     assert_eq!(
-        origin(fallback)
-            .servers
-            .iter()
-            .map(|s| s.url.as_str())
-            .collect::<Vec<_>>(),
+        servers(route(a, "/")),
         ["http://10.0.0.1:8443", "http://10.0.0.2:8443"]
     );
-    assert!(site(&t, "tls-only.example.com").fallback.is_some());
-    assert_eq!(site(&t, "b.example.com").fallback, None);
-    let d = default_site(&t);
-    assert_eq!(origin(d.fallback.as_ref().unwrap()).servers[0].port, 8080);
+    assert_eq!(
+        route(site(&t, "tls-only.example.com"), "/").path_match,
+        PathMatch::Prefix
+    );
+    let b = site(&t, "b.example.com");
+    assert_eq!(b.fallback, None);
+    assert!(b.routes.iter().all(|r| r.path != "/"));
+    assert_eq!(
+        servers(route(default_site(&t), "/")),
+        ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]
+    );
     assert_eq!(
         problems(&t),
         [
@@ -309,7 +315,7 @@ fn default_backends() {
         ]
     );
 
-    // The controller's default backend fills every site without one of its own.
+    // The controller's default backend is the fallback of every site without one.
     let options = Options {
         default_backend: Some((key("default", "web"), "https".into())),
         ..Options::default()
@@ -317,11 +323,13 @@ fn default_backends() {
     let t = run_with(&s, &options);
     let b = site(&t, "b.example.com");
     assert_eq!(origin(b.fallback.as_ref().unwrap()).servers[0].port, 8443);
-    let a = site(&t, "a.example.com");
-    assert_eq!(origin(a.fallback.as_ref().unwrap()).servers[0].port, 8443);
     assert_eq!(
-        origin(default_site(&t).fallback.as_ref().unwrap()).servers[0].port,
-        8080
+        servers(route(site(&t, "a.example.com"), "/"))[0],
+        "http://10.0.0.1:8443"
+    );
+    assert_eq!(
+        servers(route(default_site(&t), "/"))[0],
+        "http://10.0.0.1:8080"
     );
 
     let missing = Options {
@@ -424,4 +432,67 @@ fn resource_backends_are_refused() {
         ]
     );
     assert!(site(&t, "a.example.com").routes.is_empty());
+}
+
+#[test]
+fn a_default_backend_keeps_its_ingress_settings_and_yields_to_a_root_path() {
+    let s = world(vec![
+        ingress("default", "guarded")
+            .annotation("portcullis.dev/allow-source-range", "10.0.0.0/8")
+            .rule(Some("a.example.com"), vec![prefix("/x", "web")])
+            .default_backend("web", 80)
+            .build(),
+        ingress("default", "root")
+            .created(1)
+            .rule(Some("b.example.com"), vec![prefix("/", "web")])
+            .build(),
+        ingress("default", "b-default")
+            .rule(Some("b.example.com"), vec![prefix("/y", "web")])
+            .default_backend("web", "https")
+            .build(),
+    ]);
+    let t = run(&s);
+    assert!(t.problems.is_empty(), "{:?}", problems(&t));
+    let a = site(&t, "a.example.com");
+    assert!(!route(a, "/").access.allows("192.0.2.1".parse().unwrap()));
+    // An explicit `/` path matches every request: the defaultBackend never would.
+    let b = site(&t, "b.example.com");
+    assert_eq!(servers(route(b, "/"))[0], "http://10.0.0.1:8080");
+}
+
+#[test]
+fn a_host_without_paths_is_known_and_answers_404() {
+    let mut ing = ingress("default", "a")
+        .rule(Some("bare.example.com"), vec![])
+        .build();
+    ing.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].http = None;
+    // Only a class: nothing to route, and no problem.
+    let empty = ingress("default", "empty").build();
+    let t = run(&world(vec![ing, empty]));
+    assert!(t.problems.is_empty(), "{:?}", problems(&t));
+    let bare = site(&t, "bare.example.com");
+    assert!(bare.routes.is_empty());
+    assert_eq!(bare.fallback, None);
+    assert_eq!(t.ingresses.len(), 2);
+}
+
+#[test]
+fn a_missing_path_is_the_root_and_a_missing_port_is_a_problem() {
+    let mut p = prefix("/", "web");
+    p.path = None;
+    p.path_type = "ImplementationSpecific".into();
+    let mut no_port = prefix("/np", "web");
+    no_port.backend.service.as_mut().unwrap().port = None;
+    let t = run(&world(vec![
+        ingress("default", "a")
+            .rule(Some("a.example.com"), vec![p, no_port])
+            .build(),
+    ]));
+    assert_eq!(
+        problems(&t),
+        [
+            "ingress default/a: rules[0].http.paths[1].backend.service.port: a port number or name is required"
+        ]
+    );
+    assert_eq!(servers(route(site(&t, "a.example.com"), "/")).len(), 2);
 }

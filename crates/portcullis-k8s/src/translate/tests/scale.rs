@@ -2,13 +2,23 @@ use std::time::Instant;
 
 use super::build::*;
 
-/// 5,000 Ingresses of two hosts each, 10,000 EndpointSlices: the time is printed (run with
+/// 5,000 Ingresses of two hosts each (TLS from 50 Secrets), 10,000 EndpointSlices: the time is printed (run with
 /// `--nocapture`), not asserted.
 #[test]
 fn five_thousand_ingresses() {
     let mut s = world(Vec::new());
     s.services.clear();
     s.endpoint_slices.clear();
+    // One wildcard certificate per namespace, shared by its Ingresses' hosts.
+    let (crt, key) = cert_pem(&["*.example.com"]);
+    for n in 0..50 {
+        s.secrets.push(secret_with(
+            &format!("ns{n}"),
+            "wild",
+            "kubernetes.io/tls",
+            &[("tls.crt", crt.as_bytes()), ("tls.key", key.as_bytes())],
+        ));
+    }
     for i in 0..5_000 {
         let ns = format!("ns{}", i % 50);
         let svc = format!("svc{i}");
@@ -30,6 +40,10 @@ fn five_thousand_ingresses() {
                     vec![prefix("/", &svc), path("/api", "Exact", &svc, "http")],
                 )
                 .rule(Some(&format!("b{i}.example.com")), vec![prefix("/", &svc)])
+                .tls(
+                    &[&format!("a{i}.example.com"), &format!("b{i}.example.com")],
+                    Some("wild"),
+                )
                 .annotation("portcullis.dev/read-timeout", "30s")
                 .build(),
         );
@@ -41,7 +55,11 @@ fn five_thousand_ingresses() {
         "translated 5,000 Ingresses / 10,000 hosts / 10,000 EndpointSlices in {:.1} ms",
         took.as_secs_f64() * 1000.0
     );
-    assert!(t.problems.is_empty());
+    assert!(
+        t.problems.is_empty(),
+        "{:?}",
+        &t.problems[..3.min(t.problems.len())]
+    );
     assert_eq!(t.config.sites.len(), 10_001);
     super::invariants(&t.config);
 }

@@ -351,3 +351,50 @@ fn acme_with_http01_and_no_plain_listener_reads_secrets() {
     assert_problem(&t, "controller acme.challenge");
     assert_eq!(site(&t, "shop.example.com").tls, SiteTls::None);
 }
+
+#[test]
+fn a_certificate_that_does_not_name_the_host_is_not_served_for_it() {
+    let mut s = world(vec![
+        ingress("default", "a")
+            .rule(Some("shop.example.com"), vec![prefix("/", "web")])
+            .tls(&["shop.example.com", "www.example.com"], Some("shop-tls"))
+            .build(),
+    ]);
+    s.secrets = vec![tls_secret("default", "shop-tls", &["shop.example.com"])];
+    let t = run(&s);
+    assert_eq!(
+        problems(&t),
+        [
+            "ingress default/a: tls[0].hosts[1]: the certificate in secret default/shop-tls is not valid for www.example.com; the default certificate is served for it"
+        ]
+    );
+    assert!(matches!(
+        site(&t, "shop.example.com").tls,
+        SiteTls::Files(_)
+    ));
+    assert_eq!(site(&t, "www.example.com").tls, SiteTls::None);
+}
+
+#[test]
+fn every_secret_looked_at_is_listed() {
+    let s = world(vec![
+        ingress("default", "a")
+            .annotation("portcullis.dev/origin-ca-secret", "ca")
+            .rule(Some("a.example.com"), vec![prefix("/", "web")])
+            .tls(&["a.example.com"], Some("a-tls"))
+            .build(),
+    ]);
+    let options = Options {
+        default_certificate: Some(key("kube-system", "fallback")),
+        ..Options::default()
+    };
+    let t = run_with(&s, &options);
+    assert_eq!(
+        t.secrets.iter().cloned().collect::<Vec<_>>(),
+        [
+            key("default", "a-tls"),
+            key("default", "ca"),
+            key("kube-system", "fallback")
+        ]
+    );
+}

@@ -336,3 +336,49 @@ async fn an_ingress_change_keeps_open_websockets_and_keep_alive_connections() {
     assert_eq!(resp.status, 200);
     assert_eq!(origin_port(&resp), Some(pod.addr.port()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_writes_the_ingress_status_and_clears_it_at_shutdown() {
+    let cluster = Cluster::new().await;
+    let pod = TestOrigin::http().await;
+    cluster.service("default", "app", pod.addr.port(), &[("127.0.0.1", true)]);
+    cluster.api.create::<Ingress>(&ingress(
+        "default",
+        "app",
+        "status.test",
+        None,
+        &[("/", "Prefix", "app")],
+    ));
+    let gw = cluster
+        .controller(&["--publish-address", "203.0.113.7,lb.example.com"])
+        .await;
+    gw.wait_ready().await;
+    let status = || {
+        cluster
+            .api
+            .get::<Ingress>("default", "app")
+            .and_then(|i| i.status)
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+    };
+    until(
+        CONVERGE,
+        "the Ingress status written by the leader",
+        || async {
+            let s = status();
+            (s.len() == 2
+                && s[0].ip.as_deref() == Some("203.0.113.7")
+                && s[1].hostname.as_deref() == Some("lb.example.com"))
+            .then_some(())
+        },
+    )
+    .await;
+    let lease = cluster
+        .api
+        .get::<k8s_openapi::api::coordination::v1::Lease>("default", "portcullis-leader")
+        .expect("the Lease in --namespace");
+    assert!(lease.spec.and_then(|s| s.holder_identity).is_some());
+    assert!(gw.stop().await);
+    assert!(status().is_empty(), "cleared at shutdown: {:?}", status());
+}
