@@ -381,3 +381,40 @@ fn observe(lease: &Lease, at: Instant) -> Observed {
 pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_must_leave_the_lease_outliving_the_renew_deadline() {
+        assert!(LeaseTimings::default().is_valid());
+        let t = LeaseTimings {
+            lease_duration: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        assert!(
+            !t.is_valid(),
+            "a deadline equal to the lease allows two leaders"
+        );
+        let t = LeaseTimings {
+            retry_period: Duration::from_secs(12),
+            ..LeaseTimings::default()
+        };
+        assert!(!t.is_valid());
+        let t = LeaseTimings {
+            lease_duration: Duration::from_millis(900),
+            renew_deadline: Duration::from_millis(500),
+            retry_period: Duration::from_millis(100),
+        };
+        assert!(!t.is_valid(), "leaseDurationSeconds is whole seconds");
+    }
+
+    #[test]
+    fn identities_differ_within_one_process() {
+        let a = default_identity();
+        let b = default_identity();
+        assert_ne!(a, b);
+    }
+}
