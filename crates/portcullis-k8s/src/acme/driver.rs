@@ -52,6 +52,9 @@ impl AcmeSecretsHandle {
     pub fn set_targets(&self, targets: BTreeMap<String, ObjectKey>) {
         self.targets.send_if_modified(|t| {
             let changed = *t != targets;
+            if changed {
+                warn_shared(&targets);
+            }
             *t = targets;
             changed
         });
@@ -268,6 +271,18 @@ impl AcmeSecrets {
         if let Err(e) = recorder.publish(&object, kind, reason, message).await {
             warn!(secret = %secret, error = %e, "cannot post an Event");
         }
+    }
+}
+
+/// One Secret holds one certificate: sites with certificates of their own sharing a Secret
+/// overwrite each other's there (each write is that site's certificate alone).
+fn warn_shared(targets: &BTreeMap<String, ObjectKey>) {
+    let mut by_secret: BTreeMap<&ObjectKey, Vec<&str>> = BTreeMap::new();
+    for (site, secret) in targets {
+        by_secret.entry(secret).or_default().push(site);
+    }
+    for (secret, sites) in by_secret.into_iter().filter(|(_, s)| s.len() > 1) {
+        warn!(secret = %secret, ?sites, "several ACME sites store their certificates in one Secret; each write replaces the others'");
     }
 }
 
