@@ -58,8 +58,8 @@
 //! - PATCH: `merge-patch+json` is RFC 7386; `strategic-merge-patch+json` is the part
 //!   client-side `kubectl apply` needs (lists merged by their Kubernetes merge keys for the
 //!   common fields, `$patch`, `$deleteFromPrimitiveList`; `$setElementOrder` ignored: see
-//!   `kube_api/patch.rs`); `apply-patch+yaml` (server-side apply) and `json-patch+json`
-//!   get 415.
+//!   `kube_api/patch.rs`); `json-patch+json` is RFC 6902 (a failing operation 422);
+//!   `apply-patch+yaml` (server-side apply) gets 415.
 //! - Protobuf request bodies (which kubectl's typed commands such as `kubectl create secret`
 //!   send) are decoded for Secret, ConfigMap and Namespace only; answers are always JSON.
 //! - No admission, no OpenAPI (`/openapi/*` 404: use `kubectl --validate=false`), no
@@ -383,7 +383,14 @@ impl FakeApiServer {
         let k = kind_of::<K>();
         self.shared
             .store
-            .patch(k, &key_ns::<K>(k, ns), name, &patch, false, false)
+            .patch(
+                k,
+                &key_ns::<K>(k, ns),
+                name,
+                &patch,
+                false,
+                store::PatchType::Merge,
+            )
             .map(from_json)
             .unwrap_or_else(|e| panic!("patching {} {ns}/{name}: {e}", K::KIND))
     }

@@ -23,7 +23,7 @@ use super::kinds::KINDS;
 use super::list::{ListOpts, list};
 use super::selector::Selector;
 use super::status::ApiError;
-use super::store::{Preconditions, Store};
+use super::store::{PatchType, Preconditions, Store};
 use super::watch::{self, Control, Start, WatchOpts};
 use super::{ApiCall, FakeApiOptions};
 
@@ -314,14 +314,13 @@ async fn serve(
         }
         "patch" => {
             let (body, content_type) = read_body(req, kind).await?;
-            let strategic = match content_type.as_str() {
-                "application/merge-patch+json" => false,
-                "application/strategic-merge-patch+json" => true,
+            let how = match content_type.as_str() {
+                "application/merge-patch+json" => PatchType::Merge,
+                "application/strategic-merge-patch+json" => PatchType::Strategic,
+                "application/json-patch+json" => PatchType::Json,
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
-            let out = shared
-                .store
-                .patch(t.k, &ns, &name, &body, t.status, strategic)?;
+            let out = shared.store.patch(t.k, &ns, &name, &body, t.status, how)?;
             Ok(json_response(200, &out))
         }
         "delete" => {

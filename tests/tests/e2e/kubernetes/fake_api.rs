@@ -526,6 +526,33 @@ async fn status_and_patches_over_http() {
         .unwrap();
     assert_eq!(after.metadata.generation, Some(2));
     assert_eq!(ip(&after).as_deref(), Some("192.0.2.1"));
+    // RFC 6902 JSON patch (as `kubectl patch --type=json` sends it), all or nothing.
+    let json_patch = |ops: serde_json::Value| {
+        http::Request::patch("/apis/networking.k8s.io/v1/namespaces/default/ingresses/a")
+            .header("content-type", "application/json-patch+json")
+            .body(kube::client::Body::from(serde_json::to_vec(&ops).unwrap()))
+            .unwrap()
+    };
+    let client = api.client().await;
+    let resp = client
+        .send(json_patch(json!([
+            {"op": "test", "path": "/spec/rules/0/host", "value": "b.test"},
+            {"op": "replace", "path": "/spec/rules/0/host", "value": "c.test"}])))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client
+        .send(json_patch(json!([
+            {"op": "replace", "path": "/spec/rules/0/host", "value": "d.test"},
+            {"op": "test", "path": "/spec/rules/0/host", "value": "b.test"}])))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let now: Ingress = api.get("default", "a").unwrap();
+    assert_eq!(
+        now.spec.unwrap().rules.unwrap()[0].host.as_deref(),
+        Some("c.test")
+    );
     // Server-side apply is not implemented: 415, never a silent merge.
     let err = ingresses
         .patch("a", &PatchParams::apply("test"), &Patch::Apply(&both))
@@ -558,6 +585,8 @@ async fn status_and_patches_over_http() {
         [
             ("create", None),
             ("patch", Some("status")),
+            ("patch", None),
+            ("patch", None),
             ("patch", None),
             ("patch", None),
             ("delete", None),
