@@ -2,7 +2,14 @@
 //! REST paths and JSON (k8s-openapi's types), over HTTPS on 127.0.0.1:0 with a bearer token.
 //!
 //! No kube-apiserver can run on these machines, so this is what every Kubernetes test
-//! talks to; `tests/e2e/kubernetes/kubectl.rs` holds it to the real `kubectl` v1.32.
+//! talks to; `tests/e2e/kubernetes/kubectl.rs` holds it to the real `kubectl` (v1.32 by
+//! name, and the version Google Cloud SDK's `kubectl` dispatcher picks for the fake's
+//! `/version`, 1.33), `tests/e2e/kubernetes/fake_api.rs` to kube-rs.
+//!
+//! Tests set up objects through the typed helpers ([`FakeApiServer::create`], `get`,
+//! `list`, ...), which go to the store in process (thousands per second) with the same
+//! checks as the HTTP side, and point the code under test at [`FakeApiServer::url`] /
+//! [`FakeApiServer::write_kubeconfig`] / [`FakeApiServer::client`].
 //!
 //! # Faithful
 //! - One global, monotonically increasing `resourceVersion` (a string of digits); per object
