@@ -440,12 +440,24 @@ impl FakeApiServer {
     /// sorted by namespace and name.
     pub fn list<K: Resource + Serialize + DeserializeOwned>(&self, ns: &str) -> Vec<K> {
         let k = kind_of::<K>();
-        let inner = self.shared.store.lock();
-        inner.collections[k]
-            .objects
+        let all_namespaces = ns.is_empty() || !KINDS[k].namespaced;
+        // The objects are shared (`Arc`): copy them out, parse them outside the lock.
+        let objects: Vec<Arc<Value>> = {
+            let inner = self.shared.store.lock();
+            let objects = &inner.collections[k].objects;
+            if all_namespaces {
+                objects.values().cloned().collect()
+            } else {
+                objects
+                    .range((ns.to_owned(), String::new())..)
+                    .take_while(|((n, _), _)| n == ns)
+                    .map(|(_, obj)| obj.clone())
+                    .collect()
+            }
+        };
+        objects
             .iter()
-            .filter(|((n, _), _)| ns.is_empty() || !KINDS[k].namespaced || n == ns)
-            .map(|(_, obj)| from_json((**obj).clone()))
+            .map(|obj| from_json((**obj).clone()))
             .collect()
     }
 
