@@ -87,6 +87,7 @@ mod patch;
 mod protobuf;
 mod selector;
 mod server;
+mod shared;
 mod status;
 mod store;
 #[cfg(test)]
@@ -109,9 +110,8 @@ pub use status::ApiError;
 
 use crate::ca::TestCa;
 use kinds::KINDS;
-use server::Shared;
+use shared::{Control, Shared};
 use store::{Preconditions, Store};
-use watch::Control;
 
 /// One request the server answered, as RBAC sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
