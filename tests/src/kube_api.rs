@@ -59,7 +59,7 @@
 //!   port `protocol`.
 //! - Errors are `kind: Status` objects with the real code and reason; 401 without the
 //!   bearer token; discovery (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/{g}[/{v}]`)
-//!   in the legacy form kubectl falls back to.
+//!   in the legacy form kubectl falls back to; `/healthz`, `/livez`, `/readyz` answer `ok`.
 //!
 //! # Not faithful (on purpose, documented)
 //! - PATCH: `merge-patch+json` is RFC 7386; `strategic-merge-patch+json` is the part
@@ -487,8 +487,10 @@ impl FakeApiServer {
         self.shared.control.send_modify(|c| c.stalled = stalled);
     }
 
-    /// The next `n` requests are answered with `status` (a Status object; 429 with
-    /// `Retry-After: 1`).
+    /// The next `n` requests (any path, once past the token check; watches included) are
+    /// answered with `status`, as a Status object (429 with `Retry-After: 1`, 500
+    /// InternalError, 503, 504, 403 with their reasons). Note that kube's default client
+    /// retries 429, 503 and 504 itself ([`Self::config`]).
     pub fn fail_next(&self, n: usize, status: u16) {
         *self.shared.fail.lock().unwrap() = (n, status);
     }

@@ -147,6 +147,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
     let target = match target {
         Ok(Some(t)) => t,
+        Ok(None) if matches!(segments.as_slice(), ["healthz" | "livez" | "readyz"]) => {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from_static(b"ok")).boxed())
+                .expect("a response from valid parts");
+        }
         Ok(None) => {
             return match (
                 req.method(),

@@ -668,6 +668,16 @@ async fn injected_failures_are_answered_as_the_real_server_would() {
         .body(kube::client::Body::empty())
         .unwrap();
     assert_eq!(plain.send(req).await.unwrap().status(), 404);
+    // The health endpoints, and the version kube reads.
+    let req = http::Request::get("/readyz")
+        .body(kube::client::Body::empty())
+        .unwrap();
+    assert_eq!(plain.send(req).await.unwrap().status(), 200);
+    let version = plain.apiserver_version().await.unwrap();
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "33")
+    );
 }
 
 #[tokio::test]
