@@ -13,5 +13,5 @@ mod schedule;
 mod storage;
 
 pub use error::{AcmeError, Step};
-pub use manager::{AcmeManager, AcmeSite, AcmeStats};
+pub use manager::{AcmeManager, AcmeSite, AcmeStats, Issued};
 pub use storage::{SiteStatus, Storage, StorageError, StoredCert, from_unix, unix};

@@ -38,6 +38,33 @@ pub struct AcmeSite {
     pub names: Vec<String>,
 }
 
+/// A certificate the manager has just issued and stored (see
+/// [`AcmeManager::subscribe_issued`]).
+#[derive(Clone)]
+pub struct Issued {
+    /// The site's name.
+    pub site: String,
+    /// The names the certificate covers (the site's names when it was ordered).
+    pub names: Vec<String>,
+    /// The chain, leaf first, PEM.
+    pub chain_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Issued")
+            .field("site", &self.site)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many issued certificates a slow subscriber may fall behind by before it misses some.
+const ISSUED_BACKLOG: usize = 64;
+
 /// Counters for the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct AcmeStats {
@@ -82,6 +109,8 @@ pub struct AcmeManager {
     stats: Arc<AcmeStats>,
     /// Wakes the scheduler when the set of sites changes.
     wake: tokio::sync::Notify,
+    /// Every certificate issued, for whoever copies them elsewhere.
+    issued: tokio::sync::broadcast::Sender<Issued>,
 }
 
 impl AcmeManager {
@@ -106,7 +135,16 @@ impl AcmeManager {
             slots: Mutex::new(HashMap::new()),
             stats,
             wake: tokio::sync::Notify::new(),
+            issued: tokio::sync::broadcast::channel(ISSUED_BACKLOG).0,
         }
+    }
+
+    /// Every certificate issued from now on, once it is stored (and about to be served).
+    /// The files under `storage` remain the manager's own copy; this is for copying
+    /// certificates elsewhere (the Kubernetes controller stores them in Secrets). A
+    /// receiver more than 64 certificates behind misses the oldest.
+    pub fn subscribe_issued(&self) -> tokio::sync::broadcast::Receiver<Issued> {
+        self.issued.subscribe()
     }
 
     /// The storage the manager uses.
@@ -381,6 +419,13 @@ impl AcmeManager {
             .load_cert(&site.name)
             .map_err(|e| AcmeError::new(Step::Store, e.to_string()))?
             .ok_or_else(|| AcmeError::new(Step::Store, "the certificate just stored is missing"))?;
+        // No subscriber is not an error.
+        let _ = self.issued.send(Issued {
+            site: site.name.clone(),
+            names: site.names.clone(),
+            chain_pem: issued.chain_pem.clone(),
+            key_pem: issued.key_pem.clone(),
+        });
         Ok(Outcome::Issued(stored, issued.challenge))
     }
 

@@ -41,6 +41,14 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The file could not be written.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The file (or its folder).
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
     /// The stored key cannot serve the stored certificate (unusable, or another
     /// certificate's key: a crash between the two writes of `save_cert`).
     #[error("{}: {source}", path.display())]
@@ -56,7 +64,10 @@ impl StorageError {
     /// The file at fault.
     pub fn path(&self) -> &Path {
         match self {
-            Self::Read { path, .. } | Self::Invalid { path, .. } | Self::Key { path, .. } => path,
+            Self::Read { path, .. }
+            | Self::Write { path, .. }
+            | Self::Invalid { path, .. }
+            | Self::Key { path, .. } => path,
         }
     }
 
@@ -167,25 +178,61 @@ impl Storage {
                 });
             }
         };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| StorageError::invalid(&cert_path, format!("not PEM: {e:?}")))?;
-        let Some(leaf) = chain.first() else {
-            return Err(StorageError::invalid(
-                &cert_path,
-                "no certificate in the file",
-            ));
+        // The key is read only once the chain is known good, so a corrupt chain is what
+        // gets reported.
+        let read_key = || {
+            fs::read(&key_path).map_err(|e| {
+                StorageError::invalid(&key_path, format!("no usable private key: {e}"))
+            })
         };
-        let info = CertInfo::parse(leaf)
-            .map_err(|e| StorageError::invalid(&cert_path, format!("not a certificate: {e}")))?;
-        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-            StorageError::invalid(&key_path, format!("no usable private key: {e:?}"))
+        parse_pair(&chain_pem, read_key, &cert_path, &key_path).map(Some)
+    }
+
+    /// Offers a certificate found elsewhere (a Kubernetes Secret another replica wrote) to
+    /// the site's storage, before the manager loads the site: it is stored when it is a
+    /// usable pair and the stored one is missing, unusable, or expires sooner. Gives
+    /// whether it was stored. The manager then serves it and renews it on its usual
+    /// schedule (no new order while it is valid and covers the site's names). An unusable
+    /// pair is an `Err` naming the file it would have replaced.
+    pub fn seed_cert(
+        &self,
+        site: &str,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<bool, StorageError> {
+        let dir = self.site_dir(site);
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let offered = parse_pair(
+            chain_pem.as_bytes(),
+            || Ok(key_pem.as_bytes().to_vec()),
+            &cert_path,
+            &key_path,
+        )
+        .map_err(|e| match e {
+            StorageError::Invalid { path, reason } => StorageError::Invalid {
+                path,
+                reason: format!("offered certificate: {reason}"),
+            },
+            other => other,
         })?;
-        let key = certified_key(chain, key).map_err(|source| StorageError::Key {
-            path: key_path,
-            source,
-        })?;
-        Ok(Some(StoredCert { key, info }))
+        if let Ok(Some(stored)) = self.load_cert(site)
+            && stored.info.not_after >= offered.info.not_after
+        {
+            return Ok(false);
+        }
+        self.save_cert(site, chain_pem, key_pem)
+            .map_err(|source| StorageError::Write { path: dir, source })?;
+        Ok(true)
+    }
+
+    /// The site's stored certificate chain and key as PEM text, as the manager wrote them
+    /// (for copying them elsewhere, such as a Kubernetes Secret); `None` if either file is
+    /// missing or unreadable.
+    pub fn cert_pem(&self, site: &str) -> Option<(String, String)> {
+        let dir = self.site_dir(site);
+        let chain = fs::read_to_string(dir.join("cert.pem")).ok()?;
+        let key = fs::read_to_string(dir.join("key.pem")).ok()?;
+        Some((chain, key))
     }
 
     /// Stores a new certificate chain and its key (0600), replacing the old pair.
@@ -215,6 +262,34 @@ impl Storage {
             tracing::warn!(site, path = %dir.display(), error = %e, "cannot record ACME status");
         }
     }
+}
+
+/// A chain (leaf first) and its key, both PEM, as a servable pair; errors name the file
+/// each came from.
+fn parse_pair(
+    chain_pem: &[u8],
+    key_pem: impl FnOnce() -> Result<Vec<u8>, StorageError>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<StoredCert, StorageError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| StorageError::invalid(cert_path, format!("not PEM: {e:?}")))?;
+    let Some(leaf) = chain.first() else {
+        return Err(StorageError::invalid(
+            cert_path,
+            "no certificate in the file",
+        ));
+    };
+    let info = CertInfo::parse(leaf)
+        .map_err(|e| StorageError::invalid(cert_path, format!("not a certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem()?)
+        .map_err(|e| StorageError::invalid(key_path, format!("no usable private key: {e:?}")))?;
+    let key = certified_key(chain, key).map_err(|source| StorageError::Key {
+        path: key_path.to_owned(),
+        source,
+    })?;
+    Ok(StoredCert { key, info })
 }
 
 /// Unix seconds.
@@ -321,5 +396,48 @@ mod tests {
         };
         s.save_status("site", &status);
         assert_eq!(s.load_status("site"), Some(status));
+    }
+
+    fn cert_valid_for(days: i64) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_seed_is_stored_only_when_it_outlasts_the_stored_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::new(dir.path(), "https://ca.test/dir");
+        let (short, short_key) = cert_valid_for(10);
+        let (long, long_key) = cert_valid_for(20);
+
+        assert!(s.seed_cert("site", &short, &short_key).unwrap());
+        assert_eq!(s.cert_pem("site"), Some((short.clone(), short_key.clone())));
+        assert!(
+            !s.seed_cert("site", &short, &short_key).unwrap(),
+            "the same again"
+        );
+        assert!(
+            s.seed_cert("site", &long, &long_key).unwrap(),
+            "a later expiry"
+        );
+        assert!(
+            !s.seed_cert("site", &short, &short_key).unwrap(),
+            "an earlier expiry"
+        );
+        assert_eq!(s.cert_pem("site"), Some((long.clone(), long_key.clone())));
+
+        let err = s.seed_cert("site", &short, &long_key).err().unwrap();
+        assert!(err.is_key_mismatch(), "{err}");
+        let err = s
+            .seed_cert("site", "garbage", &long_key)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("offered certificate"), "{err}");
+        // A refused seed leaves the stored pair alone.
+        assert_eq!(s.cert_pem("site"), Some((long, long_key)));
     }
 }

@@ -120,6 +120,32 @@ pub(crate) struct SiteFile {
     #[serde(default, deserialize_with = "de_size")]
     pub max_body_size: Option<u64>,
     pub upgrades: Option<Vec<String>>,
+    pub plain_http: Option<PlainHttpFile>,
+    pub redirect: Option<RedirectFile>,
+}
+
+/// `plain_http: redirect | serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PlainHttpFile {
+    Redirect,
+    Serve,
+}
+
+/// `match: prefix | exact`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PathMatchFile {
+    Prefix,
+    Exact,
+}
+
+/// `redirect: { to: URL-or-path, status: 302 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedirectFile {
+    pub to: String,
+    pub status: Option<u16>,
 }
 
 /// `tls: local`, `tls: acme`, `tls: { cert: ..., key: ... }` or `tls: { acme: true, fallback: local }`.
@@ -246,13 +272,63 @@ pub(crate) struct ServerFile {
     pub weight: Option<u32>,
 }
 
+/// `balance: round_robin` (a keyword) or `balance: { sticky: { cookie: NAME, ... } }`.
+#[derive(Debug)]
+pub(crate) enum BalanceFile {
+    Keyword(BalanceKeyword),
+    Map(BalanceMapFile),
+}
+
+impl<'de> Deserialize<'de> for BalanceFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_map(
+            d,
+            "`round_robin`, `least_requests`, `random_two`, `hash`, or `{ sticky: { cookie: NAME } }`",
+        )
+        .and_then(|v| match v {
+            StringOr::String(s) => BalanceKeyword::deserialize(
+                de::value::StrDeserializer::<D::Error>::new(&s),
+            )
+            .map(BalanceFile::Keyword),
+            StringOr::Map(m) => Ok(BalanceFile::Map(m)),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum BalanceFile {
+pub(crate) enum BalanceKeyword {
     RoundRobin,
     LeastRequests,
     RandomTwo,
     Hash,
+}
+
+/// `balance: { sticky: { ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BalanceMapFile {
+    pub sticky: StickyFile,
+}
+
+/// `sticky: { cookie: NAME, max_age: 1h, path: /, secure: true, same_site: lax }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StickyFile {
+    pub cookie: String,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_age: Option<Duration>,
+    pub path: Option<String>,
+    pub secure: Option<bool>,
+    pub same_site: Option<SameSiteFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SameSiteFile {
+    Lax,
+    Strict,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -375,11 +451,20 @@ pub(crate) struct RespondFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RouteFile {
     pub path: String,
+    #[serde(rename = "match")]
+    pub path_match: Option<PathMatchFile>,
     #[serde(default)]
     pub strip_prefix: bool,
+    pub rewrite: Option<String>,
     pub origin: Option<OriginFile>,
     pub respond: Option<RespondFile>,
+    pub redirect: Option<RedirectFile>,
     pub upgrades: Option<Vec<String>>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub plain_http: Option<PlainHttpFile>,
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_body_size: Option<u64>,
 }
 
 enum StringOr<T> {

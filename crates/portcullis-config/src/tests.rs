@@ -1,3 +1,4 @@
+mod ingress;
 mod origins;
 
 use std::path::Path;
@@ -228,7 +229,7 @@ fn broken_configs_name_the_key() {
         ),
         (
             "sites:\n  - hosts: [a.test]\n    tls: local",
-            "sites[0]: a site needs an `origin`, a `respond`, or `routes`",
+            "sites[0]: a site needs an `origin`, a `respond`, a `redirect`, or `routes`",
         ),
         (
             "sites:\n  - hosts: [a.test]\n    tls: local\n    routes:\n      - path: api\n        respond: {}",

@@ -1,8 +1,32 @@
 //! Snapshot → `Config`: the pure translation of Ingress v1 into the gateway's model.
+//!
+//! The steps read top to bottom: [`classes`] picks our Ingresses and sorts them into the
+//! merge order; [`annotations`] reads each one's annotations into typed settings; [`sites`]
+//! merges their rules, TLS entries and default backends host by host, resolving backends
+//! ([`backends`]) and Secrets ([`secrets`]) through one [`index`] of the snapshot.
+//! docs/kubernetes-translation.md says what each Ingress field and annotation becomes.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use portcullis_config::{Config, Problem};
 
 use crate::snapshot::{ObjectKey, Snapshot};
+
+mod annotations;
+mod backends;
+mod classes;
+mod index;
+mod origins;
+mod secrets;
+mod sites;
+
+#[cfg(test)]
+mod tests;
+
+/// The one host of the default site, which serves requests for hosts no Ingress rule names
+/// (and the rules without a host). `.invalid` is reserved (RFC 2606), so no client asks for
+/// it and no Ingress can claim it by accident.
+pub const DEFAULT_SITE_HOST: &str = "_.portcullis.invalid";
 
 /// The controller-wide settings that steer translation (the `portcullis ingress` flags).
 #[derive(Debug, Clone)]
@@ -21,6 +45,9 @@ pub struct Options {
     pub default_backend: Option<(ObjectKey, String)>,
     /// Every TLS host gets an ACME certificate, as if annotated `portcullis.dev/acme: "true"`.
     pub acme_all: bool,
+    /// This replica may order ACME certificates (it leads): ACME hosts get
+    /// `SiteTls::Acme`. Other replicas serve what the leader stored in the Secrets.
+    pub acme_issuer: bool,
 }
 
 impl Default for Options {
@@ -32,6 +59,7 @@ impl Default for Options {
             default_certificate: None,
             default_backend: None,
             acme_all: false,
+            acme_issuer: false,
         }
     }
 }
@@ -42,10 +70,35 @@ impl Default for Options {
 pub struct K8sProblem {
     /// `ingress`, `secret`, `service`, `ingressclass`, or `controller` for a flag.
     pub kind: &'static str,
-    /// The object (for an IngressClass, an empty namespace).
+    /// The object (for an IngressClass, an empty namespace; for a flag, its name).
     pub object: ObjectKey,
     /// The problem, its key a path into the object (`rules[0].http.paths[1].backend`).
     pub problem: Problem,
+}
+
+impl K8sProblem {
+    /// A problem in an Ingress, at `key` (a path into the Ingress: `rules[0].host`,
+    /// `tls[1].secretName`, `metadata.annotations["portcullis.dev/retries"]`).
+    pub fn ingress(object: &ObjectKey, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: "ingress",
+            object: object.clone(),
+            problem: Problem::new(key, message),
+        }
+    }
+
+    /// A problem with a controller flag (`--default-certificate`), or with the base config
+    /// as Kubernetes uses it.
+    pub fn controller(flag: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind: "controller",
+            object: ObjectKey {
+                namespace: String::new(),
+                name: flag.to_owned(),
+            },
+            problem: Problem::new("", message),
+        }
+    }
 }
 
 impl std::fmt::Display for K8sProblem {
@@ -63,14 +116,33 @@ impl std::fmt::Display for K8sProblem {
 pub struct Translated {
     /// The base config with the sites the Ingresses say; always valid to apply.
     pub config: Config,
-    /// Everything refused or ignored, per object.
+    /// Everything refused or ignored, per object, in merge order.
     pub problems: Vec<K8sProblem>,
+    /// Annotations under `portcullis.dev/` or `nginx.ingress.kubernetes.io/` present on one
+    /// of our Ingresses but not supported: (Ingress, annotation), sorted. Not an error (the
+    /// Ingress is served without them); `check --kubernetes` lists them and a metric counts
+    /// them, so a user sees what migrating changes.
+    pub unsupported_annotations: Vec<(ObjectKey, String)>,
+    /// Our Ingresses, in merge order (oldest first): the ones whose status the leader
+    /// writes.
+    pub ingresses: Vec<ObjectKey>,
+    /// Sites whose certificate ACME issues, by site name, and the Secret it is stored in
+    /// (created if missing).
+    pub acme_secrets: BTreeMap<String, ObjectKey>,
+    /// Every Secret the translation read or looked for (TLS, origin CA and client
+    /// certificates, the default certificate): the ones whose changes matter.
+    pub secrets: BTreeSet<ObjectKey>,
 }
 
 /// The sites `snapshot`'s Ingresses of our class say, added to `base` (whose `sites` is
 /// empty). Pure and deterministic: the same snapshot, in any list order, gives the same
 /// config.
 pub fn translate(base: &Config, snapshot: &Snapshot, options: &Options) -> Translated {
-    let _ = (snapshot, options);
-    todo!("issue 24: translation of {} sites", base.sites.len())
+    let ingresses = classes::ours(snapshot, options);
+    let index = index::Index::new(snapshot);
+    let mut builder = sites::Builder::new(base, index, options);
+    for ingress in &ingresses {
+        builder.add(ingress);
+    }
+    builder.finish(ingresses.iter().map(|i| classes::key(i)).collect())
 }

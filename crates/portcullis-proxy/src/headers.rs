@@ -27,6 +27,7 @@ const VIA_H1: HeaderValue = HeaderValue::from_static("1.1 portcullis");
 const VIA_H2: HeaderValue = HeaderValue::from_static("2 portcullis");
 const VIA_H10: HeaderValue = HeaderValue::from_static("1.0 portcullis");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
 const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
 /// Whether an HTTP/1.1 request asks to switch protocols (WebSocket and friends).
@@ -207,6 +208,8 @@ pub(crate) struct ClientAddr {
     pub(crate) forwarded_for: String,
     /// The peer is a trusted proxy: its forwarding headers are kept and appended to.
     pub(crate) trusted: bool,
+    /// The request came over plain HTTP (`X-Forwarded-Proto: http`).
+    pub(crate) plain_http: bool,
 }
 
 impl ClientAddr {
@@ -225,6 +228,15 @@ impl ClientAddr {
             ip: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")),
             forwarded_for,
             trusted,
+            plain_http: false,
+        }
+    }
+
+    /// The same client on the plain HTTP listener.
+    pub(crate) fn over_plain_http(self) -> Self {
+        Self {
+            plain_http: true,
+            ..self
         }
     }
 }
@@ -264,7 +276,10 @@ pub(crate) fn prepare_request(
         headers.insert(X_FORWARDED_HOST, host);
     }
     if !keep(headers, &X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HTTPS);
+        headers.insert(
+            X_FORWARDED_PROTO,
+            if client.plain_http { HTTP } else { HTTPS },
+        );
     }
     let trusted_xff = client.trusted.then(|| joined(headers, &X_FORWARDED_FOR));
     let xff = match trusted_xff.flatten() {
@@ -293,7 +308,11 @@ pub(crate) fn prepare_request(
     forwarded.push_str(&client.forwarded_for);
     forwarded.push_str(";host=\"");
     forwarded.push_str(authority);
-    forwarded.push_str("\";proto=https");
+    forwarded.push_str(if client.plain_http {
+        "\";proto=http"
+    } else {
+        "\";proto=https"
+    });
     // From the `String` itself: `from_str` would copy it.
     match HeaderValue::try_from(forwarded) {
         Ok(v) => {

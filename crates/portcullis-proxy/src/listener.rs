@@ -434,7 +434,15 @@ async fn connection(a: Box<Accepted>) {
             let (_, session) = tls.get_ref();
             let h2 = session.alpn_protocol() == Some(b"h2");
             let sni = session.server_name().map(Box::from);
-            let conn = conn_info(&shared, &settings, (peer, local), sni, !h2, &watcher, open);
+            let conn = conn_info(
+                &shared,
+                &settings,
+                (peer, local),
+                Some(sni),
+                !h2,
+                &watcher,
+                open,
+            );
             if h2 {
                 let clock = conn.clock.clone();
                 let io = TokioIo::new(ClockedIo::new(tls, clock.clone()));
@@ -547,21 +555,27 @@ fn calmed_down(err: &hyper::Error) -> bool {
     false
 }
 
-/// What a connection's requests see of it. `http1`: its clock times request heads.
+/// What a connection's requests see of it. `tls`: `None` for plain HTTP, else the SNI
+/// the client sent (if any). `http1`: its clock times request heads.
 fn conn_info(
     shared: &Shared,
     settings: &ConnSettings,
     (peer, local): (SocketAddr, SocketAddr),
-    sni: Option<Box<str>>,
+    tls: Option<Option<Box<str>>>,
     http1: bool,
     watcher: &DrainWatch,
     open: OpenGuard,
 ) -> Arc<ConnInfo> {
+    let client = ClientAddr::new(peer.ip(), shared.router.load().trusts(peer.ip()));
     Arc::new(ConnInfo {
         peer,
         local,
-        sni,
-        client: ClientAddr::new(peer.ip(), shared.router.load().trusts(peer.ip())),
+        client: match tls {
+            Some(_) => client,
+            None => client.over_plain_http(),
+        },
+        tls: tls.is_some(),
+        sni: tls.flatten(),
         _drain: watcher.clone(),
         clock: Arc::new(ConnClock::new(http1)),
         max_resets: settings.h2_max_resets,

@@ -59,6 +59,20 @@ pub mod names {
     /// Last successful configuration load, Unix seconds.
     pub const CONFIG_LAST_RELOAD_SUCCESS: &str =
         "portcullis_config_last_reload_success_timestamp_seconds";
+    /// `portcullis ingress`: snapshots of the cluster applied, by `result` (success,
+    /// failure, unchanged).
+    pub const KUBERNETES_SYNCS: &str = "portcullis_kubernetes_syncs_total";
+    /// `portcullis ingress`: when the routes in force were last synced, Unix seconds.
+    pub const KUBERNETES_LAST_SYNC: &str = "portcullis_kubernetes_last_sync_timestamp_seconds";
+    /// `portcullis ingress`: 1 while every watch of the API server is answered.
+    pub const KUBERNETES_API_UP: &str = "portcullis_kubernetes_api_up";
+    /// `portcullis ingress`: problems found in the cluster's objects, by `kind`,
+    /// `namespace`, `name`.
+    pub const KUBERNETES_PROBLEMS: &str = "portcullis_kubernetes_problems";
+    /// `portcullis ingress`: annotations present and not supported, by `namespace`,
+    /// `ingress`, `annotation`.
+    pub const KUBERNETES_UNSUPPORTED_ANNOTATIONS: &str =
+        "portcullis_kubernetes_unsupported_annotations";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -84,6 +98,11 @@ pub mod names {
         ACME_LAST_SUCCESS,
         CONFIG_RELOADS,
         CONFIG_LAST_RELOAD_SUCCESS,
+        KUBERNETES_SYNCS,
+        KUBERNETES_LAST_SYNC,
+        KUBERNETES_API_UP,
+        KUBERNETES_PROBLEMS,
+        KUBERNETES_UNSUPPORTED_ANNOTATIONS,
     ];
 }
 

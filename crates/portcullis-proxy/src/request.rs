@@ -1,7 +1,8 @@
 //! The second floor: one request on the HTTPS listener ([`handle`]). Host → site (checked
 //! against the SNI), path → route, then a fixed response or the origin ([`forward`]); a
 //! gateway-made error goes to a gRPC client in gRPC's terms ([`grpc`]). The plain HTTP
-//! listener's requests go to [`redirect`].
+//! listener's requests go to [`redirect`], which hands those a route serves over plain
+//! HTTP back to [`handle`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +27,8 @@ pub(crate) mod redirect;
 
 use forward::{Target, forward};
 
-/// Handles one request from a TLS client.
+/// Handles one request from a TLS client (or a plain HTTP one whose route serves plain HTTP:
+/// then no SNI check and no HSTS).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
@@ -85,11 +87,13 @@ async fn dispatch(
         return error_response(StatusCode::MISDIRECTED_REQUEST, "no site for this host\n");
     };
     // A connection belongs to the site its handshake chose; a request for another site's
-    // host (connection reuse, a forged Host) must go to a connection of its own.
-    let same_site = match conn.sni.as_deref() {
-        Some(sni) if sni.eq_ignore_ascii_case(host) => true,
-        sni => router.site_for_sni(sni) == Some(site_idx),
-    };
+    // host (connection reuse, a forged Host) must go to a connection of its own. (A plain
+    // HTTP connection chose none.)
+    let same_site = !conn.tls
+        || match conn.sni.as_deref() {
+            Some(sni) if sni.eq_ignore_ascii_case(host) => true,
+            sni => router.site_for_sni(sni) == Some(site_idx),
+        };
     if !same_site {
         debug!(
             sni = conn.sni.as_deref(),
@@ -101,6 +105,8 @@ async fn dispatch(
         );
     }
     let site = &router.sites[site_idx];
+    // HSTS is for HTTPS responses only (RFC 6797 §7.2).
+    let hsts = site.hsts.as_ref().filter(|_| conn.tls);
     exchange.route = Some(site.unmatched.clone());
     if let Some(log) = exchange.log.as_deref_mut() {
         log.site = Some(site.name.clone());
@@ -108,24 +114,33 @@ async fn dispatch(
     }
     let Some(matched) = site.route(req.uri().path()) else {
         let mut resp = error_response(StatusCode::NOT_FOUND, "not found\n");
-        add_hsts(&mut resp, site.hsts.as_ref());
+        add_hsts(&mut resp, hsts);
         return resp;
     };
     exchange.route = Some(matched.metrics.clone());
     let mut resp = match matched.handler {
+        // The client's address as the gateway knows it (the PROXY header's, else the
+        // peer's), never a forwarding header a client can write.
+        _ if matched.access.is_some_and(|a| !a.allows(conn.peer.ip())) => {
+            debug!(peer = %conn.peer.ip(), site = &*site.name, "refused by the route's allow/deny rules");
+            error_response(
+                StatusCode::FORBIDDEN,
+                "403 Forbidden: not allowed from this address\n",
+            )
+        }
         Handler::Respond(fixed) => fixed_response(fixed),
         Handler::Proxy(upstream) => {
             let target = Target {
                 authority,
-                strip: matched.strip,
-                max_body: site.max_body,
+                rewrite: matched.rewrite,
+                max_body: matched.max_body,
                 site: &site.name,
                 upgrades: matched.upgrades,
             };
             forward(upstream, conn, req, target, exchange.log.as_deref_mut()).await
         }
     };
-    add_hsts(&mut resp, site.hsts.as_ref());
+    add_hsts(&mut resp, hsts);
     resp
 }
 

@@ -26,6 +26,7 @@ mod origin_h1;
 mod pool;
 mod replay;
 mod request_body;
+mod sticky;
 #[cfg(test)]
 mod test_pipe;
 
@@ -39,6 +40,7 @@ pub(crate) use origin_h1::codec as origin_h1_codec;
 pub(crate) use pool::{OriginBody, PoolKey};
 pub(crate) use replay::{ReplayBody, Replayable};
 pub(crate) use request_body::{BodyFault, ClientFault, RequestBody};
+use sticky::Sticky;
 
 /// A ready-to-use origin.
 pub struct Upstream {
@@ -47,6 +49,8 @@ pub struct Upstream {
     pub(crate) backends: Box<[Arc<Backend>]>,
     balancer: Balancer,
     hash_key: Option<HashKey>,
+    /// The cookie of `balance: sticky`.
+    sticky: Option<Box<Sticky>>,
     pub(crate) retries: Retries,
     budget: Option<RetryBudget>,
     pub(crate) response_header_timeout: Duration,
@@ -95,6 +99,13 @@ impl Upstream {
                 Ok::<_, UpstreamError>(Arc::new(b))
             })
             .collect::<Result<Box<[_]>, _>>()?;
+        let sticky = match &origin.balance {
+            portcullis_config::Balance::Sticky(c) => {
+                let hashes: Vec<u64> = backends.iter().map(|b| b.hash_id).collect();
+                Some(Box::new(Sticky::new(c, &hashes)))
+            }
+            _ => None,
+        };
         let upstream = Arc::new(Self {
             label: origin.url.as_str().into(),
             scheme,
@@ -104,6 +115,7 @@ impl Upstream {
                 portcullis_config::Balance::Hash(k) => Some(k.clone()),
                 _ => None,
             },
+            sticky,
             retries: origin.retries.clone(),
             budget: (origin.retries.attempts > 0).then(|| RetryBudget::new(origin.retries.budget)),
             response_header_timeout: origin.timeouts.response_header,
@@ -143,6 +155,18 @@ impl Upstream {
     /// A server for the next attempt (see [`Balancer::pick`]).
     pub(crate) fn pick(&self, key: Option<u64>, tried: &[usize]) -> Option<usize> {
         self.balancer.pick(&self.backends, key, tried)
+    }
+
+    /// The available server the request's sticky cookie names (`balance: sticky`).
+    pub(crate) fn sticky_server(&self, headers: &HeaderMap) -> Option<usize> {
+        let i = self.sticky.as_ref()?.named(headers)?;
+        self.backends[i].available().then_some(i)
+    }
+
+    /// The sticky cookie naming server `i`, for a response the request's cookie did not
+    /// name (`None`: the origin is not sticky). `https`: the request came over TLS.
+    pub(crate) fn sticky_cookie(&self, i: usize, https: bool) -> Option<http::HeaderValue> {
+        self.sticky.as_ref()?.set_cookie(i, https)
     }
 
     /// A first attempt is made (feeds the retry budget).

@@ -38,10 +38,29 @@ pub(crate) trait AdminApi: Send + Sync + 'static {
     fn missing_certificates(&self) -> Vec<String>;
     /// Sites waiting for their first ACME certificate, with the last error if any.
     fn acme_waiting(&self) -> Vec<(String, Option<String>)>;
+    /// What the config source says of readiness, when the configuration comes from one
+    /// that can lag (Kubernetes); `None` for a file.
+    fn source_readiness(&self) -> Option<SourceReadiness> {
+        None
+    }
     /// The metrics exposition, up to date.
     fn metrics_text(&self) -> impl Future<Output = String> + Send;
     /// Re-reads the config and applies it: the reply's body, or every problem.
     fn reload_reply(self: Arc<Self>) -> impl Future<Output = Result<String, Vec<Problem>>> + Send;
+}
+
+/// A config source's word on readiness (`portcullis ingress`: has the first sync been
+/// applied, is the API server reachable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SourceReadiness {
+    /// False holds the gateway unready whatever else holds.
+    pub(crate) ready: bool,
+    /// Lines for the body, each ending in a newline.
+    pub(crate) notes: String,
+    /// Whether a site without a certificate (or waiting for ACME) makes the gateway
+    /// unready. Off for Kubernetes: one host's problem would take every replica out of its
+    /// Service; the site is listed in the body instead.
+    pub(crate) certificates_gate: bool,
 }
 
 pub(crate) async fn serve<A: AdminApi>(
@@ -149,11 +168,14 @@ async fn route<A: AdminApi>(api: &Arc<A>, req: &Request<Incoming>) -> Response<F
     }
 }
 
-/// Ready when every site has a certificate to serve. The body lists the sites still
-/// waiting for ACME, with the last error, whether or not a fallback is being served.
+/// Ready when every site has a certificate to serve (unless the config source says
+/// certificates do not gate) and the config source, if any, says so. The body lists the
+/// sites still waiting for ACME, with the last error, whether or not a fallback is being
+/// served, and the source's notes.
 fn readiness(api: &impl AdminApi) -> Result<String, String> {
+    let source = api.source_readiness();
     let missing = api.missing_certificates();
-    let mut lines = String::new();
+    let mut lines = source.as_ref().map(|s| s.notes.clone()).unwrap_or_default();
     let waiting = api.acme_waiting();
     for (site, error) in waiting {
         let serving = if missing.contains(&site) {
@@ -175,7 +197,9 @@ fn readiness(api: &impl AdminApi) -> Result<String, String> {
             let _ = writeln!(lines, "- site {site}: no certificate yet");
         }
     }
-    if missing.is_empty() {
+    let certificates_ok =
+        missing.is_empty() || source.as_ref().is_some_and(|s| !s.certificates_gate);
+    if certificates_ok && source.as_ref().is_none_or(|s| s.ready) {
         Ok(lines)
     } else {
         Err(lines)

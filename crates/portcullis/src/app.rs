@@ -11,7 +11,7 @@ use portcullis_config::Config;
 use portcullis_proxy::{Gateway, ListenerKind};
 use tracing::info;
 
-use crate::controller::Controller;
+use crate::controller::{Controller, ReadinessFn};
 use crate::prepare::StartError;
 
 /// A gateway with its listeners bound and serving, ready to [`run`](App::run) until shut
@@ -26,6 +26,17 @@ impl App {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         Ok(Self {
             controller: Controller::start_with(config).await?,
+        })
+    }
+
+    /// Starts from `config` (a base with no sites) for a config source that applies its
+    /// own configurations later, and whose readiness `/readyz` reports from the start.
+    pub(crate) async fn start_with_source(
+        config: Config,
+        readiness: ReadinessFn,
+    ) -> Result<Self, StartError> {
+        Ok(Self {
+            controller: Controller::start_with_source(config, readiness).await?,
         })
     }
 

@@ -14,7 +14,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminApi};
+use crate::admin::{self, AdminApi, SourceReadiness};
 use crate::prepare::{Applied, ApplyError, Prepared, Rebind, Running, off_the_workers, prepare};
 use crate::telemetry::Telemetry;
 
@@ -86,7 +86,13 @@ pub struct Controller {
     /// The config file as last loaded (or tried), so the watcher reacts only to edits
     /// made since.
     loaded: Mutex<Option<Loaded>>,
+    /// What a config source other than the file says of readiness (set before the
+    /// admin listener starts).
+    source_readiness: OnceLock<ReadinessFn>,
 }
+
+/// A config source's readiness, asked at every `/readyz`.
+pub(crate) type ReadinessFn = Arc<dyn Fn() -> SourceReadiness + Send + Sync>;
 
 /// A config file as it was read.
 #[derive(Clone, PartialEq, Eq)]
@@ -151,6 +157,7 @@ impl Controller {
     async fn start(
         mut config: Config,
         file: Option<(PathBuf, Option<Loaded>)>,
+        readiness: Option<ReadinessFn>,
     ) -> Result<Arc<Self>, ApplyError> {
         // The empty state is built with the first configuration's settings and no sites.
         let sites = std::mem::take(&mut config.sites);
@@ -185,7 +192,11 @@ impl Controller {
                 admin: None,
             }),
             loaded: Mutex::new(loaded.flatten()),
+            source_readiness: OnceLock::new(),
         });
+        if let Some(r) = readiness {
+            let _ = me.source_readiness.set(r);
+        }
         {
             let mut st = me.state.lock().await;
             me.change(&mut st, Source::Config(Box::new(config))).await?;
@@ -195,14 +206,28 @@ impl Controller {
 
     /// Starts from `config`, with no file to reload.
     pub(crate) async fn start_with(config: Config) -> Result<Arc<Self>, ApplyError> {
-        Self::start(config, None).await
+        Self::start(config, None, None).await
+    }
+
+    /// Starts from `config` (a base with no sites, for `portcullis ingress`), with a
+    /// config source whose word `/readyz` adds to its own from the first request on.
+    pub(crate) async fn start_with_source(
+        config: Config,
+        readiness: ReadinessFn,
+    ) -> Result<Arc<Self>, ApplyError> {
+        Self::start(config, None, Some(readiness)).await
     }
 
     /// Starts from the config file at `path`, which [`reload`](Self::reload) and the
     /// watcher re-read.
     pub(crate) async fn start_from_file(path: &Path) -> Result<Arc<Self>, ApplyError> {
         let (loaded, config) = off_the_workers(|| read_file(path));
-        Self::start(config?, Some((path.to_owned(), loaded))).await
+        Self::start(config?, Some((path.to_owned(), loaded)), None).await
+    }
+
+    /// The metrics registry, for a config source's own metrics.
+    pub(crate) fn registry(&self) -> &prometheus::Registry {
+        self.telemetry.registry()
     }
 
     /// The data path.
@@ -331,18 +356,25 @@ impl Controller {
             http,
             admin,
         } = prepared;
-        self.gateway
-            .certs()
-            .set_sites(config.sites.iter().zip(keys).map(|(site, key)| {
-                (
-                    SiteBinding {
-                        name: &site.name,
-                        hosts: &site.hosts,
-                        default: site.default,
-                    },
-                    key,
-                )
-            }));
+        self.gateway.certs().set_sites(
+            config
+                .sites
+                .iter()
+                .zip(keys)
+                // `tls: none`: its names get the default site's certificate, as
+                // unclaimed names do.
+                .filter(|(site, _)| !matches!(site.tls, SiteTls::None))
+                .map(|(site, key)| {
+                    (
+                        SiteBinding {
+                            name: &site.name,
+                            hosts: &site.hosts,
+                            default: site.default,
+                        },
+                        key,
+                    )
+                }),
+        );
         self.gateway.set_router(router);
         self.gateway.set_limits(&config.limits);
         self.admin.store(Arc::new(config.admin.clone()));
@@ -530,6 +562,10 @@ impl AdminApi for Controller {
 
     fn acme_waiting(&self) -> Vec<(String, Option<String>)> {
         self.acme().map(|a| a.waiting()).unwrap_or_default()
+    }
+
+    fn source_readiness(&self) -> Option<SourceReadiness> {
+        self.source_readiness.get().map(|f| f())
     }
 
     /// The metrics exposition, with the scrape-time metrics (certificate expiry, ACME

@@ -9,6 +9,7 @@ mod admin;
 mod app;
 mod certs_cmd;
 mod controller;
+mod ingress_cmd;
 mod logging;
 mod prepare;
 mod proxy_cmd;
@@ -20,6 +21,10 @@ mod telemetry;
 pub use app::App;
 pub use certs_cmd::render as render_certs;
 pub use controller::{Controller, ReloadSummary};
+pub use ingress_cmd::{
+    DefaultBackend, Ingress, IngressArgs, IngressError, KubernetesArgs, KubernetesCheck,
+    check_kubernetes,
+};
 pub use logging::{LogFormat, init as init_logging};
 pub use prepare::{ApplyError, StartError, check};
 pub use proxy_cmd::{ProxyArgs, config as proxy_config};

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use portcullis::{App, LogFormat, ProxyArgs, StartError};
+use portcullis::{
+    App, Ingress, IngressArgs, IngressError, KubernetesArgs, LogFormat, ProxyArgs, StartError,
+};
 use portcullis_config::{Config, Problem};
 
 /// mimalloc: 4% fewer instructions per proxied HTTP/1.1 request than glibc's malloc, 7% per
@@ -48,12 +50,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file and print a summary; exit 2 if it is invalid.
+    /// Validate a config file and print a summary; exit 2 if it is invalid. With
+    /// `--kubernetes`, read the cluster once instead and report as `ingress` would serve it.
     Check {
-        /// The YAML config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The YAML config file (with `--kubernetes`: the optional base config).
+        #[arg(long, short, required_unless_present = "kubernetes")]
+        config: Option<PathBuf>,
+        /// Read the Ingresses of the cluster once, translate them, and print the summary,
+        /// every problem and every unsupported annotation; exit 2 if there are problems.
+        #[arg(long)]
+        kubernetes: bool,
+        /// With `--kubernetes`: where the cluster is and what of it is ours.
+        #[command(flatten)]
+        cluster: KubernetesArgs,
     },
+    /// Run as a Kubernetes ingress controller: the routes come from the cluster's
+    /// Ingresses, the rest from the optional base config.
+    Ingress(IngressArgs),
     /// Ask the running gateway to reload its config file (through its admin listener).
     Reload {
         /// The YAML config file (read for the admin address and token).
@@ -108,7 +121,16 @@ fn main() -> ExitCode {
         // (which would end the process).
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         match cli.command {
-            Command::Check { config } => check(&config),
+            Command::Check {
+                config,
+                kubernetes: true,
+                cluster,
+            } => check_kubernetes(&cluster, config.as_deref()).await,
+            Command::Check { config, .. } => match config {
+                Some(config) => check(&config),
+                None => report(&[Problem::new("--config", "a config file is required")]),
+            },
+            Command::Ingress(args) => ingress(args).await,
             Command::Certs { config } => match load(&config) {
                 Ok(c) => {
                     print!("{}", portcullis::render_certs(&c));
@@ -187,6 +209,43 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(problems) => report(&problems),
+    }
+}
+
+async fn check_kubernetes(cluster: &KubernetesArgs, base: Option<&std::path::Path>) -> ExitCode {
+    match portcullis::check_kubernetes(cluster, base).await {
+        Ok(found) => {
+            print!("{}", found.output);
+            if found.problems == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_CONFIG)
+            }
+        }
+        Err(e) => ingress_failed(&e),
+    }
+}
+
+/// `portcullis ingress`: serves as soon as its listeners are bound, routes from the
+/// first sync on; stops on SIGTERM or SIGINT as `run` does.
+async fn ingress(args: IngressArgs) -> ExitCode {
+    match Ingress::start(args).await {
+        Ok(ingress) => {
+            ingress.run(shutdown_signal()).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => ingress_failed(&e),
+    }
+}
+
+fn ingress_failed(e: &IngressError) -> ExitCode {
+    match e {
+        IngressError::Config(problems) => report(problems),
+        IngressError::Start(StartError::Config(problems)) => report(problems),
+        e => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

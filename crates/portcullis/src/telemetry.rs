@@ -80,6 +80,11 @@ impl Telemetry {
         })
     }
 
+    /// The registry, for metrics registered elsewhere (a config source's).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub(crate) fn reload_succeeded(&self) {
         self.reloads_ok.inc();
         self.last_reload.set(unix_now());

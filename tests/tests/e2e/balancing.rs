@@ -4,7 +4,8 @@
 //! only its own keys (`hashing`); a server killed under load costs no request, is marked
 //! down by active checks and up again once restarted on its port, passive ejection and the
 //! 503 when every server is out (`health`); which failures are retried (a POST whose body
-//! was sent never is) and the retry budget (`retries`). What they share is here; origins
+//! was sent never is) and the retry budget (`retries`); a sticky cookie keeps a client on its
+//! server (`sticky`). What they share is here; origins
 //! that misbehave on purpose and load from several clients have modules of their own.
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ mod load;
 mod misbehaving;
 mod retries;
 mod spread;
+mod sticky;
 
 const HOST: &str = "b.test";
 

@@ -3,5 +3,9 @@
 //! clients: the real `kubectl` v1.32 (`kubectl`) and kube-rs, the client the controller
 //! is built on (`fake_api`).
 
+mod acme_secrets;
 mod fake_api;
+mod ingress;
 mod kubectl;
+mod leader;
+mod writers;

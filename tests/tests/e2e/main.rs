@@ -14,6 +14,7 @@ mod adversarial;
 mod balancing;
 mod failures;
 mod grpc;
+mod ingress;
 mod kubernetes;
 mod limits;
 mod metrics;

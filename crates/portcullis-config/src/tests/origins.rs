@@ -119,10 +119,6 @@ fn mistakes_name_their_key() {
             "sites[0].origin: `url` and `servers` cannot both be set",
         ),
         (
-            site("{ servers: [] }"),
-            "sites[0].origin.servers: needs at least one server",
-        ),
-        (
             site("{ servers: [{ url: 'http://a:1' }, { url: 'https://b:1' }] }"),
             "sites[0].origin.servers[1].url: every server of an origin must use the same scheme",
         ),

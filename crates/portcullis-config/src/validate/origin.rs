@@ -3,13 +3,14 @@
 
 use super::Validator;
 use crate::file::{
-    BalanceFile, CodeOrText, HashFile, HashKeyFile, HealthFile, ModeFile, NumberOrText,
-    OriginMapFile, PassiveHealthFile, RetriesFile, ServerFile,
+    BalanceFile, BalanceKeyword, CodeOrText, HashFile, HashKeyFile, HealthFile, ModeFile,
+    NumberOrText, OriginMapFile, PassiveHealthFile, RetriesFile, SameSiteFile, ServerFile,
+    StickyFile,
 };
 use crate::host::HostPattern;
 use crate::model::{
     ActiveHealth, Balance, HashKey, Health, Origin, OriginServer, OriginTimeouts, OriginTls,
-    PassiveHealth, ProxyProtocolVersion, Retries, Transport, Verify, defaults,
+    PassiveHealth, ProxyProtocolVersion, Retries, StickyCookie, Transport, Verify, defaults,
 };
 use crate::pem;
 
@@ -44,7 +45,11 @@ impl Validator<'_> {
         if verify_failure_status != 502 && verify_failure_status != 526 {
             self.err(format!("{key}.verify_failure_status"), "must be 502 or 526");
         }
-        let (https, servers, url) = servers?;
+        let (mut https, servers, url) = servers?;
+        if servers.is_empty() {
+            // No server says which scheme: the mode does.
+            https = matches!(f.mode, Some(ModeFile::Full | ModeFile::Strict));
+        }
         let several = servers.len() > 1;
         let balance = self.balance(key, f.balance, f.hash);
         let health = self.health(key, f.health, several);
@@ -206,9 +211,10 @@ impl Validator<'_> {
                 return None;
             }
             (Some(url), None) => vec![(format!("{key}.url"), url, None)],
+            // An origin with no servers (a placeholder, as a Kubernetes Service with no
+            // ready endpoint) answers 503.
             (None, Some(list)) if list.is_empty() => {
-                self.err(format!("{key}.servers"), "needs at least one server");
-                return None;
+                return Some((false, Vec::new(), "(no servers)".to_owned()));
             }
             (None, Some(list)) => list
                 .into_iter()
@@ -277,15 +283,28 @@ impl Validator<'_> {
         balance: Option<BalanceFile>,
         hash: Option<HashFile>,
     ) -> Option<Balance> {
+        let balance = match balance {
+            None => None,
+            Some(BalanceFile::Keyword(k)) => Some(k),
+            Some(BalanceFile::Map(m)) => {
+                if hash.is_some() {
+                    self.err(format!("{key}.hash"), "only applies with `balance: hash`");
+                    return None;
+                }
+                return self
+                    .sticky(&format!("{key}.balance.sticky"), m.sticky)
+                    .map(Balance::Sticky);
+            }
+        };
         match (balance, hash) {
-            (Some(BalanceFile::Hash), None) => {
+            (Some(BalanceKeyword::Hash), None) => {
                 self.err(
                     format!("{key}.hash"),
                     "`balance: hash` needs `hash: { key: header | cookie | client_ip, name: ... }`",
                 );
                 None
             }
-            (Some(BalanceFile::Hash), Some(h)) => {
+            (Some(BalanceKeyword::Hash), Some(h)) => {
                 let hkey = format!("{key}.hash.name");
                 let name = match (h.key, h.name) {
                     (HashKeyFile::ClientIp, None) => return Some(Balance::Hash(HashKey::ClientIp)),
@@ -307,7 +326,7 @@ impl Validator<'_> {
                             None
                         }
                     },
-                    (_, n) if n.is_empty() || n.contains([';', '=', ' ', ',']) => {
+                    (_, n) if !is_cookie_name(&n) => {
                         self.err(hkey, format!("`{n}` is not a valid cookie name"));
                         None
                     }
@@ -318,10 +337,59 @@ impl Validator<'_> {
                 self.err(format!("{key}.hash"), "only applies with `balance: hash`");
                 None
             }
-            (None | Some(BalanceFile::RoundRobin), None) => Some(Balance::RoundRobin),
-            (Some(BalanceFile::LeastRequests), None) => Some(Balance::LeastRequests),
-            (Some(BalanceFile::RandomTwo), None) => Some(Balance::RandomTwo),
+            (None | Some(BalanceKeyword::RoundRobin), None) => Some(Balance::RoundRobin),
+            (Some(BalanceKeyword::LeastRequests), None) => Some(Balance::LeastRequests),
+            (Some(BalanceKeyword::RandomTwo), None) => Some(Balance::RandomTwo),
         }
+    }
+
+    /// `balance: { sticky: { cookie: NAME, max_age, path, secure, same_site } }`.
+    fn sticky(&mut self, key: &str, f: StickyFile) -> Option<StickyCookie> {
+        let before = self.problems.len();
+        if !is_cookie_name(&f.cookie) {
+            self.err(
+                format!("{key}.cookie"),
+                format!("`{}` is not a valid cookie name", f.cookie),
+            );
+        }
+        let path = f.path.unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/')
+            || path
+                .bytes()
+                .any(|b| b == b';' || !(0x21..0x7f).contains(&b))
+        {
+            self.err(
+                format!("{key}.path"),
+                "must be a path starting with `/`, without `;`, spaces or control characters",
+            );
+        }
+        if f.max_age.is_some_and(|d| d.is_zero()) {
+            self.err(
+                format!("{key}.max_age"),
+                "must be greater than zero; leave it out for a session cookie",
+            );
+        }
+        let same_site = f.same_site.map(|s| match s {
+            SameSiteFile::Lax => "Lax",
+            SameSiteFile::Strict => "Strict",
+            SameSiteFile::None => "None",
+        });
+        if same_site == Some("None") && f.secure == Some(false) {
+            self.err(
+                format!("{key}.same_site"),
+                "`none` needs a Secure cookie (browsers refuse it otherwise); remove `secure: false`",
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(StickyCookie {
+            name: f.cookie,
+            max_age: f.max_age,
+            path,
+            secure: f.secure,
+            same_site: same_site.map(str::to_owned),
+        })
     }
 
     fn health(&mut self, key: &str, f: HealthFile, several: bool) -> Option<Health> {
@@ -544,4 +612,12 @@ fn parse_origin_url(text: &str) -> Result<(bool, String, u16), String> {
     }
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     Ok((https, host, port))
+}
+
+/// A cookie name as RFC 6265 allows it: a token (no separators, spaces or controls).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

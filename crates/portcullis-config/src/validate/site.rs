@@ -5,10 +5,14 @@ use std::collections::HashMap;
 use serde_yaml::Value;
 
 use super::Validator;
-use crate::file::{CertKeyFile, HstsFile, RespondFile, RouteFile, SiteFile, SiteTlsFile};
+use crate::file::{
+    CertKeyFile, HstsFile, OriginFile, PathMatchFile, PlainHttpFile, RedirectFile, RespondFile,
+    RouteFile, SiteFile, SiteTlsFile,
+};
 use crate::host::HostPattern;
 use crate::model::{
-    Action, CertKey, Hsts, PlainHttp, Respond, Route, Site, SiteTls, Upgrades, defaults,
+    Access, Action, CertKey, Hsts, PathMatch, PlainHttp, Redirect, Respond, Route, Site, SiteTls,
+    Upgrades, defaults,
 };
 use crate::pem;
 
@@ -104,35 +108,30 @@ impl Validator<'_> {
         let tls = self.site_tls(key, f.tls);
         let hsts = f.hsts.and_then(|h| self.hsts(key, h));
 
-        let fallback = match (f.origin, f.respond) {
-            (Some(_), Some(_)) => {
+        let fallback = if f.origin.is_none() && f.respond.is_none() && f.redirect.is_none() {
+            if f.routes.is_empty() {
                 self.err(
                     key.to_owned(),
-                    "`origin` and `respond` cannot both be set; use `routes` to mix them",
+                    "a site needs an `origin`, a `respond`, a `redirect`, or `routes`",
                 );
-                None
             }
-            (Some(o), None) => self
-                .origin(&format!("{key}.origin"), o.0)
-                .map(|o| Action::Proxy(Box::new(o))),
-            (None, Some(r)) => self
-                .respond(&format!("{key}.respond"), r)
-                .map(Action::Respond),
-            (None, None) => {
-                if f.routes.is_empty() {
-                    self.err(
-                        key.to_owned(),
-                        "a site needs an `origin`, a `respond`, or `routes`",
-                    );
-                }
-                None
-            }
+            None
+        } else {
+            self.action(key, f.origin, f.respond, f.redirect)
         };
+        if let (Some(SiteTls::None), true) = (&tls, f.default) {
+            self.err(
+                format!("{key}.default"),
+                "the default site serves its certificate to every unclaimed name, so it needs one \
+                 (`tls: none` has none)",
+            );
+        }
+        let plain_http = plain_http(f.plain_http).unwrap_or_default();
         let upgrades = match f.upgrades {
             Some(names) => self.upgrades(&format!("{key}.upgrades"), names),
             None => Upgrades::default(),
         };
-        let routes = self.routes(key, f.routes, &upgrades);
+        let routes = self.routes(key, f.routes, &upgrades, plain_http);
         if f.max_body_size == Some(0) {
             self.err(format!("{key}.max_body_size"), "must be greater than zero");
         }
@@ -150,7 +149,7 @@ impl Validator<'_> {
             fallback,
             max_body_size: f.max_body_size,
             upgrades,
-            plain_http: PlainHttp::Redirect,
+            plain_http,
         })
     }
 
@@ -168,11 +167,12 @@ impl Validator<'_> {
             Some(SiteTlsFile::Keyword(k)) if k == "acme" => Some(SiteTls::Acme {
                 fallback_local: false,
             }),
+            Some(SiteTlsFile::Keyword(k)) if k == "none" => Some(SiteTls::None),
             Some(SiteTlsFile::Keyword(k)) => {
                 self.err(
                     key,
                     format!(
-                        "unknown value `{k}`, expected `acme`, `local` or a map with `cert` and `key`"
+                        "unknown value `{k}`, expected `acme`, `local`, `none` or a map with `cert` and `key`"
                     ),
                 );
                 None
@@ -262,58 +262,140 @@ impl Validator<'_> {
         }
     }
 
-    fn routes(&mut self, key: &str, routes: Vec<RouteFile>, site: &Upgrades) -> Vec<Route> {
+    fn routes(
+        &mut self,
+        key: &str,
+        routes: Vec<RouteFile>,
+        site: &Upgrades,
+        site_plain_http: PlainHttp,
+    ) -> Vec<Route> {
         let mut out: Vec<Route> = Vec::with_capacity(routes.len());
-        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut seen: HashMap<(String, PathMatch), usize> = HashMap::new();
         for (j, r) in routes.into_iter().enumerate() {
             let rkey = format!("{key}.routes[{j}]");
-            let path_ok = if !r.path.starts_with('/') {
+            let before = self.problems.len();
+            let path_match = match r.path_match {
+                None | Some(PathMatchFile::Prefix) => PathMatch::Prefix,
+                Some(PathMatchFile::Exact) => PathMatch::Exact,
+            };
+            if !r.path.starts_with('/') {
                 self.err(format!("{rkey}.path"), "must start with `/`");
-                false
-            } else if r.path.contains(['?', '#', ' ']) {
+            } else if !is_plain_path(&r.path) {
                 self.err(
                     format!("{rkey}.path"),
-                    "must be a plain path (no `?`, `#` or spaces)",
+                    "must be a plain path (no `?`, `#`, spaces or control characters)",
                 );
-                false
-            } else if let Some(first) = seen.insert(r.path.clone(), j) {
+            } else if let Some(first) = seen.insert((r.path.clone(), path_match), j) {
                 self.err(
                     format!("{rkey}.path"),
                     format!("`{}` is already routed by {key}.routes[{first}]", r.path),
                 );
-                false
+            }
+            let action = if r.origin.is_none() && r.respond.is_none() && r.redirect.is_none() {
+                self.err(
+                    rkey.clone(),
+                    "a route needs an `origin`, a `respond` or a `redirect`",
+                );
+                None
             } else {
-                true
+                self.action(&rkey, r.origin, r.respond, r.redirect)
             };
-            let action = match (r.origin, r.respond) {
-                (Some(_), Some(_)) => {
-                    self.err(rkey.clone(), "`origin` and `respond` cannot both be set");
-                    None
+            if let Some(rw) = &r.rewrite {
+                if r.strip_prefix {
+                    self.err(
+                        format!("{rkey}.rewrite"),
+                        "cannot be combined with `strip_prefix` (`rewrite: /` strips the prefix)",
+                    );
+                } else if !rw.starts_with('/') || !is_plain_path(rw) {
+                    self.err(
+                        format!("{rkey}.rewrite"),
+                        "must be a plain path starting with `/` (no `?`, `#`, spaces or control characters)",
+                    );
                 }
-                (Some(o), None) => self
-                    .origin(&format!("{rkey}.origin"), o.0)
-                    .map(|o| Action::Proxy(Box::new(o))),
-                (None, Some(r)) => self
-                    .respond(&format!("{rkey}.respond"), r)
-                    .map(Action::Respond),
-                (None, None) => {
-                    self.err(rkey.clone(), "a route needs an `origin` or a `respond`");
-                    None
-                }
-            };
+            }
             let upgrades = match r.upgrades {
                 Some(names) => self.upgrades(&format!("{rkey}.upgrades"), names),
                 None => site.clone(),
             };
-            if let (true, Some(action)) = (path_ok, action) {
+            let access = Access {
+                allow: self.cidrs(&r.allow.unwrap_or_default(), &format!("{rkey}.allow")),
+                deny: self.cidrs(&r.deny.unwrap_or_default(), &format!("{rkey}.deny")),
+            };
+            if r.max_body_size == Some(0) {
+                self.err(format!("{rkey}.max_body_size"), "must be greater than zero");
+            }
+            if let (true, Some(action)) = (self.problems.len() == before, action) {
                 out.push(Route {
+                    path_match,
                     strip_prefix: r.strip_prefix,
+                    rewrite: r.rewrite,
                     upgrades,
+                    access,
+                    plain_http: plain_http(r.plain_http).unwrap_or(site_plain_http),
+                    max_body_size: r.max_body_size,
                     ..Route::new(r.path, action)
                 });
             }
         }
         out
+    }
+
+    /// One of `origin`, `respond` or `redirect` (at least one is set).
+    fn action(
+        &mut self,
+        key: &str,
+        origin: Option<OriginFile>,
+        respond: Option<RespondFile>,
+        redirect: Option<RedirectFile>,
+    ) -> Option<Action> {
+        let set = [origin.is_some(), respond.is_some(), redirect.is_some()];
+        if set.iter().filter(|s| **s).count() > 1 {
+            self.err(
+                key.to_owned(),
+                "only one of `origin`, `respond` and `redirect` can be set; use `routes` to mix them",
+            );
+            return None;
+        }
+        if let Some(o) = origin {
+            self.origin(&format!("{key}.origin"), o.0)
+                .map(|o| Action::Proxy(Box::new(o)))
+        } else if let Some(r) = respond {
+            self.respond(&format!("{key}.respond"), r)
+                .map(Action::Respond)
+        } else {
+            redirect.and_then(|r| self.redirect(&format!("{key}.redirect"), r))
+        }
+    }
+
+    /// `redirect: { to: URL-or-/path, status: 302 }`: `to` becomes a `Location` header.
+    fn redirect(&mut self, key: &str, f: RedirectFile) -> Option<Action> {
+        let status = f.status.unwrap_or(302);
+        let mut ok = true;
+        if ![301, 302, 303, 307, 308].contains(&status) {
+            self.err(format!("{key}.status"), "must be 301, 302, 303, 307 or 308");
+            ok = false;
+        }
+        let to = f.to.as_str();
+        let absolute = ["http://", "https://"].iter().any(|scheme| {
+            to.get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+                && to.len() > scheme.len()
+        });
+        let clean = to.bytes().all(|b| (0x21..0x7f).contains(&b));
+        // `//host` and `/\host` are read by browsers as another host.
+        let other_host = to.starts_with("//") || to.starts_with("/\\");
+        if !clean || !(absolute || to.starts_with('/')) || other_host {
+            self.err(
+                format!("{key}.to"),
+                "must be an absolute http(s):// URL or a path starting with `/` (not `//` or \
+                 `/\\`), without spaces or control characters",
+            );
+            ok = false;
+        }
+        ok.then_some(Action::Redirect(Redirect {
+            status,
+            location: f.to,
+        }))
     }
 
     /// `upgrades: [websocket, ...]`: protocol names (RFC 9110 tokens, no version), never
@@ -369,4 +451,18 @@ impl Validator<'_> {
             content_type: f.content_type,
         })
     }
+}
+
+fn plain_http(f: Option<PlainHttpFile>) -> Option<PlainHttp> {
+    f.map(|p| match p {
+        PlainHttpFile::Redirect => PlainHttp::Redirect,
+        PlainHttpFile::Serve => PlainHttp::Serve,
+    })
+}
+
+/// No query, fragment, spaces or control characters: a path as it can be compared with a
+/// request's and sent on.
+fn is_plain_path(path: &str) -> bool {
+    path.bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && b != b'?' && b != b'#')
 }

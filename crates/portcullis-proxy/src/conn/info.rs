@@ -16,6 +16,8 @@ pub(crate) struct ConnInfo {
     pub(crate) peer: std::net::SocketAddr,
     /// The listener's address this connection came in on.
     pub(crate) local: std::net::SocketAddr,
+    /// Whether it came over TLS (false: the plain HTTP listener).
+    pub(crate) tls: bool,
     /// The SNI the client sent, lowercase (rustls normalises it).
     pub(crate) sni: Option<Box<str>>,
     pub(crate) client: ClientAddr,

@@ -19,6 +19,7 @@ use crate::headers;
 use crate::io::BoxedIo;
 use crate::proxy_protocol::ProxyAddrs;
 use crate::response::{AccessLog, ProxyBody};
+use crate::router::rewrite_path;
 use crate::upstream::{
     BodyFault, ClientFault, InFlight, OriginUpgrade, PoolKey, ReplayBody, Replayable, RequestBody,
     Upstream,
@@ -27,7 +28,8 @@ use crate::upstream::{
 /// Where a proxied request goes and under which limits.
 pub(crate) struct Target<'a> {
     pub(crate) authority: Authority,
-    pub(crate) strip: usize,
+    /// Leading bytes of the path replaced, and with what.
+    pub(crate) rewrite: Option<(usize, &'a str)>,
     pub(crate) max_body: Option<u64>,
     pub(crate) site: &'a str,
     /// The protocols an `Upgrade` request may switch to.
@@ -43,7 +45,7 @@ pub(crate) async fn forward(
 ) -> Response<ProxyBody> {
     let Target {
         authority,
-        strip,
+        rewrite,
         max_body,
         site,
         upgrades,
@@ -64,16 +66,15 @@ pub(crate) async fn forward(
     let client_h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
 
-    let path_and_query = match (strip, parts.uri.path_and_query()) {
-        (0, Some(pq)) => pq.clone(),
-        (n, Some(pq)) => {
-            let rest = &pq.path()[n.min(pq.path().len())..];
-            let rest = if rest.is_empty() { "/" } else { rest };
-            let stripped = match pq.query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest.to_owned(),
-            };
-            PathAndQuery::try_from(stripped).unwrap_or_else(|_| PathAndQuery::from_static("/"))
+    let path_and_query = match (rewrite, parts.uri.path_and_query()) {
+        (None, Some(pq)) => pq.clone(),
+        (Some((n, to)), Some(pq)) => {
+            let mut path = rewrite_path(pq.path(), n, to);
+            if let Some(q) = pq.query() {
+                path.push('?');
+                path.push_str(q);
+            }
+            PathAndQuery::try_from(path).unwrap_or_else(|_| PathAndQuery::from_static("/"))
         }
         (_, None) => PathAndQuery::from_static("/"),
     };
@@ -85,6 +86,7 @@ pub(crate) async fn forward(
         upgrade,
     );
     let key = upstream.hash_key(&parts.headers, conn.peer.ip());
+    let sticky = upstream.sticky_server(&parts.headers);
     // PROXY protocol origins' connections carry one client's addresses, so they are pooled
     // by those; any other origin's serve every site in front of it: the site travels in
     // each request (`Host` for HTTP/1.1, the URI's authority as `:authority` for HTTP/2).
@@ -128,14 +130,29 @@ pub(crate) async fn forward(
     upstream.note_request();
 
     let mut tried: Vec<usize> = Vec::new();
-    let (backend, mut resp, in_flight) = loop {
-        let Some(i) = upstream.pick(key, &tried) else {
+    let (i, backend, mut resp, in_flight) = loop {
+        let pick = match sticky {
+            // A retry goes wherever the balancer says; the cookie then names that server.
+            Some(i) if tried.is_empty() => Some(i),
+            _ => upstream.pick(key, &tried),
+        };
+        let Some(i) = pick else {
+            if upstream.backends.is_empty() {
+                debug!(site, origin = &*upstream.label, "origin has no servers");
+                return unavailable(
+                    "503 Service Unavailable: the origin has no servers\n",
+                    upstream.retry_after(),
+                );
+            }
             warn!(
                 site,
                 origin = &*upstream.label,
                 "no origin server available"
             );
-            return unavailable(upstream.retry_after());
+            return unavailable(
+                "503 Service Unavailable: no origin server is available\n",
+                upstream.retry_after(),
+            );
         };
         let backend = &upstream.backends[i];
         let retries_left = tried.len() < attempts as usize;
@@ -190,11 +207,11 @@ pub(crate) async fn forward(
                 let status = resp.status().as_u16();
                 // An origin's answer to a body the client broke says nothing of its health.
                 if !upstream.retries.on_status.contains(&status) || client_fault(&fault).is_some() {
-                    break (backend, resp, in_flight);
+                    break (i, backend, resp, in_flight);
                 }
                 backend.record_failure();
                 if !may_retry(false) {
-                    break (backend, resp, in_flight);
+                    break (i, backend, resp, in_flight);
                 }
                 debug!(
                     site,
@@ -254,6 +271,11 @@ pub(crate) async fn forward(
     if let Some(log) = log {
         log.origin = Some(backend.label.clone());
     }
+    if sticky != Some(i)
+        && let Some(cookie) = upstream.sticky_cookie(i, conn.tls)
+    {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, upgrade) {
@@ -292,12 +314,9 @@ fn bad_body(client_h2: bool) -> Response<ProxyBody> {
     resp
 }
 
-/// 503 when every server of the origin is down or ejected.
-fn unavailable(retry_after: std::time::Duration) -> Response<ProxyBody> {
-    let mut resp = error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "503 Service Unavailable: no origin server is available\n",
-    );
+/// 503 when every server of the origin is down or ejected, or it has none.
+fn unavailable(text: &'static str, retry_after: std::time::Duration) -> Response<ProxyBody> {
+    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, text);
     resp.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(retry_after.as_secs().max(1)),

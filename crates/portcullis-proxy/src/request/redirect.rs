@@ -1,5 +1,7 @@
-//! The plain-HTTP listener: ACME HTTP-01 answers first, then a permanent redirect to HTTPS
-//! for hosts some site claims, 404 for everything else (so it is never an open redirect).
+//! The plain-HTTP listener: ACME HTTP-01 answers first; then a request for a host some site
+//! claims whose route (or fallback) says `plain_http: serve` is served as on HTTPS
+//! ([`super::handle`]); other requests for claimed hosts get a permanent redirect to HTTPS,
+//! and everything else 404 (so it is never an open redirect).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use portcullis_config::PlainHttp;
 
 use super::{host_of, request_authority};
 use crate::answers::error_response;
@@ -20,6 +23,9 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if !is_acme_answer(&shared, &req) && served(&shared, &req) {
+        return super::handle(shared, conn, req).await;
+    }
     let mut exchange = Exchange::begin(conn, None, !req.body().is_end_stream());
     let mut resp = redirect(&shared, &req);
     exchange.status = resp.status().as_u16();
@@ -30,6 +36,33 @@ pub(crate) async fn handle(
 
 /// Where HTTP-01 validation requests arrive (RFC 8555 §8.3).
 const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+fn is_acme_answer(shared: &Shared, req: &Request<Incoming>) -> bool {
+    req.uri()
+        .path()
+        .strip_prefix(ACME_CHALLENGE_PATH)
+        .is_some_and(|token| shared.challenges.http01(token).is_some())
+}
+
+/// Whether the request's host belongs to a site whose route for it (or fallback, when no
+/// route matches) serves plain HTTP.
+fn served(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let Some(authority) = request_authority(req) else {
+        return false;
+    };
+    let host = host_of(&authority);
+    let router = shared.router.load();
+    if !router.claims(host) {
+        return false;
+    }
+    let Some(site) = router.site_for(host).map(|i| &router.sites[i]) else {
+        return false;
+    };
+    let plain = site
+        .route(req.uri().path())
+        .map_or(site.plain_http, |m| m.plain_http);
+    plain == PlainHttp::Serve
+}
 
 fn redirect(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
     if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH)

@@ -33,8 +33,8 @@ impl Balancer {
             Balance::LeastRequests => Kind::LeastRequests,
             Balance::RandomTwo => Kind::RandomTwo,
             Balance::Hash(_) => Kind::Hash,
-            // TODO(issue 24): the sticky cookie is not read or set yet; until it is, the
-            // servers are shared round robin.
+            // A request whose cookie names an available server goes there without asking
+            // the balancer (`Upstream::sticky_server`); the others are shared round robin.
             Balance::Sticky(_) => Kind::RoundRobin,
         };
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
@@ -58,6 +58,10 @@ impl Balancer {
         key: Option<u64>,
         tried: &[usize],
     ) -> Option<usize> {
+        // An origin with no servers (a Service with no ready endpoint) has nothing to pick.
+        if backends.is_empty() {
+            return None;
+        }
         if backends.len() == 1 {
             return backends[0].available().then_some(0);
         }
@@ -198,6 +202,20 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_servers_means_no_pick_with_every_policy() {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::LeastRequests,
+            Balance::RandomTwo,
+            Balance::Hash(portcullis_config::HashKey::ClientIp),
+        ] {
+            let b = Balancer::new(&balance, &[]);
+            assert_eq!(b.pick(&[], Some(7), &[]), None, "{balance:?}");
+            assert_eq!(b.pick(&[], None, &[0]), None, "{balance:?}");
+        }
+    }
 
     #[test]
     fn smooth_cycle_spreads_the_heavy_server() {

@@ -82,3 +82,39 @@ fn a_rewritten_key_that_does_not_match_is_refused_despite_a_previous_load() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_site_without_a_certificate_resolves_to_the_default_one_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = first_load(dir.path());
+    // b has no certificate of its own; a is the default site.
+    config.sites[1].tls = SiteTls::None;
+    config.sites[0].default = true;
+    let certs = load_site_certificates(&config, None, None).unwrap();
+    // a's certificate names a.test only: check says b.test is not covered.
+    assert!(
+        certs.warnings.iter().any(|w| w
+            .to_string()
+            .starts_with("sites[1].hosts[0]: `b.test` (`tls: none`) gets the default site's")),
+        "{:?}",
+        certs.warnings
+    );
+    let store = CertStore::new();
+    certs.publish(&config, &store);
+    let a = key(&certs, 0);
+    let served = store
+        .resolve(Some("b.test"))
+        .expect("the default certificate");
+    assert!(Arc::ptr_eq(&served, a));
+    assert!(
+        store.missing().is_empty(),
+        "b is not waiting for a certificate"
+    );
+
+    // With no default site, its names are refused as unclaimed ones are.
+    config.sites[0].default = false;
+    let store = CertStore::new();
+    certs.publish(&config, &store);
+    assert!(store.resolve(Some("b.test")).is_none());
+    assert!(store.resolve(Some("a.test")).is_some());
+}

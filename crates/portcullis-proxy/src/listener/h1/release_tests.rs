@@ -288,6 +288,7 @@ async fn serve_carries_a_connection_across_releases_until_the_client_closes() {
     let conn = ConnInfo {
         peer: ([127, 0, 0, 1], 40000).into(),
         local: ([127, 0, 0, 1], 443).into(),
+        tls: true,
         sni: None,
         client: ClientAddr::new([127, 0, 0, 1].into(), false),
         _drain: watcher.clone(),

@@ -1,0 +1,274 @@
+//! From published snapshots to the configuration in force: translate, then the one apply
+//! path (`Controller::apply`); and what readiness says meanwhile.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portcullis_config::Config;
+use portcullis_k8s::{Options, Snapshot, SourceStatus, Translated, translate};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::metrics::K8sMetrics;
+use super::writers::{Synced, Writers};
+use crate::admin::SourceReadiness;
+use crate::controller::Controller;
+
+/// What readiness and the sync loop share.
+#[derive(Debug, Default)]
+pub(super) struct SyncState {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// When a snapshot's config was last put in force (or found unchanged).
+    applied: Option<SystemTime>,
+    /// The last apply was refused, with how many problems.
+    refused: Option<usize>,
+    source: SourceStatus,
+}
+
+impl SyncState {
+    fn update(&self, f: impl FnOnce(&mut Inner)) {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// `/readyz`'s view: unready until the first sync is in force; afterwards ready, with
+    /// a note while the API server is unreachable or the last sync was refused.
+    /// Certificates never gate readiness in ingress mode.
+    pub(super) fn readiness(&self) -> SourceReadiness {
+        let st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut notes = String::new();
+        let ready = st.applied.is_some();
+        if !ready {
+            notes.push_str("- kubernetes: waiting for the first full sync from the API server\n");
+        }
+        if let Some(since) = st.source.down_since {
+            let _ = write!(
+                notes,
+                "- kubernetes: API server unreachable for {}s",
+                ago(since)
+            );
+            if let Some(e) = &st.source.last_error {
+                let _ = write!(notes, " (last error: {e})");
+            }
+            match st.applied {
+                Some(at) => {
+                    let _ = writeln!(
+                        notes,
+                        "; serving the routes synced {}s ago, reconnecting",
+                        ago(at)
+                    );
+                }
+                None => notes.push_str("; reconnecting\n"),
+            }
+        }
+        if let Some(n) = st.refused {
+            let _ = writeln!(
+                notes,
+                "- kubernetes: the last sync was refused ({n} problem{}; see the log); serving the previous routes",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+        SourceReadiness {
+            ready,
+            notes,
+            certificates_gate: false,
+        }
+    }
+}
+
+fn ago(t: SystemTime) -> u64 {
+    SystemTime::now()
+        .duration_since(t)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Everything the loop needs, besides its inputs.
+pub(super) struct Syncer {
+    pub(super) controller: Arc<Controller>,
+    pub(super) base: Config,
+    pub(super) options: Options,
+    pub(super) state: Arc<SyncState>,
+    pub(super) metrics: K8sMetrics,
+    /// The writers: told of each sync; whether this replica leads decides whether it
+    /// orders ACME certificates.
+    pub(super) writers: Arc<Writers>,
+}
+
+impl Syncer {
+    /// Applies each published snapshot (again when leadership changes), and mirrors the
+    /// source's health, until the source stops.
+    pub(super) async fn run(
+        self,
+        mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+        mut status: watch::Receiver<SourceStatus>,
+    ) {
+        let mut leader = self.writers.leader();
+        let mut last: Option<Config> = None;
+        let mut reported = BTreeSet::new();
+        loop {
+            tokio::select! {
+                r = snapshots.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+                r = leader.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+                r = status.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let s = status.borrow_and_update().clone();
+                    self.metrics.api_up(s.api_up);
+                    self.state.update(|st| st.source = s);
+                    continue;
+                }
+            }
+            let leads = *leader.borrow_and_update();
+            let snapshot = snapshots.borrow_and_update().clone();
+            if let Some(snapshot) = snapshot {
+                self.sync(snapshot, leads, &mut last, &mut reported).await;
+            }
+        }
+    }
+
+    async fn sync(
+        &self,
+        snapshot: Arc<Snapshot>,
+        leads: bool,
+        last: &mut Option<Config>,
+        reported: &mut BTreeSet<String>,
+    ) {
+        let (base, mut options) = (self.base.clone(), self.options.clone());
+        options.acme_issuer = leads;
+        let snap = snapshot.clone();
+        let translated = tokio::task::spawn_blocking(move || {
+            let t = translate(&base, &snap, &options);
+            if options.acme_issuer {
+                seed_acme(&t, &snap);
+            }
+            t
+        })
+        .await;
+        let translated = match translated {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                error!(error = %e, "translating the cluster's objects failed; the routes in force stay");
+                self.metrics.refused();
+                return;
+            }
+        };
+        let problems_changed = self.report(&translated, reported);
+        let synced = Synced {
+            snapshot,
+            translated: translated.clone(),
+            problems_changed,
+        };
+        if last.as_ref() == Some(&translated.config) {
+            self.metrics.unchanged(unix_now());
+            self.state.update(|st| st.applied = Some(SystemTime::now()));
+            self.writers.synced(synced, self.controller.acme());
+            return;
+        }
+        match self.controller.apply(translated.config.clone()).await {
+            Ok(summary) => {
+                info!(sites = summary.sites, "kubernetes sync applied");
+                self.metrics.applied(unix_now());
+                self.state.update(|st| {
+                    st.applied = Some(SystemTime::now());
+                    st.refused = None;
+                });
+                *last = Some(translated.config.clone());
+                self.writers.synced(synced, self.controller.acme());
+            }
+            Err(e) => {
+                // Translation gives valid configs; a refusal here is a bug, and the
+                // routes in force keep serving.
+                let problems = e.problems();
+                for p in &problems {
+                    error!(key = %p.key, "kubernetes sync refused: {}", p.message);
+                }
+                self.metrics.refused();
+                self.state.update(|st| st.refused = Some(problems.len()));
+            }
+        }
+    }
+
+    /// Logs each problem once, when it appears (and once when it is gone), and sets the
+    /// problem metrics. True when the problems changed.
+    fn report(&self, t: &Translated, reported: &mut BTreeSet<String>) -> bool {
+        let unsupported = t
+            .unsupported_annotations
+            .iter()
+            .map(|(ingress, a)| format!("ingress {ingress}: annotation {a} is not supported"));
+        let now: BTreeSet<String> = t
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .chain(unsupported)
+            .collect();
+        if &now == reported {
+            return false;
+        }
+        for p in now.difference(reported) {
+            warn!("kubernetes: {p}");
+        }
+        for p in reported.difference(&now) {
+            info!("kubernetes problem resolved: {p}");
+        }
+        self.metrics.set_problems(&t.problems);
+        self.metrics.set_unsupported(
+            t.unsupported_annotations
+                .iter()
+                .map(|(i, a)| (i.namespace.as_str(), i.name.as_str(), a.as_str())),
+        );
+        *reported = now;
+        true
+    }
+}
+
+/// Offers the certificates stored in the ACME sites' Secrets (by another replica, or
+/// before a restart) to ACME's storage, so the leader serves and renews them instead of
+/// ordering new ones. Runs off the workers (file I/O).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "called only inside spawn_blocking, with the translation"
+)]
+fn seed_acme(t: &Translated, snapshot: &Snapshot) {
+    if t.acme_secrets.is_empty() {
+        return;
+    }
+    let storage = portcullis_acme::Storage::new(&t.config.storage, &t.config.acme.directory);
+    for (site, key) in &t.acme_secrets {
+        let secret = snapshot.secrets.iter().find(|s| {
+            s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+                && s.metadata.name.as_deref() == Some(key.name.as_str())
+        });
+        let Some((chain, private)) = secret.and_then(portcullis_k8s::read_certificate) else {
+            continue;
+        };
+        match storage.seed_cert(site, &chain, &private) {
+            Ok(true) => {
+                info!(site = %site, secret = %key, "ACME certificate taken from its Secret")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(site = %site, secret = %key, error = %e, "the certificate in the Secret cannot be used")
+            }
+        }
+    }
+}
