@@ -319,7 +319,9 @@ impl FakeApiServer {
         kube::Client::try_from(self.config().await).unwrap()
     }
 
-    /// Creates `obj` in the store (no HTTP), as a POST would; panics on an API error.
+    /// Creates `obj` in the store (no HTTP), as a POST would, with the same checks and
+    /// server-set fields; a namespaced object without a namespace goes to `default`.
+    /// Panics on an API error.
     pub fn create<K: Resource + Serialize + DeserializeOwned>(&self, obj: &K) -> K {
         self.try_create(obj)
             .unwrap_or_else(|e| panic!("creating a {}: {e}", K::KIND))
