@@ -500,6 +500,9 @@ impl FakeApiServer {
     /// Forgets history up to now, as etcd compaction does: a watch from an older
     /// `resourceVersion` gets an ERROR event with a 410 Expired Status, an `Exact` list at
     /// one 410s (`NotOlderThan` is still fine), and so does a `continue` from before now.
+    /// The resourceVersion first moves on by one (as a write to anything else would), so
+    /// *every* version handed out so far is older: `compact()` then `drop_watches()` makes
+    /// every watcher re-list, even one that had seen the newest change. Open watches go on.
     pub fn compact(&self) {
         self.shared.store.compact();
     }

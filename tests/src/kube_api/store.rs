@@ -151,9 +151,13 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&KINDS[k], name))
     }
 
-    /// Forgets every change so far: watches and `Exact` lists from an older RV get 410.
+    /// Forgets every change so far. The RV first moves on by one, as a write elsewhere in
+    /// the cluster would move it: so every version handed out before is too old (a watch
+    /// resumed from any of them gets 410, whatever it had seen), while a list made now
+    /// gives a version a watch can start from.
     pub fn compact(&self) {
         let mut inner = self.lock();
+        inner.rv += 1;
         inner.compacted = inner.rv;
         for c in &mut inner.collections {
             if let Some(last) = c.history.back() {
@@ -161,6 +165,9 @@ impl Store {
             }
             c.history.clear();
         }
+        let rv = inner.rv;
+        drop(inner);
+        self.notify(rv);
     }
 
     /// POST: `ns` is the namespace of the path (none for cluster-scoped objects, or for the

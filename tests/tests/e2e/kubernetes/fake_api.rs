@@ -470,22 +470,48 @@ async fn watches_send_bookmarks_time_out_and_410_after_compaction() {
         other => panic!("unexpected {other:?}"),
     }
 
-    // From a compacted version: one ERROR event with a 410 Expired Status, then the end.
+    // From a compacted version, even the newest one handed out before: one ERROR event
+    // with a 410 Expired Status, then the end.
+    let newest = api.resource_version();
     api.compact();
+    for from in [&rv, &newest] {
+        let mut watch = maps
+            .watch(&WatchParams::default(), from)
+            .await
+            .unwrap()
+            .boxed();
+        match within("the 410", watch.next()).await.unwrap().unwrap() {
+            WatchEvent::Error(s) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            within("the end of the stream", watch.next())
+                .await
+                .is_none()
+        );
+    }
+    // A list made after the compaction gives a version to watch from.
+    let listed = maps.list(&ListParams::default()).await.unwrap();
+    let since = listed.metadata.resource_version.unwrap();
     let mut watch = maps
-        .watch(&WatchParams::default(), &rv)
+        .watch(&WatchParams::default(), &since)
         .await
         .unwrap()
         .boxed();
-    match within("the 410", watch.next()).await.unwrap().unwrap() {
-        WatchEvent::Error(s) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
-        other => panic!("unexpected {other:?}"),
-    }
-    assert!(
-        within("the end of the stream", watch.next())
+    api.create::<ConfigMap>(&from(
+        json!({"metadata": {"name": "after", "namespace": "default"}}),
+    ));
+    loop {
+        match within("the event after the compaction", watch.next())
             .await
-            .is_none()
-    );
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Added(o) => break assert_eq!(name(&o), "after"),
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
