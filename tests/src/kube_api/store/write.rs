@@ -307,7 +307,9 @@ impl Inner {
             // A write that changes nothing is not a change: no new RV, no event.
             return Ok(new);
         }
-        let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
+        // (A terminating namespace goes when the namespace controller is done with it.)
+        let finalized = k != namespaces()
+            && new.pointer("/metadata/deletionTimestamp").is_some()
             && new
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)

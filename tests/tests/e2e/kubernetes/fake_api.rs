@@ -470,22 +470,48 @@ async fn watches_send_bookmarks_time_out_and_410_after_compaction() {
         other => panic!("unexpected {other:?}"),
     }
 
-    // From a compacted version: one ERROR event with a 410 Expired Status, then the end.
+    // From a compacted version, even the newest one handed out before: one ERROR event
+    // with a 410 Expired Status, then the end.
+    let newest = api.resource_version();
     api.compact();
+    for from in [&rv, &newest] {
+        let mut watch = maps
+            .watch(&WatchParams::default(), from)
+            .await
+            .unwrap()
+            .boxed();
+        match within("the 410", watch.next()).await.unwrap().unwrap() {
+            WatchEvent::Error(s) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            within("the end of the stream", watch.next())
+                .await
+                .is_none()
+        );
+    }
+    // A list made after the compaction gives a version to watch from.
+    let listed = maps.list(&ListParams::default()).await.unwrap();
+    let since = listed.metadata.resource_version.unwrap();
     let mut watch = maps
-        .watch(&WatchParams::default(), &rv)
+        .watch(&WatchParams::default(), &since)
         .await
         .unwrap()
         .boxed();
-    match within("the 410", watch.next()).await.unwrap().unwrap() {
-        WatchEvent::Error(s) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
-        other => panic!("unexpected {other:?}"),
-    }
-    assert!(
-        within("the end of the stream", watch.next())
+    api.create::<ConfigMap>(&from(
+        json!({"metadata": {"name": "after", "namespace": "default"}}),
+    ));
+    loop {
+        match within("the event after the compaction", watch.next())
             .await
-            .is_none()
-    );
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Added(o) => break assert_eq!(name(&o), "after"),
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -526,6 +552,33 @@ async fn status_and_patches_over_http() {
         .unwrap();
     assert_eq!(after.metadata.generation, Some(2));
     assert_eq!(ip(&after).as_deref(), Some("192.0.2.1"));
+    // RFC 6902 JSON patch (as `kubectl patch --type=json` sends it), all or nothing.
+    let json_patch = |ops: serde_json::Value| {
+        http::Request::patch("/apis/networking.k8s.io/v1/namespaces/default/ingresses/a")
+            .header("content-type", "application/json-patch+json")
+            .body(kube::client::Body::from(serde_json::to_vec(&ops).unwrap()))
+            .unwrap()
+    };
+    let client = api.client().await;
+    let resp = client
+        .send(json_patch(json!([
+            {"op": "test", "path": "/spec/rules/0/host", "value": "b.test"},
+            {"op": "replace", "path": "/spec/rules/0/host", "value": "c.test"}])))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client
+        .send(json_patch(json!([
+            {"op": "replace", "path": "/spec/rules/0/host", "value": "d.test"},
+            {"op": "test", "path": "/spec/rules/0/host", "value": "b.test"}])))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let now: Ingress = api.get("default", "a").unwrap();
+    assert_eq!(
+        now.spec.unwrap().rules.unwrap()[0].host.as_deref(),
+        Some("c.test")
+    );
     // Server-side apply is not implemented: 415, never a silent merge.
     let err = ingresses
         .patch("a", &PatchParams::apply("test"), &Patch::Apply(&both))
@@ -558,6 +611,8 @@ async fn status_and_patches_over_http() {
         [
             ("create", None),
             ("patch", Some("status")),
+            ("patch", None),
+            ("patch", None),
             ("patch", None),
             ("patch", None),
             ("delete", None),
@@ -639,6 +694,16 @@ async fn injected_failures_are_answered_as_the_real_server_would() {
         .body(kube::client::Body::empty())
         .unwrap();
     assert_eq!(plain.send(req).await.unwrap().status(), 404);
+    // The health endpoints, and the version kube reads.
+    let req = http::Request::get("/readyz")
+        .body(kube::client::Body::empty())
+        .unwrap();
+    assert_eq!(plain.send(req).await.unwrap().status(), 200);
+    let version = plain.apiserver_version().await.unwrap();
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "33")
+    );
 }
 
 #[tokio::test]
