@@ -29,9 +29,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::networking::v1::{
-    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass,
-    IngressClassSpec, IngressRule, IngressServiceBackend, IngressSpec, IngressTLS,
-    ServiceBackendPort,
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressClass, IngressClassSpec,
+    IngressRule, IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -357,7 +356,11 @@ async fn main() {
         let t = Instant::now();
         api.replace(&ing);
         loop {
-            if portcullis_tests::plain::get(http, &new_host, "/").await.status == 200 {
+            if portcullis_tests::plain::get(http, &new_host, "/")
+                .await
+                .status
+                == 200
+            {
                 break;
             }
             assert!(t.elapsed() < limit, "{new_host} not served after {limit:?}");
@@ -368,7 +371,11 @@ async fn main() {
     println!(
         "one Ingress change → served: median {}   [target < 1 s] (runs: {})",
         ms(median(changes.clone())),
-        changes.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
+        changes
+            .iter()
+            .map(|d| ms(*d))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "controller RSS after the sync: {:.0} MB, after the changes: {:.0} MB, peak: {:.0} MB   [target < 400 MB]",
