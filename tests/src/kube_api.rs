@@ -2,7 +2,14 @@
 //! REST paths and JSON (k8s-openapi's types), over HTTPS on 127.0.0.1:0 with a bearer token.
 //!
 //! No kube-apiserver can run on these machines, so this is what every Kubernetes test
-//! talks to; `tests/e2e/kubernetes/kubectl.rs` holds it to the real `kubectl` v1.32.
+//! talks to; `tests/e2e/kubernetes/kubectl.rs` holds it to the real `kubectl` (v1.32 by
+//! name, and the version Google Cloud SDK's `kubectl` dispatcher picks for the fake's
+//! `/version`, 1.33), `tests/e2e/kubernetes/fake_api.rs` to kube-rs.
+//!
+//! Tests set up objects through the typed helpers ([`FakeApiServer::create`], `get`,
+//! `list`, ...), which go to the store in process (thousands per second) with the same
+//! checks as the HTTP side, and point the code under test at [`FakeApiServer::url`] /
+//! [`FakeApiServer::write_kubeconfig`] / [`FakeApiServer::client`].
 //!
 //! # Faithful
 //! - One global, monotonically increasing `resourceVersion` (a string of digits); per object
@@ -33,7 +40,10 @@
 //!   with a 410 Expired Status, then the stream ends — also for an open watch whose pending
 //!   history is trimmed.
 //! - Writes: POST 409 AlreadyExists, `generateName`, names checked as DNS-1123 (422
-//!   Invalid), `kind`/`apiVersion`/namespace contradicting the path 400, a namespaced
+//!   Invalid), a `resourceVersion` in a POST 500 (as etcd3's store refuses it), a `uid` in a
+//!   PUT that is not the object's 409, a change of an immutable field 422 (a Secret's
+//!   `type`, an EndpointSlice's `addressType`, a Service's cluster IP, a Deployment's
+//!   selector, an `immutable` Secret's or ConfigMap's data), `kind`/`apiVersion`/namespace contradicting the path 400, a namespaced
 //!   object in a missing namespace 404 (`default`, `kube-system`, `kube-public`,
 //!   `kube-node-lease` exist from the start). PUT with a stale RV 409 Conflict, without
 //!   RV unconditional (422 for Leases, which refuse it as the real strategy does); writes
@@ -49,14 +59,14 @@
 //!   port `protocol`.
 //! - Errors are `kind: Status` objects with the real code and reason; 401 without the
 //!   bearer token; discovery (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/{g}[/{v}]`)
-//!   in the legacy form kubectl falls back to.
+//!   in the legacy form kubectl falls back to; `/healthz`, `/livez`, `/readyz` answer `ok`.
 //!
 //! # Not faithful (on purpose, documented)
 //! - PATCH: `merge-patch+json` is RFC 7386; `strategic-merge-patch+json` is the part
 //!   client-side `kubectl apply` needs (lists merged by their Kubernetes merge keys for the
 //!   common fields, `$patch`, `$deleteFromPrimitiveList`; `$setElementOrder` ignored: see
-//!   `kube_api/patch.rs`); `apply-patch+yaml` (server-side apply) and `json-patch+json`
-//!   get 415.
+//!   `kube_api/patch.rs`); `json-patch+json` is RFC 6902 (a failing operation 422);
+//!   `apply-patch+yaml` (server-side apply) gets 415.
 //! - Protobuf request bodies (which kubectl's typed commands such as `kubectl create secret`
 //!   send) are decoded for Secret, ConfigMap and Namespace only; answers are always JSON.
 //! - No admission, no OpenAPI (`/openapi/*` 404: use `kubectl --validate=false`), no
@@ -77,6 +87,7 @@ mod patch;
 mod protobuf;
 mod selector;
 mod server;
+mod shared;
 mod status;
 mod store;
 #[cfg(test)]
@@ -99,9 +110,8 @@ pub use status::ApiError;
 
 use crate::ca::TestCa;
 use kinds::KINDS;
-use server::Shared;
+use shared::{Control, Shared};
 use store::{Preconditions, Store};
-use watch::Control;
 
 /// One request the server answered, as RBAC sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +124,8 @@ pub struct ApiCall {
     pub resource: String,
     /// `status` for writes and reads of `/status`.
     pub subresource: Option<String>,
-    /// The path's namespace (none for cluster-scoped and all-namespace requests).
+    /// The path's namespace (none for cluster-scoped and all-namespace requests; for a
+    /// request on one Namespace, its name, as RBAC's request info has it).
     pub namespace: Option<String>,
     /// The object's name, for requests on one object.
     pub name: Option<String>,
@@ -308,7 +319,9 @@ impl FakeApiServer {
         kube::Client::try_from(self.config().await).unwrap()
     }
 
-    /// Creates `obj` in the store (no HTTP), as a POST would; panics on an API error.
+    /// Creates `obj` in the store (no HTTP), as a POST would, with the same checks and
+    /// server-set fields; a namespaced object without a namespace goes to `default`.
+    /// Panics on an API error.
     pub fn create<K: Resource + Serialize + DeserializeOwned>(&self, obj: &K) -> K {
         self.try_create(obj)
             .unwrap_or_else(|e| panic!("creating a {}: {e}", K::KIND))
@@ -379,7 +392,14 @@ impl FakeApiServer {
         let k = kind_of::<K>();
         self.shared
             .store
-            .patch(k, &key_ns::<K>(k, ns), name, &patch, false, false)
+            .patch(
+                k,
+                &key_ns::<K>(k, ns),
+                name,
+                &patch,
+                false,
+                store::PatchType::Merge,
+            )
             .map(from_json)
             .unwrap_or_else(|e| panic!("patching {} {ns}/{name}: {e}", K::KIND))
     }
@@ -422,12 +442,24 @@ impl FakeApiServer {
     /// sorted by namespace and name.
     pub fn list<K: Resource + Serialize + DeserializeOwned>(&self, ns: &str) -> Vec<K> {
         let k = kind_of::<K>();
-        let inner = self.shared.store.lock();
-        inner.collections[k]
-            .objects
+        let all_namespaces = ns.is_empty() || !KINDS[k].namespaced;
+        // The objects are shared (`Arc`): copy them out, parse them outside the lock.
+        let objects: Vec<Arc<Value>> = {
+            let inner = self.shared.store.lock();
+            let objects = &inner.collections[k].objects;
+            if all_namespaces {
+                objects.values().cloned().collect()
+            } else {
+                objects
+                    .range((ns.to_owned(), String::new())..)
+                    .take_while(|((n, _), _)| n == ns)
+                    .map(|(_, obj)| obj.clone())
+                    .collect()
+            }
+        };
+        objects
             .iter()
-            .filter(|((n, _), _)| ns.is_empty() || !KINDS[k].namespaced || n == ns)
-            .map(|(_, obj)| from_json((**obj).clone()))
+            .map(|obj| from_json((**obj).clone()))
             .collect()
     }
 
@@ -457,8 +489,10 @@ impl FakeApiServer {
         self.shared.control.send_modify(|c| c.stalled = stalled);
     }
 
-    /// The next `n` requests are answered with `status` (a Status object; 429 with
-    /// `Retry-After: 1`).
+    /// The next `n` requests (any path, once past the token check; watches included) are
+    /// answered with `status`, as a Status object (429 with `Retry-After: 1`, 500
+    /// InternalError, 503, 504, 403 with their reasons). Note that kube's default client
+    /// retries 429, 503 and 504 itself ([`Self::config`]).
     pub fn fail_next(&self, n: usize, status: u16) {
         *self.shared.fail.lock().unwrap() = (n, status);
     }
@@ -466,13 +500,17 @@ impl FakeApiServer {
     /// Forgets history up to now, as etcd compaction does: a watch from an older
     /// `resourceVersion` gets an ERROR event with a 410 Expired Status, an `Exact` list at
     /// one 410s (`NotOlderThan` is still fine), and so does a `continue` from before now.
+    /// The resourceVersion first moves on by one (as a write to anything else would), so
+    /// *every* version handed out so far is older: `compact()` then `drop_watches()` makes
+    /// every watcher re-list, even one that had seen the newest change. Open watches go on.
     pub fn compact(&self) {
         self.shared.store.compact();
     }
 
-    /// While `true`, connections are accepted and nothing is ever answered (new
-    /// connections do not even finish the TLS handshake; requests on open connections
-    /// hang); open watches get nothing either.
+    /// While `true`, connections are accepted and nothing is answered, as behind a network
+    /// partition: new connections do not even finish the TLS handshake, requests on open
+    /// connections hang, open watches get nothing. Set back to `false`, the partition heals:
+    /// what is still waiting (and whose client has not given up) goes through.
     pub fn blackhole(&self, on: bool) {
         self.shared.control.send_modify(|c| c.blackhole = on);
     }

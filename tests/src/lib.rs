@@ -2,7 +2,8 @@
 //! mTLS, WebSocket), the real gateway run in-process from a YAML config, a TLS client with
 //! control over SNI and ALPN, a gRPC service and client (h2c and TLS origins), and a runner
 //! for the gateway as a separate process; for adversarial tests, an origin that records the
-//! exact bytes it receives and clients that write exact HTTP/1.1 bytes and HTTP/2 frames.
+//! exact bytes it receives and clients that write exact HTTP/1.1 bytes and HTTP/2 frames;
+//! for Kubernetes, a fake API server held to the real kubectl (`kube_api`).
 //! The end-to-end suites (`tests/e2e/main.rs`) are one test binary built on these; a helper two
 //! suites need lives here, once.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]

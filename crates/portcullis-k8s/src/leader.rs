@@ -68,7 +68,20 @@ impl LeaseTimings {
 /// This replica's identity in the Lease: `$POD_NAME` when set (the Deployment passes it
 /// with the downward API), else `$HOSTNAME` (a pod's name by default), else the host name
 /// file, followed by `_` and the process id so that two processes on one host differ.
+/// Every call after the first in one process adds `_2`, `_3`…: two controllers in one
+/// process (the tests) are two replicas.
 pub fn default_identity() -> String {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = base_identity();
+    if n == 0 {
+        base
+    } else {
+        format!("{base}_{}", n + 1)
+    }
+}
+
+fn base_identity() -> String {
     if let Ok(pod) = std::env::var("POD_NAME")
         && !pod.is_empty()
     {
@@ -367,4 +380,41 @@ fn observe(lease: &Lease, at: Instant) -> Observed {
 /// Whether `e` is an API error with HTTP status `code`.
 pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_must_leave_the_lease_outliving_the_renew_deadline() {
+        assert!(LeaseTimings::default().is_valid());
+        let t = LeaseTimings {
+            lease_duration: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        assert!(
+            !t.is_valid(),
+            "a deadline equal to the lease allows two leaders"
+        );
+        let t = LeaseTimings {
+            retry_period: Duration::from_secs(12),
+            ..LeaseTimings::default()
+        };
+        assert!(!t.is_valid());
+        let t = LeaseTimings {
+            lease_duration: Duration::from_millis(900),
+            renew_deadline: Duration::from_millis(500),
+            retry_period: Duration::from_millis(100),
+        };
+        assert!(!t.is_valid(), "leaseDurationSeconds is whole seconds");
+    }
+
+    #[test]
+    fn identities_differ_within_one_process() {
+        let a = default_identity();
+        let b = default_identity();
+        assert_ne!(a, b);
+    }
 }

@@ -144,9 +144,38 @@ pub fn load_site_certificates(
         });
     }
     if problems.is_empty() {
+        none_sites_covered(config, &mut out);
         Ok(out)
     } else {
         Err(problems)
+    }
+}
+
+/// Warns of hosts of `tls: none` sites the default site's certificate (which their
+/// handshakes get) does not name. `certs` has one entry per site of `config`.
+fn none_sites_covered(config: &Config, certs: &mut SiteCerts) {
+    let Some(d) = config.sites.iter().position(|s| s.default) else {
+        return;
+    };
+    let Some(info) = certs.sites.get(d).and_then(|c| c.info.clone()) else {
+        return;
+    };
+    for (i, site) in config.sites.iter().enumerate() {
+        if !matches!(site.tls, SiteTls::None) {
+            continue;
+        }
+        for (j, host) in site.hosts.iter().enumerate() {
+            if !info.covers(host) {
+                certs.warnings.push(Problem::new(
+                    format!("sites[{i}].hosts[{j}]"),
+                    format!(
+                        "`{host}` (`tls: none`) gets the default site's certificate, which \
+                         does not cover it (it names {})",
+                        info.names.join(", ")
+                    ),
+                ));
+            }
+        }
     }
 }
 

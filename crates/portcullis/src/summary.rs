@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use portcullis_config::{Action, Balance, Config, Origin, ProxyProtocolVersion, Transport, Verify};
+use portcullis_config::{
+    Action, Balance, Config, Origin, PathMatch, PlainHttp, ProxyProtocolVersion, Transport, Verify,
+};
 use portcullis_tls::{CertSource, SiteCerts, format_time};
 
 /// Renders sites, hosts, certificate source and expiry, origins and modes.
@@ -55,15 +57,34 @@ pub fn render(config: &Config, certs: &SiteCerts) -> String {
         if let Some(h) = &site.hsts {
             let _ = writeln!(out, "  hsts:   {}", h.header_value());
         }
+        if site.plain_http == PlainHttp::Serve {
+            let _ = writeln!(out, "  plain HTTP: served (not redirected)");
+        }
         for route in &site.routes {
-            let strip = if route.strip_prefix {
-                " (prefix stripped)"
+            let mut notes = Vec::new();
+            if route.path_match == PathMatch::Exact {
+                notes.push("exact".to_owned());
+            }
+            if route.strip_prefix {
+                notes.push("prefix stripped".to_owned());
+            }
+            if let Some(to) = &route.rewrite {
+                notes.push(format!("rewritten to {to}"));
+            }
+            if !route.access.is_open() {
+                notes.push("allow/deny".to_owned());
+            }
+            if route.plain_http == PlainHttp::Serve {
+                notes.push("served over plain HTTP".to_owned());
+            }
+            let notes = if notes.is_empty() {
+                String::new()
             } else {
-                ""
+                format!(" ({})", notes.join(", "))
             };
             let _ = writeln!(
                 out,
-                "  route {}{strip} -> {}",
+                "  route {}{notes} -> {}",
                 route.path,
                 action(&route.action)
             );
@@ -92,6 +113,9 @@ fn action(a: &Action) -> String {
 }
 
 fn origin(o: &Origin) -> String {
+    if o.servers.is_empty() {
+        return "an origin with no servers (503)".to_owned();
+    }
     let mut s = format!("{} ({}", o.url, o.mode().as_str());
     if let Transport::Tls(tls) = &o.transport {
         if let Some(name) = &tls.server_name {

@@ -106,7 +106,7 @@ fn check_summarises_a_valid_config() {
         "shop",
         "[shop.test, www.shop.test]",
         &["shop.test", "www.shop.test"],
-        "name: shop, origin: http://127.0.0.1:3000, routes: [{path: /lb, origin: {servers: [{url: 'http://10.0.0.5:80', weight: 2}, {url: 'http://10.0.0.6:80'}], balance: least_requests, health: {active: {path: /healthz}}, proxy_protocol: v2}}]",
+        "name: shop, origin: http://127.0.0.1:3000, routes: [{path: /lb, origin: {servers: [{url: 'http://10.0.0.5:80', weight: 2}, {url: 'http://10.0.0.6:80'}], balance: least_requests, health: {active: {path: /healthz}}, proxy_protocol: v2}}, {path: /login, match: exact, rewrite: /auth, plain_http: serve, allow: [10.0.0.0/8], origin: {servers: []}}, {path: /old, redirect: {to: /new}}]",
     );
     let api = file_site(
         &dir,
@@ -134,6 +134,8 @@ fn check_summarises_a_valid_config() {
             dir.join("shop.pem").display()
         ),
         "  route /lb -> http://10.0.0.5:80, http://10.0.0.6:80 (flexible, 2 servers, least_requests, health checked, PROXY protocol v2)".to_owned(),
+        "  route /login (exact, rewritten to /auth, allow/deny, served over plain HTTP) -> an origin with no servers (503)".to_owned(),
+        "  route /old -> redirect 302 /new".to_owned(),
         "  otherwise -> http://127.0.0.1:3000 (flexible)".to_owned(),
         "site api.test".to_owned(),
         "  hosts:  api.test".to_owned(),

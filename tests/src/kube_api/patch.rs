@@ -1,5 +1,5 @@
-//! PATCH bodies: RFC 7386 merge patch, and the part of strategic merge patch that
-//! `kubectl apply` (client-side) relies on.
+//! PATCH bodies: RFC 7386 merge patch, RFC 6902 JSON patch, and the part of strategic
+//! merge patch that `kubectl apply` (client-side) relies on.
 //!
 //! Strategic merge here: maps merge as in a merge patch; the lists Kubernetes merges by key
 //! (containers and volumes by `name`, container ports by `containerPort`, a Service's ports
@@ -31,6 +31,129 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
             merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
         }
     }
+}
+
+/// The tokens of an RFC 6901 JSON pointer (`/a/b~1c` is `a`, `b/c`).
+fn tokens(pointer: &str) -> Result<Vec<String>, String> {
+    if pointer.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rest = pointer
+        .strip_prefix('/')
+        .ok_or_else(|| format!("invalid JSON pointer {pointer:?}"))?;
+    Ok(rest
+        .split('/')
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect())
+}
+
+/// The parent of `path` in `doc` and the last token.
+fn parent<'a>(doc: &'a mut Value, path: &str) -> Result<(&'a mut Value, String), String> {
+    let mut t = tokens(path)?;
+    let last = t.pop().ok_or("the whole document cannot be the target")?;
+    let mut at = doc;
+    for tok in t {
+        at = match at {
+            Value::Object(m) => m.get_mut(&tok),
+            Value::Array(a) => tok.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        }
+        .ok_or_else(|| format!("path {path:?} does not exist"))?;
+    }
+    Ok((at, last))
+}
+
+fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
+    let (p, last) = parent(doc, path)?;
+    match p {
+        Value::Object(m) => {
+            m.insert(last, value);
+        }
+        Value::Array(a) => {
+            let i = if last == "-" {
+                a.len()
+            } else {
+                last.parse().map_err(|_| format!("bad index in {path:?}"))?
+            };
+            if i > a.len() {
+                return Err(format!("index out of range in {path:?}"));
+            }
+            a.insert(i, value);
+        }
+        _ => return Err(format!("path {path:?} does not exist")),
+    }
+    Ok(())
+}
+
+fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
+    let (p, last) = parent(doc, path)?;
+    let gone = match p {
+        Value::Object(m) => m.remove(&last),
+        Value::Array(a) => last
+            .parse::<usize>()
+            .ok()
+            .filter(|i| *i < a.len())
+            .map(|i| a.remove(i)),
+        _ => None,
+    };
+    gone.ok_or_else(|| format!("path {path:?} does not exist"))
+}
+
+fn get(doc: &Value, path: &str) -> Result<Value, String> {
+    let pointer: String = tokens(path)?
+        .iter()
+        .map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1")))
+        .collect();
+    doc.pointer(&pointer)
+        .cloned()
+        .ok_or_else(|| format!("path {path:?} does not exist"))
+}
+
+/// RFC 6902: applies `ops` to `doc`, all or nothing.
+pub(crate) fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
+    let ops = ops
+        .as_array()
+        .ok_or("a JSON patch is an array of operations")?;
+    let mut out = doc.clone();
+    for op in ops {
+        let field = |k: &str| {
+            op.get(k)
+                .and_then(Value::as_str)
+                .ok_or(format!("operation {op} has no {k:?}"))
+        };
+        let path = field("path")?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or(format!("operation {op} has no \"value\""))
+        };
+        match field("op")? {
+            "add" => add(&mut out, path, value()?)?,
+            "remove" => {
+                remove(&mut out, path)?;
+            }
+            "replace" => {
+                remove(&mut out, path)?;
+                add(&mut out, path, value()?)?;
+            }
+            "move" => {
+                let v = remove(&mut out, field("from")?)?;
+                add(&mut out, path, v)?;
+            }
+            "copy" => {
+                let v = get(&out, field("from")?)?;
+                add(&mut out, path, v)?;
+            }
+            "test" => {
+                if get(&out, path)? != value()? {
+                    return Err(format!("testing value {path:?} failed"));
+                }
+            }
+            other => return Err(format!("unknown operation {other:?}")),
+        }
+    }
+    *doc = out;
+    Ok(())
 }
 
 /// The key the real server merges list `field` by, judging by its elements when one
@@ -162,7 +285,33 @@ fn strip_directives(v: Value) -> Value {
 mod tests {
     use serde_json::json;
 
-    use super::{merge_patch, strategic_merge_patch};
+    use super::{json_patch, merge_patch, strategic_merge_patch};
+
+    #[test]
+    fn json_patch_follows_rfc_6902() {
+        let mut doc = json!({"metadata": {"finalizers": ["a", "b"], "labels": {"x/y": "1"}}});
+        let ops = json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "a"},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": "c"},
+            {"op": "replace", "path": "/metadata/labels/x~1y", "value": "2"},
+            {"op": "copy", "from": "/metadata/labels", "path": "/metadata/annotations"},
+            {"op": "move", "from": "/metadata/annotations/x~1y", "path": "/metadata/annotations/z"},
+        ]);
+        json_patch(&mut doc, &ops).unwrap();
+        assert_eq!(
+            doc,
+            json!({"metadata": {"finalizers": ["b", "c"], "labels": {"x/y": "2"},
+                "annotations": {"z": "2"}}})
+        );
+        // A failed test leaves the document as it was.
+        let before = doc.clone();
+        let ops = json!([{"op": "remove", "path": "/metadata/labels"},
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "nope"}]);
+        assert!(json_patch(&mut doc, &ops).is_err());
+        assert_eq!(doc, before);
+        assert!(json_patch(&mut doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7386() {

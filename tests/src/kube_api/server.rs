@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,64 +18,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::ApiCall;
 use super::kinds::KINDS;
 use super::list::{ListOpts, list};
 use super::selector::Selector;
+use super::shared::{Body, Shared};
 use super::status::ApiError;
-use super::store::{Preconditions, Store};
-use super::watch::{self, Control, Start, WatchOpts};
-use super::{ApiCall, FakeApiOptions};
+use super::store::{PatchType, Preconditions};
+use super::watch::{self, Start, WatchOpts};
 
 mod route;
 use route::{Target, parse_query, resolve};
-
-/// Body of every response.
-pub(crate) type Body = BoxBody<Bytes, Infallible>;
-
-/// What the server, its connections and the test share.
-pub(crate) struct Shared {
-    pub store: Store,
-    pub control: tokio::sync::watch::Sender<Control>,
-    pub options: FakeApiOptions,
-    pub token: String,
-    pub calls: Mutex<Vec<ApiCall>>,
-    /// Injected failures still to answer: `(count, status code)`.
-    pub fail: Mutex<(usize, u16)>,
-    pub open_watches: AtomicUsize,
-    /// `host:port`, for `/api`'s `serverAddressByClientCIDRs`.
-    pub address: String,
-    /// Closed when the server is dropped: ends blackholed requests and watches.
-    pub shutdown: tokio::sync::watch::Receiver<()>,
-}
-
-impl Shared {
-    /// DELETE; a namespace is emptied and removed after
-    /// [`FakeApiOptions::namespace_deletion_delay`], as the namespace controller would.
-    pub fn delete(
-        self: &Arc<Self>,
-        k: usize,
-        ns: &str,
-        name: &str,
-        pre: &Preconditions,
-    ) -> Result<Value, ApiError> {
-        let out = self.store.delete(k, ns, name, pre)?;
-        if k == super::kinds::namespaces() && out.pointer("/metadata/deletionTimestamp").is_some() {
-            let delay = self.options.namespace_deletion_delay;
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) if !delay.is_zero() => {
-                    let shared = self.clone();
-                    let name = name.to_owned();
-                    runtime.spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        shared.store.finalize_namespace(&name);
-                    });
-                }
-                _ => self.store.finalize_namespace(name),
-            }
-        }
-        Ok(out)
-    }
-}
 
 /// Accepts connections until aborted; aborting it closes every connection.
 pub(crate) async fn accept_loop(
@@ -91,17 +43,13 @@ pub(crate) async fn accept_loop(
         };
         while tasks.try_join_next().is_some() {}
         let shared = shared.clone();
-        if shared.control.borrow().blackhole {
-            // Accepted, and never a byte back: not even the TLS handshake.
-            tasks.spawn(async move {
-                let _held = tcp;
-                let mut down = shared.shutdown.clone();
-                let _ = down.changed().await;
-            });
-            continue;
-        }
         let tls = tls.clone();
         tasks.spawn(async move {
+            // Blackholed: accepted, and not a byte back (not even the TLS handshake)
+            // until the partition heals.
+            if !healed(&shared).await {
+                return;
+            }
             let Ok(stream) = TlsAcceptor::from(tls).accept(tcp).await else {
                 return;
             };
@@ -134,10 +82,24 @@ fn error_response(e: &ApiError) -> Response<Body> {
     resp
 }
 
+/// Waits while the server is blackholed, as packets wait out a network partition; false
+/// when the server is dropped first.
+async fn healed(shared: &Shared) -> bool {
+    let mut control = shared.control.subscribe();
+    let mut down = shared.shutdown.clone();
+    loop {
+        if !control.borrow_and_update().blackhole {
+            return true;
+        }
+        tokio::select! {
+            r = control.changed() => if r.is_err() { return false },
+            _ = down.changed() => return false,
+        }
+    }
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    if shared.control.borrow().blackhole {
-        let mut down = shared.shutdown.clone();
-        let _ = down.changed().await;
+    if !healed(&shared).await {
         return error_response(&ApiError::injected(503));
     }
     let bearer = format!("Bearer {}", shared.token);
@@ -162,7 +124,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             group: kind.group.to_owned(),
             resource: kind.plural.to_owned(),
             subresource: t.status.then(|| "status".to_owned()),
-            namespace: t.ns.clone(),
+            // As RBAC's request info has it, a namespace's own path is in that namespace.
+            namespace: t.ns.clone().or_else(|| {
+                (t.k == super::kinds::namespaces())
+                    .then(|| t.name.clone())
+                    .flatten()
+            }),
             name: t.name.clone(),
             user_agent: req
                 .headers()
@@ -180,6 +147,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
     let target = match target {
         Ok(Some(t)) => t,
+        Ok(None) if matches!(segments.as_slice(), ["healthz" | "livez" | "readyz"]) => {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from_static(b"ok")).boxed())
+                .expect("a response from valid parts");
+        }
         Ok(None) => {
             return match (
                 req.method(),
@@ -299,14 +272,13 @@ async fn serve(
         }
         "patch" => {
             let (body, content_type) = read_body(req, kind).await?;
-            let strategic = match content_type.as_str() {
-                "application/merge-patch+json" => false,
-                "application/strategic-merge-patch+json" => true,
+            let how = match content_type.as_str() {
+                "application/merge-patch+json" => PatchType::Merge,
+                "application/strategic-merge-patch+json" => PatchType::Strategic,
+                "application/json-patch+json" => PatchType::Json,
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
-            let out = shared
-                .store
-                .patch(t.k, &ns, &name, &body, t.status, strategic)?;
+            let out = shared.store.patch(t.k, &ns, &name, &body, t.status, how)?;
             Ok(json_response(200, &out))
         }
         "delete" => {

@@ -101,6 +101,26 @@ impl ApiError {
         .about(kind, name)
     }
 
+    pub(crate) fn internal(message: &str) -> Self {
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        )
+    }
+
+    pub(crate) fn precondition(kind: &Kind, name: &str, message: String) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {message}",
+                kind.qualified()
+            ),
+        )
+        .about(kind, name)
+    }
+
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

@@ -69,6 +69,17 @@ pub(crate) struct Store {
     changed: tokio::sync::watch::Sender<u64>,
 }
 
+/// How a PATCH body is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatchType {
+    /// `application/merge-patch+json` (RFC 7386).
+    Merge,
+    /// `application/strategic-merge-patch+json`.
+    Strategic,
+    /// `application/json-patch+json` (RFC 6902).
+    Json,
+}
+
 /// A delete's preconditions (`DeleteOptions.preconditions`).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Preconditions {
@@ -140,9 +151,13 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&KINDS[k], name))
     }
 
-    /// Forgets every change so far: watches and `Exact` lists from an older RV get 410.
+    /// Forgets every change so far. The RV first moves on by one, as a write elsewhere in
+    /// the cluster would move it: so every version handed out before is too old (a watch
+    /// resumed from any of them gets 410, whatever it had seen), while a list made now
+    /// gives a version a watch can start from.
     pub fn compact(&self) {
         let mut inner = self.lock();
+        inner.rv += 1;
         inner.compacted = inner.rv;
         for c in &mut inner.collections {
             if let Some(last) = c.history.back() {
@@ -150,6 +165,9 @@ impl Store {
             }
             c.history.clear();
         }
+        let rv = inner.rv;
+        drop(inner);
+        self.notify(rv);
     }
 
     /// POST: `ns` is the namespace of the path (none for cluster-scoped objects, or for the
@@ -190,9 +208,9 @@ impl Store {
         name: &str,
         patch: &Value,
         status: bool,
-        strategic: bool,
+        how: PatchType,
     ) -> Result<Value, ApiError> {
-        if !patch.is_object() {
+        if how != PatchType::Json && !patch.is_object() {
             return Err(ApiError::bad_request("a merge patch must be a JSON object"));
         }
         let mut inner = self.lock();
@@ -201,11 +219,19 @@ impl Store {
             return Err(ApiError::not_found(&KINDS[k], name));
         };
         let mut merged = (*old).clone();
-        if strategic {
-            let service = KINDS[k].kind == "Service";
-            super::patch::strategic_merge_patch(&mut merged, patch, service);
-        } else {
-            super::patch::merge_patch(&mut merged, patch);
+        match how {
+            PatchType::Merge => super::patch::merge_patch(&mut merged, patch),
+            PatchType::Strategic => {
+                let service = KINDS[k].kind == "Service";
+                super::patch::strategic_merge_patch(&mut merged, patch, service);
+            }
+            PatchType::Json => super::patch::json_patch(&mut merged, patch).map_err(|why| {
+                ApiError::invalid(
+                    &KINDS[k],
+                    name,
+                    format!("the JSON patch does not apply: {why}"),
+                )
+            })?,
         }
         let out = inner.update(k, ns, name, merged, status)?;
         let rv = inner.rv;

@@ -55,7 +55,22 @@ async fn objects_get_server_set_metadata_and_a_global_resource_version() {
 async fn writes_check_what_the_real_server_checks() {
     let api = FakeApiServer::start().await;
     let a = api.create(&ingress("default", "a", "a.test"));
-    assert_eq!(api.try_create(&a).unwrap_err().reason, "AlreadyExists");
+    let mut again = a.clone();
+    let e = api.try_create(&again).unwrap_err();
+    assert_eq!(
+        (e.code, e.reason),
+        (500, "InternalError"),
+        "a create carrying a resourceVersion: {e}"
+    );
+    again.metadata.resource_version = None;
+    assert_eq!(api.try_create(&again).unwrap_err().reason, "AlreadyExists");
+    let mut other_uid = a.clone();
+    other_uid.metadata.uid = Some("another".into());
+    let e = api.try_replace(&other_uid).unwrap_err();
+    assert!(
+        e.code == 409 && e.message.contains("UID in precondition"),
+        "{e}"
+    );
     assert_eq!(
         api.try_create(&ingress("nowhere", "a", "a.test"))
             .unwrap_err()
@@ -189,4 +204,26 @@ async fn finalizers_hold_a_deleted_object_until_removed() {
     assert!(api.get::<Ingress>("default", "a").is_some());
     api.patch_merge::<Ingress>("default", "a", json!({"metadata": {"finalizers": null}}));
     assert!(api.get::<Ingress>("default", "a").is_none());
+}
+
+#[tokio::test]
+async fn immutable_fields_stay() {
+    let api = FakeApiServer::start().await;
+    let opaque: Secret = from(json!({"metadata": {"name": "s", "namespace": "default"},
+        "data": {"k": "aGVsbG8="}}));
+    let mut s = api.create(&opaque);
+    s.type_ = Some("kubernetes.io/tls".into());
+    let e = api.try_replace(&s).unwrap_err();
+    assert!(
+        e.code == 422 && e.message.contains("type: Invalid value"),
+        "{e}"
+    );
+    let frozen: ConfigMap = from(json!({"metadata": {"name": "c", "namespace": "default"},
+        "data": {"k": "v"}, "immutable": true}));
+    let mut c = api.create(&frozen);
+    c.data.as_mut().unwrap().insert("k".into(), "w".into());
+    assert_eq!(api.try_replace(&c).unwrap_err().code, 422);
+    let mut c = api.get::<ConfigMap>("default", "c").unwrap();
+    c.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
+    assert!(api.try_replace(&c).is_ok(), "metadata may still change");
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::kinds::KINDS;
 use super::selector::Selector;
-use super::server::Shared;
+use super::shared::{Body, Shared};
 use super::store::{Change, ChangeType, Inner, key_of};
 
 /// Where a watch begins.
@@ -38,21 +38,6 @@ pub(crate) struct WatchOpts {
     pub start: Start,
     pub bookmarks: bool,
     pub timeout: Option<Duration>,
-}
-
-/// What the test has done to watches: [`crate::FakeApiServer::drop_watches`],
-/// `stall_watches`, `blackhole`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Control {
-    pub drop_generation: u64,
-    pub stalled: bool,
-    pub blackhole: bool,
-}
-
-impl Control {
-    fn quiet(&self) -> bool {
-        self.stalled || self.blackhole
-    }
 }
 
 fn event(kind: &str, obj: &Value) -> Bytes {
@@ -120,16 +105,11 @@ fn drain(
             .range(first..)
             .filter_map(|ch| frame_for(ch, ns, selector)),
     );
-    Some(inner.rv)
+    Some(inner.rv.max(cursor))
 }
 
 /// The body of a watch response: JSON lines produced by a task until the watch ends.
-pub(crate) fn stream(
-    shared: Arc<Shared>,
-    k: usize,
-    ns: Option<String>,
-    opts: WatchOpts,
-) -> super::server::Body {
+pub(crate) fn stream(shared: Arc<Shared>, k: usize, ns: Option<String>, opts: WatchOpts) -> Body {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
         shared

@@ -6,6 +6,7 @@
 mod acme_secrets;
 mod fake_api;
 mod ingress;
+mod ingress_writers;
 mod kubectl;
 mod leader;
 mod source;

@@ -147,6 +147,10 @@ fn mistakes_name_their_key() {
             "sites[0].routes[0].redirect.to: must be an absolute",
         ),
         (
+            route("redirect: { to: '/\\evil.test' }"),
+            "sites[0].routes[0].redirect.to: must be an absolute",
+        ),
+        (
             route("origin: { servers: [], balance: { sticky: { cookie: 'a b' } } }"),
             "sites[0].routes[0].origin.balance.sticky.cookie: `a b` is not a valid cookie name",
         ),

@@ -382,11 +382,13 @@ impl Validator<'_> {
                 && to.len() > scheme.len()
         });
         let clean = to.bytes().all(|b| (0x21..0x7f).contains(&b));
-        if !clean || !(absolute || to.starts_with('/')) || to.starts_with("//") {
+        // `//host` and `/\host` are read by browsers as another host.
+        let other_host = to.starts_with("//") || to.starts_with("/\\");
+        if !clean || !(absolute || to.starts_with('/')) || other_host {
             self.err(
                 format!("{key}.to"),
-                "must be an absolute http(s):// URL or a path starting with `/`, without spaces \
-                 or control characters",
+                "must be an absolute http(s):// URL or a path starting with `/` (not `//` or \
+                 `/\\`), without spaces or control characters",
             );
             ok = false;
         }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{SecretError, SecretWrite, write_certificate};
 use crate::events::{EventType, REASON_CERTIFICATE_ISSUED, REASON_SECRET_NOT_OURS, Recorder};
@@ -52,6 +52,9 @@ impl AcmeSecretsHandle {
     pub fn set_targets(&self, targets: BTreeMap<String, ObjectKey>) {
         self.targets.send_if_modified(|t| {
             let changed = *t != targets;
+            if changed {
+                warn_shared(&targets);
+            }
             *t = targets;
             changed
         });
@@ -90,7 +93,9 @@ impl AcmeSecretsHandle {
     }
 }
 
-/// Writes issued certificates into Secrets, while leading. Build with [`new`](Self::new),
+/// Writes issued certificates into Secrets, while leading: certificates handed over while
+/// following are dropped, and those still waiting when this replica steps down are
+/// forgotten. Build with [`new`](Self::new),
 /// keep the handle, and drive [`run`](Self::run).
 pub struct AcmeSecrets {
     client: Client,
@@ -162,13 +167,26 @@ impl AcmeSecrets {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 got = self.issued.recv(), if open => match got {
-                    Some(c) => {
+                    // Only the leader orders; a certificate reaching a follower is stale.
+                    Some(c) if *self.leader.borrow() => {
                         pending.insert(c.site.clone(), Pending { certificate: c, failures: 0, next: Instant::now() });
                     }
+                    Some(c) => debug!(site = %c.site, "not leading: certificate not stored"),
                     None => open = false,
                 },
                 r = self.targets.changed(), if targets_open => targets_open = r.is_ok(),
-                r = self.leader.changed() => if r.is_err() { return },
+                r = self.leader.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // Stepped down: what is still waiting is the new leader's to write (it
+                    // seeds from the Secret and writes what it has); writing it later,
+                    // when leading again, could put an older certificate over a newer one.
+                    if !*self.leader.borrow() && !pending.is_empty() {
+                        warn!(waiting = pending.len(), "no longer leading: certificates not yet stored are left to the new leader");
+                        pending.clear();
+                    }
+                }
                 () = sleep_until(wake) => {}
             }
         }
@@ -253,6 +271,18 @@ impl AcmeSecrets {
         if let Err(e) = recorder.publish(&object, kind, reason, message).await {
             warn!(secret = %secret, error = %e, "cannot post an Event");
         }
+    }
+}
+
+/// One Secret holds one certificate: sites with certificates of their own sharing a Secret
+/// overwrite each other's there (each write is that site's certificate alone).
+fn warn_shared(targets: &BTreeMap<String, ObjectKey>) {
+    let mut by_secret: BTreeMap<&ObjectKey, Vec<&str>> = BTreeMap::new();
+    for (site, secret) in targets {
+        by_secret.entry(secret).or_default().push(site);
+    }
+    for (secret, sites) in by_secret.into_iter().filter(|(_, s)| s.len() > 1) {
+        warn!(secret = %secret, ?sites, "several ACME sites store their certificates in one Secret; each write replaces the others'");
     }
 }
 

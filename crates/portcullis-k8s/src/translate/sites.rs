@@ -3,7 +3,7 @@
 //! (host, path, match), a host's certificate, its fallback or its HSTS keeps it; a later
 //! different claim is a problem on the later Ingress, never silently dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::networking::v1::Ingress;
 use portcullis_config::{
@@ -85,6 +85,8 @@ pub(super) struct Builder<'a> {
     sites: BTreeMap<String, SiteBuild>,
     default: SiteBuild,
     acme_secrets: BTreeMap<String, ObjectKey>,
+    /// The host whose ACME certificate each Secret stores: one host per Secret.
+    acme_hosts: HashMap<ObjectKey, String>,
     /// The base config lets sites use ACME (HTTP-01 needs the plain listener).
     acme_possible: bool,
 }
@@ -121,6 +123,7 @@ impl<'a> Builder<'a> {
             sites: BTreeMap::new(),
             default: SiteBuild::new(default_host()),
             acme_secrets: BTreeMap::new(),
+            acme_hosts: HashMap::new(),
             acme_possible,
         }
     }

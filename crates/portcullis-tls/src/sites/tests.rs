@@ -91,6 +91,14 @@ fn a_site_without_a_certificate_resolves_to_the_default_one_or_none() {
     config.sites[1].tls = SiteTls::None;
     config.sites[0].default = true;
     let certs = load_site_certificates(&config, None, None).unwrap();
+    // a's certificate names a.test only: check says b.test is not covered.
+    assert!(
+        certs.warnings.iter().any(|w| w
+            .to_string()
+            .starts_with("sites[1].hosts[0]: `b.test` (`tls: none`) gets the default site's")),
+        "{:?}",
+        certs.warnings
+    );
     let store = CertStore::new();
     certs.publish(&config, &store);
     let a = key(&certs, 0);

@@ -97,6 +97,12 @@ impl Inner {
         let kind = &KINDS[k];
         Self::check_type(kind, &body)?;
         let namespace = Self::namespace_for(kind, ns, &body)?;
+        if meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+            // etcd3's store refuses it, and the handler makes that a 500.
+            return Err(ApiError::internal(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
         let mut name = meta_str(&body, "name").unwrap_or_default().to_owned();
         if name.is_empty() {
             match meta_str(&body, "generateName").filter(|g| !g.is_empty()) {
@@ -208,6 +214,16 @@ impl Inner {
             }
             return Err(ApiError::not_found(kind, name));
         };
+        let stored_uid = meta_str(&old, "uid").unwrap_or_default();
+        if let Some(uid) = meta_str(&body, "uid").filter(|u| !u.is_empty() && *u != stored_uid) {
+            return Err(ApiError::precondition(
+                kind,
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {stored_uid}"
+                ),
+            ));
+        }
         match meta_str(&body, "resourceVersion").filter(|s| !s.is_empty()) {
             Some(rv) if rv != meta_str(&old, "resourceVersion").unwrap_or_default() => {
                 return Err(ApiError::conflict(kind, name));
@@ -267,6 +283,13 @@ impl Inner {
             let mut next_ip = self.next_ip;
             apply_defaults(kind, &mut body, Some(&old), &mut next_ip);
             self.next_ip = next_ip;
+            if let Some(field) = immutable_change(kind, &old, &body) {
+                return Err(ApiError::invalid(
+                    kind,
+                    name,
+                    format!("{field}: Invalid value: field is immutable"),
+                ));
+            }
             if spec_part(&body) != spec_part(&old) {
                 let generation = old
                     .pointer("/metadata/generation")
@@ -284,7 +307,9 @@ impl Inner {
             // A write that changes nothing is not a change: no new RV, no event.
             return Ok(new);
         }
-        let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
+        // (A terminating namespace goes when the namespace controller is done with it.)
+        let finalized = k != namespaces()
+            && new.pointer("/metadata/deletionTimestamp").is_some()
             && new
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
@@ -393,4 +418,36 @@ impl Inner {
         self.record(k, ChangeType::Deleted, obj.clone(), Some(old));
         Some((*obj).clone())
     }
+}
+
+/// The first field an update may not change that it changes, named as the real
+/// validation names it: a Secret's `type`, an EndpointSlice's `addressType`, a Service's
+/// `spec.clusterIP`, a Deployment's `spec.selector`, and everything of a Secret or
+/// ConfigMap marked `immutable`.
+fn immutable_change(kind: &Kind, old: &Value, new: &Value) -> Option<&'static str> {
+    let fields: &[(&str, &str)] = match (kind.group, kind.kind) {
+        ("", "Secret") => &[("/type", "type")],
+        ("discovery.k8s.io", "EndpointSlice") => &[("/addressType", "addressType")],
+        ("", "Service") => &[("/spec/clusterIP", "spec.clusterIP")],
+        ("apps", "Deployment") => &[("/spec/selector", "spec.selector")],
+        _ => &[],
+    };
+    for (pointer, field) in fields {
+        if let Some(was) = old.pointer(pointer)
+            && new.pointer(pointer) != Some(was)
+        {
+            return Some(field);
+        }
+    }
+    if matches!(kind.kind, "Secret" | "ConfigMap")
+        && kind.group.is_empty()
+        && old.get("immutable") == Some(&Value::Bool(true))
+    {
+        for field in ["immutable", "data", "binaryData"] {
+            if old.get(field) != new.get(field) {
+                return Some(field);
+            }
+        }
+    }
+    None
 }

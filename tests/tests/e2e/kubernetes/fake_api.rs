@@ -470,22 +470,48 @@ async fn watches_send_bookmarks_time_out_and_410_after_compaction() {
         other => panic!("unexpected {other:?}"),
     }
 
-    // From a compacted version: one ERROR event with a 410 Expired Status, then the end.
+    // From a compacted version, even the newest one handed out before: one ERROR event
+    // with a 410 Expired Status, then the end.
+    let newest = api.resource_version();
     api.compact();
+    for from in [&rv, &newest] {
+        let mut watch = maps
+            .watch(&WatchParams::default(), from)
+            .await
+            .unwrap()
+            .boxed();
+        match within("the 410", watch.next()).await.unwrap().unwrap() {
+            WatchEvent::Error(s) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            within("the end of the stream", watch.next())
+                .await
+                .is_none()
+        );
+    }
+    // A list made after the compaction gives a version to watch from.
+    let listed = maps.list(&ListParams::default()).await.unwrap();
+    let since = listed.metadata.resource_version.unwrap();
     let mut watch = maps
-        .watch(&WatchParams::default(), &rv)
+        .watch(&WatchParams::default(), &since)
         .await
         .unwrap()
         .boxed();
-    match within("the 410", watch.next()).await.unwrap().unwrap() {
-        WatchEvent::Error(s) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
-        other => panic!("unexpected {other:?}"),
-    }
-    assert!(
-        within("the end of the stream", watch.next())
+    api.create::<ConfigMap>(&from(
+        json!({"metadata": {"name": "after", "namespace": "default"}}),
+    ));
+    loop {
+        match within("the event after the compaction", watch.next())
             .await
-            .is_none()
-    );
+            .unwrap()
+            .unwrap()
+        {
+            WatchEvent::Added(o) => break assert_eq!(name(&o), "after"),
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -526,6 +552,33 @@ async fn status_and_patches_over_http() {
         .unwrap();
     assert_eq!(after.metadata.generation, Some(2));
     assert_eq!(ip(&after).as_deref(), Some("192.0.2.1"));
+    // RFC 6902 JSON patch (as `kubectl patch --type=json` sends it), all or nothing.
+    let json_patch = |ops: serde_json::Value| {
+        http::Request::patch("/apis/networking.k8s.io/v1/namespaces/default/ingresses/a")
+            .header("content-type", "application/json-patch+json")
+            .body(kube::client::Body::from(serde_json::to_vec(&ops).unwrap()))
+            .unwrap()
+    };
+    let client = api.client().await;
+    let resp = client
+        .send(json_patch(json!([
+            {"op": "test", "path": "/spec/rules/0/host", "value": "b.test"},
+            {"op": "replace", "path": "/spec/rules/0/host", "value": "c.test"}])))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = client
+        .send(json_patch(json!([
+            {"op": "replace", "path": "/spec/rules/0/host", "value": "d.test"},
+            {"op": "test", "path": "/spec/rules/0/host", "value": "b.test"}])))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let now: Ingress = api.get("default", "a").unwrap();
+    assert_eq!(
+        now.spec.unwrap().rules.unwrap()[0].host.as_deref(),
+        Some("c.test")
+    );
     // Server-side apply is not implemented: 415, never a silent merge.
     let err = ingresses
         .patch("a", &PatchParams::apply("test"), &Patch::Apply(&both))
@@ -558,6 +611,8 @@ async fn status_and_patches_over_http() {
         [
             ("create", None),
             ("patch", Some("status")),
+            ("patch", None),
+            ("patch", None),
             ("patch", None),
             ("patch", None),
             ("delete", None),
@@ -639,10 +694,20 @@ async fn injected_failures_are_answered_as_the_real_server_would() {
         .body(kube::client::Body::empty())
         .unwrap();
     assert_eq!(plain.send(req).await.unwrap().status(), 404);
+    // The health endpoints, and the version kube reads.
+    let req = http::Request::get("/readyz")
+        .body(kube::client::Body::empty())
+        .unwrap();
+    assert_eq!(plain.send(req).await.unwrap().status(), 200);
+    let version = plain.apiserver_version().await.unwrap();
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "33")
+    );
 }
 
 #[tokio::test]
-async fn a_blackholed_server_never_answers() {
+async fn a_blackholed_server_never_answers_until_the_partition_heals() {
     let api = FakeApiServer::start().await;
     let maps: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
     maps.list(&ListParams::default()).await.unwrap();
@@ -651,9 +716,13 @@ async fn a_blackholed_server_never_answers() {
     let hung = tokio::time::timeout(Duration::from_millis(700), maps.get_opt("x")).await;
     assert!(hung.is_err(), "answered: {hung:?}");
     let fresh: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
-    let hung = tokio::time::timeout(Duration::from_millis(700), fresh.get_opt("x")).await;
+    let mut waiting = Box::pin(fresh.get_opt("x"));
+    let hung = tokio::time::timeout(Duration::from_millis(700), &mut waiting).await;
     assert!(hung.is_err(), "answered: {hung:?}");
+    // Healed: the request still waiting goes through, and new ones are answered.
     api.blackhole(false);
+    let answered = within("the waiting request after the partition", waiting).await;
+    assert!(answered.unwrap().is_none());
     let back: Api<ConfigMap> = Api::namespaced(api.client().await, "default");
     let answered = within_for(
         Duration::from_secs(10),
@@ -662,4 +731,34 @@ async fn a_blackholed_server_never_answers() {
     )
     .await;
     assert!(answered.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_watcher_syncs_thousands_of_objects_in_pages() {
+    let api = FakeApiServer::start().await;
+    for i in 0..5000 {
+        api.create(&ingress("default", &format!("ing-{i:04}")));
+    }
+    let ingresses: Api<Ingress> = Api::all(api.client().await);
+    let (mut stream, _task) = drive(watcher::watcher(ingresses, watcher::Config::default()));
+    let started = std::time::Instant::now();
+    let mut applied = 0;
+    loop {
+        match within_for(Duration::from_secs(30), "the initial sync", stream.recv())
+            .await
+            .unwrap()
+            .as_str()
+        {
+            "Init" => {}
+            "InitDone" => break,
+            e if e.starts_with("InitApply(") => applied += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(applied, 5000);
+    let lists = api.calls().iter().filter(|c| c.verb == "list").count();
+    assert_eq!(lists, 10, "pages of 500");
+    eprintln!("5,000 Ingresses synced in {:?}", started.elapsed());
+    api.create(&ingress("default", "late"));
+    assert_eq!(events(&mut stream, 1).await, ["Apply(late)"]);
 }

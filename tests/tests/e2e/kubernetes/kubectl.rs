@@ -365,6 +365,13 @@ async fn own_manifests_round_trip(binary: PathBuf) {
             calls[0].user_agent
         );
     }
+    assert!(
+        calls.iter().any(|c| c.verb == "delete"
+            && c.resource == "namespaces"
+            && c.name.as_deref() == Some("shop")
+            && c.namespace.as_deref() == Some("shop")),
+        "a Namespace's own path is in that namespace, for RBAC"
+    );
     for verb in ["create", "get", "list", "update", "delete"] {
         assert!(
             calls.iter().any(|c| c.verb == verb

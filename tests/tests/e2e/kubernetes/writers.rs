@@ -401,16 +401,23 @@ async fn the_driver_writes_only_while_leading_and_retries_api_failures() {
     let task = tokio::spawn(driver.run(stop_rx));
 
     handle.set_targets(BTreeMap::from([("shop".to_owned(), key("shop-tls"))]));
-    handle.issued(issued("shop", CERT_A));
+    handle.issued(issued("shop", CERT_B));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         api.get::<Secret>("default", "shop-tls").is_none(),
         "a follower wrote"
     );
+    // A follower's certificate is dropped, not written once it leads.
+    lead.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        api.get::<Secret>("default", "shop-tls").is_none(),
+        "a stale certificate was written"
+    );
 
     // Leading, through two failed requests.
     api.fail_next(2, 500);
-    lead.send_replace(true);
+    handle.issued(issued("shop", CERT_A));
     let s = until(Duration::from_secs(5), "the Secret written", || async {
         api.get::<Secret>("default", "shop-tls")
     })

@@ -139,8 +139,31 @@ impl Builder<'_> {
                         }
                         _ => true,
                     };
+                // The ACME manager orders one certificate per site (per host here) and a
+                // Secret holds one: two hosts storing theirs in one Secret would replace
+                // each other there, and followers would serve the wrong one by turns.
+                let host_acme = host_acme
+                    && match secret
+                        .as_ref()
+                        .and_then(|s| self.acme_hosts.get(s).map(|h| (s, h)))
+                    {
+                        Some((s, first)) if *first != host.to_string() => {
+                            self.problem(
+                                key,
+                                hkey.clone(),
+                                format!(
+                                    "secret {s} already stores the ACME certificate of {first}; an ACME host needs a Secret of its own (one tls entry per host), so {host} is served the default certificate"
+                                ),
+                            );
+                            false
+                        }
+                        _ => true,
+                    };
                 let site_tls = match (&secret, host_acme) {
                     (Some(s), true) => {
+                        self.acme_hosts
+                            .entry(s.clone())
+                            .or_insert_with(|| host.to_string());
                         self.acme_secrets.insert(host.to_string(), s.clone());
                         if self.options.acme_issuer {
                             SiteTls::Acme {

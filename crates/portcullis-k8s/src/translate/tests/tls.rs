@@ -398,3 +398,33 @@ fn every_secret_looked_at_is_listed() {
         ]
     );
 }
+
+#[test]
+fn an_acme_secret_stores_one_host_s_certificate() {
+    let both = ingress("default", "shop")
+        .rule(Some("shop.example.com"), vec![prefix("/", "web")])
+        .rule(Some("www.example.com"), vec![prefix("/", "web")])
+        .tls(&["shop.example.com", "www.example.com"], Some("shop-tls"))
+        .build();
+    let options = Options {
+        acme_all: true,
+        acme_issuer: true,
+        ..Options::default()
+    };
+    let t = run_with(&world(vec![both]), &options);
+    assert_eq!(
+        t.acme_secrets,
+        BTreeMap::from([("shop.example.com".to_owned(), key("default", "shop-tls"))])
+    );
+    assert!(matches!(
+        site(&t, "shop.example.com").tls,
+        SiteTls::Acme { .. }
+    ));
+    assert_eq!(site(&t, "www.example.com").tls, SiteTls::None);
+    assert!(
+        t.problems.iter().any(|p| p.to_string()
+            == "ingress default/shop: tls[0].hosts[1]: secret default/shop-tls already stores the ACME certificate of shop.example.com; an ACME host needs a Secret of its own (one tls entry per host), so www.example.com is served the default certificate"),
+        "{:?}",
+        t.problems
+    );
+}
