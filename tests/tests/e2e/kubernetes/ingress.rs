@@ -64,12 +64,17 @@ impl Cluster {
     /// Runs `portcullis ingress --kubeconfig K --config BASE --namespace default [extra...]`
     /// in-process.
     pub async fn controller(&self, extra: &[&str]) -> Controller {
+        self.controller_with("", extra).await
+    }
+
+    /// As [`Self::controller`], with `base_extra` (YAML lines) added to the base config.
+    pub async fn controller_with(&self, base_extra: &str, extra: &[&str]) -> Controller {
         let base = self.dir.path().join("base.yaml");
         std::fs::write(
             &base,
             format!(
                 "listen: {{https: 127.0.0.1:0, http: 127.0.0.1:0}}\nadmin: {{listen: 127.0.0.1:0}}\n\
-                 tls: {{local_ca_dir: {dir}/ca}}\nstorage: {dir}/storage\n",
+                 tls: {{local_ca_dir: {dir}/ca}}\nstorage: {dir}/storage\n{base_extra}",
                 dir = self.dir.path().display()
             ),
         )

@@ -382,3 +382,55 @@ async fn the_leader_writes_the_ingress_status_and_clears_it_at_shutdown() {
     assert!(gw.stop().await);
     assert!(status().is_empty(), "cleared at shutdown: {:?}", status());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acme_host_still_waiting_does_not_make_the_pod_unready() {
+    let cluster = Cluster::new().await;
+    let pod = TestOrigin::http().await;
+    cluster.service("default", "app", pod.addr.port(), &[("127.0.0.1", true)]);
+    let leaf = cluster.ca.leaf(&["ready.test"]);
+    cluster
+        .api
+        .create::<Secret>(&cluster.tls_secret("default", "ready-tls", &leaf));
+    cluster.api.create::<Ingress>(&ingress(
+        "default",
+        "ready",
+        "ready.test",
+        Some("ready-tls"),
+        &[("/", "Prefix", "app")],
+    ));
+    // An ACME host whose CA cannot be reached: it waits for its certificate for ever.
+    let mut acme = ingress(
+        "default",
+        "acme",
+        "acme.test",
+        Some("acme-tls"),
+        &[("/", "Prefix", "app")],
+    );
+    acme.metadata.annotations =
+        Some([("portcullis.dev/acme".to_owned(), "true".to_owned())].into());
+    cluster.api.create::<Ingress>(&acme);
+    let dead = portcullis_tests::closed_port().await;
+    let gw = cluster
+        .controller_with(
+            &format!(
+                "acme: {{directory: 'https://127.0.0.1:{dead}/directory', email: ops@acme.test}}\n"
+            ),
+            &[],
+        )
+        .await;
+    gw.wait_ready().await;
+    let body = until(CONVERGE, "the ACME site listed in /readyz", || async {
+        let (status, body) = gw.readyz().await;
+        assert_eq!(
+            status, 200,
+            "one waiting host never takes the pod out: {body}"
+        );
+        body.contains("waiting for its ACME certificate")
+            .then_some(body)
+    })
+    .await;
+    assert!(body.starts_with("ready"), "{body}");
+    // The other host serves all along.
+    until_served_by(&gw.client(&cluster.ca), "ready.test", "/", pod.addr.port()).await;
+}
