@@ -21,7 +21,7 @@ fn local_certificates_are_reissued_into_the_store() {
         Some(ca.issue(&site.hosts, LOCAL_LEAF_VALIDITY).unwrap()),
     )]);
     let before = store.certificate("a.localhost").unwrap();
-    reissue_local(&config, &ca, &store);
+    reissue_local(&[(site.name.clone(), site.hosts.clone())], &ca, &store);
     let after = store.certificate("a.localhost").unwrap();
     assert_ne!(before.cert[0], after.cert[0]);
 }
