@@ -62,10 +62,13 @@ async fn nothing_is_published_before_every_kind_is_listed_nor_half_way_through_a
     assert!(source.status().borrow().api_up);
 
     // History forgotten, watches cut: every watcher lists again from scratch, and a change
-    // made meanwhile is only in the new lists.
+    // made meanwhile (while the watches were stalled, so none of them saw it) is only in
+    // the new lists.
+    api.stall_watches(true);
     api.create(&ingress("default", "late"));
     api.compact();
     api.drop_watches();
+    api.stall_watches(false);
     let last = until(Duration::from_secs(20), "the re-listed snapshot", || {
         let mut got = None;
         while let Ok(s) = published.try_recv() {

@@ -102,9 +102,12 @@ async fn a_relist_after_410_gone_never_serves_a_half_empty_table() {
     let w = World::new().await;
     // History forgotten and every watch cut: each watcher's resume gets 410 Gone and lists
     // again from scratch. Meanwhile, and throughout, a.test must keep its route.
+    // (The watches are stalled meanwhile, so the change is seen only by the re-lists.)
+    w.cluster.api.stall_watches(true);
     w.add_b();
     w.cluster.api.compact();
     w.cluster.api.drop_watches();
+    w.cluster.api.stall_watches(false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
         w.a_serves().await;
