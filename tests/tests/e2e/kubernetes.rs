@@ -9,4 +9,5 @@ mod ingress;
 mod ingress_writers;
 mod kubectl;
 mod leader;
+mod rbac;
 mod writers;
