@@ -9,5 +9,6 @@ mod ingress;
 mod ingress_writers;
 mod kubectl;
 mod leader;
+mod rbac;
 mod source;
 mod writers;

@@ -180,6 +180,21 @@ async fn the_leader_writes_status_and_events_and_hands_over_when_it_stops() {
     assert_ne!(holder, first_holder);
     b.stop().await;
     assert_eq!(status(&cluster, "shop"), json!(null), "cleared at shutdown");
+    assert_made_and_allowed(&cluster, &["watch", "create", "update", "patch"]);
+}
+
+/// The controllers made calls of each of `verbs` (so the check below has something to
+/// hold), and the deployed RBAC rules allow every call they made (the test's own set-up
+/// goes through the fake's in-process helpers, which are not recorded).
+fn assert_made_and_allowed(cluster: &Cluster, verbs: &[&str]) {
+    let calls = cluster.api.calls();
+    for verb in verbs {
+        assert!(
+            calls.iter().any(|c| c.verb == *verb),
+            "no {verb} call was made: {calls:?}"
+        );
+    }
+    super::rbac::assert_deployed_rbac_allows(&calls, "default");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,4 +265,14 @@ async fn an_acme_ingress_gets_its_certificate_from_pebble_into_its_secret() {
     )
     .await;
     c.stop().await;
+    assert_made_and_allowed(&cluster, &["watch", "create"]);
+    assert!(
+        cluster
+            .api
+            .calls()
+            .iter()
+            .any(|c| c.resource == "secrets"
+                && matches!(c.verb.as_str(), "create" | "update" | "patch")),
+        "the Secret was written by the controller"
+    );
 }
