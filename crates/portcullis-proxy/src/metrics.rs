@@ -312,21 +312,32 @@ impl ProxyMetrics {
         self.route("-", "-")
     }
 
+    /// A server's series, created when first used (see [`OriginMetrics`]).
     pub(crate) fn origin(&self, origin: &str) -> OriginMetrics {
-        OriginMetrics {
+        OriginMetrics(std::sync::Arc::new(LazyOrigin {
+            metrics: self.clone(),
+            label: origin.into(),
+            resolved: OnceLock::new(),
+        }))
+    }
+
+    fn resolve_origin(&self, origin: &str) -> ResolvedOrigin {
+        let up = self.origin_up.with_label_values(&[origin]);
+        // First used by a request, a connection or a check: the server takes requests
+        // until its health says otherwise (which sets it again).
+        up.set(1);
+        ResolvedOrigin {
             requests: self.origin_requests.with_label_values(&[origin]),
             errors: ["connect", "timeout", "tls", "reset"]
                 .map(|k| self.origin_errors.with_label_values(&[origin, k])),
             duration: self.origin_duration.with_label_values(&[origin]),
-            up: self.origin_up.with_label_values(&[origin]),
+            up,
             ejections: self.origin_ejections.with_label_values(&[origin]),
             retries: self.origin_retries.with_label_values(&[origin]),
             checks: ["ok", "failed"].map(|r| self.origin_checks.with_label_values(&[origin, r])),
-            pool: PoolMetrics {
-                open: self.origin_connections_open.with_label_values(&[origin]),
-                opened: self.origin_connections.with_label_values(&[origin]),
-                waiting: self.origin_waiting.with_label_values(&[origin]),
-            },
+            open: self.origin_connections_open.with_label_values(&[origin]),
+            opened: self.origin_connections.with_label_values(&[origin]),
+            waiting: self.origin_waiting.with_label_values(&[origin]),
         }
     }
 
@@ -419,7 +430,30 @@ impl RouteMetrics {
 
 /// Handles for one origin.
 #[derive(Debug, Clone)]
-pub(crate) struct OriginMetrics {
+pub(crate) struct OriginMetrics(std::sync::Arc<LazyOrigin>);
+
+/// An origin server's series are created the first time the server is used (a request, a
+/// connection, a health check, a change of state), not when it is configured: behind an
+/// ingress every pod endpoint is a server, and tens of thousands of servers that see no
+/// request would otherwise hold hundreds of thousands of series (about 27 each, with the
+/// latency histogram's buckets) and their memory.
+struct LazyOrigin {
+    metrics: ProxyMetrics,
+    label: Box<str>,
+    resolved: OnceLock<ResolvedOrigin>,
+}
+
+impl std::fmt::Debug for LazyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginMetrics")
+            .field("origin", &self.label)
+            .field("resolved", &self.resolved.get().is_some())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ResolvedOrigin {
     pub(crate) requests: IntCounter,
     errors: [IntCounter; 4],
     pub(crate) duration: Histogram,
@@ -427,21 +461,45 @@ pub(crate) struct OriginMetrics {
     pub(crate) ejections: IntCounter,
     pub(crate) retries: IntCounter,
     checks: [IntCounter; 2],
-    /// The server's connection pools'.
-    pub(crate) pool: PoolMetrics,
+    open: IntGauge,
+    opened: IntCounter,
+    waiting: IntGauge,
 }
 
-/// A server's connections: open now, opened in all, and requests waiting for one.
+/// A server's connections: open now, opened in all, and requests waiting for one (the
+/// server's [`OriginMetrics`], created on first use as they are).
 #[derive(Debug, Clone)]
-pub(crate) struct PoolMetrics {
-    pub(crate) open: IntGauge,
-    pub(crate) opened: IntCounter,
-    pub(crate) waiting: IntGauge,
+pub(crate) struct PoolMetrics(OriginMetrics);
+
+impl PoolMetrics {
+    pub(crate) fn open(&self) -> &IntGauge {
+        &self.0.get().open
+    }
+
+    pub(crate) fn opened(&self) -> &IntCounter {
+        &self.0.get().opened
+    }
+
+    pub(crate) fn waiting(&self) -> &IntGauge {
+        &self.0.get().waiting
+    }
 }
 
 impl OriginMetrics {
+    /// The series, created now if this is their first use.
+    pub(crate) fn get(&self) -> &ResolvedOrigin {
+        let lazy = &*self.0;
+        lazy.resolved
+            .get_or_init(|| lazy.metrics.resolve_origin(&lazy.label))
+    }
+
+    /// The pools' handle on the same series.
+    pub(crate) fn pool(&self) -> PoolMetrics {
+        PoolMetrics(self.clone())
+    }
+
     pub(crate) fn health_check(&self, ok: bool) {
-        self.checks[usize::from(!ok)].inc();
+        self.get().checks[usize::from(!ok)].inc();
     }
 
     pub(crate) fn error(&self, kind: &str) {
@@ -451,7 +509,7 @@ impl OriginMetrics {
             "tls" => 2,
             _ => 3,
         };
-        self.errors[i].inc();
+        self.get().errors[i].inc();
     }
 }
 

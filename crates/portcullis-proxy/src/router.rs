@@ -527,6 +527,58 @@ mod metrics_tests {
 }
 
 #[cfg(test)]
+mod origin_series_tests {
+    use super::*;
+
+    /// The origin series in `registry`, by `origin` label.
+    fn origins_with_series(registry: &prometheus::Registry) -> Vec<String> {
+        let mut out: Vec<String> = registry
+            .gather()
+            .iter()
+            .filter(|f| f.name().starts_with("portcullis_origin_"))
+            .flat_map(|f| f.get_metric().iter())
+            .flat_map(|m| m.get_label().iter())
+            .filter(|l| l.name() == "origin")
+            .map(|l| l.value().to_owned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn a_server_has_series_once_it_is_used_not_before() {
+        let config = portcullis_config::parse(
+            "sites:\n  - hosts: [a.test]\n    tls: local\n    origin:\n      servers: [{url: \"http://127.0.0.1:1\"}, {url: \"http://127.0.0.1:2\"}, {url: \"http://127.0.0.1:3\"}]\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let registry = prometheus::Registry::new();
+        let m = ProxyMetrics::new(&registry).unwrap();
+        let router = Router::build(&config, &m, None).unwrap();
+        assert!(
+            origins_with_series(&registry).is_empty(),
+            "three configured servers, none used: no series"
+        );
+        let Handler::Proxy(upstream) = router.sites[0].route("/").unwrap().handler else {
+            panic!("not an origin");
+        };
+        upstream.backends[1].metrics.get().requests.inc();
+        assert_eq!(origins_with_series(&registry), ["http://127.0.0.1:2"]);
+        let up = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == crate::metrics::names::ORIGIN_SERVER_UP)
+            .unwrap();
+        assert_eq!(
+            up.get_metric()[0].get_gauge().get_value(),
+            1.0,
+            "up once used"
+        );
+    }
+}
+
+#[cfg(test)]
 mod reuse_tests {
     use super::*;
 

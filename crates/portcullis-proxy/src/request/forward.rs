@@ -185,8 +185,8 @@ pub(crate) async fn forward(
         } else {
             &backend.client
         };
-        backend.metrics.requests.inc();
-        let timer = backend.metrics.duration.start_timer();
+        backend.metrics.get().requests.inc();
+        let timer = backend.metrics.get().duration.start_timer();
         let in_flight = InFlight::new(backend);
         // Pinned where it is made, so the timer wraps a pointer: wrapping the request's
         // future itself moved it twice more (about 700 bytes each).
@@ -265,7 +265,7 @@ pub(crate) async fn forward(
                 }
             }
         }
-        backend.metrics.retries.inc();
+        backend.metrics.get().retries.inc();
         tried.push(i);
     };
     if let Some(log) = log {

@@ -96,13 +96,12 @@ impl Backend {
         let idle = origin.timeouts.idle;
         let cap = origin.max_connections.and_then(|n| usize::try_from(n).ok());
         let m = metrics.origin(&server.url);
-        m.up.set(1);
         Ok(Self {
             label: server.url.as_str().into(),
             weight: server.weight,
             hash_id: stable_hash(server.url.as_bytes()),
-            client: OriginPool::new(normal, idle, origin.h2c, cap, Some(m.pool.clone())),
-            upgrade_client: OriginPool::new(upgrade, idle, false, cap, Some(m.pool.clone())),
+            client: OriginPool::new(normal, idle, origin.h2c, cap, Some(m.pool())),
+            upgrade_client: OriginPool::new(upgrade, idle, false, cap, Some(m.pool())),
             metrics: m,
             in_flight: AtomicUsize::new(0),
             active_up: AtomicBool::new(true),
@@ -182,7 +181,7 @@ impl Backend {
                 .compare_exchange(0, until.max(1), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
-                self.metrics.ejections.inc();
+                self.metrics.get().ejections.inc();
                 self.refresh_gauge();
                 tracing::warn!(
                     origin = &*self.label,
@@ -224,7 +223,7 @@ impl Backend {
             .as_ref()
             .is_some_and(|p| p.ejected_until_ms.load(Ordering::Relaxed) != 0);
         let up = self.active_up.load(Ordering::Relaxed) && !ejected;
-        self.metrics.up.set(i64::from(up));
+        self.metrics.get().up.set(i64::from(up));
     }
 }
 

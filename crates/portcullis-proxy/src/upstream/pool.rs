@@ -275,7 +275,7 @@ where
             .inner
             .metrics
             .as_ref()
-            .map(|m| Waiting::new(&m.waiting));
+            .map(|m| Waiting::new(m.waiting()));
         waiting.await.unwrap_or_else(|_| {
             Err(OriginError::new(
                 OriginFailureKind::Connect,
@@ -404,14 +404,14 @@ where
     fn opened(self: &Arc<Self>, key: &PoolKey) -> Ended {
         slot(&mut self.lock(), key).open += 1;
         if let Some(m) = &self.metrics {
-            m.open.inc();
-            m.opened.inc();
+            m.open().inc();
+            m.opened().inc();
         }
         let pool: Weak<dyn PoolSide> = Arc::downgrade(self) as Weak<dyn PoolSide>;
         Ended {
             pool,
             key: key.clone(),
-            open: self.metrics.as_ref().map(|m| m.open.clone()),
+            open: self.metrics.as_ref().map(|m| m.open().clone()),
         }
     }
 
