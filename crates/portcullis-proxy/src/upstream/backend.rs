@@ -96,6 +96,11 @@ impl Backend {
         let idle = origin.timeouts.idle;
         let cap = origin.max_connections.and_then(|n| usize::try_from(n).ok());
         let m = metrics.origin(&server.url);
+        if origin.health.active.is_some() {
+            // Checked servers show their state from the start, as an operator who turned
+            // checks on expects; the others' series wait for their first use.
+            m.get();
+        }
         Ok(Self {
             label: server.url.as_str().into(),
             weight: server.weight,
