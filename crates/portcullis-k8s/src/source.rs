@@ -139,12 +139,8 @@ impl Readers {
     fn snapshot(&self) -> Snapshot {
         fn all<K: Clone + kube::Resource<DynamicType = ()> + 'static>(
             stores: &[Store<K>],
-        ) -> Vec<K> {
-            stores
-                .iter()
-                .flat_map(|s| s.state())
-                .map(|k| (*k).clone())
-                .collect()
+        ) -> Vec<Arc<K>> {
+            stores.iter().flat_map(|s| s.state()).collect()
         }
         Snapshot {
             ingress_classes: all(&self.ingress_classes),
@@ -362,7 +358,11 @@ pub async fn list_once(
     Ok(snapshot)
 }
 
-async fn list_all<K>(api: Api<K>, lp: ListParams, what: &'static str) -> Result<Vec<K>, ListError>
+async fn list_all<K>(
+    api: Api<K>,
+    lp: ListParams,
+    what: &'static str,
+) -> Result<Vec<Arc<K>>, ListError>
 where
     K: kube::Resource + kind::Trim + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -375,7 +375,7 @@ where
             .map_err(|source| ListError { what, source })?;
         out.extend(page.items.into_iter().map(|mut k| {
             kind::trim(&mut k);
-            k
+            Arc::new(k)
         }));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => lp = lp.continue_token(&token),

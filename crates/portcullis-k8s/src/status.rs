@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
@@ -121,7 +122,7 @@ impl StatusWriter {
     /// and tried again at the next sync.
     pub async fn sync(
         &mut self,
-        ingresses: &[Ingress],
+        ingresses: &[Arc<Ingress>],
         ours: &BTreeSet<ObjectKey>,
     ) -> Result<StatusReport, kube::Error> {
         let mut report = StatusReport::default();
@@ -180,7 +181,7 @@ impl StatusWriter {
 
     /// Clears the status of `ingresses` that carry anything (at shutdown, while still
     /// leading: call it before releasing the Lease). Best effort: failures are logged.
-    pub async fn clear(&mut self, ingresses: &[Ingress], ours: &BTreeSet<ObjectKey>) -> usize {
+    pub async fn clear(&mut self, ingresses: &[Arc<Ingress>], ours: &BTreeSet<ObjectKey>) -> usize {
         if !*self.leader.borrow() {
             return 0;
         }

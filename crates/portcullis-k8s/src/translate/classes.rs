@@ -54,6 +54,7 @@ pub(super) fn ours<'a>(snapshot: &'a Snapshot, options: &Options) -> Vec<&'a Ing
     let mut ours: Vec<&Ingress> = snapshot
         .ingresses
         .iter()
+        .map(|ing| &**ing)
         .filter(|ing| {
             let class_name = ing
                 .spec

@@ -3,6 +3,7 @@
 //! name them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,9 +33,9 @@ pub(super) struct Index<'a> {
     pub(super) referenced: BTreeSet<ObjectKey>,
 }
 
-fn by_key<'a, T>(objects: &'a [T], meta: impl Fn(&T) -> &ObjectMeta) -> Map<'a, &'a T> {
+fn by_key<'a, T>(objects: &'a [Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) -> Map<'a, &'a T> {
     let mut map: Map<'a, &'a T> = HashMap::new();
-    for object in objects {
+    for object in objects.iter().map(|o| &**o) {
         let m = meta(object);
         map.entry(m.namespace.as_deref().unwrap_or_default())
             .or_default()
@@ -63,7 +64,7 @@ impl<'a> Index<'a> {
                 .or_default()
                 .entry(service.as_str())
                 .or_default()
-                .push(slice);
+                .push(&**slice);
         }
         for list in slices.values_mut().flat_map(HashMap::values_mut) {
             list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));

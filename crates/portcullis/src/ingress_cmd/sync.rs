@@ -253,7 +253,8 @@ fn seed_acme(t: &Translated, snapshot: &Snapshot) {
             s.metadata.namespace.as_deref() == Some(key.namespace.as_str())
                 && s.metadata.name.as_deref() == Some(key.name.as_str())
         });
-        let Some((chain, private)) = secret.and_then(portcullis_k8s::read_certificate) else {
+        let Some((chain, private)) = secret.and_then(|s| portcullis_k8s::read_certificate(s))
+        else {
             continue;
         };
         match storage.seed_cert(site, &chain, &private) {

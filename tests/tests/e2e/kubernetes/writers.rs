@@ -83,7 +83,7 @@ async fn status_from_an_address_is_written_once_cleared_when_not_ours_and_at_shu
         PublishTarget::addresses("203.0.113.10"),
         lead_rx,
     );
-    let before = api.list::<Ingress>("default");
+    let before = listed(&api);
     let r = w.sync(&before, &ours(&["a", "b"])).await.unwrap();
     assert_eq!((r.written, r.unchanged, r.failed), (2, 0, 0), "{r:?}");
     assert_eq!(status_of(&api, "a"), json!([{"ip": "203.0.113.10"}]));
@@ -99,10 +99,7 @@ async fn status_from_an_address_is_written_once_cleared_when_not_ours_and_at_shu
 
     // Nothing changed: no write, whether from a fresh list or one that has not yet seen
     // the writes.
-    let r = w
-        .sync(&api.list("default"), &ours(&["a", "b"]))
-        .await
-        .unwrap();
+    let r = w.sync(&listed(&api), &ours(&["a", "b"])).await.unwrap();
     assert_eq!((r.written, r.unchanged), (0, 2));
     let r = w.sync(&before, &ours(&["a", "b"])).await.unwrap();
     assert_eq!(r.written, 0, "{r:?}");
@@ -115,10 +112,7 @@ async fn status_from_an_address_is_written_once_cleared_when_not_ours_and_at_shu
         PublishTarget::addresses("lb.portcullis.test"),
         lead_rx,
     );
-    let r = w
-        .sync(&api.list("default"), &ours(&["a", "b"]))
-        .await
-        .unwrap();
+    let r = w.sync(&listed(&api), &ours(&["a", "b"])).await.unwrap();
     assert_eq!(r.written, 2);
     assert_eq!(
         status_of(&api, "b"),
@@ -126,13 +120,13 @@ async fn status_from_an_address_is_written_once_cleared_when_not_ours_and_at_shu
     );
 
     // "b" is no longer ours: its status goes; "c"'s (another controller's) stays.
-    let r = w.sync(&api.list("default"), &ours(&["a"])).await.unwrap();
+    let r = w.sync(&listed(&api), &ours(&["a"])).await.unwrap();
     assert_eq!((r.written, r.cleared), (0, 1), "{r:?}");
     assert_eq!(status_of(&api, "b"), json!(null));
     assert_eq!(status_of(&api, "c"), json!([{"ip": "10.9.9.9"}]));
 
     // Shutdown clears ours.
-    assert_eq!(w.clear(&api.list("default"), &ours(&["a"])).await, 1);
+    assert_eq!(w.clear(&listed(&api), &ours(&["a"])).await, 1);
     assert_eq!(status_of(&api, "a"), json!(null));
     assert_eq!(status_of(&api, "c"), json!([{"ip": "10.9.9.9"}]));
 }
@@ -153,18 +147,14 @@ async fn status_from_a_publish_service_follows_its_load_balancer() {
         lead_rx,
     );
     // No load balancer address yet: the ClusterIP.
-    w.sync(&api.list("default"), &ours(&["shop"]))
-        .await
-        .unwrap();
+    w.sync(&listed(&api), &ours(&["shop"])).await.unwrap();
     assert_eq!(status_of(&api, "shop"), json!([{"ip": cluster_ip}]));
 
     // External IPs come before it.
     let mut svc: Service = api.get("default", "portcullis").unwrap();
     svc.spec.as_mut().unwrap().external_ips = Some(vec!["198.51.100.7".into()]);
     api.replace(&svc);
-    w.sync(&api.list("default"), &ours(&["shop"]))
-        .await
-        .unwrap();
+    w.sync(&listed(&api), &ours(&["shop"])).await.unwrap();
     assert_eq!(status_of(&api, "shop"), json!([{"ip": "198.51.100.7"}]));
 
     // The load balancer's own addresses come first (hostname and ip as it gives them).
@@ -172,9 +162,7 @@ async fn status_from_a_publish_service_follows_its_load_balancer() {
     svc.status = Some(from(json!({"loadBalancer": {"ingress": [
         {"hostname": "abc.elb.test"}, {"ip": "192.0.2.44"}]}})));
     api.replace_status(&svc);
-    w.sync(&api.list("default"), &ours(&["shop"]))
-        .await
-        .unwrap();
+    w.sync(&listed(&api), &ours(&["shop"])).await.unwrap();
     assert_eq!(
         status_of(&api, "shop"),
         json!([{"hostname": "abc.elb.test"}, {"ip": "192.0.2.44"}])
@@ -189,18 +177,13 @@ async fn status_from_a_publish_service_follows_its_load_balancer() {
         json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.45"}]}}),
     ));
     api.replace_status(&svc);
-    let r = w
-        .sync(&api.list("default"), &ours(&["shop"]))
-        .await
-        .unwrap();
+    let r = w.sync(&listed(&api), &ours(&["shop"])).await.unwrap();
     assert_eq!(r.written, 0);
-    assert_eq!(w.clear(&api.list("default"), &ours(&["shop"])).await, 0);
+    assert_eq!(w.clear(&listed(&api), &ours(&["shop"])).await, 0);
     assert_eq!(writes(&api, "ingresses").len(), n);
     // Leading again, it catches up.
     lead.send_replace(true);
-    w.sync(&api.list("default"), &ours(&["shop"]))
-        .await
-        .unwrap();
+    w.sync(&listed(&api), &ours(&["shop"])).await.unwrap();
     assert_eq!(status_of(&api, "shop"), json!([{"ip": "192.0.2.45"}]));
 }
 
@@ -218,13 +201,10 @@ async fn a_sync_of_many_unchanged_ingresses_writes_nothing() {
         PublishTarget::addresses("192.0.2.1"),
         lead_rx,
     );
-    assert_eq!(
-        w.sync(&api.list("default"), &ours).await.unwrap().written,
-        300
-    );
+    assert_eq!(w.sync(&listed(&api), &ours).await.unwrap().written, 300);
     let before = writes(&api, "ingresses").len();
     for _ in 0..3 {
-        let r = w.sync(&api.list("default"), &ours).await.unwrap();
+        let r = w.sync(&listed(&api), &ours).await.unwrap();
         assert_eq!((r.written, r.unchanged), (0, 300));
     }
     assert_eq!(writes(&api, "ingresses").len(), before);
@@ -243,7 +223,7 @@ async fn events_are_posted_on_the_object_and_repeats_fold_into_one() {
     let api = FakeApiServer::start().await;
     let shop = api.create(&ingress("shop"));
     let snapshot = Snapshot {
-        ingresses: vec![shop.clone()],
+        ingresses: vec![shop.clone().into()],
         ..Snapshot::default()
     };
     let (lead, lead_rx) = leader(true);
@@ -447,4 +427,12 @@ async fn the_driver_writes_only_while_leading_and_retries_api_failures() {
     .await;
     stop.send_replace(true);
     task.await.unwrap();
+}
+
+/// The Ingresses of `default`, shared as a snapshot holds them.
+fn listed(api: &FakeApiServer) -> Vec<std::sync::Arc<Ingress>> {
+    api.list::<Ingress>("default")
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect()
 }

@@ -25,14 +25,15 @@ fn annotated(annotations: &[(&str, &str)]) -> Translated {
         k8s_openapi::ByteString(ca.clone().into_bytes()),
     );
     s.secrets = vec![
-        tls_secret("default", "shop-tls", &["shop.example.com"]),
+        tls_secret("default", "shop-tls", &["shop.example.com"]).into(),
         secret_with(
             "default",
             "origin-ca",
             "Opaque",
             &[("ca.crt", ca.as_bytes())],
-        ),
-        client,
+        )
+        .into(),
+        client.into(),
     ];
     run(&s)
 }

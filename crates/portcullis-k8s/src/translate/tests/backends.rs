@@ -60,7 +60,9 @@ fn missing_service_or_port_is_a_problem_and_an_origin_without_servers() {
 #[test]
 fn a_service_in_another_namespace_is_not_found() {
     let mut s = world(one(path("/", "Prefix", "web", 80)));
-    s.ingresses[0].metadata.namespace = Some("other".into());
+    std::sync::Arc::make_mut(&mut s.ingresses[0])
+        .metadata
+        .namespace = Some("other".into());
     let t = run(&s);
     assert_problem(&t, "service web does not exist in namespace other");
 }
@@ -81,7 +83,8 @@ fn only_ready_not_terminating_endpoints_are_served_sorted_and_once() {
                 ("10.0.0.5", Some(true), Some(false)),
                 ready("10.0.0.1"),
             ],
-        ),
+        )
+        .into(),
         // The same endpoint in two slices (while an update moves it) counts once.
         slice(
             "default",
@@ -89,14 +92,16 @@ fn only_ready_not_terminating_endpoints_are_served_sorted_and_once() {
             "web",
             &[(Some("http"), 8080)],
             &[ready("10.0.0.1")],
-        ),
+        )
+        .into(),
         slice(
             "default",
             "web-6",
             "web",
             &[(Some("http"), 8080)],
             &[ready("fd00::1")],
-        ),
+        )
+        .into(),
         // Another port's name, another Service, another namespace: not ours.
         slice(
             "default",
@@ -104,21 +109,24 @@ fn only_ready_not_terminating_endpoints_are_served_sorted_and_once() {
             "web",
             &[(Some("https"), 8443)],
             &[ready("10.0.0.7")],
-        ),
+        )
+        .into(),
         slice(
             "default",
             "api-a",
             "api",
             &[(Some("http"), 8080)],
             &[ready("10.0.0.8")],
-        ),
+        )
+        .into(),
         slice(
             "other",
             "web-a",
             "web",
             &[(Some("http"), 8080)],
             &[ready("10.0.0.6")],
-        ),
+        )
+        .into(),
     ];
     let mut fqdn = slice(
         "default",
@@ -128,7 +136,7 @@ fn only_ready_not_terminating_endpoints_are_served_sorted_and_once() {
         &[ready("db.example.com")],
     );
     fqdn.address_type = "FQDN".into();
-    s.endpoint_slices.push(fqdn);
+    s.endpoint_slices.push(fqdn.into());
     let t = run(&s);
     assert_eq!(
         servers(route(site(&t, "shop.example.com"), "/")),
@@ -146,13 +154,16 @@ fn only_ready_not_terminating_endpoints_are_served_sorted_and_once() {
 #[test]
 fn no_ready_endpoint_is_an_origin_without_servers() {
     let mut s = world(one(path("/", "Prefix", "web", 80)));
-    s.endpoint_slices = vec![slice(
-        "default",
-        "web-a",
-        "web",
-        &[(Some("http"), 8080)],
-        &[("10.0.0.1", Some(false), None)],
-    )];
+    s.endpoint_slices = vec![
+        slice(
+            "default",
+            "web-a",
+            "web",
+            &[(Some("http"), 8080)],
+            &[("10.0.0.1", Some(false), None)],
+        )
+        .into(),
+    ];
     let t = run(&s);
     assert!(t.problems.is_empty());
     assert!(servers(route(site(&t, "shop.example.com"), "/")).is_empty());
@@ -161,21 +172,28 @@ fn no_ready_endpoint_is_an_origin_without_servers() {
 #[test]
 fn an_unnamed_service_port_matches_the_unnamed_slice_port() {
     let mut s = world(one(path("/", "Prefix", "solo", 80)));
-    s.services.push(service("default", "solo", &[(None, 80)]));
-    s.endpoint_slices.push(slice(
-        "default",
-        "solo-a",
-        "solo",
-        &[(None, 3000)],
-        &[ready("10.1.0.1")],
-    ));
-    s.endpoint_slices.push(slice(
-        "default",
-        "solo-b",
-        "solo",
-        &[(Some(""), 3000)],
-        &[ready("10.1.0.2")],
-    ));
+    s.services
+        .push(service("default", "solo", &[(None, 80)]).into());
+    s.endpoint_slices.push(
+        slice(
+            "default",
+            "solo-a",
+            "solo",
+            &[(None, 3000)],
+            &[ready("10.1.0.1")],
+        )
+        .into(),
+    );
+    s.endpoint_slices.push(
+        slice(
+            "default",
+            "solo-b",
+            "solo",
+            &[(Some(""), 3000)],
+            &[ready("10.1.0.2")],
+        )
+        .into(),
+    );
     let t = run(&s);
     assert_eq!(
         servers(route(site(&t, "shop.example.com"), "/")),
@@ -187,7 +205,7 @@ fn an_unnamed_service_port_matches_the_unnamed_slice_port() {
 fn external_name_services() {
     let mut s = world(one(path("/", "Prefix", "ext", 443)));
     s.services
-        .push(external_service("default", "ext", "API.Example.com.", 443));
+        .push(external_service("default", "ext", "API.Example.com.", 443).into());
     let t = run(&s);
     assert!(t.problems.is_empty(), "{:?}", problems(&t));
     let o = origin(&route(site(&t, "shop.example.com"), "/").action);
@@ -206,7 +224,7 @@ fn external_name_services() {
     ] {
         let mut s = world(one(path("/", "Prefix", "ext", 80)));
         s.services
-            .push(external_service("default", "ext", refused, 80));
+            .push(external_service("default", "ext", refused, 80).into());
         let t = run(&s);
         assert_problem(
             &t,
@@ -234,7 +252,7 @@ fn with_service_annotation(mut svc: Service) -> Service {
 fn service_upstream_uses_the_cluster_ip() {
     // On the Service.
     let mut s = world(one(path("/", "Prefix", "web", "https")));
-    s.services[0] = with_service_annotation(s.services[0].clone());
+    s.services[0] = with_service_annotation((*s.services[0]).clone()).into();
     let t = run(&s);
     assert_eq!(
         servers(route(site(&t, "shop.example.com"), "/")),
@@ -261,9 +279,9 @@ fn service_upstream_uses_the_cluster_ip() {
 
     // A headless Service has no cluster IP.
     let mut s = world(one(path("/", "Prefix", "web", 80)));
-    let mut svc = with_service_annotation(s.services[0].clone());
+    let mut svc = with_service_annotation((*s.services[0]).clone());
     svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
-    s.services[0] = svc;
+    s.services[0] = svc.into();
     let t = run(&s);
     assert_problem(&t, "service web is headless");
 }

@@ -303,20 +303,26 @@ pub fn base() -> Config {
 /// with two ready endpoints, and the given Ingresses.
 pub fn world(ingresses: Vec<Ingress>) -> Snapshot {
     Snapshot {
-        ingress_classes: vec![our_class()],
-        ingresses,
-        services: vec![service(
-            "default",
-            "web",
-            &[(Some("http"), 80), (Some("https"), 8443)],
-        )],
-        endpoint_slices: vec![slice(
-            "default",
-            "web-abc",
-            "web",
-            &[(Some("http"), 8080), (Some("https"), 8443)],
-            &[ready("10.0.0.2"), ready("10.0.0.1")],
-        )],
+        ingress_classes: vec![our_class().into()],
+        ingresses: ingresses.into_iter().map(Into::into).collect(),
+        services: vec![
+            service(
+                "default",
+                "web",
+                &[(Some("http"), 80), (Some("https"), 8443)],
+            )
+            .into(),
+        ],
+        endpoint_slices: vec![
+            slice(
+                "default",
+                "web-abc",
+                "web",
+                &[(Some("http"), 8080), (Some("https"), 8443)],
+                &[ready("10.0.0.2"), ready("10.0.0.1")],
+            )
+            .into(),
+        ],
         secrets: Vec::new(),
     }
 }

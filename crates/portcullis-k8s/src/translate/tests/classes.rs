@@ -23,7 +23,7 @@ fn class_name_picks_ours_and_ignores_others_silently() {
             .build(),
     ]);
     s.ingress_classes
-        .push(class("nginx", "k8s.io/ingress-nginx", true));
+        .push(class("nginx", "k8s.io/ingress-nginx", true).into());
     let t = run(&s);
     assert_eq!(names(&t), ["mine.example.com", crate::DEFAULT_SITE_HOST]);
     assert!(t.problems.is_empty(), "{:?}", problems(&t));
@@ -38,7 +38,7 @@ fn a_class_name_whose_class_is_not_ours_is_ignored() {
             .rule(Some("a.example.com"), vec![prefix("/", "web")])
             .build(),
     ]);
-    s.ingress_classes = vec![class("portcullis", "example.com/other", false)];
+    s.ingress_classes = vec![class("portcullis", "example.com/other", false).into()];
     let t = run(&s);
     assert_eq!(names(&t), [crate::DEFAULT_SITE_HOST]);
     assert!(t.ingresses.is_empty());
@@ -53,7 +53,7 @@ fn a_class_of_ours_under_another_name() {
             .build(),
     ]);
     s.ingress_classes
-        .push(class("edge", "portcullis.dev/ingress-controller", false));
+        .push(class("edge", "portcullis.dev/ingress-controller", false).into());
     assert_eq!(run(&s).ingresses, [key("default", "a")]);
 }
 
@@ -93,18 +93,15 @@ fn classless_ingresses_need_our_default_class_or_the_flag() {
     assert!(run(&s).ingresses.is_empty());
 
     let mut with_default = s.clone();
-    with_default.ingress_classes = vec![class(
-        "portcullis",
-        "portcullis.dev/ingress-controller",
-        true,
-    )];
+    with_default.ingress_classes =
+        vec![class("portcullis", "portcullis.dev/ingress-controller", true).into()];
     assert_eq!(run(&with_default).ingresses, [key("default", "a")]);
 
     // Another controller's default class does not make them ours.
     let mut other_default = s.clone();
     other_default
         .ingress_classes
-        .push(class("nginx", "k8s.io/ingress-nginx", true));
+        .push(class("nginx", "k8s.io/ingress-nginx", true).into());
     assert!(run(&other_default).ingresses.is_empty());
 
     let flag = Options {
@@ -126,7 +123,8 @@ fn a_change_of_class_removes_the_routes() {
     moved.ingresses[0] = ingress("default", "a")
         .class(Some("nginx"))
         .rule(Some("a.example.com"), vec![prefix("/", "web")])
-        .build();
+        .build()
+        .into();
     let t = run(&moved);
     assert_eq!(names(&t), [crate::DEFAULT_SITE_HOST]);
     assert!(t.ingresses.is_empty());

@@ -12,25 +12,32 @@ fn five_thousand_ingresses() {
     // One wildcard certificate per namespace, shared by its Ingresses' hosts.
     let (crt, key) = cert_pem(&["*.example.com"]);
     for n in 0..50 {
-        s.secrets.push(secret_with(
-            &format!("ns{n}"),
-            "wild",
-            "kubernetes.io/tls",
-            &[("tls.crt", crt.as_bytes()), ("tls.key", key.as_bytes())],
-        ));
+        s.secrets.push(
+            secret_with(
+                &format!("ns{n}"),
+                "wild",
+                "kubernetes.io/tls",
+                &[("tls.crt", crt.as_bytes()), ("tls.key", key.as_bytes())],
+            )
+            .into(),
+        );
     }
     for i in 0..5_000 {
         let ns = format!("ns{}", i % 50);
         let svc = format!("svc{i}");
-        s.services.push(service(&ns, &svc, &[(Some("http"), 80)]));
+        s.services
+            .push(service(&ns, &svc, &[(Some("http"), 80)]).into());
         for j in 0..2 {
-            s.endpoint_slices.push(slice(
-                &ns,
-                &format!("{svc}-{j}"),
-                &svc,
-                &[(Some("http"), 8080)],
-                &[ready(&format!("10.{}.{}.{}", i / 250, i % 250, j + 1))],
-            ));
+            s.endpoint_slices.push(
+                slice(
+                    &ns,
+                    &format!("{svc}-{j}"),
+                    &svc,
+                    &[(Some("http"), 8080)],
+                    &[ready(&format!("10.{}.{}.{}", i / 250, i % 250, j + 1))],
+                )
+                .into(),
+            );
         }
         s.ingresses.push(
             ingress(&ns, &format!("ing{i}"))
@@ -45,7 +52,8 @@ fn five_thousand_ingresses() {
                     Some("wild"),
                 )
                 .annotation("portcullis.dev/read-timeout", "30s")
-                .build(),
+                .build()
+                .into(),
         );
     }
     let start = Instant::now();

@@ -26,8 +26,8 @@ fn shop(secret: Option<&str>) -> k8s_openapi::api::networking::v1::Ingress {
 fn a_tls_secret_becomes_the_sites_certificate() {
     let mut s = world(vec![shop(Some("shop-tls"))]);
     s.secrets = vec![
-        tls_secret("default", "shop-tls", &["shop.example.com"]),
-        tls_secret("default", "blog-tls", &["blog.example.com"]),
+        tls_secret("default", "shop-tls", &["shop.example.com"]).into(),
+        tls_secret("default", "blog-tls", &["blog.example.com"]).into(),
     ];
     let t = run(&s);
     assert!(t.problems.is_empty(), "{:?}", problems(&t));
@@ -105,8 +105,8 @@ fn broken_secrets_are_problems_for_their_host_only() {
     ];
     for (secret, why) in cases {
         let mut s = world(vec![shop(Some("shop-tls"))]);
-        s.secrets = vec![tls_secret("default", "blog-tls", &["blog.example.com"])];
-        s.secrets.extend(secret);
+        s.secrets = vec![tls_secret("default", "blog-tls", &["blog.example.com"]).into()];
+        s.secrets.extend(secret.map(Into::into));
         let t = run(&s);
         let all = problems(&t);
         assert_eq!(all.len(), 1, "{all:?}");
@@ -129,7 +129,7 @@ fn broken_secrets_are_problems_for_their_host_only() {
 #[test]
 fn a_tls_entry_without_a_secret_serves_the_default_certificate() {
     let mut s = world(vec![shop(None)]);
-    s.secrets = vec![tls_secret("default", "blog-tls", &["blog.example.com"])];
+    s.secrets = vec![tls_secret("default", "blog-tls", &["blog.example.com"]).into()];
     let t = run(&s);
     assert!(t.problems.is_empty(), "{:?}", problems(&t));
     let shop = site(&t, "shop.example.com");
@@ -146,7 +146,7 @@ fn a_tls_entry_without_hosts_covers_the_rule_hosts_its_certificate_names() {
             .tls(&[], Some("wild"))
             .build(),
     ]);
-    s.secrets = vec![tls_secret("default", "wild", &["*.example.com"])];
+    s.secrets = vec![tls_secret("default", "wild", &["*.example.com"]).into()];
     let t = run(&s);
     assert!(t.problems.is_empty(), "{:?}", problems(&t));
     assert!(matches!(
@@ -176,8 +176,8 @@ fn the_first_ingress_naming_a_secret_for_a_host_wins() {
             .build(),
     ]);
     s.secrets = vec![
-        tls_secret("default", "one", &["shop.example.com"]),
-        tls_secret("default", "two", &["shop.example.com"]),
+        tls_secret("default", "one", &["shop.example.com"]).into(),
+        tls_secret("default", "two", &["shop.example.com"]).into(),
     ];
     let t = run(&s);
     assert_eq!(
@@ -195,7 +195,7 @@ fn the_first_ingress_naming_a_secret_for_a_host_wins() {
 #[test]
 fn default_certificate() {
     let mut s = world(vec![]);
-    s.secrets = vec![tls_secret("kube-system", "fallback", &["*.example.com"])];
+    s.secrets = vec![tls_secret("kube-system", "fallback", &["*.example.com"]).into()];
     let options = Options {
         default_certificate: Some(key("kube-system", "fallback")),
         ..Options::default()
@@ -273,7 +273,7 @@ fn acme_on_the_issuer_and_on_followers() {
     );
     assert_eq!(t.acme_secrets.len(), 1);
     let mut stored = s.clone();
-    stored.secrets = vec![tls_secret("default", "shop-tls", &["shop.example.com"])];
+    stored.secrets = vec![tls_secret("default", "shop-tls", &["shop.example.com"]).into()];
     assert!(matches!(
         site(&run(&stored), "shop.example.com").tls,
         SiteTls::Files(_)
@@ -319,7 +319,7 @@ fn a_cert_manager_secret_is_only_read() {
         "cert-manager.io/certificate-name".to_owned(),
         "shop".to_owned(),
     )]));
-    s.secrets = vec![secret];
+    s.secrets = vec![secret.into()];
     let options = Options {
         acme_issuer: true,
         ..Options::default()
@@ -360,7 +360,7 @@ fn a_certificate_that_does_not_name_the_host_is_not_served_for_it() {
             .tls(&["shop.example.com", "www.example.com"], Some("shop-tls"))
             .build(),
     ]);
-    s.secrets = vec![tls_secret("default", "shop-tls", &["shop.example.com"])];
+    s.secrets = vec![tls_secret("default", "shop-tls", &["shop.example.com"]).into()];
     let t = run(&s);
     assert_eq!(
         problems(&t),
