@@ -377,6 +377,20 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let metrics = portcullis_tests::plain::send(
+        admin,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let series = metrics
+        .body()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    println!(
+        "/metrics after the changes: {series} series, {} KiB",
+        metrics.body().len() / 1024
+    );
     println!(
         "controller RSS after the sync: {:.0} MB, after the changes: {:.0} MB, peak: {:.0} MB   [target < 400 MB]",
         rss_synced as f64 / 1024.0,

@@ -4,7 +4,7 @@
 //! merge order; [`annotations`] reads each one's annotations into typed settings; [`sites`]
 //! merges their rules, TLS entries and default backends host by host, resolving backends
 //! ([`backends`]) and Secrets ([`secrets`]) through one [`index`] of the snapshot.
-//! docs/kubernetes-translation.md says what each Ingress field and annotation becomes.
+//! docs/kubernetes.md says what each Ingress field and annotation becomes.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -18,7 +18,7 @@ pub(super) const OURS: &str = "portcullis.dev/";
 /// ingress-nginx's annotations' prefix.
 pub(super) const NGINX: &str = "nginx.ingress.kubernetes.io/";
 
-/// Ours, without the prefix (see docs/kubernetes-translation.md).
+/// Ours, without the prefix (see docs/kubernetes.md).
 pub(super) const OUR_NAMES: &[&str] = &[
     "acme",
     "origin-mode",
