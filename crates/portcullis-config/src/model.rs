@@ -680,7 +680,8 @@ pub enum ProxyProtocolVersion {
 
 impl Origin {
     /// An origin with every setting at its default, as a file with only `servers` would
-    /// give: round robin, no health checks, one retry when there are several servers.
+    /// give: round robin, no active health checks; with several servers, passive health
+    /// checking (a server failing 5 times in 10 s is out for 30 s) and one retry.
     pub fn with_servers(url: String, servers: Vec<OriginServer>, transport: Transport) -> Self {
         let several = servers.len() > 1;
         Self {
@@ -690,7 +691,11 @@ impl Origin {
             balance: Balance::RoundRobin,
             health: Health {
                 active: None,
-                passive: None,
+                passive: several.then_some(PassiveHealth {
+                    failures: defaults::PASSIVE_FAILURES,
+                    window: defaults::PASSIVE_WINDOW,
+                    eject: defaults::PASSIVE_EJECT,
+                }),
             },
             retries: Retries {
                 attempts: u32::from(several),

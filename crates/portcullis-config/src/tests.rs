@@ -573,3 +573,28 @@ fn a_base_config_has_no_sites_and_refuses_any() {
     // A file config still needs a site.
     assert!(crate::parse("listen: { https: 127.0.0.1:8443 }\n", dir).is_err());
 }
+
+#[test]
+fn origin_with_servers_is_what_a_file_with_only_servers_gives() {
+    for servers in [
+        "[{url: \"http://10.0.0.1:80\"}]",
+        "[{url: \"http://10.0.0.1:80\"}, {url: \"http://10.0.0.2:80\"}]",
+    ] {
+        let c = crate::parse(
+            &format!(
+                "sites:\n  - hosts: [a.test]\n    tls: local\n    origin:\n      servers: {servers}\n"
+            ),
+            std::path::Path::new("/tmp"),
+        )
+        .unwrap();
+        let Some(Action::Proxy(parsed)) = &c.sites[0].fallback else {
+            panic!("not an origin");
+        };
+        let built = Origin::with_servers(
+            parsed.url.clone(),
+            parsed.servers.clone(),
+            Transport::Plain,
+        );
+        assert_eq!(&built, &**parsed, "{servers}");
+    }
+}
