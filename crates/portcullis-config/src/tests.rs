@@ -590,11 +590,8 @@ fn origin_with_servers_is_what_a_file_with_only_servers_gives() {
         let Some(Action::Proxy(parsed)) = &c.sites[0].fallback else {
             panic!("not an origin");
         };
-        let built = Origin::with_servers(
-            parsed.url.clone(),
-            parsed.servers.clone(),
-            Transport::Plain,
-        );
+        let built =
+            Origin::with_servers(parsed.url.clone(), parsed.servers.clone(), Transport::Plain);
         assert_eq!(&built, &**parsed, "{servers}");
     }
 }

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use portcullis_config::{Config, Problem};
 use portcullis_k8s::{ObjectKey, Options, PublishTarget, Source, SourceConfig};
@@ -148,6 +149,42 @@ pub struct IngressArgs {
     /// The namespace of the Lease (default: the pod's own, else `portcullis`).
     #[arg(long, env = "PORTCULLIS_NAMESPACE")]
     pub namespace: Option<String>,
+    /// How long a leader's Lease lasts after its last renewal: how long the replicas wait
+    /// before taking over from a leader that died without releasing it.
+    #[arg(long, env = "PORTCULLIS_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    pub election_lease_duration: Duration,
+    /// The leader steps down when it could not renew for this long (shorter than the lease).
+    #[arg(long, env = "PORTCULLIS_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    pub election_renew_deadline: Duration,
+    /// How often the Lease is tried (to take it) or renewed (to keep it).
+    #[arg(long, env = "PORTCULLIS_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
+    pub election_retry_period: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    portcullis_config::parse_duration(text).map_err(|e| e.to_string())
+}
+
+impl IngressArgs {
+    /// The election's timings, checked as client-go checks them: the retry period shorter
+    /// than the renew deadline, and that shorter than the lease.
+    fn lease_timings(&self) -> Result<portcullis_k8s::LeaseTimings, String> {
+        let (lease, renew, retry) = (
+            self.election_lease_duration,
+            self.election_renew_deadline,
+            self.election_retry_period,
+        );
+        if retry.is_zero() || renew <= retry || lease <= renew || lease < Duration::from_secs(1) {
+            return Err(format!(
+                "--election-retry-period ({retry:?}) < --election-renew-deadline ({renew:?}) < --election-lease-duration ({lease:?}, at least 1s) is required"
+            ));
+        }
+        Ok(portcullis_k8s::LeaseTimings {
+            lease_duration: lease,
+            renew_deadline: renew,
+            retry_period: retry,
+        })
+    }
 }
 
 /// Why `portcullis ingress` or `check --kubernetes` could not start.
@@ -168,6 +205,9 @@ pub enum IngressError {
     /// The metrics could not be registered.
     #[error("metrics setup failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A flag's value contradicts another's.
+    #[error("{0}")]
+    Flags(String),
 }
 
 impl IngressError {
@@ -202,6 +242,7 @@ impl Ingress {
     /// Reads the base config, connects to the API server, starts the gateway with no
     /// sites (listeners bound, `/readyz` 503) and the watchers.
     pub async fn start(args: IngressArgs) -> Result<Self, IngressError> {
+        let timings = args.lease_timings().map_err(IngressError::Flags)?;
         let base = base(args.config.as_deref())?;
         let client = portcullis_k8s::connect(args.kubernetes.kubeconfig.as_deref()).await?;
         let state = Arc::new(SyncState::default());
@@ -231,6 +272,7 @@ impl Ingress {
                 election_id: args.election_id.clone(),
                 identity: portcullis_k8s::default_identity(),
                 publish,
+                timings,
             },
         ));
         let syncer = Syncer {

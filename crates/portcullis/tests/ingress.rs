@@ -202,3 +202,94 @@ async fn the_ingress_process_is_ready_after_its_first_sync_serves_and_stops_on_s
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Two `portcullis ingress` processes with a 2 s Lease: one leads and writes the Ingress
+/// status; SIGKILL it (no release, as a crashed pod) and the other takes over and writes its
+/// own within the lease's time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_leader_is_replaced_within_the_lease_duration() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api = FakeApiServer::start().await;
+    let ca = TestCa::new("ingress CA");
+    let pod = TestOrigin::http().await;
+    let dir = tempfile::tempdir().unwrap();
+    cluster(&api, pod.addr.port(), &[("/", "web")], json!({}));
+    tls_secret(&api, &ca);
+    let kubeconfig = kubeconfig(&api, dir.path());
+    let start = |name: &'static str, address: &'static str| {
+        let base: PathBuf = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &base,
+            format!(
+                "listen: {{https: 127.0.0.1:0, http: 127.0.0.1:0}}\nadmin: {{listen: 127.0.0.1:0}}\nstorage: {}\n",
+                dir.path().join(name).display()
+            ),
+        )
+        .unwrap();
+        let args: Vec<String> = [
+            "ingress",
+            "--kubeconfig",
+            &kubeconfig,
+            "--config",
+            &base.display().to_string(),
+            "--namespace",
+            "default",
+            "--publish-address",
+            address,
+            "--election-lease-duration",
+            "2s",
+            "--election-renew-deadline",
+            "1500ms",
+            "--election-retry-period",
+            "250ms",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            GatewayProcess::spawn(Path::new(BIN), &args)
+        })
+    };
+    let a = start("a", "192.0.2.1").await.unwrap();
+    let b = start("b", "192.0.2.2").await.unwrap();
+    let status = |api: &FakeApiServer| {
+        api.get::<Ingress>("default", "shop")
+            .and_then(|i| i.status?.load_balancer?.ingress?.first()?.ip.clone())
+    };
+    let first = until(Duration::from_secs(15), "a leader's status", || async {
+        status(&api)
+    })
+    .await;
+    let holder = api
+        .get::<Lease>("default", "portcullis-leader")
+        .and_then(|l| l.spec?.holder_identity)
+        .unwrap();
+    let (leader, other, other_ip) = if first == "192.0.2.1" {
+        (a, b, "192.0.2.2")
+    } else {
+        (b, a, "192.0.2.1")
+    };
+    leader.signal("KILL");
+    let killed = std::time::Instant::now();
+    until(
+        Duration::from_secs(15),
+        "the other replica's status",
+        || async { (status(&api).as_deref() == Some(other_ip)).then_some(()) },
+    )
+    .await;
+    let took = killed.elapsed();
+    let now = api
+        .get::<Lease>("default", "portcullis-leader")
+        .and_then(|l| l.spec?.holder_identity)
+        .unwrap();
+    assert_ne!(now, holder, "the Lease changed hands");
+    // The lease (2 s), as the survivor counts it from when it last saw it renewed, plus a
+    // retry period and the status write: well under 2 s + 1.5 s of slack on a busy machine.
+    println!("taken over {took:?} after the leader was killed");
+    assert!(
+        took < Duration::from_millis(3500),
+        "taken over only after {took:?}"
+    );
+    drop(other);
+}

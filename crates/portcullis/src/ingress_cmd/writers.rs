@@ -32,6 +32,7 @@ pub(super) struct WriterSettings {
     pub(super) election_id: String,
     pub(super) identity: String,
     pub(super) publish: Option<PublishTarget>,
+    pub(super) timings: LeaseTimings,
 }
 
 /// The running writers.
@@ -55,7 +56,7 @@ impl Writers {
             &settings.namespace,
             &settings.election_id,
             settings.identity.clone(),
-            LeaseTimings::default(),
+            settings.timings,
         );
         let leader = elector.subscribe();
         info!(
