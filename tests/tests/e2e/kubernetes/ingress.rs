@@ -202,11 +202,21 @@ impl Controller {
         (r.status, r.body().to_owned())
     }
 
+    /// Waits for `/readyz` 200; on time out, fails with the last answer, which says what
+    /// the controller waits for (the first sync, the API server, a refused sync).
     pub async fn wait_ready(&self) {
-        until(CONVERGE, "/readyz 200 (the first sync)", || async {
-            (self.readyz().await.0 == 200).then_some(())
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        loop {
+            let (status, body) = self.readyz().await;
+            if status == 200 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz still {status} after {CONVERGE:?} (the first sync):\n{body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// `GET /metrics`.
