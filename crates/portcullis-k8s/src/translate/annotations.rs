@@ -157,6 +157,7 @@ pub(super) fn read(annotations: Option<&BTreeMap<String, String>>) -> Read {
         problems: Vec::new(),
     };
     let settings = r.settings();
+    r.without_effect(&settings);
     let unsupported = r
         .map
         .keys()
@@ -353,6 +354,48 @@ impl<'a> Reader<'a> {
             return None;
         }
         self.value(Some(found), plain_path)
+    }
+
+    /// Supported annotations that only qualify another one, present without it: each is a
+    /// problem (it does nothing), rather than silently ignored.
+    fn without_effect(&mut self, settings: &Settings) {
+        let sticky = matches!(settings.origin.balance, Some(Balance::Sticky(_)));
+        let cookie: [(&str, &[&str]); 2] = [
+            (
+                OURS,
+                &[
+                    "affinity-cookie-name",
+                    "affinity-cookie-max-age",
+                    "affinity-cookie-path",
+                    "affinity-cookie-samesite",
+                ],
+            ),
+            (
+                NGINX,
+                &[
+                    "session-cookie-name",
+                    "session-cookie-max-age",
+                    "session-cookie-path",
+                    "session-cookie-samesite",
+                ],
+            ),
+        ];
+        for (prefix, names) in cookie {
+            for name in names {
+                let full = format!("{prefix}{name}");
+                if !sticky && self.map.contains_key(&full) {
+                    self.problem(&full, "has no effect without `affinity: cookie`");
+                }
+            }
+        }
+        for prefix in [OURS, NGINX] {
+            let full = format!("{prefix}permanent-redirect-code");
+            let redirect = self.map.contains_key(&format!("{OURS}permanent-redirect"))
+                || self.map.contains_key(&format!("{NGINX}permanent-redirect"));
+            if !redirect && self.map.contains_key(&full) {
+                self.problem(&full, "has no effect without `permanent-redirect`");
+            }
+        }
     }
 
     fn redirect(&mut self) -> Option<Redirect> {

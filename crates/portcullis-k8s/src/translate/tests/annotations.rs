@@ -734,3 +734,32 @@ fn our_origin_tls_settings_on_a_plaintext_origin_are_problems() {
     let t = ok(&[("portcullis.dev/origin-ca-secret", "origin-ca")]);
     assert!(matches!(tls_of(&t).verify, Verify::Roots(_)));
 }
+
+#[test]
+fn qualifiers_without_what_they_qualify_are_problems_not_silence() {
+    for (name, value) in [
+        ("nginx.ingress.kubernetes.io/session-cookie-name", "route"),
+        ("nginx.ingress.kubernetes.io/session-cookie-max-age", "3600"),
+        ("portcullis.dev/affinity-cookie-name", "route"),
+        ("portcullis.dev/permanent-redirect-code", "308"),
+        ("nginx.ingress.kubernetes.io/permanent-redirect-code", "308"),
+    ] {
+        let t = refused(name, value);
+        assert!(
+            problems(&t)
+                .iter()
+                .any(|p| p.contains("has no effect without")),
+            "{name}: {:?}",
+            problems(&t)
+        );
+    }
+    // With what they qualify, they are read without a problem.
+    ok(&[
+        ("nginx.ingress.kubernetes.io/affinity", "cookie"),
+        ("nginx.ingress.kubernetes.io/session-cookie-name", "route"),
+    ]);
+    ok(&[
+        ("portcullis.dev/permanent-redirect", "https://example.com/"),
+        ("portcullis.dev/permanent-redirect-code", "308"),
+    ]);
+}
