@@ -45,6 +45,18 @@ impl Redirects {
     }
 }
 
+/// A host whose `tls` entry names an ACME Secret that another host's certificate is
+/// stored in.
+struct AcmeFollower {
+    secret: ObjectKey,
+    /// The host that took the Secret first.
+    first: String,
+    host: String,
+    ingress: ObjectKey,
+    /// The `tls[i].hosts[j]` key, for a problem.
+    key: String,
+}
+
 /// A value and the Ingress that set it.
 struct Claimed<T> {
     owner: ObjectKey,
@@ -85,8 +97,11 @@ pub(super) struct Builder<'a> {
     sites: BTreeMap<String, SiteBuild>,
     default: SiteBuild,
     acme_secrets: BTreeMap<String, ObjectKey>,
-    /// The host whose ACME certificate each Secret stores: one host per Secret.
+    /// The host whose ACME certificate each Secret stores: one order per Secret.
     acme_hosts: HashMap<ObjectKey, String>,
+    /// Hosts naming an ACME Secret another host took first: merged into its site in
+    /// `finish` when they route alike, else reported.
+    acme_followers: Vec<AcmeFollower>,
     /// The base config lets sites use ACME (HTTP-01 needs the plain listener).
     acme_possible: bool,
 }
@@ -124,6 +139,7 @@ impl<'a> Builder<'a> {
             default: SiteBuild::new(default_host()),
             acme_secrets: BTreeMap::new(),
             acme_hosts: HashMap::new(),
+            acme_followers: Vec::new(),
             acme_possible,
         }
     }
@@ -283,6 +299,7 @@ impl<'a> Builder<'a> {
         for build in std::mem::take(&mut self.sites).into_values() {
             sites.push(site(build, false, None, &fallback));
         }
+        self.merge_acme_followers(&mut sites);
         sites.push(site(default, true, Some(default_tls), &fallback));
         let mut config = self.base.clone();
         config.sites = sites;
@@ -296,6 +313,52 @@ impl<'a> Builder<'a> {
             acme_secrets: self.acme_secrets,
             secrets: self.index.referenced,
         }
+    }
+
+    /// Hosts sharing an ACME Secret become one site with one order for all their names
+    /// when their sites are the same but for name and hosts (`example.com` and
+    /// `www.example.com` sent to one Service, the usual case); a host that routes
+    /// differently cannot share the certificate: a problem, and the default certificate.
+    fn merge_acme_followers(&mut self, sites: &mut Vec<Site>) {
+        if self.acme_followers.is_empty() {
+            return;
+        }
+        let at: HashMap<String, usize> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let same = |a: &Site, b: &Site| {
+            let (mut a, mut b) = (a.clone(), b.clone());
+            (a.name, a.hosts, b.name, b.hosts) = (String::new(), vec![], String::new(), vec![]);
+            a == b
+        };
+        let mut gone = vec![false; sites.len()];
+        for f in std::mem::take(&mut self.acme_followers) {
+            let (Some(&i), Some(&j)) = (at.get(&f.first), at.get(&f.host)) else {
+                continue;
+            };
+            if same(&sites[i], &sites[j]) {
+                let hosts = std::mem::take(&mut sites[j].hosts);
+                sites[i].hosts.extend(hosts);
+                gone[j] = true;
+            } else {
+                sites[j].tls = SiteTls::None;
+                self.problem(
+                    &f.ingress,
+                    f.key,
+                    format!(
+                        "secret {} stores the ACME certificate of {}, whose routes differ from {}'s, so they cannot share one certificate; {} is served the default certificate (give it a tls entry and secretName of its own)",
+                        f.secret, f.first, f.host, f.host
+                    ),
+                );
+            }
+        }
+        let mut k = 0;
+        sites.retain(|_| {
+            k += 1;
+            !gone[k - 1]
+        });
     }
 
     /// `--default-backend`, resolved like an Ingress backend without annotations.

@@ -210,6 +210,17 @@ async fn an_acme_ingress_gets_its_certificate_from_pebble_into_its_secret() {
         &[("/", "Prefix", "shop")],
     );
     ing.metadata.annotations = Some([("portcullis.dev/acme".to_owned(), "true".to_owned())].into());
+    // A second name routed alike in the same tls entry: one order covers both, and the one
+    // Secret holds that certificate.
+    let spec = ing.spec.as_mut().unwrap();
+    let mut www = spec.rules.as_ref().unwrap()[0].clone();
+    www.host = Some("www.k8s.acme.test".into());
+    spec.rules.as_mut().unwrap().push(www);
+    spec.tls.as_mut().unwrap()[0]
+        .hosts
+        .as_mut()
+        .unwrap()
+        .push("www.k8s.acme.test".into());
     cluster.api.create(&ing);
 
     let c = Running::start(
@@ -231,7 +242,9 @@ async fn an_acme_ingress_gets_its_certificate_from_pebble_into_its_secret() {
     )
     .await;
     let leaf = CertificateDer::from_pem_slice(chain.as_bytes()).unwrap();
-    assert_eq!(CertInfo::parse(&leaf).unwrap().names, ["k8s.acme.test"]);
+    let mut names = CertInfo::parse(&leaf).unwrap().names;
+    names.sort();
+    assert_eq!(names, ["k8s.acme.test", "www.k8s.acme.test"]);
     let s: Secret = cluster.api.get("default", "shop-acme-tls").unwrap();
     assert_eq!(
         s.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],

@@ -3,7 +3,7 @@
 use k8s_openapi::api::networking::v1::Ingress;
 use portcullis_config::{HostPattern, SiteTls};
 
-use super::{Builder, Claimed, parse_host};
+use super::{AcmeFollower, Builder, Claimed, parse_host};
 use crate::snapshot::ObjectKey;
 use crate::translate::K8sProblem;
 use crate::translate::annotations::Settings;
@@ -139,26 +139,39 @@ impl Builder<'_> {
                         }
                         _ => true,
                     };
-                // The ACME manager orders one certificate per site (per host here) and a
-                // Secret holds one: two hosts storing theirs in one Secret would replace
-                // each other there, and followers would serve the wrong one by turns.
-                let host_acme = host_acme
-                    && match secret
-                        .as_ref()
-                        .and_then(|s| self.acme_hosts.get(s).map(|h| (s, h)))
-                    {
-                        Some((s, first)) if *first != host.to_string() => {
-                            self.problem(
-                                key,
-                                hkey.clone(),
-                                format!(
-                                    "secret {s} already stores the ACME certificate of {first}; an ACME host needs a Secret of its own (one tls entry per host), so {host} is served the default certificate"
-                                ),
-                            );
-                            false
-                        }
-                        _ => true,
-                    };
+                // A Secret holds one certificate, and the ACME manager orders one per site:
+                // a second host naming an ACME Secret already taken follows the first, and
+                // `finish` makes them one site (one order for both names) when they route
+                // alike, or reports the follower. Two orders stored in one Secret would
+                // replace each other there by turns.
+                let follows = match secret.as_ref().filter(|_| host_acme) {
+                    Some(s) => self
+                        .acme_hosts
+                        .get(s)
+                        .filter(|first| **first != host.to_string())
+                        .cloned(),
+                    None => None,
+                };
+                if let (Some(first), Some(s)) = (follows, &secret) {
+                    let first_tls = self
+                        .sites
+                        .get(&first)
+                        .and_then(|b| b.tls.as_ref())
+                        .map(|c| c.value.1.clone())
+                        .unwrap_or(SiteTls::None);
+                    self.acme_followers.push(AcmeFollower {
+                        secret: s.clone(),
+                        first,
+                        host: host.to_string(),
+                        ingress: key.clone(),
+                        key: hkey.clone(),
+                    });
+                    self.site(Some(&host)).tls = Some(Claimed {
+                        owner: key.clone(),
+                        value: (secret.clone(), first_tls),
+                    });
+                    continue;
+                }
                 let site_tls = match (&secret, host_acme) {
                     (Some(s), true) => {
                         self.acme_hosts

@@ -400,10 +400,42 @@ fn every_secret_looked_at_is_listed() {
 }
 
 #[test]
-fn an_acme_secret_stores_one_host_s_certificate() {
+fn hosts_sharing_an_acme_secret_share_one_order_when_they_route_alike() {
     let both = ingress("default", "shop")
         .rule(Some("shop.example.com"), vec![prefix("/", "web")])
         .rule(Some("www.example.com"), vec![prefix("/", "web")])
+        .tls(&["shop.example.com", "www.example.com"], Some("shop-tls"))
+        .build();
+    let options = Options {
+        acme_all: true,
+        acme_issuer: true,
+        ..Options::default()
+    };
+    let t = run_with(&world(vec![both]), &options);
+    assert!(t.problems.is_empty(), "{:?}", problems(&t));
+    assert_eq!(
+        t.acme_secrets,
+        BTreeMap::from([("shop.example.com".to_owned(), key("default", "shop-tls"))])
+    );
+    let shop = site(&t, "shop.example.com");
+    assert!(matches!(shop.tls, SiteTls::Acme { .. }));
+    let hosts: Vec<String> = shop.hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        hosts,
+        ["shop.example.com", "www.example.com"],
+        "one order, both names"
+    );
+    assert!(
+        !t.config.sites.iter().any(|s| s.name == "www.example.com"),
+        "no site of its own"
+    );
+}
+
+#[test]
+fn a_host_routing_differently_cannot_share_an_acme_secret() {
+    let both = ingress("default", "shop")
+        .rule(Some("shop.example.com"), vec![prefix("/", "web")])
+        .rule(Some("www.example.com"), vec![prefix("/api", "web")])
         .tls(&["shop.example.com", "www.example.com"], Some("shop-tls"))
         .build();
     let options = Options {
@@ -421,10 +453,8 @@ fn an_acme_secret_stores_one_host_s_certificate() {
         SiteTls::Acme { .. }
     ));
     assert_eq!(site(&t, "www.example.com").tls, SiteTls::None);
-    assert!(
-        t.problems.iter().any(|p| p.to_string()
-            == "ingress default/shop: tls[0].hosts[1]: secret default/shop-tls already stores the ACME certificate of shop.example.com; an ACME host needs a Secret of its own (one tls entry per host), so www.example.com is served the default certificate"),
-        "{:?}",
-        t.problems
+    assert_problem(
+        &t,
+        "ingress default/shop: tls[0].hosts[1]: secret default/shop-tls stores the ACME certificate of shop.example.com, whose routes differ from www.example.com's, so they cannot share one certificate; www.example.com is served the default certificate (give it a tls entry and secretName of its own)",
     );
 }
