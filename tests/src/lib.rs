@@ -3,7 +3,8 @@
 //! control over SNI and ALPN, a gRPC service and client (h2c and TLS origins), and a runner
 //! for the gateway as a separate process; for adversarial tests, an origin that records the
 //! exact bytes it receives and clients that write exact HTTP/1.1 bytes and HTTP/2 frames;
-//! for Kubernetes, a fake API server held to the real kubectl (`kube_api`).
+//! for Kubernetes, a fake API server held to the real kubectl (`kube_api`); for clustering,
+//! etcd on loopback (`etcd`, one member or three) and a TCP proxy that partitions (`tcp_proxy`).
 //! The end-to-end suites (`tests/e2e/main.rs`) are one test binary built on these; a helper two
 //! suites need lives here, once.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -12,6 +13,7 @@
 mod architecture;
 mod ca;
 mod client;
+pub mod etcd;
 mod gateway;
 pub mod grpc;
 mod kube_api;
@@ -23,6 +25,7 @@ mod process;
 pub mod raw_client;
 mod raw_origin;
 pub mod scrape;
+pub mod tcp_proxy;
 pub mod wait;
 
 pub use ca::{Leaf, TestCa};
