@@ -29,7 +29,11 @@ async fn three_members_keep_quorum_with_one_down_and_it_catches_up() {
     let mut etcd = TestEtcd::start(3).await;
     assert_eq!(etcd.endpoints().len(), 3);
     etcd.kill(1);
-    assert_eq!(etcd.put(0, "/t/k", "written while m1 was down").await, 200);
+    // If m1 led, the others elect a new leader first (503 meanwhile).
+    crate::wait::until(Duration::from_secs(15), "a write with m1 down", || async {
+        (etcd.put(0, "/t/k", "written while m1 was down").await == 200).then_some(())
+    })
+    .await;
     assert_eq!(
         etcd.get(2, "/t/k").await.as_deref(),
         Some("written while m1 was down")
