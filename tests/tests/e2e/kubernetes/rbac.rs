@@ -1,10 +1,12 @@
 //! The RBAC rules `deploy/kubernetes` installs, held to the calls the controller made: each
 //! request a running `portcullis ingress` sent to the fake API server must be one the
-//! rendered ClusterRole (anywhere) or Role (in the controller's own namespace) allows.
+//! rendered ClusterRole (anywhere) or Role (in the controller's own namespace) allows. Used
+//! by the writers' tests and by `ingress::rbac` (a whole life of one controller).
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use portcullis_k8s::rbac_allows_named;
 use portcullis_tests::ApiCall;
+use serde::Deserialize;
 
 /// The rules of the kustomize base, rendered by the real `kubectl kustomize`: the
 /// ClusterRole's and the Role's.
@@ -39,8 +41,6 @@ fn deployed_rules() -> (Vec<PolicyRule>, Vec<PolicyRule>) {
     assert!(!cluster.is_empty() && !own.is_empty(), "no rules rendered");
     (cluster, own)
 }
-
-use serde::Deserialize;
 
 /// Every call in `calls` is allowed by the deployed rules, the Role counting in
 /// `own_namespace` only. Returns how many calls were checked.
