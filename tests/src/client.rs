@@ -137,6 +137,15 @@ impl TestClient {
     }
 }
 
+/// The TLS alert a failed handshake received from the gateway (`unrecognized_name` for a
+/// name no site claims), if that is how it failed.
+pub fn alert_received(err: &std::io::Error) -> Option<rustls::AlertDescription> {
+    match err.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(*alert),
+        _ => None,
+    }
+}
+
 /// A TCP connection to `to` from the loopback address `from` (all of 127.0.0.0/8 is this
 /// machine's on Linux), so a test has client addresses of its own.
 pub async fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {

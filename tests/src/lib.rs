@@ -29,7 +29,9 @@ pub mod tcp_proxy;
 pub mod wait;
 
 pub use ca::{Leaf, TestCa};
-pub use client::{ClientBody, Conn, Resp, TestClient, bytes, collect, connect_from, empty};
+pub use client::{
+    ClientBody, Conn, Resp, TestClient, alert_received, bytes, collect, connect_from, empty,
+};
 pub use gateway::{GatewayBuilder, TestGateway};
 pub use kube_api::{ApiCall, ApiError, FakeApiOptions, FakeApiServer};
 pub use origin::{OriginBody, Seen, TestOrigin, closed_port};

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use http::Method;
 use portcullis_tests::plain;
 use portcullis_tests::scrape::metric;
-use portcullis_tests::{Conn, GatewayBuilder, Resp, TestCa, TestOrigin, bytes, collect};
+use portcullis_tests::{
+    Conn, GatewayBuilder, Resp, TestCa, TestOrigin, alert_received, bytes, collect,
+};
 
 const HOST: &str = "in.test";
 
@@ -231,16 +233,9 @@ async fn a_site_without_a_certificate_is_served_with_the_default_one() {
         .tls("bare.test", true, &["http/1.1"])
         .await
         .unwrap_err();
-    let alert = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>());
-    assert!(
-        matches!(
-            alert,
-            Some(rustls::Error::AlertReceived(
-                rustls::AlertDescription::UnrecognisedName
-            ))
-        ),
+    assert_eq!(
+        alert_received(&err),
+        Some(rustls::AlertDescription::UnrecognisedName),
         "{err:?}"
     );
 }

@@ -1,6 +1,6 @@
 //! Certificates chosen by SNI: exact names, wildcards, the default site, unknown names.
 
-use portcullis_tests::{GatewayBuilder, TestCa};
+use portcullis_tests::{GatewayBuilder, TestCa, alert_received};
 use portcullis_tls::CertInfo;
 
 fn names(der: &rustls_pki_types::CertificateDer<'_>) -> Vec<String> {
@@ -38,16 +38,9 @@ async fn sni_picks_exact_then_wildcard_and_refuses_unknown_names() {
     // One label deep only, and unknown names are refused with unrecognized_name.
     for sni in ["a.b.beta.test", "unknown.test"] {
         let err = client.tls(sni, true, &["http/1.1"]).await.unwrap_err();
-        let alert = err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<rustls::Error>());
-        assert!(
-            matches!(
-                alert,
-                Some(rustls::Error::AlertReceived(
-                    rustls::AlertDescription::UnrecognisedName
-                ))
-            ),
+        assert_eq!(
+            alert_received(&err),
+            Some(rustls::AlertDescription::UnrecognisedName),
             "{sni}: expected unrecognized_name, got {err:?}"
         );
     }
@@ -57,15 +50,11 @@ async fn sni_picks_exact_then_wildcard_and_refuses_unknown_names() {
         .tls("alpha.test", false, &["http/1.1"])
         .await
         .unwrap_err();
-    let alert = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>());
-    assert!(matches!(
-        alert,
-        Some(rustls::Error::AlertReceived(
-            rustls::AlertDescription::UnrecognisedName
-        ))
-    ));
+    assert_eq!(
+        alert_received(&err),
+        Some(rustls::AlertDescription::UnrecognisedName),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
