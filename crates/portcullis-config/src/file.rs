@@ -494,3 +494,50 @@ where
     }
     d.deserialize_any(V(expecting, PhantomData))
 }
+
+/// `cluster:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ClusterFile {
+    pub store: Option<ClusterStoreFile>,
+    pub etcd: Option<EtcdFile>,
+    pub kubernetes: Option<KubernetesStoreFile>,
+    pub node_name: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub lease: Option<Duration>,
+    #[serde(deserialize_with = "de_duration")]
+    pub challenge_timeout: Option<Duration>,
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ClusterStoreFile {
+    Etcd,
+    Kubernetes,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EtcdFile {
+    pub endpoints: Vec<String>,
+    pub prefix: Option<String>,
+    pub tls: Option<EtcdTlsFile>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EtcdTlsFile {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct KubernetesStoreFile {
+    pub namespace: Option<String>,
+}

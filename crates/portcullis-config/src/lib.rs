@@ -20,10 +20,11 @@ pub use host::{HostMap, HostPattern, strip_port};
 pub use ipnet::IpNet;
 pub use model::{
     Access, Acme, Action, ActiveHealth, Admin, AdminListen, AdminToken, Balance, CertKey,
-    Challenge, Config, Eab, HashKey, Health, Hsts, Limits, Listen, Mode, Origin, OriginServer,
-    OriginTimeouts, OriginTls, PassiveHealth, PathMatch, PlainHttp, ProxyProtocolVersion, Redirect,
-    Respond, Retries, Route, Shutdown, Site, SiteTls, StickyCookie, TlsSettings, Transport,
-    Upgrades, Verify, defaults,
+    Challenge, Cluster, ClusterStore, Config, Eab, EncryptionKey, EtcdStore, EtcdTls, HashKey,
+    Health, Hsts, KubernetesStore, Limits, Listen, Mode, Origin, OriginServer, OriginTimeouts,
+    OriginTls, PassiveHealth, PathMatch, PlainHttp, ProxyProtocolVersion, Redirect, Respond,
+    Retries, Route, Shutdown, Site, SiteTls, StickyCookie, TlsSettings, Transport, Upgrades,
+    Verify, defaults,
 };
 pub use units::{parse_duration, parse_size};
 pub use validate::{load, load_base, parse, parse_addr, parse_base};

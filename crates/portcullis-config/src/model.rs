@@ -1,6 +1,7 @@
 //! The validated configuration the rest of Portcullis runs on. Every value here has been
 //! checked; defaults are filled in; files named by the config have been read.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,95 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` and `Forwarded` headers are kept and appended to;
     /// from anyone else they are replaced.
     pub trusted_proxies: Vec<IpNet>,
+    /// Certificates shared with other replicas through a store (`cluster:`); `None` keeps
+    /// everything under `storage` on this machine only.
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster:`: replicas that share ACME certificates through a store, with one issuer
+/// elected at a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// Where the shared state lives.
+    pub store: ClusterStore,
+    /// This replica's name (`cluster.node_name`; default: the host name). Two replicas must
+    /// never share one.
+    pub node_name: String,
+    /// How long the issuer's leadership lasts without renewal (`cluster.lease`, default
+    /// 10 s); a replica that stops renewing loses it after this long.
+    pub lease: Duration,
+    /// Longest the issuer waits for every live replica to have a challenge answer before
+    /// telling the CA to validate anyway (`cluster.challenge_timeout`, default 10 s).
+    pub challenge_timeout: Duration,
+    /// A 32-byte key that encrypts private keys and the ACME account in the store
+    /// (`cluster.encryption_key_file`, base64 or raw 32 bytes); `None` stores them as
+    /// they are (protect the store instead: etcd client certificates, Kubernetes RBAC).
+    pub encryption_key: Option<EncryptionKey>,
+}
+
+/// A key that encrypts secrets at rest in the cluster store. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionKey(pub [u8; 32]);
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey(..)")
+    }
+}
+
+/// `cluster.store`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterStore {
+    /// `store: etcd`.
+    Etcd(EtcdStore),
+    /// `store: kubernetes`: Leases and Secrets in one namespace.
+    Kubernetes(KubernetesStore),
+}
+
+/// `cluster.etcd`.
+#[derive(Clone, PartialEq)]
+pub struct EtcdStore {
+    /// `http://` or `https://` client URLs of the members.
+    pub endpoints: Vec<String>,
+    /// Every key lives under it; ends with `/` (default `/portcullis/`).
+    pub prefix: String,
+    /// TLS towards the members (trust and client certificate), for `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+    /// etcd's own authentication, when enabled.
+    pub username: Option<String>,
+    /// Its password (from `password` or `password_file`). Never printed.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+/// `cluster.etcd.tls`: PEM files, checked when the config is read and read again when
+/// the client connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// CA certificates that sign the members' certificates (else the system's roots).
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain, with `key`.
+    pub cert: Option<PathBuf>,
+    /// Client private key, with `cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// `cluster.kubernetes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesStore {
+    /// Where the Lease, the Secrets holding certificates, orders and challenge answers live.
+    pub namespace: String,
 }
 
 /// ACME settings (used by `tls: acme` sites).
@@ -815,6 +905,14 @@ pub mod defaults {
     pub const ACME_CONCURRENCY: usize = 4;
     /// `storage`.
     pub const STORAGE: &str = "./data";
+    /// `cluster.etcd.prefix`.
+    pub const CLUSTER_PREFIX: &str = "/portcullis/";
+    /// `cluster.lease`.
+    pub const CLUSTER_LEASE: Duration = Duration::from_secs(10);
+    /// `cluster.challenge_timeout`.
+    pub const CLUSTER_CHALLENGE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `cluster.kubernetes.namespace`.
+    pub const CLUSTER_NAMESPACE: &str = "portcullis";
     /// `limits.max_header_size`.
     pub const MAX_HEADER_SIZE: usize = 64 * 1024;
     /// `limits.idle_timeout`.

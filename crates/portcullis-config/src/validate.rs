@@ -9,11 +9,14 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use crate::error::{Error, Problem, Result, ValueError};
-use crate::file::{AcmeFile, AdminFile, LimitsFile, ListenFile, ShutdownFile, TlsFile};
+use crate::file::{
+    AcmeFile, AdminFile, ClusterFile, LimitsFile, ListenFile, ShutdownFile, TlsFile,
+};
 use crate::model::{Admin, Config, Listen, Shutdown, TlsSettings, defaults};
 
 mod acme;
 mod admin;
+mod cluster;
 mod limits;
 mod origin;
 mod site;
@@ -26,6 +29,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "shutdown",
     "acme",
     "storage",
+    "cluster",
     "trusted_proxies",
     "sites",
 ];
@@ -170,6 +174,7 @@ impl Validator<'_> {
         }
         let mut take = |k: &str| map.remove(k).unwrap_or(Value::Null);
         let trusted_proxies = take("trusted_proxies");
+        let cluster = take("cluster");
         let (listen, admin, tls, limits, shutdown, acme, storage, sites) = (
             take("listen"),
             take("admin"),
@@ -215,6 +220,11 @@ impl Validator<'_> {
         let storage = self
             .section::<Option<PathBuf>>(storage, "storage")
             .map(|p| self.resolve(&p.unwrap_or_else(|| PathBuf::from(defaults::STORAGE))));
+        let cluster = match self.section::<Option<ClusterFile>>(cluster, "cluster") {
+            Some(Some(f)) => self.cluster(f).map(Some),
+            Some(None) => Some(None),
+            None => None,
+        };
         let trusted_proxies = self
             .section::<Option<Vec<String>>>(trusted_proxies, "trusted_proxies")
             .map(|list| self.cidrs(&list.unwrap_or_default(), "trusted_proxies"));
@@ -253,6 +263,7 @@ impl Validator<'_> {
             storage: storage?,
             sites: sites?,
             trusted_proxies: trusted_proxies?,
+            cluster: cluster?,
         })
     }
 

@@ -155,7 +155,7 @@ fn check_directory_url(url: &str) -> Result<(), String> {
 
 /// Decodes base64url (RFC 4648 §5), with or without padding; the standard alphabet's `+`
 /// and `/` are accepted too.
-fn decode_base64url(text: &str) -> Option<Vec<u8>> {
+pub(super) fn decode_base64url(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let mut acc: u32 = 0;
     let mut bits = 0;

@@ -1,0 +1,13 @@
+//! Portcullis replicas that share certificates: one issuer elected at a time, every write it
+//! makes fenced by the leadership it was elected with, and every replica fed by a watch.
+//!
+//! - [`Store`]: what the cluster needs of a store (keys with revisions, lists, watches, an
+//!   election whose every write is fenced, liveness of the replicas). Two of them:
+//!   [`EtcdStore`] and [`KubeStore`].
+//!
+//! Keys are relative to the store's prefix (etcd) or namespace (Kubernetes); the layout
+//! is in `docs/cluster.md`.
+
+mod store;
+
+pub use store::{BoxFuture, Change, ChangeStream, Entry, Leadership, Listing, Store, StoreError};
