@@ -87,7 +87,8 @@ pub struct Exchange {
     pub method: String,
     /// The path (no scheme or host).
     pub path: String,
-    /// DNS names concerned: a new order's identifiers, an order's, an authorization's.
+    /// DNS names concerned, sorted: a new order's identifiers, an order's, an
+    /// authorization's.
     pub names: Vec<String>,
     /// The order it belongs to (a new order's `Location`, an order, its finalize or
     /// certificate URL's order), as the client sees the URL (the proxy's).
@@ -360,6 +361,8 @@ async fn handle(
             }
         }
     }
+    names.sort();
+    names.dedup();
     state.log.lock().unwrap().push(Exchange {
         at: Instant::now(),
         kind,
