@@ -114,7 +114,8 @@ struct State {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     known: Mutex<Known>,
     log: Mutex<Vec<Exchange>>,
-    fail: Mutex<Option<Failure>>,
+    /// The failure to answer new orders with, and for which names (`None`: all).
+    fail: Mutex<Option<(Failure, Option<Vec<String>>)>>,
     pause_after: Mutex<Option<Kind>>,
     paused: watch::Sender<bool>,
 }
@@ -143,6 +144,7 @@ impl AcmeProxy {
     /// such as [`Pebble::ca_bundle`](crate::Pebble)) for it. The ACME server need not run
     /// yet: requests made meanwhile are answered 502.
     pub async fn start(directory: &str, upstream_ca: &Path) -> Self {
+        crate::init();
         let (upstream, directory_path) = split_url(directory);
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("ACME proxy CA");
@@ -275,7 +277,14 @@ impl AcmeProxy {
     /// From now on answer every new order with `failure` (without asking the CA), or
     /// forward them again (`None`).
     pub fn fail_new_orders(&self, failure: Option<Failure>) {
-        *self.state.fail.lock().unwrap() = failure;
+        *self.state.fail.lock().unwrap() = failure.map(|f| (f, None));
+    }
+
+    /// As [`fail_new_orders`](Self::fail_new_orders), only for new orders naming any of
+    /// `names`; the others are forwarded.
+    pub fn fail_new_orders_for(&self, names: &[&str], failure: Failure) {
+        let names = names.iter().map(|n| (*n).to_owned()).collect();
+        *self.state.fail.lock().unwrap() = Some((failure, Some(names)));
     }
 
     /// After the next successful answer of `kind`, hold every request until [`resume`]
@@ -332,7 +341,11 @@ async fn handle(
             .unwrap()
             .classify(&parts.method, &path, payload.as_ref(), &state.own);
 
-    let failure = *state.fail.lock().unwrap();
+    let failure = match &*state.fail.lock().unwrap() {
+        Some((f, None)) => Some(*f),
+        Some((f, Some(only))) => names.iter().any(|n| only.contains(n)).then_some(*f),
+        None => None,
+    };
     let mut resp = match failure {
         Some(f) if kind == Kind::NewOrder => problem(f),
         _ => forward(&state, &parts, &path, body).await,

@@ -244,6 +244,12 @@ async fn an_order_through_the_proxy_is_counted_resumed_and_refused_on_demand() {
         .rfind(|e| e.kind == Kind::NewOrder)
         .unwrap();
     assert_eq!(last.status, 429);
+    proxy.fail_new_orders_for(&["e.test"], Failure::ServerInternal);
+    let ids = [Identifier::Dns("e.test".into())];
+    assert!(account.new_order(&NewOrder::new(&ids)).await.is_err());
+    let ids = [Identifier::Dns("f.test".into())];
+    account.new_order(&NewOrder::new(&ids)).await.unwrap();
+    assert_eq!(proxy.placed().len(), 2);
     proxy.fail_new_orders(None);
 
     // Pausing after a kind holds the next request until resumed.
