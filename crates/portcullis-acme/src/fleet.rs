@@ -127,8 +127,10 @@ pub trait Fleet: Send + Sync + 'static {
     fn clear_order<'a>(&'a self, site: &'a str) -> FleetFuture<'a, ()>;
 
     /// `site`'s history as the fleet remembers it.
-    fn load_history<'a>(&'a self, site: &'a str)
-    -> FleetFuture<'a, Result<Option<History>, AcmeError>>;
+    fn load_history<'a>(
+        &'a self,
+        site: &'a str,
+    ) -> FleetFuture<'a, Result<Option<History>, AcmeError>>;
 
     /// Records `site`'s history.
     fn save_history<'a>(
@@ -139,8 +141,10 @@ pub trait Fleet: Send + Sync + 'static {
 
     /// Publishes challenge answers to every replica; returns once every live replica
     /// serves them, or the fleet's timeout passed.
-    fn publish_answers<'a>(&'a self, answers: &'a [Answer])
-    -> FleetFuture<'a, Result<(), AcmeError>>;
+    fn publish_answers<'a>(
+        &'a self,
+        answers: &'a [Answer],
+    ) -> FleetFuture<'a, Result<(), AcmeError>>;
 
     /// Withdraws answers published before (best effort).
     fn withdraw_answers<'a>(&'a self, answers: &'a [Answer]) -> FleetFuture<'a, ()>;

@@ -94,9 +94,14 @@ async fn place_or_resume(
                     }
                     debug!(site, url = %record.url, "the recorded order is invalid; placing a new one");
                 }
-                Err(e) => debug!(site, url = %record.url, error = %e, "the recorded order cannot be resumed; placing a new one"),
+                Err(e) => {
+                    debug!(site, url = %record.url, error = %e, "the recorded order cannot be resumed; placing a new one")
+                }
             },
-            _ => debug!(site, "the recorded order is for other names; placing a new one"),
+            _ => debug!(
+                site,
+                "the recorded order is for other names; placing a new one"
+            ),
         }
     }
     let key = KeyPair::generate().map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
@@ -210,7 +215,6 @@ async fn order_with(
             to_ready.push(challenge.url.clone());
         }
     }
-    drop(authorizations);
     if let Some((fleet, _)) = fleet
         && !answers.is_empty()
     {
@@ -234,7 +238,6 @@ async fn order_with(
                 .map_err(acme_err(Step::Challenge))?;
         }
     }
-    drop(authorizations);
 
     let mut status = order.state().status;
     if matches!(status, OrderStatus::Pending) {

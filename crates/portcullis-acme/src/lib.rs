@@ -16,6 +16,4 @@ mod storage;
 pub use error::{AcmeError, Step};
 pub use fleet::{Answer, Fleet, FleetFuture, History, OrderRecord, Shared};
 pub use manager::{AcmeManager, AcmeSite, AcmeStats, Issued};
-pub use storage::{
-    SiteStatus, Storage, StorageError, StoredCert, from_unix, parse_pem_pair, unix,
-};
+pub use storage::{SiteStatus, Storage, StorageError, StoredCert, from_unix, parse_pem_pair, unix};

@@ -16,12 +16,14 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::account;
-use crate::fleet::{Fleet, History, Shared};
 use crate::error::{AcmeError, Step};
+use crate::fleet::{Fleet, History, Shared};
 use crate::http::{AcmeHttp, with_retry_after};
 use crate::issue::{self, OrderRequest};
 use crate::schedule::{backoff, random_unit, renewal_time, time_in_window};
-use crate::storage::{SiteStatus, Storage, StorageError, StoredCert, from_unix, parse_pem_pair, unix};
+use crate::storage::{
+    SiteStatus, Storage, StorageError, StoredCert, from_unix, parse_pem_pair, unix,
+};
 
 /// Longest an order may take before it is abandoned and retried.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(600);
@@ -540,8 +542,12 @@ impl AcmeManager {
                 let day_ago = unix(now).saturating_sub(86_400);
                 history.orders.retain(|t| *t > day_ago);
                 let hour_ago = unix(now).saturating_sub(3600);
-                let last_hour: Vec<u64> =
-                    history.orders.iter().copied().filter(|t| *t > hour_ago).collect();
+                let last_hour: Vec<u64> = history
+                    .orders
+                    .iter()
+                    .copied()
+                    .filter(|t| *t > hour_ago)
+                    .collect();
                 if last_hour.len() >= MAX_ORDERS_PER_HOUR {
                     let at = from_unix(last_hour[0] + 3600);
                     warn!(site = %site.name, orders = last_hour.len(), next = %format_time(at), "orders for this site placed within the hour reached the limit; waiting");
@@ -638,7 +644,8 @@ impl AcmeManager {
         let history_changed = !matches!(outcome, Outcome::Scheduled(_) | Outcome::Adopted(..));
         match outcome {
             Outcome::Adopted(cert, at) => {
-                self.certs.set_certificate(&slot.site.name, cert.key.clone());
+                self.certs
+                    .set_certificate(&slot.site.name, cert.key.clone());
                 info!(site = %slot.site.name, serial = %cert.info.serial, "serving the certificate another replica stored");
                 slot.current = Some(cert);
                 slot.due = at;

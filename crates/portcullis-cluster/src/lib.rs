@@ -8,6 +8,15 @@
 //! Keys are relative to the store's prefix (etcd) or namespace (Kubernetes); the layout
 //! is in `docs/cluster.md`.
 
+mod cluster;
+mod fleet;
+mod metrics;
+pub mod records;
+mod replica;
+mod seal;
 mod store;
 
+pub use cluster::{Cluster, ClusterStatus};
+pub use metrics::ClusterMetrics;
+pub use seal::{OpenError, Sealer, Stored};
 pub use store::{BoxFuture, Change, ChangeStream, Entry, Leadership, Listing, Store, StoreError};
