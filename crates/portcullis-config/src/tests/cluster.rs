@@ -53,7 +53,8 @@ fn a_kubernetes_cluster_names_its_namespace() {
     assert_eq!(
         c.cluster.unwrap().store,
         ClusterStore::Kubernetes(KubernetesStore {
-            namespace: "edge".into()
+            namespace: "edge".into(),
+            kubeconfig: None,
         })
     );
 }
@@ -151,6 +152,10 @@ fn every_mistake_is_named_by_its_key() {
         (
             "  store: kubernetes\n  kubernetes: { namespace: Edge_1 }\n  node_name: a\n",
             "cluster.kubernetes.namespace",
+        ),
+        (
+            "  store: kubernetes\n  kubernetes: { kubeconfig: missing.yaml }\n  node_name: a\n",
+            "cluster.kubernetes.kubeconfig",
         ),
         (
             "  store: kubernetes\n  etcd: { endpoints: [http://a:1] }\n  node_name: a\n",
