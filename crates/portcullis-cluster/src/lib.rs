@@ -10,6 +10,7 @@
 
 mod cluster;
 mod fleet;
+mod kube;
 mod metrics;
 pub mod records;
 mod replica;
@@ -17,6 +18,8 @@ mod seal;
 mod store;
 
 pub use cluster::{Cluster, ClusterStatus};
+/// The store on the Kubernetes API (`store: kubernetes`): Secrets, and Leases for the election.
+pub use kube::KubeStore;
 pub use metrics::ClusterMetrics;
 pub use seal::{OpenError, Sealer, Stored};
 pub use store::{BoxFuture, Change, ChangeStream, Entry, Leadership, Listing, Store, StoreError};
