@@ -3,6 +3,7 @@
 //! Kubernetes semantics (global resourceVersion, 409 on create and on a stale PUT or DELETE
 //! precondition, watch 410 after compaction, label selectors). A replica cut off from the API
 //! server is a store whose client goes through a `TcpProxy` the test partitions.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -458,6 +459,15 @@ async fn fake_api_concurrent_writes_between_read_and_write_are_never_silently_ov
             let last = if x > y { &b"x"[..] } else { &b"y"[..] };
             assert_eq!(value_of(&fake, &key).unwrap(), last);
         }
+        let creates = fake
+            .calls()
+            .iter()
+            .filter(|c| c.verb == "create" && c.resource == "secrets")
+            .count();
+        assert!(
+            creates > 10,
+            "no race was lost: {creates} creates for 10 keys"
+        );
 
         // A newer leadership's write racing ours: whichever order they reach the server
         // in, the newer value stays; ours succeeds only if it came first.

@@ -138,6 +138,12 @@ async fn run(
         };
         match result {
             Ok(Some((token, sent))) => {
+                // Held before published: whoever hears of the leadership may write at once.
+                store.set_held(Some(Held {
+                    token,
+                    renewed: sent,
+                    deadline,
+                }));
                 if leading.map(|l| l.0) != Some(token) {
                     info!(node = %store.node, token, "became the issuer");
                     tx.send_replace(Some(Leadership {
@@ -146,11 +152,6 @@ async fn run(
                     }));
                 }
                 leading = Some((token, sent));
-                store.set_held(Some(Held {
-                    token,
-                    renewed: sent,
-                    deadline,
-                }));
             }
             Ok(None) => step_down("another replica holds the issuer's lease", &mut leading),
             Err(e) => {

@@ -19,6 +19,13 @@ use crate::store::{Change, ChangeStream, StoreError};
 
 type Events = BoxStream<'static, kube::Result<WatchEvent<Secret>>>;
 
+/// The server ends each watch after this long (`timeoutSeconds`) and it is resumed: a
+/// watch is never open for long on a connection that may have died silently.
+const WATCH_SECONDS: u32 = 60;
+/// A watch that brings nothing at all (no event, no bookmark, not its end) for this long
+/// is on a dead connection: it ends with [`StoreError::Unavailable`].
+const SILENCE: Duration = Duration::from_secs(WATCH_SECONDS as u64 + 15);
+
 /// How long [`open`] waits for the first event, so that a watch from compacted history
 /// fails at once (the API server answers it with an ERROR event straight away).
 const FIRST_EVENT: Duration = Duration::from_millis(300);
@@ -53,7 +60,9 @@ pub(super) async fn open(
 }
 
 async fn start(api: &Api<Secret>, after: &str) -> kube::Result<Events> {
-    let params = WatchParams::default().labels(SELECTOR);
+    let params = WatchParams::default()
+        .labels(SELECTOR)
+        .timeout(WATCH_SECONDS);
     let events = bounded(api.watch(&params, after)).await?;
     Ok(events.into_stream().boxed())
 }
@@ -92,7 +101,16 @@ async fn relay(
         let item = match next.take() {
             Some(item) => Some(item),
             None => tokio::select! {
-                item = events.next() => item,
+                item = tokio::time::timeout(SILENCE, events.next()) => match item {
+                    Ok(item) => item,
+                    Err(_) => {
+                        let silent = StoreError::Unavailable(format!(
+                            "watch secrets in namespace {namespace}: nothing for {SILENCE:?}"
+                        ));
+                        let _ = tx.send(Err(silent)).await;
+                        return;
+                    }
+                },
                 () = tx.closed() => return,
             },
         };
