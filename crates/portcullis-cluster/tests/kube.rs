@@ -601,3 +601,55 @@ async fn fake_api_forbidden_names_the_verb_and_resource() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn fake_api_a_crashed_leader_is_replaced_within_two_leases() {
+    within_for(TEST, "the test", async {
+        let fake = FakeApiServer::start().await;
+        let a = store(&fake, "a").await;
+        // A's campaign runs on a runtime of its own, shut down under it: a crash, with no
+        // release of the Lease.
+        let doomed = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_stop, stop_rx) = watch::channel(false);
+        let campaigner = a.clone();
+        let mut a_lead = doomed
+            .spawn(async move { campaigner.campaign(LEASE, stop_rx) })
+            .await
+            .unwrap();
+        within_for(
+            Duration::from_secs(5),
+            "A to lead",
+            a_lead.wait_for(|l| l.is_some()),
+        )
+        .await
+        .unwrap();
+        let b = store(&fake, "b").await;
+        let cb = campaign(&b);
+        doomed.shutdown_background();
+        let crashed = tokio::time::Instant::now();
+        // Not released: the Lease still names A, and the dropped campaign said `None`.
+        let lease: Lease = fake.get(NS, "portcullis-issuer").unwrap();
+        assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("a"));
+        within_for(
+            Duration::from_secs(1),
+            "A's dropped campaign to say None",
+            async {
+                a_lead.wait_for(|l| l.is_none()).await.ok();
+            },
+        )
+        .await;
+        assert!(a_lead.borrow().is_none());
+        let new = leads(&cb, LEASE * 2 + Duration::from_secs(1)).await;
+        assert_eq!(new.node, "b");
+        assert!(
+            crashed.elapsed() >= LEASE - Duration::from_millis(700),
+            "B took over after {:?}, before A's lease could have run out",
+            crashed.elapsed()
+        );
+    })
+    .await;
+}
