@@ -12,6 +12,9 @@
 //!   [`NODE_LABEL`]`=v1`), the value base64 in [`VALUE_ANNOTATION`]; it counts as alive
 //!   while its `renewTime + leaseDurationSeconds` is in the future.
 //!
+//! Sizes are Kubernetes': a value at most about 1 MiB (a Secret), a report at most about
+//! 190 KiB (base64 in an annotation; a Lease's annotations hold 256 KiB in all).
+//!
 //! # Revisions
 //! A revision is the object's `resourceVersion` read as an integer. Kubernetes calls it
 //! opaque, but every real API server takes it from etcd's revision (one counter for all

@@ -32,7 +32,13 @@ async fn check_lease(store: &KubeStore, lead: &Leadership) -> Result<Instant, St
     let api: Api<Lease> = Api::namespaced(store.client.clone(), &store.namespace);
     let lease = bounded_until(until, api.get_opt(ISSUER_LEASE))
         .await
-        .map_err(|e| store_error(e, "get", "leases", &store.namespace))?
+        .map_err(|e| {
+            if Instant::now() >= until {
+                StoreError::Fenced
+            } else {
+                store_error(e, "get", "leases", &store.namespace)
+            }
+        })?
         .ok_or(StoreError::Fenced)?;
     let spec = lease.spec.unwrap_or_default();
     let ours = spec.holder_identity.as_deref() == Some(store.node.as_str())
@@ -47,6 +53,16 @@ async fn check_lease(store: &KubeStore, lead: &Leadership) -> Result<Instant, St
     Ok(until)
 }
 
+/// A call of a fenced write that failed: [`StoreError::Fenced`] when the leadership ran
+/// out meanwhile (the call was cut short at its deadline), else what the error says.
+fn write_error(store: &KubeStore, e: kube::Error, verb: &str, until: Instant) -> StoreError {
+    if Instant::now() >= until {
+        StoreError::Fenced
+    } else {
+        store_error(e, verb, "secrets", &store.namespace)
+    }
+}
+
 /// The Secret at `name`, refused when a newer leadership wrote it.
 async fn read_secret(
     store: &KubeStore,
@@ -57,7 +73,7 @@ async fn read_secret(
 ) -> Result<Option<Secret>, StoreError> {
     let secret = bounded_until(until, api.get_opt(name))
         .await
-        .map_err(|e| store_error(e, "get", "secrets", &store.namespace))?;
+        .map_err(|e| write_error(store, e, "get", until))?;
     let newer = secret
         .as_ref()
         .and_then(|s| s.metadata.annotations.as_ref())
@@ -126,7 +142,7 @@ pub(super) async fn put_fenced(
                     attempt, "store secret changed under a fenced write; retrying"
                 );
             }
-            Err(e) => return Err(store_error(e, verb, "secrets", &store.namespace)),
+            Err(e) => return Err(write_error(store, e, verb, until)),
         }
     }
     Err(StoreError::Unavailable(format!(
@@ -162,7 +178,7 @@ pub(super) async fn delete_fenced(
                     attempt, "store secret changed under a fenced delete; retrying"
                 );
             }
-            Err(e) => return Err(store_error(e, "delete", "secrets", &store.namespace)),
+            Err(e) => return Err(write_error(store, e, "delete", until)),
         }
     }
     Err(StoreError::Unavailable(format!(
