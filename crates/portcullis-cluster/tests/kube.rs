@@ -410,8 +410,9 @@ async fn fake_api_watch_from_compacted_history_is_compacted() {
             .unwrap();
         fake.compact();
         let gone = a.watch("certs/", listing.revision + 1).await;
+        let compacted_to: i64 = fake.resource_version().parse().unwrap();
         assert!(
-            matches!(gone, Err(StoreError::Compacted(_))),
+            matches!(gone, Err(StoreError::Compacted(r)) if r == compacted_to),
             "{:?}",
             gone.map(|_| ())
         );

@@ -76,13 +76,20 @@ fn watch_error(e: kube::Error, namespace: &str, from: i64) -> StoreError {
 
 fn status_error(status: &Status, from: i64) -> StoreError {
     if status.code == 410 {
-        StoreError::Compacted(from)
+        StoreError::Compacted(compacted_to(&status.message).unwrap_or(from))
     } else {
         StoreError::Unavailable(format!(
             "watch secrets: {} {}: {}",
             status.code, status.reason, status.message
         ))
     }
+}
+
+/// The revision history now starts at, from the API server's "too old resource version:
+/// 5 (12)" (the watch cache's wording, which the fake API server repeats).
+fn compacted_to(message: &str) -> Option<i64> {
+    let inner = message.trim_end().strip_suffix(')')?;
+    inner.rsplit_once('(')?.1.parse().ok()
 }
 
 /// Turns the events into changes for the receiver, until it is dropped or the watch fails.
@@ -166,5 +173,18 @@ async fn relay(
         if tx.send(change.map(|c| vec![c])).await.is_err() || end {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_compaction_revision_is_read_from_the_status_message() {
+        assert_eq!(
+            super::compacted_to("too old resource version: 5 (12)"),
+            Some(12)
+        );
+        assert_eq!(super::compacted_to("too old resource version"), None);
+        assert_eq!(super::compacted_to("(x)"), None);
     }
 }
