@@ -40,7 +40,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -263,16 +262,13 @@ fn store_error(e: kube::Error, verb: &str, resource: &str, namespace: &str) -> S
 }
 
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    serde_json::from_value::<ByteString>(serde_json::Value::String(text.to_owned()))
-        .ok()
-        .map(|b| b.0)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
-fn encode_base64(bytes: Vec<u8>) -> String {
-    match serde_json::to_value(ByteString(bytes)) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
+fn encode_base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 impl Store for KubeStore {
@@ -388,6 +384,6 @@ mod tests {
     #[test]
     fn base64_round_trips() {
         let bytes = vec![0, 1, 2, 255, b'a'];
-        assert_eq!(decode_base64(&encode_base64(bytes.clone())), Some(bytes));
+        assert_eq!(decode_base64(&encode_base64(&bytes)), Some(bytes));
     }
 }

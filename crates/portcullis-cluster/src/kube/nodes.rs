@@ -19,7 +19,7 @@ pub(super) async fn heartbeat(store: &KubeStore, value: Vec<u8>) -> Result<(), S
     let api: Api<Lease> = Api::namespaced(store.client.clone(), &store.namespace);
     let name = node_lease_name(&store.node);
     let seconds = i32::try_from(store.lease.as_secs().max(1)).unwrap_or(i32::MAX);
-    let encoded = encode_base64(value);
+    let encoded = encode_base64(&value);
     let err = |verb| move |e| store_error(e, verb, "leases", &store.namespace);
     // Only this replica writes its Lease: a conflict is a heartbeat of ours that timed out
     // on our side yet landed. Read again once.
