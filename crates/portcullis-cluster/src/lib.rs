@@ -13,6 +13,7 @@
 mod cluster;
 mod etcd;
 mod fleet;
+mod kube;
 mod metrics;
 pub mod records;
 mod replica;
@@ -21,6 +22,8 @@ mod store;
 
 pub use cluster::{Cluster, ClusterStatus};
 pub use etcd::EtcdStore;
+/// The store on the Kubernetes API (`store: kubernetes`): Secrets, and Leases for the election.
+pub use kube::KubeStore;
 pub use metrics::ClusterMetrics;
 pub use seal::{OpenError, Sealer, Stored};
 pub use store::{BoxFuture, Change, ChangeStream, Entry, Leadership, Listing, Store, StoreError};
