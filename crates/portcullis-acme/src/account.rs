@@ -6,6 +6,7 @@ use portcullis_config::Acme;
 use tracing::{info, warn};
 
 use crate::error::{AcmeError, Step};
+use crate::fleet::Fleet;
 use crate::http::AcmeHttp;
 use crate::storage::Storage;
 
@@ -31,6 +32,19 @@ pub(crate) async fn load_or_create(
 }
 
 async fn create(cfg: &Acme, storage: &Storage, http: &AcmeHttp) -> Result<Account, AcmeError> {
+    let (account, credentials) = new_account(cfg, http).await?;
+    if let Err(e) = storage.save_account(&credentials) {
+        warn!(path = %storage.root().display(), error = %e, "cannot store the ACME account; a new one will be created at the next start");
+    }
+    info!(account = account.id(), directory = %cfg.directory, "created ACME account");
+    Ok(account)
+}
+
+/// Registers a new account with the CA.
+async fn new_account(
+    cfg: &Acme,
+    http: &AcmeHttp,
+) -> Result<(Account, instant_acme::AccountCredentials), AcmeError> {
     let contact = cfg.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
     let eab = cfg
@@ -64,9 +78,24 @@ async fn create(cfg: &Acme, storage: &Storage, http: &AcmeHttp) -> Result<Accoun
             }
             err
         })?;
-    if let Err(e) = storage.save_account(&credentials) {
-        warn!(path = %storage.root().display(), error = %e, "cannot store the ACME account; a new one will be created at the next start");
+    Ok((account, credentials))
+}
+
+/// The fleet's account, or a new one stored for the whole fleet (only the issuer gets
+/// here, so two replicas never create one each).
+pub(crate) async fn load_or_create_shared(
+    cfg: &Acme,
+    fleet: &dyn Fleet,
+    http: &AcmeHttp,
+) -> Result<Account, AcmeError> {
+    if let Some(credentials) = fleet.load_account().await? {
+        return Account::builder_with_http(Box::new(http.clone()))
+            .from_credentials(credentials)
+            .await
+            .map_err(|e| AcmeError::from_acme(Step::Account, e));
     }
-    info!(account = account.id(), directory = %cfg.directory, "created ACME account");
+    let (account, credentials) = new_account(cfg, http).await?;
+    fleet.save_account(&credentials).await?;
+    info!(account = account.id(), directory = %cfg.directory, "created the fleet's ACME account");
     Ok(account)
 }

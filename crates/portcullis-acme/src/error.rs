@@ -25,6 +25,8 @@ pub enum Step {
     Store,
     /// Asking for the renewal window (ARI).
     RenewalInfo,
+    /// Reading or writing what the replicas share (`cluster:`).
+    Cluster,
 }
 
 impl fmt::Display for Step {
@@ -39,6 +41,7 @@ impl fmt::Display for Step {
             Step::Certificate => "certificate",
             Step::Store => "store",
             Step::RenewalInfo => "renewal-info",
+            Step::Cluster => "cluster",
         })
     }
 }

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
-    OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType,
+    Identifier, NewOrder, OrderStatus, RetryPolicy,
 };
 use portcullis_config::Challenge;
 use portcullis_tls::{Challenges, tls_alpn01_certificate};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::error::{AcmeError, Step};
+use crate::fleet::{Answer, Fleet, OrderRecord};
 
 /// What to order.
 pub(crate) struct OrderRequest<'a> {
@@ -59,17 +60,85 @@ pub(crate) async fn order(
     account: &Account,
     challenges: &Arc<Challenges>,
     req: &OrderRequest<'_>,
+    fleet: Option<(&dyn Fleet, &str)>,
 ) -> Result<Issued, AcmeError> {
+    let mut answers = Vec::new();
+    let result = order_with(account, challenges, req, fleet, &mut answers).await;
+    if let (Some((fleet, _)), false) = (fleet, answers.is_empty()) {
+        fleet.withdraw_answers(&answers).await;
+    }
+    result
+}
+
+/// An order placed now, or the fleet's recorded order resumed, with the key its CSR uses.
+async fn place_or_resume(
+    account: &Account,
+    req: &OrderRequest<'_>,
+    fleet: Option<(&dyn Fleet, &str)>,
+) -> Result<(instant_acme::Order, KeyPair), AcmeError> {
+    if let Some((fleet, site)) = fleet
+        && let Some(record) = fleet.load_order(site).await?
+    {
+        let mut wanted = req.names.to_vec();
+        let mut recorded = record.names.clone();
+        wanted.sort();
+        recorded.sort();
+        let key = KeyPair::from_pem(&record.key_pem).ok();
+        match (wanted == recorded, key) {
+            (true, Some(key)) => match account.order(record.url.clone()).await {
+                Ok(mut order) => {
+                    let status = order.state().status;
+                    if status != OrderStatus::Invalid {
+                        info!(site, url = %record.url, ?status, "resuming the order another issuer placed");
+                        return Ok((order, key));
+                    }
+                    debug!(site, url = %record.url, "the recorded order is invalid; placing a new one");
+                }
+                Err(e) => {
+                    debug!(site, url = %record.url, error = %e, "the recorded order cannot be resumed; placing a new one")
+                }
+            },
+            _ => debug!(
+                site,
+                "the recorded order is for other names; placing a new one"
+            ),
+        }
+    }
+    let key = KeyPair::generate().map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
     let identifiers: Vec<Identifier> = req.names.iter().cloned().map(Identifier::Dns).collect();
     let mut new_order = NewOrder::new(&identifiers);
     if let Some(id) = &req.replaces {
         new_order = new_order.replaces(id.clone());
     }
-    let mut order = account
+    let order = account
         .new_order(&new_order)
         .await
         .map_err(acme_err(Step::NewOrder))?;
     debug!(url = order.url(), names = ?req.names, "order created");
+    if let Some((fleet, site)) = fleet {
+        // Before anything else: a new issuer taking over from here resumes this order.
+        fleet
+            .save_order(
+                site,
+                &OrderRecord {
+                    names: req.names.to_vec(),
+                    url: order.url().to_owned(),
+                    key_pem: key.serialize_pem(),
+                },
+            )
+            .await?;
+    }
+    Ok((order, key))
+}
+
+async fn order_with(
+    account: &Account,
+    challenges: &Arc<Challenges>,
+    req: &OrderRequest<'_>,
+    fleet: Option<(&dyn Fleet, &str)>,
+    answers: &mut Vec<Answer>,
+) -> Result<Issued, AcmeError> {
+    let (mut order, key) = place_or_resume(account, req, fleet).await?;
 
     let mut published = Published {
         challenges: challenges.clone(),
@@ -77,6 +146,7 @@ pub(crate) async fn order(
         alpn_names: Vec::new(),
     };
     let mut used = req.prefer;
+    let mut to_ready = Vec::new();
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.map_err(acme_err(Step::Authorization))?;
@@ -93,7 +163,18 @@ pub(crate) async fn order(
         let name = authz.identifier().to_string();
         let offered: Vec<ChallengeType> =
             authz.challenges.iter().map(|c| c.r#type.clone()).collect();
-        let kind = choose(&offered, req.prefer, req.http_listener).ok_or_else(|| {
+        // A resumed order whose challenge the previous issuer already set ready keeps
+        // that challenge: the CA is validating it.
+        let processing = authz
+            .challenges
+            .iter()
+            .find(|c| c.status == ChallengeStatus::Processing)
+            .map(|c| c.r#type.clone());
+        let kind = match processing.clone() {
+            Some(kind) => Some(kind),
+            None => choose(&offered, req.prefer, req.http_listener),
+        }
+        .ok_or_else(|| {
             AcmeError::new(
                 Step::Authorization,
                 format!(
@@ -105,48 +186,84 @@ pub(crate) async fn order(
             ChallengeType::Http01 => Challenge::Http01,
             _ => Challenge::TlsAlpn01,
         };
-        let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
+        let challenge = authz.challenge(kind.clone()).ok_or_else(|| {
             AcmeError::new(Step::Authorization, format!("challenge {kind:?} vanished"))
         })?;
         let key_auth = challenge.key_authorization();
-        match kind {
+        let answer = match kind {
             ChallengeType::Http01 => {
                 challenges.set_http01(&challenge.token, key_auth.as_str());
                 published.http_tokens.push(challenge.token.clone());
+                Answer::Http01 {
+                    token: challenge.token.clone(),
+                    key_authorization: key_auth.as_str().to_owned(),
+                }
             }
             _ => {
                 let cert = tls_alpn01_certificate(&name, key_auth.digest().as_ref())
                     .map_err(|e| AcmeError::new(Step::Challenge, e.to_string()))?;
                 challenges.set_tls_alpn01(&name, cert);
                 published.alpn_names.push(name.clone());
+                Answer::TlsAlpn01 {
+                    name: name.clone(),
+                    digest: key_auth.digest().as_ref().to_vec(),
+                }
             }
+        };
+        answers.push(answer);
+        if processing.is_none() {
+            to_ready.push(challenge.url.clone());
         }
-        challenge
-            .set_ready()
+    }
+    if let Some((fleet, _)) = fleet
+        && !answers.is_empty()
+    {
+        // Every replica must answer before the CA is told to look: its validation may
+        // reach any of them.
+        fleet.publish_answers(answers).await?;
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(acme_err(Step::Authorization))?;
+        // One challenge per authorization is answered.
+        let kind = authz
+            .challenges
+            .iter()
+            .find(|c| to_ready.contains(&c.url))
+            .map(|c| c.r#type.clone());
+        if let Some(mut challenge) = kind.and_then(|k| authz.challenge(k)) {
+            challenge
+                .set_ready()
+                .await
+                .map_err(acme_err(Step::Challenge))?;
+        }
+    }
+
+    let mut status = order.state().status;
+    if matches!(status, OrderStatus::Pending) {
+        status = order
+            .poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(120)))
             .await
-            .map_err(acme_err(Step::Challenge))?;
+            .map_err(acme_err(Step::Validation))?;
     }
-
-    let status = order
-        .poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(120)))
-        .await
-        .map_err(acme_err(Step::Validation))?;
-    if status != OrderStatus::Ready {
-        return Err(validation_error(&mut order, status).await);
+    match status {
+        OrderStatus::Ready => {
+            drop(published);
+            let mut params = CertificateParams::new(req.names.to_vec())
+                .map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
+            params.distinguished_name = DistinguishedName::new();
+            let csr = params
+                .serialize_request(&key)
+                .map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
+            order
+                .finalize_csr(csr.der())
+                .await
+                .map_err(acme_err(Step::Finalize))?;
+        }
+        // A resumed order the previous issuer already finalised.
+        OrderStatus::Processing | OrderStatus::Valid => drop(published),
+        other => return Err(validation_error(&mut order, other).await),
     }
-    drop(published);
-
-    let key = KeyPair::generate().map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
-    let mut params = CertificateParams::new(req.names.to_vec())
-        .map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
-    params.distinguished_name = DistinguishedName::new();
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
-    order
-        .finalize_csr(csr.der())
-        .await
-        .map_err(acme_err(Step::Finalize))?;
     let chain_pem = order
         .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(120)))
         .await

@@ -6,6 +6,7 @@
 
 mod account;
 mod error;
+mod fleet;
 mod http;
 mod issue;
 mod manager;
@@ -13,5 +14,6 @@ mod schedule;
 mod storage;
 
 pub use error::{AcmeError, Step};
+pub use fleet::{Answer, Fleet, FleetFuture, History, OrderRecord, Shared};
 pub use manager::{AcmeManager, AcmeSite, AcmeStats, Issued};
-pub use storage::{SiteStatus, Storage, StorageError, StoredCert, from_unix, unix};
+pub use storage::{SiteStatus, Storage, StorageError, StoredCert, from_unix, parse_pem_pair, unix};

@@ -17,10 +17,13 @@ use tracing::{debug, info, warn};
 
 use crate::account;
 use crate::error::{AcmeError, Step};
+use crate::fleet::{Fleet, History, Shared};
 use crate::http::{AcmeHttp, with_retry_after};
 use crate::issue::{self, OrderRequest};
 use crate::schedule::{backoff, random_unit, renewal_time, time_in_window};
-use crate::storage::{SiteStatus, Storage, StoredCert, from_unix, unix};
+use crate::storage::{
+    SiteStatus, Storage, StorageError, StoredCert, from_unix, parse_pem_pair, unix,
+};
 
 /// Longest an order may take before it is abandoned and retried.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(600);
@@ -92,9 +95,21 @@ struct Slot {
 /// What one run of a site's task came to.
 enum Outcome {
     Issued(StoredCert, Challenge),
+    /// A certificate another replica stored, with the next check.
+    Adopted(StoredCert, SystemTime),
     Scheduled(SystemTime),
     Failed(AcmeError),
 }
+
+/// A task's outcome, with the site's history as the fleet had it (cluster mode).
+struct Done {
+    outcome: Outcome,
+    history: Option<History>,
+}
+
+/// Orders placed for one site within an hour, across the fleet, before the next waits:
+/// a crash loop or a flapping issuer cannot burn the CA's limits.
+const MAX_ORDERS_PER_HOUR: usize = 5;
 
 /// Obtains and renews certificates, publishing them into the certificate store.
 pub struct AcmeManager {
@@ -111,6 +126,8 @@ pub struct AcmeManager {
     wake: tokio::sync::Notify,
     /// Every certificate issued, for whoever copies them elsewhere.
     issued: tokio::sync::broadcast::Sender<Issued>,
+    /// The other replicas, when certificates are shared (`cluster:`).
+    fleet: Option<Arc<dyn Fleet>>,
 }
 
 impl AcmeManager {
@@ -136,7 +153,60 @@ impl AcmeManager {
             stats,
             wake: tokio::sync::Notify::new(),
             issued: tokio::sync::broadcast::channel(ISSUED_BACKLOG).0,
+            fleet: None,
         }
+    }
+
+    /// Shares certificates with the other replicas of `fleet`: only the issuer orders,
+    /// orders are recorded and resumed, and certificates are stored for every replica.
+    #[must_use]
+    pub fn with_fleet(mut self, fleet: Arc<dyn Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Serves a certificate another replica stored for `site` (from the cluster store's
+    /// watch): taken when it covers the site's names and is newer than the one served.
+    /// Gives whether it was taken; `Ok(false)` for a site this replica does not have or a
+    /// certificate no newer. An unusable pair, or one for other names, is an `Err` and
+    /// changes nothing.
+    pub fn adopt(&self, site: &str, chain_pem: &str, key_pem: &str) -> Result<bool, StorageError> {
+        let offered = parse_pem_pair(chain_pem, key_pem, site)?;
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(site) else {
+            return Ok(false);
+        };
+        let missing: Vec<&String> = slot
+            .site
+            .names
+            .iter()
+            .filter(|n| !offered.info.names.iter().any(|have| have == *n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(StorageError::Invalid {
+                path: std::path::PathBuf::from(site),
+                reason: format!(
+                    "the certificate covers {:?}, not {:?} which the site needs",
+                    offered.info.names, missing
+                ),
+            });
+        }
+        if !newer(&offered, slot.current.as_ref()) {
+            return Ok(false);
+        }
+        self.certs.set_certificate(site, offered.key.clone());
+        if let Err(e) = self.storage.save_cert(site, chain_pem, key_pem) {
+            warn!(site, error = %e, "cannot keep the shared certificate in the local cache");
+        }
+        info!(site, serial = %offered.info.serial, not_after = %format_time(offered.info.not_after), "serving the certificate from the cluster store");
+        if !slot.running {
+            slot.due = renewal_time(&offered.info, self.cfg.renew_before, random_unit())
+                .min(SystemTime::now() + ARI_RECHECK_MAX);
+        }
+        slot.current = Some(offered);
+        drop(slots);
+        self.wake.notify_one();
+        Ok(true)
     }
 
     /// Every certificate issued from now on, once it is stored (and about to be served).
@@ -252,12 +322,25 @@ impl AcmeManager {
     /// Runs until `stop` turns true: starts every due site's task (at most
     /// `acme.concurrency` at once, one per site) and reschedules by the outcome.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tasks: JoinSet<Outcome> = JoinSet::new();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut issuer = self.fleet.as_ref().map(|f| f.issuer());
         loop {
             let now = SystemTime::now();
             let mut next = now + Duration::from_secs(3600);
-            {
+            let may_order = issuer.as_ref().is_none_or(|i| *i.borrow());
+            if !may_order && !tasks.is_empty() {
+                // Another replica issues now: it resumes what this one left.
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                let mut slots = self.slots();
+                for name in running.drain().map(|(_, n)| n) {
+                    if let Some(slot) = slots.get_mut(&name) {
+                        slot.running = false;
+                    }
+                }
+            }
+            if may_order {
                 let mut slots = self.slots();
                 let mut due: Vec<&mut Slot> = slots.values_mut().filter(|s| !s.running).collect();
                 due.sort_by_key(|s| s.due);
@@ -283,19 +366,23 @@ impl AcmeManager {
                     return;
                 }
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                    let (id, outcome) = match joined {
-                        Ok((id, outcome)) => (id, outcome),
+                    let (id, done) = match joined {
+                        Ok((id, done)) => (id, done),
                         Err(e) => (
                             e.id(),
-                            Outcome::Failed(AcmeError::new(Step::NewOrder, format!("the order task failed: {e}"))),
+                            Done {
+                                outcome: Outcome::Failed(AcmeError::new(Step::NewOrder, format!("the order task failed: {e}"))),
+                                history: None,
+                            },
                         ),
                     };
                     if let Some(name) = running.remove(&id) {
-                        self.settle(&name, outcome);
+                        self.settle(&name, done);
                     }
                 }
                 () = tokio::time::sleep(wait) => {}
                 () = self.wake.notified() => {}
+                Ok(()) = async { issuer.as_mut().expect("guarded").changed().await }, if issuer.is_some() => {}
             }
         }
     }
@@ -307,11 +394,23 @@ impl AcmeManager {
         site: AcmeSite,
         current: Option<StoredCert>,
         prefer_http: bool,
-    ) -> Outcome {
-        let flow = self.check_and_order(&site, current, prefer_http);
+    ) -> Done {
+        let mut history = None;
+        if let Some(fleet) = &self.fleet {
+            match fleet.load_history(&site.name).await {
+                Ok(h) => history = Some(h.unwrap_or_default()),
+                Err(e) => {
+                    return Done {
+                        outcome: Outcome::Failed(e),
+                        history: None,
+                    };
+                }
+            }
+        }
+        let flow = self.check_and_order(&site, current, prefer_http, history.as_mut());
         let (result, retry_after) =
             with_retry_after(tokio::time::timeout(FLOW_TIMEOUT, flow)).await;
-        match result {
+        let outcome = match result {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(mut e)) => {
                 e.retry_after = e.retry_after.or(retry_after);
@@ -321,7 +420,8 @@ impl AcmeManager {
                 Step::Validation,
                 format!("gave up after {FLOW_TIMEOUT:?}"),
             )),
-        }
+        };
+        Done { outcome, history }
     }
 
     async fn check_and_order(
@@ -329,13 +429,52 @@ impl AcmeManager {
         site: &AcmeSite,
         current: Option<StoredCert>,
         prefer_http: bool,
+        history: Option<&mut History>,
     ) -> Result<Outcome, AcmeError> {
-        let now = SystemTime::now();
-        let current = current.filter(|c| {
+        let covers = |c: &StoredCert| {
             site.names
                 .iter()
                 .all(|n| c.info.names.iter().any(|have| have == n))
-        });
+        };
+        let mut current = current.filter(covers);
+        let mut adopted = false;
+        if let Some(fleet) = &self.fleet
+            && let Some(Shared { chain_pem, key_pem }) = fleet.latest(&site.name).await?
+        {
+            // Another replica may just have finished: never order what the fleet has.
+            match parse_pem_pair(&chain_pem, &key_pem, &site.name) {
+                Ok(c) if covers(&c) && newer(&c, current.as_ref()) => {
+                    if let Err(e) = self.storage.save_cert(&site.name, &chain_pem, &key_pem) {
+                        warn!(site = %site.name, error = %e, "cannot keep the shared certificate in the local cache");
+                    }
+                    current = Some(c);
+                    adopted = true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(site = %site.name, error = %e, "ignoring the unusable certificate in the cluster store");
+                }
+            }
+        }
+        let outcome = self
+            .due_or_order(site, current.clone(), prefer_http, history)
+            .await?;
+        Ok(match (outcome, current) {
+            (Outcome::Scheduled(at), Some(c)) if adopted => Outcome::Adopted(c, at),
+            (outcome, _) => outcome,
+        })
+    }
+
+    /// With the current certificate known: the next check when renewal is not due, else
+    /// an order.
+    async fn due_or_order(
+        &self,
+        site: &AcmeSite,
+        current: Option<StoredCert>,
+        prefer_http: bool,
+        history: Option<&mut History>,
+    ) -> Result<Outcome, AcmeError> {
+        let now = SystemTime::now();
         let default_due = current
             .as_ref()
             .map(|c| renewal_time(&c.info, self.cfg.renew_before, random_unit()));
@@ -388,6 +527,37 @@ impl AcmeManager {
             }
         }
 
+        let fleet = self.fleet.as_deref().map(|f| (f, site.name.as_str()));
+        if let (Some((fleet, _)), Some(history)) = (fleet, history) {
+            // The fleet's backoff holds across failovers and restarts.
+            if let Some(at) = history.next_attempt.map(from_unix).filter(|at| *at > now) {
+                debug!(site = %site.name, next = %format_time(at), "backing off, as the fleet recorded");
+                return Ok(Outcome::Scheduled(at));
+            }
+            let resuming = fleet
+                .load_order(&site.name)
+                .await?
+                .is_some_and(|o| same_names(&o.names, &site.names));
+            if !resuming {
+                let day_ago = unix(now).saturating_sub(86_400);
+                history.orders.retain(|t| *t > day_ago);
+                let hour_ago = unix(now).saturating_sub(3600);
+                let last_hour: Vec<u64> = history
+                    .orders
+                    .iter()
+                    .copied()
+                    .filter(|t| *t > hour_ago)
+                    .collect();
+                if last_hour.len() >= MAX_ORDERS_PER_HOUR {
+                    let at = from_unix(last_hour[0] + 3600);
+                    warn!(site = %site.name, orders = last_hour.len(), next = %format_time(at), "orders for this site placed within the hour reached the limit; waiting");
+                    return Ok(Outcome::Scheduled(at));
+                }
+                // Recorded before the order is placed: a crash right after it still counts.
+                history.orders.push(unix(now));
+                fleet.save_history(&site.name, history).await?;
+            }
+        }
         let renewing = current.is_some();
         info!(site = %site.name, names = ?site.names, renewing, replaces = replaces.as_ref().map(ToString::to_string), "ordering a certificate");
         let prefer = if prefer_http && self.http_listener {
@@ -404,8 +574,21 @@ impl AcmeManager {
                 prefer,
                 http_listener: self.http_listener,
             },
+            fleet,
         )
         .await?;
+        if let Some((fleet, site_name)) = fleet {
+            fleet
+                .store_certificate(
+                    site,
+                    Shared {
+                        chain_pem: issued.chain_pem.clone(),
+                        key_pem: issued.key_pem.clone(),
+                    },
+                )
+                .await?;
+            fleet.clear_order(site_name).await;
+        }
         self.storage
             .save_cert(&site.name, &issued.chain_pem, &issued.key_pem)
             .map_err(|e| {
@@ -436,19 +619,39 @@ impl AcmeManager {
             return Ok(a.clone());
         }
         let http = self.http.as_ref().map_err(Clone::clone)?;
-        let account = account::load_or_create(&self.cfg, &self.storage, http).await?;
+        let account = match &self.fleet {
+            Some(fleet) => account::load_or_create_shared(&self.cfg, fleet.as_ref(), http).await?,
+            None => account::load_or_create(&self.cfg, &self.storage, http).await?,
+        };
         *cached = Some(account.clone());
         Ok(account)
     }
 
-    fn settle(&self, name: &str, outcome: Outcome) {
+    fn settle(&self, name: &str, done: Done) {
+        let Done {
+            outcome,
+            mut history,
+        } = done;
         let mut slots = self.slots();
         let Some(slot) = slots.get_mut(name) else {
             return; // removed by a reload while its task ran
         };
         slot.running = false;
         let now = SystemTime::now();
+        if let Some(h) = &history {
+            slot.failures = slot.failures.max(h.failures);
+        }
+        let history_changed = !matches!(outcome, Outcome::Scheduled(_) | Outcome::Adopted(..));
         match outcome {
+            Outcome::Adopted(cert, at) => {
+                self.certs
+                    .set_certificate(&slot.site.name, cert.key.clone());
+                info!(site = %slot.site.name, serial = %cert.info.serial, "serving the certificate another replica stored");
+                slot.current = Some(cert);
+                slot.due = at;
+                slot.failures = 0;
+                slot.last_error = None;
+            }
             Outcome::Issued(cert, challenge) => {
                 self.certs
                     .set_certificate(&slot.site.name, cert.key.clone());
@@ -494,6 +697,18 @@ impl AcmeManager {
             last_success: slot.last_success.map(unix),
         };
         self.storage.save_status(&slot.site.name, &status);
+        if let (Some(fleet), Some(h), true) = (&self.fleet, history.as_mut(), history_changed) {
+            h.failures = slot.failures;
+            h.next_attempt = (slot.failures > 0).then(|| unix(slot.due));
+            h.last_error = slot.last_error.clone();
+            h.last_success = slot.last_success.map(unix);
+            let (fleet, site, h) = (fleet.clone(), slot.site.name.clone(), h.clone());
+            tokio::spawn(async move {
+                if let Err(e) = fleet.save_history(&site, &h).await {
+                    debug!(site, error = %e, "cannot record the site's history in the cluster store");
+                }
+            });
+        }
     }
 
     fn failed(&self, slot: &mut Slot, e: AcmeError, now: SystemTime) {
@@ -541,4 +756,21 @@ impl AcmeManager {
             "ACME failed; backing off"
         );
     }
+}
+
+/// Whether `offered` should replace `current`: it expires later, or was issued later.
+fn newer(offered: &StoredCert, current: Option<&StoredCert>) -> bool {
+    current.is_none_or(|c| {
+        offered.info.not_after > c.info.not_after
+            || (offered.info.not_after == c.info.not_after
+                && offered.info.not_before > c.info.not_before)
+    })
+}
+
+/// The same names, in any order.
+fn same_names(a: &[String], b: &[String]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
 }

@@ -264,6 +264,22 @@ impl Storage {
     }
 }
 
+/// A chain (leaf first) and its key given as PEM text (a certificate from the cluster
+/// store), as a servable pair; errors are named after `what`.
+pub fn parse_pem_pair(
+    chain_pem: &str,
+    key_pem: &str,
+    what: &str,
+) -> Result<StoredCert, StorageError> {
+    let path = Path::new(what);
+    parse_pair(
+        chain_pem.as_bytes(),
+        || Ok(key_pem.as_bytes().to_vec()),
+        path,
+        path,
+    )
+}
+
 /// A chain (leaf first) and its key, both PEM, as a servable pair; errors name the file
 /// each came from.
 fn parse_pair(
