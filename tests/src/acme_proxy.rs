@@ -18,6 +18,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,8 @@ struct State {
     fail: Mutex<Option<(Failure, Option<Vec<String>>)>>,
     pause_after: Mutex<Option<Kind>>,
     paused: watch::Sender<bool>,
+    /// Requests waiting for a pause to end.
+    held: AtomicUsize,
 }
 
 /// The proxy; it stops when dropped.
@@ -168,6 +171,7 @@ impl AcmeProxy {
             fail: Mutex::new(None),
             pause_after: Mutex::new(None),
             paused: watch::channel(false).0,
+            held: AtomicUsize::new(0),
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -303,6 +307,11 @@ impl AcmeProxy {
             .unwrap();
     }
 
+    /// Requests held by a pause now.
+    pub fn held(&self) -> usize {
+        self.state.held.load(Ordering::SeqCst)
+    }
+
     /// Lets held requests through, and every later one.
     pub fn resume(&self) {
         *self.state.pause_after.lock().unwrap() = None;
@@ -318,7 +327,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let mut paused = state.paused.subscribe();
-    let _ = paused.wait_for(|p| !*p).await;
+    if *paused.borrow_and_update() {
+        state.held.fetch_add(1, Ordering::SeqCst);
+        let _ = paused.wait_for(|p| !*p).await;
+        state.held.fetch_sub(1, Ordering::SeqCst);
+    }
 
     let (parts, body) = req.into_parts();
     let body = body

@@ -263,6 +263,7 @@ async fn an_order_through_the_proxy_is_counted_resumed_and_refused_on_demand() {
     let held = tokio::spawn(async move { account.order(url).await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!held.is_finished(), "a request went through the pause");
+    assert_eq!(proxy.held(), 1);
     proxy.resume();
     crate::wait::within("the held request", held)
         .await

@@ -110,6 +110,13 @@ async fn a_paused_issuer_resumed_past_its_lease_has_its_writes_refused() {
         let old = fleet.wait_leader(Duration::from_secs(5), None).await;
         let fenced = "portcullis_cluster_fenced_writes_total";
         let fenced_before = fleet.replicas[old].metric(fenced, &[]).await;
+        // Its next request to the CA is out (held): it is mid-order.
+        portcullis_tests::wait::until(
+            Duration::from_secs(10),
+            "the issuer's next request",
+            || async { (fleet.acme.held() >= 1).then_some(()) },
+        )
+        .await;
 
         // Paused mid-order: its next request is answered while it sleeps.
         fleet.replicas[old].stop();
@@ -207,10 +214,14 @@ async fn an_issuer_partitioned_from_etcd_is_replaced_within_two_leases_and_keeps
         for (name, leaf) in fleet.names().iter().zip(&served_before) {
             assert_eq!(fleet.served(old, name).await.as_ref(), Some(leaf), "{name}");
         }
-        let stale = fleet.replicas[old]
-            .metric("portcullis_cluster_store_stale_seconds", &[])
+        fleet
+            .wait_metric(
+                &[old],
+                "portcullis_cluster_store_stale_seconds",
+                Duration::from_secs(10),
+                |v| v >= 2.0,
+            )
             .await;
-        assert!(stale >= 1.0, "store_stale_seconds {stale} while cut off");
 
         // Healed, it catches up; nothing was ordered twice.
         fleet.replicas[old].heal();
