@@ -426,14 +426,19 @@ impl Fleet {
 }
 
 impl Drop for Fleet {
-    /// On a failure, what each replica logged (its last lines) and what the CA was asked.
+    /// On a failure, what each replica logged (its last 40 lines, or
+    /// `PORTCULLIS_CLUSTER_LOG_LINES`) and what the CA was asked.
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
+        let lines = std::env::var("PORTCULLIS_CLUSTER_LOG_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40);
         for r in &self.replicas {
             let logs = r.logs();
-            let tail = &logs[logs.len().saturating_sub(40)..];
+            let tail = &logs[logs.len().saturating_sub(lines)..];
             eprintln!("==== {} (last {} lines) ====", r.name, tail.len());
             for l in tail {
                 eprintln!("{l}");

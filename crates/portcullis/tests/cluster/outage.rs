@@ -1,6 +1,7 @@
 //! etcd itself failing: killed and restarted on its data directory (replicas serve
 //! throughout and come back), and its history compacted while one replica's watch is down
-//! (that replica re-lists and converges; nothing lost, nothing ordered twice).
+//! (that replica re-lists and converges; nothing lost, nothing ordered twice). A replica
+//! restarted while etcd is down serves from its local cache.
 
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ async fn etcd_restarted_and_compacted_behind_a_cut_off_watch_loses_and_duplicate
                 .await;
 
             // etcd down: every replica says so and serves what it has.
+            let leader = fleet.wait_leader(Duration::from_secs(10), None).await;
             fleet.etcd.kill(0);
             fleet
                 .wait_metric(
@@ -48,6 +50,16 @@ async fn etcd_restarted_and_compacted_behind_a_cut_off_watch_loses_and_duplicate
                 assert_eq!(serial.as_ref(), before.get("n01.test"), "r{}", i + 1);
             }
 
+            // A follower restarted meanwhile serves what its local cache holds (checked at the
+            // end, so that a failure here does not hide the rest).
+            let restarted = fleet.others(leader)[0];
+            fleet.replicas[restarted].kill();
+            fleet.replicas[restarted].start().await;
+            let from_cache = fleet
+                .served(restarted, "n01.test")
+                .await
+                .map(|l| portcullis_tls::CertInfo::parse(&l).unwrap().serial);
+
             // Back on the same data: reconnected, a leader again, s01 still there.
             fleet.etcd.restart(0).await;
             fleet
@@ -59,6 +71,7 @@ async fn etcd_restarted_and_compacted_behind_a_cut_off_watch_loses_and_duplicate
                 )
                 .await;
             let leader = fleet.wait_leader(Duration::from_secs(15), None).await;
+            fleet.balance();
             let after_restart = fleet
                 .wait_served_sites(&all, &s01, Duration::from_secs(10), |_, _| true)
                 .await;
@@ -89,6 +102,12 @@ async fn etcd_restarted_and_compacted_behind_a_cut_off_watch_loses_and_duplicate
                 assert_eq!(n, 1, "certificates ordered for {name}: {placed:?}");
             }
             assert_eq!(fleet.store.list("certs/").await.len(), 2);
+            assert_eq!(
+                from_cache.as_ref(),
+                before.get("n01.test"),
+                "{} restarted while etcd was down did not serve n01.test from its local cache",
+                fleet.replicas[restarted].name
+            );
         },
     )
     .await;

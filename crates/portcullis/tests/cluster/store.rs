@@ -19,6 +19,7 @@ pub struct Kv {
     pub key: String,
     pub value: String,
     pub create_revision: i64,
+    pub mod_revision: i64,
 }
 
 impl Kv {
@@ -94,6 +95,7 @@ impl Store {
                         .to_owned(),
                     value: text("value"),
                     create_revision: int(&kv["create_revision"]),
+                    mod_revision: int(&kv["mod_revision"]),
                 }
             })
             .collect()
