@@ -97,6 +97,7 @@ impl Cluster {
             lead,
             issuer,
             challenge_timeout: settings.challenge_timeout,
+            ordering: std::sync::Mutex::default(),
         });
         info!(
             node = store.node(),
