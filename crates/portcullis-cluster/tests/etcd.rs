@@ -831,3 +831,159 @@ async fn listing_pages_at_one_revision() {
     })
     .await;
 }
+
+/// One etcd member serving clients over TLS that requires a client certificate, started
+/// by hand (the harness's members speak plain HTTP); killed when dropped.
+struct TlsEtcd {
+    child: std::process::Child,
+    endpoint: String,
+    settings: portcullis_config::EtcdStore,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TlsEtcd {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = portcullis_tests::TestCa::new("etcd test CA");
+        let ca_path = ca.write_root(dir.path(), "ca");
+        let (server_cert, server_key) = ca
+            .leaf(&["127.0.0.1", "localhost"])
+            .write(dir.path(), "server");
+        let (client_cert, client_key) = ca.client_leaf("portcullis").write(dir.path(), "client");
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("https://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .args(["--initial-cluster-state", "new"])
+            .arg("--cert-file")
+            .arg(&server_cert)
+            .arg("--key-file")
+            .arg(&server_key)
+            .arg("--trusted-ca-file")
+            .arg(&ca_path)
+            .arg("--client-cert-auth")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let settings = portcullis_config::EtcdStore {
+            endpoints: vec![endpoint.clone()],
+            prefix: PREFIX.into(),
+            tls: Some(portcullis_config::EtcdTls {
+                ca: Some(ca_path),
+                cert: Some(client_cert),
+                key: Some(client_key),
+            }),
+            username: None,
+            password: None,
+        };
+        Self {
+            child,
+            endpoint,
+            settings,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_certificate_and_password() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let etcd = TlsEtcd::start();
+        let store = EtcdStore::open_with_lease(&etcd.settings, "a", LEASE).unwrap();
+        // Up once it answers (about a second).
+        retry(Duration::from_secs(20), "TLS etcd up", async || {
+            store.list("").await
+        })
+        .await
+        .unwrap();
+        let mut c = Campaign::start(&store);
+        let lead = c.until_leads(Duration::from_secs(10)).await;
+        store
+            .put_fenced(&lead, "certs/a", b"tls".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(store.get("certs/a").await.unwrap().unwrap().value, b"tls");
+        c.stop.send_replace(true);
+        c.until_follows(Duration::from_secs(5)).await;
+
+        // Without the client certificate the member refuses the handshake.
+        let mut no_cert = etcd.settings.clone();
+        no_cert.tls.as_mut().unwrap().cert = None;
+        no_cert.tls.as_mut().unwrap().key = None;
+        let anonymous = EtcdStore::open_with_lease(&no_cert, "b", LEASE).unwrap();
+        assert!(anonymous.get("certs/a").await.is_err());
+
+        // etcd's own authentication: a root user, then auth on.
+        let files = etcd.settings.tls.as_ref().unwrap();
+        let read = async |path: &Option<std::path::PathBuf>| {
+            tokio::fs::read(path.as_ref().unwrap()).await.unwrap()
+        };
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&files.ca).await))
+            .identity(etcd_client::Identity::from_pem(
+                read(&files.cert).await,
+                read(&files.key).await,
+            ));
+        let mut admin = etcd_client::Client::connect(
+            [&etcd.endpoint],
+            Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+        )
+        .await
+        .unwrap();
+        admin.user_add("root", "s3cret", None).await.unwrap();
+        admin.user_grant_role("root", "root").await.unwrap();
+        admin.auth_enable().await.unwrap();
+
+        let mut with_password = etcd.settings.clone();
+        with_password.username = Some("root".into());
+        with_password.password = Some("s3cret".into());
+        let authed = EtcdStore::open_with_lease(&with_password, "c", LEASE).unwrap();
+        assert_eq!(authed.get("certs/a").await.unwrap().unwrap().value, b"tls");
+        let mut c = Campaign::start(&authed);
+        let lead = c.until_leads(Duration::from_secs(10)).await;
+        authed
+            .put_fenced(&lead, "certs/a", b"authed".to_vec())
+            .await
+            .unwrap();
+        authed.heartbeat(b"c".to_vec()).await.unwrap();
+        assert_eq!(authed.nodes().await.unwrap().len(), 1);
+        c.stop.send_replace(true);
+
+        with_password.password = Some("wrong".into());
+        let wrong = EtcdStore::open_with_lease(&with_password, "d", LEASE).unwrap();
+        let refused = wrong.get("certs/a").await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(_))),
+            "wrong password: {refused:?}"
+        );
+    })
+    .await;
+}
