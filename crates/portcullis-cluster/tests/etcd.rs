@@ -857,6 +857,10 @@ fn free_port() -> u16 {
 }
 
 impl TlsEtcd {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a log file opened once, before the member runs"
+    )]
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = portcullis_tests::TestCa::new("etcd test CA");
@@ -887,7 +891,7 @@ impl TlsEtcd {
             .arg("--client-cert-auth")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
             .spawn()
             .unwrap();
         let settings = portcullis_config::EtcdStore {
@@ -916,14 +920,29 @@ async fn tls_client_certificate_and_password() {
         return;
     }
     bounded(async {
-        let etcd = TlsEtcd::start();
-        let store = EtcdStore::open_with_lease(&etcd.settings, "a", LEASE).unwrap();
-        // Up once it answers (about a second).
-        retry(Duration::from_secs(20), "TLS etcd up", async || {
-            store.list("").await
-        })
-        .await
-        .unwrap();
+        // Up once it answers (about a second). Its ports are picked free and then let go,
+        // so another process may take one first (seen once, under load): then start again.
+        let mut tries = 0;
+        let (etcd, store) = loop {
+            let etcd = TlsEtcd::start();
+            let store = EtcdStore::open_with_lease(&etcd.settings, "a", LEASE).unwrap();
+            let up = retry(Duration::from_secs(10), "TLS etcd up", async || {
+                store.list("").await
+            })
+            .await;
+            match up {
+                Ok(_) => break (etcd, store),
+                Err(e) => {
+                    let log = tokio::fs::read_to_string(etcd._dir.path().join("etcd.log")).await;
+                    eprintln!(
+                        "TLS etcd not up: {e}; its log:\n{}",
+                        log.unwrap_or_default()
+                    );
+                    tries += 1;
+                    assert!(tries < 3, "TLS etcd never came up");
+                }
+            }
+        };
         let mut c = Campaign::start(&store);
         let lead = c.until_leads(Duration::from_secs(10)).await;
         store
@@ -984,6 +1003,58 @@ async fn tls_client_certificate_and_password() {
             matches!(refused, Err(StoreError::Refused(_))),
             "wrong password: {refused:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_back_before_its_lease_ran_out_resumes() {
+    if !have_etcd() {
+        return;
+    }
+    // Long enough that the link comes back between the step-down (2/3 of the lease) and
+    // the lease's end, with room to spare on a busy machine.
+    const LONG: Duration = Duration::from_secs(6);
+    bounded(async {
+        let etcd = TestEtcd::start(1).await;
+        let proxy = TcpProxy::start(etcd.client_addr(0)).await;
+        let a = EtcdStore::open_with_lease(&settings(via(&proxy)), "a", LONG).unwrap();
+        let b = EtcdStore::open_with_lease(&settings(etcd.endpoints()), "b", LONG).unwrap();
+        let (stop_a, stop_rx) = watch::channel(false);
+        let mut ra = a.clone().campaign(LONG, stop_rx);
+        let lead = tokio::time::timeout(Duration::from_secs(10), ra.wait_for(Option::is_some))
+            .await
+            .expect("a leads")
+            .unwrap()
+            .clone()
+            .unwrap();
+        let (stop_b, stop_rx) = watch::channel(false);
+        let mut rb = b.clone().campaign(LONG, stop_rx);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let cut = Instant::now();
+        proxy.partition();
+        tokio::time::timeout(LONG, ra.wait_for(Option::is_none))
+            .await
+            .expect("a steps down while cut off")
+            .unwrap();
+        let down = cut.elapsed();
+        proxy.heal();
+        let again = tokio::time::timeout(LONG, ra.wait_for(Option::is_some))
+            .await
+            .expect("a leads again")
+            .unwrap()
+            .clone()
+            .unwrap();
+        eprintln!(
+            "resume: a stepped down {down:?} after the cut and led again {:?} after it",
+            cut.elapsed()
+        );
+        assert_eq!(again, lead, "the same leadership: the key was never lost");
+        assert!(rb.borrow_and_update().is_none(), "b never led");
+        a.put_fenced(&lead, "certs/x", b"a".to_vec()).await.unwrap();
+        stop_a.send_replace(true);
+        stop_b.send_replace(true);
     })
     .await;
 }

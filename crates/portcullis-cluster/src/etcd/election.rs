@@ -85,8 +85,12 @@ async fn run(
         let round = c.round(&inner).await;
         match round {
             Round::Again(pause) => {
+                // A renewal or a new lease may make the next round worth trying now.
+                let mut session = inner.session.subscribe();
+                session.mark_unchanged();
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
+                    _ = session.changed() => {}
                     stop = c.stop.changed() => {
                         // Its sender gone, it can never say stop: take that as one.
                         if stop.is_err() {

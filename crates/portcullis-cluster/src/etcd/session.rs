@@ -198,14 +198,22 @@ fn start_task(inner: &Arc<Inner>) {
     }
 }
 
+/// After a renewal that failed, the next try comes this soon (or a period, if shorter): a
+/// link back before the lease ran out renews it in time to keep the leadership.
+const RETRY: Duration = Duration::from_millis(300);
+
 /// Renews the lease every third of its TTL until the store is dropped.
 async fn keep_alive(inner: Weak<Inner>, mut closed: watch::Receiver<()>) {
     let mut stream: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)> = None;
     loop {
         let Some(store) = inner.upgrade() else { return };
         let period = store.session.ttl() / 3;
-        let next = Instant::now() + period;
-        tick(&store, &mut stream, period).await;
+        let started = Instant::now();
+        let next = if tick(&store, &mut stream, period).await {
+            started + period
+        } else {
+            Instant::now() + RETRY.min(period)
+        };
         drop(store);
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
@@ -214,12 +222,13 @@ async fn keep_alive(inner: Weak<Inner>, mut closed: watch::Receiver<()>) {
     }
 }
 
-/// One renewal (or, with no lease and a heartbeat to keep, one grant).
+/// One renewal (or, with no lease and a heartbeat to keep, one grant): whether etcd
+/// answered as hoped.
 async fn tick(
     inner: &Arc<Inner>,
     stream: &mut Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>,
     limit: Duration,
-) {
+) -> bool {
     let session = &inner.session;
     let state = session.state();
     let Some(lease) = state.lease else {
@@ -231,9 +240,10 @@ async fn tick(
                 && let Err(e) = grant(inner).await
             {
                 tracing::debug!(failure = %e, "etcd session lease not granted yet");
+                return false;
             }
         }
-        return;
+        return true;
     };
     let sent = Instant::now();
     match renew(inner, stream, lease, limit).await {
@@ -246,6 +256,7 @@ async fn tick(
                     false
                 }
             });
+            true
         }
         Ok(false) => {
             tracing::warn!(
@@ -254,12 +265,11 @@ async fn tick(
             );
             *stream = None;
             session.forget(lease);
-            if !*lock(&session.released) {
-                let _one = session.granting.lock().await;
-                if session.state().lease.is_none() {
-                    let _ = grant(inner).await;
-                }
+            if *lock(&session.released) {
+                return true;
             }
+            let _one = session.granting.lock().await;
+            session.state().lease.is_some() || grant(inner).await.is_ok()
         }
         Err(e) => {
             *stream = None;
@@ -270,6 +280,7 @@ async fn tick(
             } else {
                 tracing::debug!(lease, failure = %e, "etcd session lease not renewed");
             }
+            false
         }
     }
 }
