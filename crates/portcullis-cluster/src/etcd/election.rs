@@ -294,7 +294,13 @@ impl Campaign {
                 }
                 _ = self.closed.changed() => return Round::Closed,
                 _ = &mut poll => return Round::Again(Duration::ZERO),
-                _ = key_changed(&mut watch, 0) => return Round::Again(Duration::ZERO),
+                // A broken watch leaves the poll to decide, so a watch etcd keeps
+                // canceling is not a busy loop.
+                changed = key_changed(&mut watch, 0) => {
+                    if changed {
+                        return Round::Again(Duration::ZERO);
+                    }
+                }
             }
         }
     }
