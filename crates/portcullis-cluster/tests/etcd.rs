@@ -1058,3 +1058,135 @@ async fn leader_back_before_its_lease_ran_out_resumes() {
     })
     .await;
 }
+
+/// A proxy whose open connections can go silent without closing, as across a partition
+/// that drops packets (the harness's `TcpProxy` cuts them instead): while stalled, bytes
+/// are read and held back, in both directions; after `flow`, they go on.
+struct StallProxy {
+    addr: std::net::SocketAddr,
+    stalled: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StallProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stalled, _) = watch::channel(false);
+        let tx = stalled.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                conns.spawn(pump(cr, uw, tx.subscribe()));
+                conns.spawn(pump(ur, cw, tx.subscribe()));
+            }
+        });
+        Self {
+            addr,
+            stalled,
+            task,
+        }
+    }
+
+    fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    fn flow(&self) {
+        self.stalled.send_replace(false);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_partition_is_noticed() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let etcd = TestEtcd::start(1).await;
+        let proxy = StallProxy::start(etcd.client_addr(0)).await;
+        let endpoints = vec![format!("http://{}", proxy.addr)];
+        let a = open(endpoints, "a");
+        let b = open(etcd.endpoints(), "b");
+        let mut ca = Campaign::start(&a);
+        let lead_a = ca.until_leads(Duration::from_secs(10)).await;
+        let mut cb = Campaign::start(&b);
+        let listing = a.list("").await.unwrap();
+        let mut stream = a.watch("certs/", listing.revision + 1).await.unwrap();
+
+        let cut = Instant::now();
+        proxy.stall();
+        // The connection stays open and says nothing: the watch notices by itself.
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the silent watch ended within 10 s");
+        let noticed = cut.elapsed();
+        eprintln!("silent partition: watch ended after {noticed:?} with {end:?}");
+        assert!(
+            matches!(end, Some(Err(StoreError::Unavailable(_)))),
+            "{end:?}"
+        );
+        assert!(
+            noticed < Duration::from_secs(8),
+            "noticed after {noticed:?}"
+        );
+        let asked = Instant::now();
+        let got = a.get("certs/x").await;
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+        assert!(asked.elapsed() < Duration::from_secs(10));
+
+        // Meanwhile a stepped down, before b was elected.
+        cb.until_leads(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (a_none, b_some) = (ca.last_turn(false).unwrap(), cb.last_turn(true).unwrap());
+        eprintln!(
+            "silent partition: a stepped down after {:?}, b led after {:?}",
+            a_none.duration_since(cut),
+            b_some.duration_since(cut)
+        );
+        assert!(cut < a_none && a_none < b_some, "a stepped down first");
+
+        proxy.flow();
+        let put = retry(Duration::from_secs(20), "a's stale put", async || {
+            a.put_fenced(&lead_a, "certs/x", b"a".to_vec()).await
+        })
+        .await;
+        assert!(matches!(put, Err(StoreError::Fenced)), "stale put: {put:?}");
+        assert_one_leader(&[&ca, &cb]);
+        ca.stop.send_replace(true);
+        cb.stop.send_replace(true);
+    })
+    .await;
+}
