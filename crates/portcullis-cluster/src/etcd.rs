@@ -44,6 +44,9 @@ const LIST_PAGE: i64 = 500;
 /// - The leader publishes `None` two thirds of its lease after the last keep-alive etcd
 ///   acknowledged (counted from when it was sent), before etcd can expire the lease and
 ///   let another replica in; and at once when the leader key is deleted or replaced.
+/// - The election runs on the session lease, so its timing is the TTL given at
+///   [`EtcdStore::open_with_lease`] whatever lease [`Store::campaign`] is given; one
+///   campaign at a time per store.
 /// - Dropping the store ends its tasks and watches without releasing anything, as a crash
 ///   would: the leader key and the heartbeat go when the lease runs out.
 pub struct EtcdStore {

@@ -30,8 +30,18 @@ pub(super) fn spawn(
     stop: watch::Receiver<bool>,
 ) -> watch::Receiver<Option<Leadership>> {
     let (tx, rx) = watch::channel(None);
-    // Never longer than the session's TTL: freshness is measured against what etcd enforces.
-    let lease = lease.min(inner.session.ttl());
+    // Freshness is measured against what etcd enforces, the session's TTL (set when the
+    // store was opened), and renewals come every third of it: a shorter window would
+    // make the leadership flap, a longer one would be unsafe.
+    let ttl = inner.session.ttl();
+    if lease.as_millis().div_ceil(1000) != u128::from(ttl.as_secs()) {
+        tracing::warn!(
+            campaign = ?lease,
+            session = ?ttl,
+            "etcd campaign lease differs from the session's; the session's is used (open the store with the cluster's lease)"
+        );
+    }
+    let lease = ttl;
     tokio::spawn(run(
         Arc::downgrade(inner),
         inner.closed.clone(),
