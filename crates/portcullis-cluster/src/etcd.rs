@@ -44,9 +44,9 @@ const LIST_PAGE: i64 = 500;
 /// - The leader publishes `None` two thirds of its lease after the last keep-alive etcd
 ///   acknowledged (counted from when it was sent), before etcd can expire the lease and
 ///   let another replica in; and at once when the leader key is deleted or replaced.
-/// - The election runs on the session lease, so its timing is the TTL given at
-///   [`EtcdStore::open_with_lease`] whatever lease [`Store::campaign`] is given; one
-///   campaign at a time per store.
+/// - The election runs on the session lease: [`Store::campaign`]'s lease becomes the
+///   session's TTL (rounded up to whole seconds, at least 2), replacing a lease granted
+///   with another TTL. One campaign at a time per store.
 /// - Dropping the store ends its tasks and watches without releasing anything, as a crash
 ///   would: the leader key and the heartbeat go when the lease runs out.
 pub struct EtcdStore {
@@ -77,7 +77,7 @@ impl EtcdStore {
 
     /// The store for `settings`, as replica `node`, whose session lease (what the
     /// heartbeat and the leader key hang on) lasts `lease` rounded up to whole seconds,
-    /// at least 2: give it `cluster.lease`. Connects to nothing yet, so a replica starts
+    /// at least 2: give it `cluster.lease` (a campaign sets it too). Connects to nothing yet, so a replica starts
     /// while etcd is down; fails only on settings that cannot work (no endpoint, `http://`
     /// and `https://` mixed).
     pub fn open_with_lease(

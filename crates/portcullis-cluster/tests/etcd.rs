@@ -1190,3 +1190,49 @@ async fn silent_partition_is_noticed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_campaigns_lease_is_the_sessions() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let etcd = TestEtcd::start(1).await;
+        // Opened with the default lease (10 s), the heartbeat put on it first…
+        let s = settings(etcd.endpoints());
+        let a = EtcdStore::open(&s, "a").unwrap();
+        let b = EtcdStore::open(&s, "b").unwrap();
+        a.heartbeat(b"a".to_vec()).await.unwrap();
+        b.heartbeat(b"b".to_vec()).await.unwrap();
+        // …then campaigning on a 2 s one: the session follows the campaign.
+        let mut ca = Campaign::start(&a);
+        ca.until_leads(Duration::from_secs(10)).await;
+        let mut cb = Campaign::start(&b);
+        tokio::time::sleep(LEASE).await;
+        assert_eq!(
+            b.nodes().await.unwrap().len(),
+            2,
+            "heartbeats kept across the change"
+        );
+        let killed = Instant::now();
+        drop(a);
+        cb.until_leads(LEASE * 2 + Duration::from_secs(2)).await;
+        let takeover = killed.elapsed();
+        eprintln!("takeover on the campaign's lease, store opened with the default: {takeover:?}");
+        assert!(
+            takeover <= LEASE * 2 + Duration::from_secs(1),
+            "took {takeover:?}"
+        );
+        let nodes: Vec<String> = b
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(nodes, ["nodes/b"], "a's heartbeat went with its 2 s lease");
+        assert_one_leader(&[&ca, &cb]);
+        cb.stop.send_replace(true);
+    })
+    .await;
+}

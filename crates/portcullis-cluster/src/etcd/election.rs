@@ -30,18 +30,11 @@ pub(super) fn spawn(
     stop: watch::Receiver<bool>,
 ) -> watch::Receiver<Option<Leadership>> {
     let (tx, rx) = watch::channel(None);
-    // Freshness is measured against what etcd enforces, the session's TTL (set when the
-    // store was opened), and renewals come every third of it: a shorter window would
-    // make the leadership flap, a longer one would be unsafe.
-    let ttl = inner.session.ttl();
-    if lease.as_millis().div_ceil(1000) != u128::from(ttl.as_secs()) {
-        tracing::warn!(
-            campaign = ?lease,
-            session = ?ttl,
-            "etcd campaign lease differs from the session's; the session's is used (open the store with the cluster's lease)"
-        );
-    }
-    let lease = ttl;
+    // The session takes the campaign's lease (a store opened with another gets a new
+    // session lease at the first round), and freshness is measured against it: the TTL
+    // etcd enforces, renewed every third of it.
+    inner.session.set_ttl(lease);
+    let lease = inner.session.ttl();
     tokio::spawn(run(
         Arc::downgrade(inner),
         inner.closed.clone(),
