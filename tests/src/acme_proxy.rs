@@ -96,6 +96,9 @@ pub struct Exchange {
     pub order: Option<String>,
     /// The status answered.
     pub status: u16,
+    /// The order's `status` in the answer (`pending`, `ready`, `valid`, `invalid`…) when
+    /// the answer is an order.
+    pub order_status: Option<String>,
 }
 
 /// The ACME problem [`AcmeProxy::fail_new_orders`] answers with.
@@ -364,6 +367,7 @@ async fn handle(
         _ => forward(&state, &parts, &path, body).await,
     };
     let status = resp.status().as_u16();
+    let mut order_status = None;
     if let Ok(json) = serde_json::from_slice::<Value>(resp.body()) {
         let location = resp
             .headers()
@@ -372,6 +376,9 @@ async fn handle(
             .map(str::to_owned);
         let mut known = state.known.lock().unwrap();
         known.learn(kind, &path, location.as_deref(), &json);
+        if matches!(kind, Kind::NewOrder | Kind::Order | Kind::Finalize) {
+            order_status = json["status"].as_str().map(str::to_owned);
+        }
         if kind == Kind::Authorization
             && let Some(name) = json["identifier"]["value"].as_str()
         {
@@ -397,6 +404,7 @@ async fn handle(
         names,
         order,
         status,
+        order_status,
     });
     if status < 400 {
         let mut armed = state.pause_after.lock().unwrap();

@@ -47,18 +47,9 @@ impl Store {
             ),
         )
         .await;
-        let chunked = resp
-            .head()
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
-        let body = if chunked {
-            dechunk(resp.body())
-        } else {
-            resp.body().to_owned()
-        };
         (
             resp.status,
-            serde_json::from_str(&body).unwrap_or(Value::Null),
+            serde_json::from_str(resp.body()).unwrap_or(Value::Null),
         )
     }
 
@@ -162,22 +153,6 @@ impl Store {
     pub async fn cert_record(&self, site: &str) -> Option<Value> {
         Some(self.get(&format!("certs/{site}")).await?.json())
     }
-}
-
-/// A chunked body's content (the gateway chunks large answers).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// The first certificate of a PEM chain.
