@@ -106,6 +106,20 @@ async fn validations_round_robin(challenge: &str) {
                 lb.accepted()
             );
         }
+        // The issuer timed each publication of answers until every replica served them.
+        let mut propagated = 0.0;
+        for r in &fleet.replicas {
+            propagated += r
+                .metric(
+                    "portcullis_cluster_challenge_propagation_seconds_count",
+                    &[],
+                )
+                .await;
+        }
+        assert!(
+            propagated >= 4.0,
+            "challenge propagations timed: {propagated}"
+        );
         let log = fleet.pebble.log();
         let validated = log.matches("set VALID by completed challenge").count();
         assert_eq!(validated, 4, "pebble's log:\n{log}");

@@ -78,16 +78,29 @@ async fn etcd_restarted_and_compacted_behind_a_cut_off_watch_loses_and_duplicate
             assert_eq!(before, after_restart);
 
             // One follower's watch down; s02 issued and stored meanwhile; history compacted.
-            let cut = fleet.others(leader)[0];
+            // A follower whose watch ran through the etcd restart (it re-listed once etcd was
+            // back), not the one restarted during the outage.
+            let cut = (0..3).find(|i| *i != leader && *i != restarted).unwrap();
+            let relists = "portcullis_cluster_relists_total";
+            fleet
+                .wait_metric(&[cut], relists, Duration::from_secs(15), |v| v >= 1.0)
+                .await;
             fleet.replicas[cut].partition();
             fleet.balance_except(cut);
             fleet.acme.fail_new_orders(None);
             let others = fleet.others(cut);
+            // Stored, then served by the other replicas within 5 s (by watch).
+            portcullis_tests::wait::until(Duration::from_secs(40), "certs/s02 stored", || async {
+                fleet.store.get("certs/s02").await.map(drop)
+            })
+            .await;
+            let s02 = ["s02".to_owned()];
             fleet
-                .wait_served(&others, Duration::from_secs(40), |_, _| true)
+                .wait_served_sites(&others, &s02, Duration::from_secs(5), |_, _| true)
                 .await;
             let revision = fleet.store.revision().await;
             fleet.store.compact(revision).await;
+            let relisted_before = fleet.replicas[cut].metric(relists, &[]).await;
             fleet.replicas[cut].heal();
             fleet.balance();
 
@@ -96,6 +109,12 @@ async fn etcd_restarted_and_compacted_behind_a_cut_off_watch_loses_and_duplicate
                 .wait_served(&all, Duration::from_secs(20), |_, _| true)
                 .await;
             assert_eq!(served.get("n01.test"), before.get("n01.test"));
+            // (Counted just after the listing is applied: waited for, not read once.)
+            fleet
+                .wait_metric(&[cut], relists, Duration::from_secs(5), |v| {
+                    v > relisted_before
+                })
+                .await;
             let placed = fleet.acme.placed();
             for name in ["n01.test", "n02.test"] {
                 let n = placed.iter().filter(|e| e.names == [name]).count();
