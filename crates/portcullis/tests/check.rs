@@ -628,7 +628,9 @@ fn check_summarises_the_cluster_example_and_names_a_broken_cluster_key() {
         "{errors:?}"
     );
     assert!(
-        errors.iter().any(|e| e.starts_with("error: cluster.lease:")),
+        errors
+            .iter()
+            .any(|e| e.starts_with("error: cluster.lease:")),
         "{errors:?}"
     );
 }
