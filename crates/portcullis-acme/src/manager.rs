@@ -413,6 +413,32 @@ impl AcmeManager {
                 format!("gave up after {FLOW_TIMEOUT:?}"),
             )),
         };
+        if let (Some(fleet), Some(h), Outcome::Failed(e)) = (&self.fleet, &history, &outcome)
+            && !e.is_bad_nonce()
+        {
+            // The backoff is recorded before this task ends: an issuer killed right after
+            // a failure must not let the next one order at once.
+            let failures = h.failures + 1;
+            let now = SystemTime::now();
+            let mut wait = backoff(
+                self.cfg.backoff_initial,
+                self.cfg.backoff_max,
+                failures,
+                random_unit(),
+            );
+            if let Some(after) = e.retry_after {
+                wait = wait.max(after.duration_since(now).unwrap_or_default());
+            }
+            let provisional = History {
+                failures,
+                next_attempt: Some(unix(now + wait)),
+                last_error: Some(e.to_string()),
+                ..h.clone()
+            };
+            if let Err(e) = fleet.save_history(&site.name, &provisional).await {
+                debug!(site = %site.name, error = %e, "cannot record the failure in the cluster store");
+            }
+        }
         Done { outcome, history }
     }
 
