@@ -42,9 +42,13 @@ pub async fn slot(weight: u32) -> SemaphorePermit<'static> {
     SLOTS.acquire_many(weight).await.unwrap()
 }
 
-/// Runs `test` with a hard limit, failing with `what` when it is exceeded.
+/// Runs `test` with a hard limit, failing with `what` when it is exceeded; says how long
+/// it took (seen with `--nocapture`).
 pub async fn bounded<T>(limit: Duration, what: &str, test: impl Future<Output = T>) -> T {
-    wait::within_for(limit, what, test).await
+    let started = Instant::now();
+    let out = wait::within_for(limit, what, test).await;
+    eprintln!("{what}: {:.1} s", started.elapsed().as_secs_f64());
+    out
 }
 
 /// What to build.
