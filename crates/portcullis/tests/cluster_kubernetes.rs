@@ -11,7 +11,8 @@
 //! same invariants as the etcd suite (`tests/cluster.rs`): one order per name, the issuer's
 //! Lease handed over when it dies (its order resumed), the Lease taken by another holder
 //! (a conflict: the issuer steps down), a paused ex-issuer fenced, renewals
-//! by watch and by re-list after a 410, bad Secrets skipped, the API server unreachable.
+//! by watch and by re-list after a 410, bad Secrets skipped, a former issuer's late write
+//! (an older token) served by nobody, the API server unreachable.
 //! Each test is bounded (`fleet::LIMIT`, its fleet's start included); fleets run two at a
 //! time (`PORTCULLIS_CLUSTER_SLOTS` changes that).
 #![allow(clippy::unwrap_used)]
@@ -34,5 +35,7 @@ mod fleet;
 mod lease;
 #[path = "cluster_kubernetes/outage.rs"]
 mod outage;
+#[path = "cluster_kubernetes/stale.rs"]
+mod stale;
 #[path = "cluster_kubernetes/watch.rs"]
 mod watch;

@@ -127,6 +127,44 @@ pub fn overwrite(api: &FakeApiServer, key: &str, value: Vec<u8>, token: Option<i
     api.replace(&s)
 }
 
+/// The name of the Secret that holds `key`: `portcullis-store-` and the first 20 hex
+/// digits of its SHA-256 (the store reads a key by this name).
+pub fn secret_name(key: &str) -> String {
+    let sha256 = rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .expect("a TLS 1.3 suite")
+        .common
+        .hash_provider;
+    let digest = sha256.hash(key.as_bytes());
+    let hex: String = digest.as_ref()[..10]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("portcullis-store-{hex}")
+}
+
+/// Creates the Secret holding `key` as an issuer holding `token` would.
+pub fn create(api: &FakeApiServer, key: &str, value: Vec<u8>, token: i64) -> Secret {
+    api.create(&Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(key)),
+            namespace: Some(NS.to_owned()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                (STORE_LABEL.0.to_owned(), STORE_LABEL.1.to_owned()),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (KEY_ANNOTATION.to_owned(), key.to_owned()),
+                (TOKEN_ANNOTATION.to_owned(), token.to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([("value".to_owned(), ByteString(value))])),
+        ..Secret::default()
+    })
+}
+
 /// A `certs/<site>` record for `leaf` as an issuer holding `token` would store it, keys in
 /// the clear (the fleet has no `encryption_key_file`).
 pub fn cert_value(site: &str, names: &[String], leaf: &Leaf, token: i64) -> Vec<u8> {

@@ -358,11 +358,24 @@ impl Fleet {
         limit: Duration,
         accept: impl Fn(&str, &serde_json::Value) -> bool,
     ) -> BTreeMap<String, String> {
+        self.wait_served_sites(on, &self.sites(), limit, accept)
+            .await
+    }
+
+    /// As [`wait_served`](Self::wait_served), for `sites` only.
+    pub async fn wait_served_sites(
+        &self,
+        on: &[usize],
+        sites: &[String],
+        limit: Duration,
+        accept: impl Fn(&str, &serde_json::Value) -> bool,
+    ) -> BTreeMap<String, String> {
         let deadline = Instant::now() + limit;
         loop {
             let mut missing = Vec::new();
             let mut serials = BTreeMap::new();
-            for (site, name) in self.sites().iter().zip(self.names()) {
+            for site in sites {
+                let name = host(site[1..].parse().unwrap());
                 let stored = api::cert_record(&self.api, site)
                     .filter(|r| accept(site, r))
                     .and_then(|r| api::leaf_of(r["chain_pem"].as_str()?));
