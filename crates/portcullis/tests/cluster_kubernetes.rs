@@ -35,6 +35,8 @@ mod fleet;
 mod lease;
 #[path = "cluster_kubernetes/outage.rs"]
 mod outage;
+#[path = "cluster_kubernetes/replica.rs"]
+mod replica;
 #[path = "cluster_kubernetes/stale.rs"]
 mod stale;
 #[path = "cluster_kubernetes/watch.rs"]

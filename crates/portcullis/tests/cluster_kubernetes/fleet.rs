@@ -5,24 +5,18 @@
 //! `cluster: {store: kubernetes}`, each with its own storage.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use portcullis_tests::acme_proxy::AcmeProxy;
-use portcullis_tests::scrape::{metric, scrape};
 use portcullis_tests::tcp_proxy::TcpProxy;
-use portcullis_tests::{
-    FakeApiServer, GatewayProcess, Pebble, PebbleOptions, TestClient, plain, wait,
-};
+use portcullis_tests::{FakeApiServer, Pebble, PebbleOptions, TestClient, wait};
 use portcullis_tls::CertInfo;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::api::{self, NS};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use super::replica::Replica;
 
 /// The lease every replica is configured with: short, so failovers fit in a test.
 pub const LEASE: Duration = Duration::from_secs(3);
@@ -85,101 +79,6 @@ impl Default for Options {
     }
 }
 
-/// One replica: its places, its process when running.
-pub struct Replica {
-    pub name: String,
-    pub https: SocketAddr,
-    pub http: SocketAddr,
-    pub admin: SocketAddr,
-    config: PathBuf,
-    process: Option<GatewayProcess>,
-    stopped: bool,
-    /// Logs of its earlier lives (before a kill), for the failure report.
-    past_logs: Vec<String>,
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-impl Replica {
-    /// Starts the process (again, on the same config, ports and storage).
-    pub async fn start(&mut self) {
-        assert!(self.process.is_none(), "{} is already running", self.name);
-        let config = self.config.clone();
-        let process = tokio::task::spawn_blocking(move || {
-            GatewayProcess::spawn(
-                Path::new(BIN),
-                &["run", "--config", config.to_str().unwrap()],
-            )
-        })
-        .await
-        .unwrap();
-        assert_eq!(process.https, self.https);
-        self.process = Some(process);
-        self.stopped = false;
-    }
-
-    /// SIGKILL, and reap it.
-    pub fn kill(&mut self) {
-        if let Some(p) = self.process.take() {
-            if self.stopped {
-                p.signal("CONT");
-            }
-            p.signal("KILL");
-            self.past_logs.extend(p.logs());
-            self.past_logs
-                .push(format!("---- {} killed ----", self.name));
-        }
-        self.stopped = false;
-    }
-
-    /// SIGSTOP: the process is paused, its sockets stay open.
-    pub fn stop(&mut self) {
-        self.process().signal("STOP");
-        self.stopped = true;
-    }
-
-    /// SIGCONT.
-    pub fn cont(&mut self) {
-        self.process().signal("CONT");
-        self.stopped = false;
-    }
-
-    /// Running and not paused.
-    pub fn is_up(&self) -> bool {
-        self.process.is_some() && !self.stopped
-    }
-
-    fn process(&self) -> &GatewayProcess {
-        self.process
-            .as_ref()
-            .unwrap_or_else(|| panic!("{} is not running", self.name))
-    }
-
-    /// The sum of `name`'s samples carrying `labels` on its `/metrics`.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(&scrape(self.admin).await, name, labels)
-    }
-
-    /// `GET path` on its admin listener.
-    pub async fn admin_get(&self, path: &str) -> plain::PlainResponse {
-        plain::get(self.admin, "localhost", path).await
-    }
-
-    /// Its log, every life of it.
-    pub fn logs(&self) -> Vec<String> {
-        let mut all = self.past_logs.clone();
-        if let Some(p) = &self.process {
-            all.extend(p.logs());
-        }
-        all
-    }
-}
-
 /// The whole set-up; everything stops when it is dropped.
 pub struct Fleet {
     pub api: FakeApiServer,
@@ -224,9 +123,9 @@ impl Fleet {
         let mut replicas = Vec::new();
         for r in 1..=opts.replicas {
             let name = format!("r{r}");
-            let (https, http, admin) = (free_port(), free_port(), free_port());
             let home = dir.path().join(&name);
             std::fs::create_dir_all(&home).unwrap();
+            let replica = Replica::new(name, home.join("portcullis.yaml"));
             let config = format!(
                 "listen: {{https: '{https}', http: '{http}'}}\n\
                  admin: {{listen: '{admin}'}}\n\
@@ -237,23 +136,17 @@ impl Fleet {
                  node_name: {name}\n  lease: {lease}s\n\
                  acme: {acme_yaml}\n\
                  sites:\n{sites}",
+                https = replica.https,
+                http = replica.http,
+                admin = replica.admin,
+                name = replica.name,
                 storage = home.join("storage").display(),
                 ca = home.join("ca").display(),
                 kubeconfig = kubeconfig.display(),
                 lease = LEASE.as_secs(),
             );
-            let path = home.join("portcullis.yaml");
-            std::fs::write(&path, config).unwrap();
-            replicas.push(Replica {
-                name,
-                https,
-                http,
-                admin,
-                config: path,
-                process: None,
-                stopped: false,
-                past_logs: Vec::new(),
-            });
+            std::fs::write(replica.config(), config).unwrap();
+            replicas.push(replica);
         }
         let root = CertificateDer::from_pem_slice(pebble.issuing_root().await.as_bytes()).unwrap();
         Self {
