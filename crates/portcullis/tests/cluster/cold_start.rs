@@ -57,6 +57,21 @@ async fn cold_start_of_3_replicas_orders_each_of_20_names_once_and_all_serve_all
             "the issuer's failed attempts: {}",
             issuer.metric(orders, &[("result", "failed")]).await
         );
+        // Nothing went wrong on the way: no replica warned (an order failing and
+        // retried, a certificate not kept in the local cache…).
+        for r in &fleet.replicas {
+            let warned: Vec<String> = r
+                .logs()
+                .into_iter()
+                .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+                .collect();
+            assert!(
+                warned.is_empty(),
+                "{} warned:\n{}",
+                r.name,
+                warned.join("\n")
+            );
+        }
         for (i, r) in fleet.replicas.iter().enumerate() {
             if i != leader {
                 assert_eq!(
