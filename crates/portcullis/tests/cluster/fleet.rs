@@ -88,11 +88,31 @@ pub struct Replica {
     past_logs: Vec<String>,
 }
 
+/// A free port for a replica's listener, kept across its restarts. Taken below the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`): a port from that range may be
+/// handed to some outgoing connection while the replica is down, and its restart would
+/// then fail to bind.
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_start.max(10_100));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let start = (h.finish() % u64::from(high - low)) as u32;
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + (start + n * 7919) % (high - low);
+        let port = u16::try_from(port).expect("below 65536");
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 impl Replica {
