@@ -159,6 +159,25 @@ impl TestEtcd {
         String::from_utf8(unb64(value)?).ok()
     }
 
+    /// The store's current revision, read through member `i`.
+    pub async fn current_revision(&self, i: usize) -> i64 {
+        let body = format!("{{\"key\":\"{}\"}}", b64(b"\0"));
+        let resp = self.post(i, "/v3/kv/range", &body).await;
+        let v: serde_json::Value = serde_json::from_str(resp.body()).expect("etcd answers JSON");
+        // int64 fields are strings in etcd's JSON.
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("etcd's answer has a header revision")
+    }
+
+    /// Compacts the history up to `revision` through member `i` (physically, so it is
+    /// gone when this returns); the HTTP status.
+    pub async fn compact(&self, i: usize, revision: i64) -> u16 {
+        let body = format!("{{\"revision\":\"{revision}\",\"physical\":true}}");
+        self.post(i, "/v3/kv/compaction", &body).await.status
+    }
+
     async fn post(&self, i: usize, path: &str, body: &str) -> plain::PlainResponse {
         plain::send(
             self.members[i].client,

@@ -540,4 +540,5 @@ pub(crate) struct EtcdTlsFile {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct KubernetesStoreFile {
     pub namespace: Option<String>,
+    pub kubeconfig: Option<PathBuf>,
 }

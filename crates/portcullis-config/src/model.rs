@@ -124,6 +124,10 @@ pub struct EtcdTls {
 pub struct KubernetesStore {
     /// Where the Lease, the Secrets holding certificates, orders and challenge answers live.
     pub namespace: String,
+    /// A kubeconfig file to reach the API server with (`portcullis run` outside the
+    /// cluster); default: the ingress controller's client, else `KUBECONFIG` or the pod's
+    /// service account.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// ACME settings (used by `tls: acme` sites).

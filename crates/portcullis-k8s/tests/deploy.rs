@@ -721,3 +721,138 @@ fn the_docs_describe_the_deployment() {
         );
     }
 }
+
+/// The calls `portcullis_cluster::KubeStore` makes (`cluster.store: kubernetes`), all in the
+/// store's namespace; `crates/portcullis-cluster/tests/kube.rs` checks its calls are these.
+const CLUSTER_STORE_CALLS: &[(&str, &str, &str)] = &[
+    ("get", "", "secrets"),
+    ("list", "", "secrets"),
+    ("watch", "", "secrets"),
+    ("create", "", "secrets"),
+    ("update", "", "secrets"),
+    ("delete", "", "secrets"),
+    ("get", "coordination.k8s.io", "leases"),
+    ("list", "coordination.k8s.io", "leases"),
+    ("watch", "coordination.k8s.io", "leases"),
+    ("create", "coordination.k8s.io", "leases"),
+    ("update", "coordination.k8s.io", "leases"),
+    ("delete", "coordination.k8s.io", "leases"),
+];
+
+/// The rules of the `*-cluster-store` Role bound to the service account `sa` (in
+/// `sa_namespace`): in `store_namespace`, granting exactly [`CLUSTER_STORE_CALLS`].
+fn check_cluster_store_rbac(
+    objects: &[Object],
+    store_namespace: &str,
+    sa: &str,
+    sa_namespace: &str,
+) {
+    let binding = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::RoleBinding(b)
+                if b.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with("cluster-store")) =>
+            {
+                Some(b)
+            }
+            _ => None,
+        })
+        .expect("the cluster store's RoleBinding");
+    assert_eq!(binding.metadata.namespace.as_deref(), Some(store_namespace));
+    assert!(
+        binding
+            .subjects
+            .iter()
+            .flatten()
+            .any(|s| s.kind == "ServiceAccount"
+                && s.name == sa
+                && s.namespace.as_deref() == Some(sa_namespace))
+    );
+    assert_eq!(binding.role_ref.kind, "Role");
+    let role = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Role(r)
+                if r.metadata.name.as_deref() == Some(binding.role_ref.name.as_str()) =>
+            {
+                Some(r)
+            }
+            _ => None,
+        })
+        .expect("the cluster store's Role");
+    assert_eq!(role.metadata.namespace.as_deref(), Some(store_namespace));
+    let rules = role.rules.clone().unwrap_or_default();
+    for &(verb, group, resource) in CLUSTER_STORE_CALLS {
+        assert!(
+            portcullis_k8s::rbac_allows(&rules, verb, group, resource, None),
+            "{verb} {group}/{resource}"
+        );
+    }
+    for rule in &rules {
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    assert!(
+                        CLUSTER_STORE_CALLS.contains(&(v.as_str(), g.as_str(), r.as_str())),
+                        "the cluster store's Role grants `{v}` on {g}/{r}, which the store never does"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn helm_grants_the_kubernetes_cluster_store_its_rbac_only_when_configured() {
+    let plain = helm_objects("portcullis", json!({}));
+    assert!(!plain.iter().any(|o| o.name().ends_with("cluster-store")));
+
+    let values = json!({ "config": { "cluster": { "store": "kubernetes" } } });
+    let objects = helm_objects("portcullis", values);
+    check_cluster_store_rbac(&objects, NAMESPACE, "portcullis", NAMESPACE);
+    let config = objects
+        .iter()
+        .find_map(|o| match o {
+            Object::ConfigMap(c) => Some(c.data.clone().unwrap()["config.yaml"].clone()),
+            _ => None,
+        })
+        .unwrap();
+    let config: serde_yaml::Value = serde_yaml::from_str(&config).unwrap();
+    assert_eq!(config["cluster"]["store"].as_str(), Some("kubernetes"));
+    // The store's namespace is the release's unless the config names another.
+    assert_eq!(
+        config["cluster"]["kubernetes"]["namespace"].as_str(),
+        Some(NAMESPACE)
+    );
+
+    let values = json!({ "config": { "cluster": { "store": "kubernetes", "kubernetes": { "namespace": "certs" } } } });
+    let objects = helm_objects("edge", values);
+    check_cluster_store_rbac(&objects, "certs", "edge-portcullis", NAMESPACE);
+}
+
+#[test]
+fn the_kustomize_cluster_store_component_grants_the_store_its_rbac() {
+    // An overlay of the base with the component, as docs/cluster.md tells users to write.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo().canonicalize().unwrap();
+    let up = "../".repeat(dir.path().components().count() - 1);
+    let base = format!("{up}{}", repo.strip_prefix("/").unwrap().display());
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{base}/deploy/kubernetes]\ncomponents: [{base}/deploy/kubernetes/cluster-store]\n"
+        ),
+    )
+    .unwrap();
+    let objects = objects(&kustomize(dir.path()), "the cluster-store overlay");
+    check_cluster_store_rbac(&objects, NAMESPACE, "portcullis", NAMESPACE);
+    // The base alone does not have it.
+    assert!(
+        !kustomized()
+            .iter()
+            .any(|o| o.name().ends_with("cluster-store"))
+    );
+}

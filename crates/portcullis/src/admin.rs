@@ -43,6 +43,12 @@ pub(crate) trait AdminApi: Send + Sync + 'static {
     fn source_readiness(&self) -> Option<SourceReadiness> {
         None
     }
+    /// A line about the certificate cluster (`cluster:`), if this replica is in one. A
+    /// store out of reach never makes the gateway unready: every replica keeps serving
+    /// what it has (static stability).
+    fn cluster_notes(&self) -> Option<String> {
+        None
+    }
     /// The metrics exposition, up to date.
     fn metrics_text(&self) -> impl Future<Output = String> + Send;
     /// Re-reads the config and applies it: the reply's body, or every problem.
@@ -176,6 +182,9 @@ fn readiness(api: &impl AdminApi) -> Result<String, String> {
     let source = api.source_readiness();
     let missing = api.missing_certificates();
     let mut lines = source.as_ref().map(|s| s.notes.clone()).unwrap_or_default();
+    if let Some(notes) = api.cluster_notes() {
+        lines.push_str(&notes);
+    }
     let waiting = api.acme_waiting();
     for (site, error) in waiting {
         let serving = if missing.contains(&site) {

@@ -34,9 +34,10 @@ impl App {
     pub(crate) async fn start_with_source(
         config: Config,
         readiness: ReadinessFn,
+        kube: kube::Client,
     ) -> Result<Self, StartError> {
         Ok(Self {
-            controller: Controller::start_with_source(config, readiness).await?,
+            controller: Controller::start_with_source(config, readiness, kube).await?,
         })
     }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use portcullis_acme::{AcmeManager, AcmeSite, AcmeStats};
+use portcullis_cluster::Cluster;
 use portcullis_config::{Admin, Config, HostPattern, Problem, SiteTls};
 use portcullis_proxy::{Gateway, ListenerKind, Router};
 use portcullis_tls::{CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteBinding};
@@ -89,6 +90,8 @@ pub struct Controller {
     /// What a config source other than the file says of readiness (set before the
     /// admin listener starts).
     source_readiness: OnceLock<ReadinessFn>,
+    /// Membership in the certificate cluster (`cluster:`), joined at start.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// A config source's readiness, asked at every `/readyz`.
@@ -158,6 +161,7 @@ impl Controller {
         mut config: Config,
         file: Option<(PathBuf, Option<Loaded>)>,
         readiness: Option<ReadinessFn>,
+        kube: Option<kube::Client>,
     ) -> Result<Arc<Self>, ApplyError> {
         // The empty state is built with the first configuration's settings and no sites.
         let sites = std::mem::take(&mut config.sites);
@@ -176,6 +180,23 @@ impl Controller {
             telemetry.proxy.clone(),
         )?;
         let (path, loaded) = file.unzip();
+        let cluster = match &config.cluster {
+            None => None,
+            Some(settings) => {
+                let store = crate::cluster::open_store(settings, kube)
+                    .await
+                    .map_err(|e| ApplyError::Config(vec![Problem::new("cluster", e)]))?;
+                let cluster =
+                    Cluster::start(store, settings, challenges.clone(), telemetry.registry())
+                        .map_err(|e| {
+                            ApplyError::Config(vec![Problem::new(
+                                "cluster",
+                                format!("metrics setup failed: {e}"),
+                            )])
+                        })?;
+                Some(cluster)
+            }
+        };
         let me = Arc::new(Self {
             path,
             gateway,
@@ -193,6 +214,7 @@ impl Controller {
             }),
             loaded: Mutex::new(loaded.flatten()),
             source_readiness: OnceLock::new(),
+            cluster,
         });
         if let Some(r) = readiness {
             let _ = me.source_readiness.set(r);
@@ -206,7 +228,7 @@ impl Controller {
 
     /// Starts from `config`, with no file to reload.
     pub(crate) async fn start_with(config: Config) -> Result<Arc<Self>, ApplyError> {
-        Self::start(config, None, None).await
+        Self::start(config, None, None, None).await
     }
 
     /// Starts from `config` (a base with no sites, for `portcullis ingress`), with a
@@ -214,15 +236,16 @@ impl Controller {
     pub(crate) async fn start_with_source(
         config: Config,
         readiness: ReadinessFn,
+        kube: kube::Client,
     ) -> Result<Arc<Self>, ApplyError> {
-        Self::start(config, None, Some(readiness)).await
+        Self::start(config, None, Some(readiness), Some(kube)).await
     }
 
     /// Starts from the config file at `path`, which [`reload`](Self::reload) and the
     /// watcher re-read.
     pub(crate) async fn start_from_file(path: &Path) -> Result<Arc<Self>, ApplyError> {
         let (loaded, config) = off_the_workers(|| read_file(path));
-        Self::start(config?, Some((path.to_owned(), loaded)), None).await
+        Self::start(config?, Some((path.to_owned(), loaded)), None, None).await
     }
 
     /// The metrics registry, for a config source's own metrics.
@@ -233,6 +256,11 @@ impl Controller {
     /// The data path.
     pub fn gateway(&self) -> &Gateway {
         &self.gateway
+    }
+
+    /// Membership in the certificate cluster, when `cluster:` is set.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The ACME manager, when some site uses `tls: acme`.
@@ -326,6 +354,15 @@ impl Controller {
             Source::Config(c) => *c,
             Source::File(path) => off_the_workers(|| self.read_file(&path))?,
         };
+        if let Some(applied) = &st.applied
+            && applied.config.cluster != config.cluster
+        {
+            return Err(ApplyError::Config(vec![Problem::new(
+                "cluster",
+                "the cluster settings cannot change while the gateway runs; restart it to \
+                 apply them (one replica at a time)",
+            )]));
+        }
         let router = self.gateway.router();
         let prepared = prepare(
             config,
@@ -457,6 +494,10 @@ impl Controller {
         let current = st.applied.as_ref().and_then(|a| a.acme.clone());
         if let (Some(manager), true, false) = (current, keep, sites.is_empty()) {
             manager.update_sites(sites);
+            if let Some(cluster) = &self.cluster {
+                // New sites get what the store holds for them.
+                cluster.refresh();
+            }
             return Some(manager);
         }
         if let Some(task) = st.acme_task.take() {
@@ -464,17 +505,27 @@ impl Controller {
         }
         self.acme.store(None);
         if sites.is_empty() {
+            if let Some(cluster) = &self.cluster {
+                cluster.attach(None);
+            }
             return None;
         }
-        let manager = Arc::new(AcmeManager::new(
+        let mut manager = AcmeManager::new(
             &config.acme,
             &config.storage,
             config.listen.http.is_some(),
             self.gateway.certs().clone(),
             self.challenges.clone(),
             self.acme_stats.clone(),
-        ));
+        );
+        if let Some(cluster) = &self.cluster {
+            manager = manager.with_fleet(cluster.fleet());
+        }
+        let manager = Arc::new(manager);
         manager.load(sites);
+        if let Some(cluster) = &self.cluster {
+            cluster.attach(Some(manager.clone()));
+        }
         self.acme.store(Some(manager.clone()));
         let run = manager.clone();
         st.acme_task = Some(Task::spawn(|stop| run.run(stop)));
@@ -489,6 +540,10 @@ impl Controller {
             .flatten()
         {
             task.stop().await;
+        }
+        if let Some(cluster) = &self.cluster {
+            // Hands the issuer's leadership over at once instead of after the lease.
+            cluster.stop().await;
         }
     }
 
@@ -581,6 +636,27 @@ impl AdminApi for Controller {
 
     fn source_readiness(&self) -> Option<SourceReadiness> {
         self.source_readiness.get().map(|f| f())
+    }
+
+    fn cluster_notes(&self) -> Option<String> {
+        let status = self.cluster.as_ref()?.status();
+        let role = if status.issuer { "issuer" } else { "follower" };
+        Some(match status.stale_for {
+            None => format!(
+                "cluster: {} via {} ({role}), store in sync\n",
+                status.node, status.store
+            ),
+            Some(d) if d == Duration::MAX => format!(
+                "cluster: {} via {} ({role}), store not reached yet; serving the local cache\n",
+                status.node, status.store
+            ),
+            Some(d) => format!(
+                "cluster: {} via {} ({role}), store unreachable for {}s; serving the certificates this replica has\n",
+                status.node,
+                status.store,
+                d.as_secs()
+            ),
+        })
     }
 
     /// The metrics exposition, with the scrape-time metrics (certificate expiry, ACME

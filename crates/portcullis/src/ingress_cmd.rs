@@ -247,7 +247,12 @@ impl Ingress {
         let client = portcullis_k8s::connect(args.kubernetes.kubeconfig.as_deref()).await?;
         let state = Arc::new(SyncState::default());
         let ready = state.clone();
-        let app = App::start_with_source(base.clone(), Arc::new(move || ready.readiness())).await?;
+        let app = App::start_with_source(
+            base.clone(),
+            Arc::new(move || ready.readiness()),
+            client.clone(),
+        )
+        .await?;
         let metrics = K8sMetrics::register(app.controller().registry())?;
         metrics.api_up(false);
         let source = Source::start(

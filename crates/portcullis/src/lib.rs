@@ -8,6 +8,7 @@
 mod admin;
 mod app;
 mod certs_cmd;
+mod cluster;
 mod controller;
 mod ingress_cmd;
 mod logging;

@@ -133,7 +133,7 @@ fn main() -> ExitCode {
             Command::Ingress(args) => ingress(args).await,
             Command::Certs { config } => match load(&config) {
                 Ok(c) => {
-                    print!("{}", portcullis::render_certs(&c));
+                    print!("{}", portcullis::render_certs(&c).await);
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,

@@ -54,17 +54,29 @@ impl Validator<'_> {
                         "only used with `store: etcd`; this cluster uses kubernetes",
                     );
                 }
-                let namespace = f
-                    .kubernetes
-                    .and_then(|k| k.namespace)
+                let k = f.kubernetes.unwrap_or_default();
+                let namespace = k
+                    .namespace
                     .unwrap_or_else(|| defaults::CLUSTER_NAMESPACE.to_owned());
+                let kubeconfig = k.kubeconfig.map(|p| self.resolve(&p));
+                if let Some(path) = &kubeconfig
+                    && let Err(e) = std::fs::metadata(path)
+                {
+                    self.err(
+                        "cluster.kubernetes.kubeconfig",
+                        format!("{}: {e}", path.display()),
+                    );
+                }
                 if !is_dns_label(&namespace) {
                     self.err(
                         "cluster.kubernetes.namespace",
                         format!("`{namespace}` is not a namespace name (lower-case letters, digits and `-`, at most 63)"),
                     );
                 }
-                Some(ClusterStore::Kubernetes(KubernetesStore { namespace }))
+                Some(ClusterStore::Kubernetes(KubernetesStore {
+                    namespace,
+                    kubeconfig,
+                }))
             }
         };
         let node_name = match f.node_name.as_deref() {

@@ -55,8 +55,22 @@ app.kubernetes.io/component: metrics
 {{- with .Values.acme.email }}{{ $_ := set $acme "email" . }}{{ end -}}
 {{- $_ := set $config "acme" $acme -}}
 {{- end -}}
+{{- if eq (include "portcullis.clusterStore" .) "kubernetes" -}}
+{{- $_ := set $config "cluster" (dict "kubernetes" (dict "namespace" (include "portcullis.clusterStoreNamespace" .))) -}}
+{{- end -}}
 {{- if hasKey .Values.config "sites" -}}
 {{- fail "config.sites: the Ingresses are the sites; the base config must not have any" -}}
 {{- end -}}
 {{- toYaml (mustMergeOverwrite $config (deepCopy .Values.config)) -}}
+{{- end -}}
+
+{{/* `config.cluster.store`: "kubernetes" makes the chart grant the store's RBAC. */}}
+{{- define "portcullis.clusterStore" -}}
+{{- dig "cluster" "store" "" .Values.config -}}
+{{- end -}}
+
+{{/* Where the Kubernetes cluster store lives: `config.cluster.kubernetes.namespace`, else
+the release's namespace (written into the base config, so the two agree). */}}
+{{- define "portcullis.clusterStoreNamespace" -}}
+{{- dig "cluster" "kubernetes" "namespace" .Release.Namespace .Values.config -}}
 {{- end -}}
