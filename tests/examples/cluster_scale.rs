@@ -61,6 +61,7 @@ struct Args {
     replicas: usize,
     runs: usize,
     settle: Duration,
+    keep: bool,
 }
 
 fn args() -> Args {
@@ -71,6 +72,7 @@ fn args() -> Args {
         replicas: 3,
         runs: 5,
         settle: Duration::from_secs(5),
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |it: &mut std::iter::Skip<std::env::Args>, flag: &str| -> usize {
@@ -86,10 +88,12 @@ fn args() -> Args {
             "--replicas" => out.replicas = num(&mut it, "--replicas"),
             "--runs" => out.runs = num(&mut it, "--runs"),
             "--settle" => out.settle = Duration::from_secs(num(&mut it, "--settle") as u64),
+            "--keep" => out.keep = true,
             "--help" | "-h" => {
                 println!(
                     "usage: cluster_scale [--binary PATH] [--sites N (10000)] [--sample N (50)] \
-                     [--replicas N (3)] [--runs N (5)] [--settle SECONDS (5)]"
+                     [--replicas N (3)] [--runs N (5)] [--settle SECONDS (5)] [--keep]\n\
+                     --keep: keep the temporary folder (configs, storages, each gateway's log)"
                 );
                 std::process::exit(0);
             }
@@ -191,7 +195,7 @@ async fn put_record(etcd: &TestEtcd, site: &str, leaf: &Leaf) {
 /// The config both A and B share, with `extra` (the cluster section) before the sites.
 fn config(n: usize, storage: &Path, extra: &str) -> String {
     let mut out = format!(
-        "listen:\n  https: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
+        "listen:\n  https: 127.0.0.1:0\n  http: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
          acme:\n  directory: {DIRECTORY}\nstorage: {}\n{extra}sites:\n",
         storage.display()
     );
@@ -240,8 +244,16 @@ fn sample(n: usize, k: usize) -> Vec<usize> {
     out
 }
 
-/// Waits until `/readyz` is 200 and every sampled site gets its own certificate; the time
-/// from `start`.
+/// When a gateway got there, from its start.
+#[derive(Clone, Copy)]
+struct Serving {
+    /// `/readyz` first answered 200 (no site without a certificate).
+    ready: Duration,
+    /// Every sampled site got its own certificate on a handshake.
+    served: Duration,
+}
+
+/// Waits until `/readyz` is 200 and every sampled site gets its own certificate.
 async fn wait_serving(
     what: &str,
     gw: &GatewayProcess,
@@ -249,12 +261,14 @@ async fn wait_serving(
     leaves: &[Leaf],
     sampled: &[usize],
     start: Instant,
-) -> Duration {
+) -> Serving {
     let admin = gw.admin.expect("the config has an admin listener");
     let mut pending: Vec<usize> = sampled.to_vec();
+    let mut ready = None;
     loop {
         let (status, body) = admin_get(admin, "/readyz").await;
         if status == 200 {
+            let ready = *ready.get_or_insert_with(|| start.elapsed());
             let mut still = Vec::new();
             for &i in &pending {
                 if served(client, &host(i)).await.as_ref() != Some(&leaves[i].der) {
@@ -263,7 +277,10 @@ async fn wait_serving(
             }
             pending = still;
             if pending.is_empty() {
-                return start.elapsed();
+                return Serving {
+                    ready,
+                    served: start.elapsed(),
+                };
             }
         }
         if start.elapsed() > LIMIT {
@@ -282,6 +299,13 @@ async fn wait_serving(
     }
 }
 
+/// Writes the gateway's log (JSON lines) to `dir/<name>.log`.
+fn save_log(dir: &Path, name: &str, gw: &GatewayProcess) {
+    let mut text = gw.logs().join("\n");
+    text.push('\n');
+    std::fs::write(dir.join(format!("{name}.log")), text).unwrap();
+}
+
 struct Memory {
     serving_kib: u64,
     settled_kib: u64,
@@ -298,7 +322,7 @@ async fn measure(
     leaves: &[Leaf],
     sampled: &[usize],
     settle: Duration,
-) -> (GatewayProcess, Duration, Memory) {
+) -> (GatewayProcess, Serving, Memory) {
     let start = Instant::now();
     let gw = GatewayProcess::spawn(binary, &["run", "--config", config.to_str().unwrap()]);
     let client = TestClient::new(gw.https, root);
@@ -417,6 +441,7 @@ async fn main() {
         a.settle,
     )
     .await;
+    save_log(dir.path(), "a", &gw_a);
     drop(gw_a);
 
     let storages: Vec<PathBuf> = (1..=a.replicas)
@@ -445,25 +470,28 @@ async fn main() {
     let diff = mem_b.settled_kib as i64 - mem_a.settled_kib as i64;
     println!();
     println!(
-        "| {n} sites | start → every sampled name served | RSS serving | RSS +{}s | peak (VmHWM) |",
+        "| {n} sites | start → /readyz 200 | → {} sampled names served | RSS then | RSS +{} s | peak (VmHWM) |",
+        sampled.len(),
         a.settle.as_secs()
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (name, ready, m) in [
         ("A local storage", ready_a, &mem_a),
         ("B cluster (etcd)", ready_b, &mem_b),
     ] {
         println!(
-            "| {name} | {} | {:.0} MB | {:.0} MB | {:.0} MB |",
-            ms(ready),
+            "| {name} | {} | {} | {:.0} MB | {:.0} MB | {:.0} MB |",
+            ms(ready.ready),
+            ms(ready.served),
             mb(m.serving_kib),
             mb(m.settled_kib),
             mb(m.peak_kib)
         );
     }
     println!(
-        "| B − A | {} | {:+.0} MB | {:+.0} MB | {:+.0} MB |",
-        ms(ready_b.saturating_sub(ready_a)),
+        "| B − A | {} | {} | {:+.0} MB | {:+.0} MB | {:+.0} MB |",
+        ms(ready_b.ready.saturating_sub(ready_a.ready)),
+        ms(ready_b.served.saturating_sub(ready_a.served)),
         mb(mem_b.serving_kib) - mb(mem_a.serving_kib),
         diff as f64 / 1024.0,
         mb(mem_b.peak_kib) - mb(mem_a.peak_kib)
@@ -472,7 +500,7 @@ async fn main() {
         "B/A: RSS {:.2}×, peak {:.2}×, start {:.2}×   [target: B − A < 50 MB]",
         mem_b.settled_kib as f64 / mem_a.settled_kib as f64,
         mem_b.peak_kib as f64 / mem_a.peak_kib as f64,
-        ready_b.as_secs_f64() / ready_a.as_secs_f64()
+        ready_b.served.as_secs_f64() / ready_a.served.as_secs_f64()
     );
     println!("B's metrics: {b_metrics}; B's local cache: {cache_files} files");
 
@@ -493,9 +521,10 @@ async fn main() {
         )
         .await;
         println!(
-            "replica b{} (started beside b1): every sampled name served after {}, RSS {:.0} MB",
+            "replica b{} (started beside b1): /readyz 200 after {}, every sampled name served after {}, RSS {:.0} MB",
             k + 1,
-            ms(ready),
+            ms(ready.ready),
+            ms(ready.served),
             mb(gw.rss_kib())
         );
         replicas.push(gw);
@@ -555,9 +584,13 @@ async fn main() {
     );
     for (k, gw) in replicas.iter().enumerate() {
         println!("b{}: {}", k + 1, cluster_metrics(gw).await);
+        save_log(dir.path(), &format!("b{}", k + 1), gw);
     }
     drop(replicas);
     drop(etcd);
+    if a.keep {
+        println!("kept: {}", dir.keep().display());
+    }
 }
 
 fn count_files(root: &Path) -> usize {
