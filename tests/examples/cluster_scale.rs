@@ -396,7 +396,7 @@ async fn main() {
 
     let setup = Instant::now();
     let ca = Ca::new();
-    let leaves: Vec<Leaf> = (0..n).map(|i| ca.leaf(&host(i), Duration::ZERO)).collect();
+    let mut leaves: Vec<Leaf> = (0..n).map(|i| ca.leaf(&host(i), Duration::ZERO)).collect();
     let generated = setup.elapsed();
 
     // A: the certificates in local storage, where a gateway that ordered them keeps them.
@@ -572,6 +572,7 @@ async fn main() {
                 .join(", ")
         );
         runs.push(all);
+        leaves[i] = renewed;
     }
     let mut sorted = runs.clone();
     sorted.sort();
@@ -586,6 +587,35 @@ async fn main() {
         println!("b{}: {}", k + 1, cluster_metrics(gw).await);
         save_log(dir.path(), &format!("b{}", k + 1), gw);
     }
+
+    // A rolling restart: b1 again, on the local cache it wrote.
+    let mut b1 = replicas.remove(0);
+    b1.signal("TERM");
+    b1.wait(Duration::from_secs(60));
+    drop(b1);
+    let (b1, again, mem) = measure(
+        "b1 restarted",
+        &a.binary,
+        &configs[0],
+        &ca.root,
+        &leaves,
+        &sampled,
+        a.settle,
+    )
+    .await;
+    println!(
+        "b1 restarted on its local cache: /readyz 200 after {}, every sampled name served after {}, \
+         RSS {:.0} MB (+{} s: {:.0} MB, peak {:.0} MB); {}",
+        ms(again.ready),
+        ms(again.served),
+        mb(mem.serving_kib),
+        a.settle.as_secs(),
+        mb(mem.settled_kib),
+        mb(mem.peak_kib),
+        cluster_metrics(&b1).await
+    );
+    save_log(dir.path(), "b1-restarted", &b1);
+    drop(b1);
     drop(replicas);
     drop(etcd);
     if a.keep {
