@@ -4,11 +4,14 @@
 //! for the gateway as a separate process; for adversarial tests, an origin that records the
 //! exact bytes it receives and clients that write exact HTTP/1.1 bytes and HTTP/2 frames;
 //! for Kubernetes, a fake API server held to the real kubectl (`kube_api`); for clustering,
-//! etcd on loopback (`etcd`, one member or three) and a TCP proxy that partitions (`tcp_proxy`).
+//! etcd on loopback (`etcd`, one member or three), a TCP proxy that partitions and spreads
+//! connections round-robin (`tcp_proxy`), and a counting ACME proxy in front of pebble
+//! (`acme_proxy`).
 //! The end-to-end suites (`tests/e2e/main.rs`) are one test binary built on these; a helper two
 //! suites need lives here, once.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod acme_proxy;
 #[cfg(test)]
 mod architecture;
 mod ca;

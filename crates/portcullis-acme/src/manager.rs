@@ -328,18 +328,10 @@ impl AcmeManager {
         loop {
             let now = SystemTime::now();
             let mut next = now + Duration::from_secs(3600);
+            // Not the issuer: start nothing. An order already under way is left to run
+            // into its next write, which the fleet refuses (and counts): the new issuer
+            // resumes it from its record.
             let may_order = issuer.as_ref().is_none_or(|i| *i.borrow());
-            if !may_order && !tasks.is_empty() {
-                // Another replica issues now: it resumes what this one left.
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
-                let mut slots = self.slots();
-                for name in running.drain().map(|(_, n)| n) {
-                    if let Some(slot) = slots.get_mut(&name) {
-                        slot.running = false;
-                    }
-                }
-            }
             if may_order {
                 let mut slots = self.slots();
                 let mut due: Vec<&mut Slot> = slots.values_mut().filter(|s| !s.running).collect();

@@ -29,6 +29,8 @@ pub struct ClusterStatus {
     pub store_up: bool,
     /// How long the cache has not been known to match the store (`None`: in sync).
     pub stale_for: Option<Duration>,
+    /// Whether the store was ever read since this replica started.
+    pub ever_synced: bool,
 }
 
 /// A running member of the cluster.
@@ -64,6 +66,18 @@ impl Cluster {
         let (issuer_tx, issuer) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(replica.clone().run(stopped.clone()))];
         {
+            let replica = replica.clone();
+            let mut stop = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => replica.tick(),
+                    }
+                }
+            }));
+        }
+        {
             let mut lead = lead.clone();
             let metrics = metrics.clone();
             let node = store.node().to_owned();
@@ -97,6 +111,7 @@ impl Cluster {
             lead,
             issuer,
             challenge_timeout: settings.challenge_timeout,
+            ordering: std::sync::Mutex::default(),
         });
         info!(
             node = store.node(),
@@ -140,13 +155,14 @@ impl Cluster {
 
     /// Where things stand now.
     pub fn status(&self) -> ClusterStatus {
-        let (store_up, stale_for) = self.replica.health();
+        let (store_up, stale_for, ever_synced) = self.replica.health();
         ClusterStatus {
             node: self.store.node().to_owned(),
             store: self.store.kind(),
             issuer: *self.fleet.issuer.borrow(),
             store_up,
             stale_for,
+            ever_synced,
         }
     }
 

@@ -1,18 +1,4 @@
-//! [`Store`] on etcd (v3 API, through `etcd-client`).
-//!
-//! Every key is the configured prefix followed by the relative key. Besides the caller's
-//! keys the store keeps two of its own: `leader` (the issuer's name, on its session lease;
-//! its create revision is the fencing token) and `nodes/<node>` (each replica's heartbeat,
-//! on its session lease). The fenced writes refuse to touch them.
-//!
-//! # Failure behaviour
-//! Opening connects to nothing: the first call does, and every call is bounded
-//! ([`conn::REQUEST_TIMEOUT`], connecting [`conn::CONNECT_TIMEOUT`]) and answers
-//! [`StoreError::Unavailable`] when no member answers in time; calls are tried again on
-//! another member meanwhile. A partition from etcd shows as `Unavailable` calls, a watch
-//! that ends with `Unavailable` within about six seconds (`watch.rs`), and, for the leader,
-//! `None` published two thirds of a lease after the last renewal that etcd acknowledged,
-//! before etcd can let another replica in (`election.rs`).
+//! [`Store`] on etcd (v3 API, through `etcd-client`): see [`EtcdStore`].
 
 mod conn;
 mod election;
@@ -36,7 +22,33 @@ const NODES: &str = "nodes/";
 /// Keys read per request of a listing; every page is read at the first page's revision.
 const LIST_PAGE: i64 = 500;
 
-/// The etcd store; see the module documentation.
+/// [`Store`] on etcd.
+///
+/// Every key is the configured prefix followed by the relative key. Besides the caller's
+/// keys the store keeps two of its own, which the fenced writes refuse to touch: `leader`
+/// (the issuer's name; its create revision is the fencing token) and `nodes/<node>` (each
+/// replica's heartbeat). Both hang on the replica's session lease, one per replica, kept
+/// alive every third of its TTL by a task of its own and granted again (the heartbeat put
+/// again) after etcd forgot it.
+///
+/// # Failure behaviour
+/// - Opening connects to nothing: the first call does. Every call is bounded (5 s, of
+///   which 2.5 s per attempt and 2 s to connect) and answers [`StoreError::Unavailable`]
+///   when no member answered in time; meanwhile it is tried again, on another member when
+///   there is one. A member cut off from the others fails calls rather than answering
+///   stale (etcd's `require_leader`).
+/// - A watch ends with `Unavailable` when its connection breaks or its member loses the
+///   cluster, and, for a partition that leaves the connection silent, within about six
+///   seconds: after 3 s without a message it asks etcd for a progress report, and ends
+///   if none comes within 3 s more.
+/// - The leader publishes `None` two thirds of its lease after the last keep-alive etcd
+///   acknowledged (counted from when it was sent), before etcd can expire the lease and
+///   let another replica in; and at once when the leader key is deleted or replaced.
+/// - The election runs on the session lease: [`Store::campaign`]'s lease becomes the
+///   session's TTL (rounded up to whole seconds, at least 2), replacing a lease granted
+///   with another TTL. One campaign at a time per store.
+/// - Dropping the store ends its tasks and watches without releasing anything, as a crash
+///   would: the leader key and the heartbeat go when the lease runs out.
 pub struct EtcdStore {
     inner: Arc<Inner>,
     /// Dropped with the store: its background tasks and watches end.
@@ -65,7 +77,7 @@ impl EtcdStore {
 
     /// The store for `settings`, as replica `node`, whose session lease (what the
     /// heartbeat and the leader key hang on) lasts `lease` rounded up to whole seconds,
-    /// at least 2: give it `cluster.lease`. Connects to nothing yet, so a replica starts
+    /// at least 2: give it `cluster.lease` (a campaign sets it too). Connects to nothing yet, so a replica starts
     /// while etcd is down; fails only on settings that cannot work (no endpoint, `http://`
     /// and `https://` mixed).
     pub fn open_with_lease(

@@ -29,6 +29,9 @@ pub(crate) struct StoreFleet {
     pub(crate) lead: watch::Receiver<Option<Leadership>>,
     pub(crate) issuer: watch::Receiver<bool>,
     pub(crate) challenge_timeout: Duration,
+    /// Sites with an order placed or resumed and not yet ended, for
+    /// `portcullis_cluster_orders_total`: each ends `issued` or `failed` once.
+    pub(crate) ordering: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn cluster_err(e: impl std::fmt::Display) -> AcmeError {
@@ -36,6 +39,17 @@ fn cluster_err(e: impl std::fmt::Display) -> AcmeError {
 }
 
 impl StoreFleet {
+    fn ordering(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.ordering.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts the end of `site`'s order, if one was under way.
+    fn ended(&self, site: &str, result: &str) {
+        if self.ordering().remove(site) {
+            self.metrics.orders.with_label_values(&[result]).inc();
+        }
+    }
+
     fn refused(&self, key: &str) -> AcmeError {
         self.metrics.fenced.inc();
         warn!(key, "write refused: this replica is no longer the issuer");
@@ -190,7 +204,7 @@ impl Fleet for StoreFleet {
                 self.token(),
             );
             self.put(&cert_key(&site.name), encode(&record)).await?;
-            self.metrics.orders.with_label_values(&["issued"]).inc();
+            self.ended(&site.name, "issued");
             Ok(())
         })
     }
@@ -204,7 +218,11 @@ impl Fleet for StoreFleet {
                 return Ok(None);
             };
             match entry.record(&self.sealer, site) {
-                Ok(r) => Ok(Some(r)),
+                Ok(r) => {
+                    // Resumed (or about to be): it ends issued or failed like a new one.
+                    self.ordering().insert(site.to_owned());
+                    Ok(Some(r))
+                }
                 Err(bad) => {
                     warn!(site, problem = %bad, "ignoring the recorded order");
                     Ok(None)
@@ -226,8 +244,9 @@ impl Fleet for StoreFleet {
                 self.node(),
                 unix(SystemTime::now()),
             );
+            // Counted as under way even if the record is refused: the CA has the order.
+            self.ordering().insert(site.to_owned());
             self.put(&order_key(site), encode(&entry)).await?;
-            self.metrics.orders.with_label_values(&["placed"]).inc();
             Ok(())
         })
     }
@@ -262,10 +281,10 @@ impl Fleet for StoreFleet {
                 format: FORMAT,
                 history: history.clone(),
             };
-            self.put(&history_key(site), encode(&record)).await?;
             if history.failures > 0 && history.next_attempt.is_some() {
-                self.metrics.orders.with_label_values(&["failed"]).inc();
+                self.ended(site, "failed");
             }
+            self.put(&history_key(site), encode(&record)).await?;
             Ok(())
         })
     }

@@ -37,7 +37,7 @@ impl ClusterMetrics {
             orders: IntCounterVec::new(
                 Opts::new(
                     "portcullis_cluster_orders_total",
-                    "ACME orders by this replica as issuer, by result (placed, issued, failed)",
+                    "ACME orders this replica placed or resumed as issuer, by how they ended (issued, failed)",
                 ),
                 &["result"],
             )?,
@@ -87,7 +87,7 @@ impl ClusterMetrics {
         registry.register(Box::new(me.bad_records.clone()))?;
         registry.register(Box::new(me.relists.clone()))?;
         registry.register(Box::new(me.adopted.clone()))?;
-        for result in ["placed", "issued", "failed"] {
+        for result in ["issued", "failed"] {
             me.orders.with_label_values(&[result]);
         }
         for kind in ["malformed", "newer_format", "undecryptable", "unusable"] {

@@ -43,6 +43,8 @@ pub(crate) struct Replica {
     relist: Notify,
     /// How often the report is renewed.
     report_every: Duration,
+    /// When this replica started following the store (staleness before the first read).
+    started: Instant,
 }
 
 #[derive(Default)]
@@ -77,6 +79,7 @@ impl Replica {
             state: Mutex::new(State::default()),
             relist: Notify::new(),
             report_every: lease / 3,
+            started: Instant::now(),
         }
     }
 
@@ -108,15 +111,22 @@ impl Replica {
         self.applied.subscribe()
     }
 
-    /// Whether the store answered recently, and how long ago the cache was last in sync.
-    pub(crate) fn health(&self) -> (bool, Option<Duration>) {
+    /// Whether the store answers, how long the cache has not been known to match it
+    /// (`None` in sync; counted from the start when it was never read), and whether it
+    /// was ever read.
+    pub(crate) fn health(&self) -> (bool, Option<Duration>, bool) {
         let st = self.state();
-        let stale = match (st.in_sync, st.last_ok) {
-            (true, _) => None,
-            (false, Some(t)) => Some(t.elapsed()),
-            (false, None) => Some(Duration::MAX),
-        };
-        (st.in_sync, stale)
+        let stale = (!st.in_sync).then(|| st.last_ok.unwrap_or(self.started).elapsed());
+        (st.in_sync, stale, st.last_ok.is_some())
+    }
+
+    /// Brings `portcullis_cluster_store_stale_seconds` up to date (every second: the
+    /// store's calls can take seconds to fail while it is cut off).
+    pub(crate) fn tick(&self) {
+        let (_, stale, _) = self.health();
+        self.metrics
+            .stale_seconds
+            .set(stale.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
     }
 
     fn ok(&self) {
@@ -132,15 +142,12 @@ impl Replica {
         let mut st = self.state();
         let was = st.in_sync;
         st.in_sync = false;
-        let since = st.last_ok.map(|t| t.elapsed().as_secs());
         drop(st);
         self.metrics.store_up.set(0);
         if was {
             warn!(store = self.store.kind(), error = %why, "cluster store unreachable; serving the certificates this replica has");
         }
-        self.metrics
-            .stale_seconds
-            .set(since.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)));
+        self.tick();
     }
 
     /// Follows the store until `stop` turns true.

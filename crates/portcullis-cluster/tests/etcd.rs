@@ -831,3 +831,408 @@ async fn listing_pages_at_one_revision() {
     })
     .await;
 }
+
+/// One etcd member serving clients over TLS that requires a client certificate, started
+/// by hand (the harness's members speak plain HTTP); killed when dropped.
+struct TlsEtcd {
+    child: std::process::Child,
+    endpoint: String,
+    settings: portcullis_config::EtcdStore,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TlsEtcd {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a log file opened once, before the member runs"
+    )]
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = portcullis_tests::TestCa::new("etcd test CA");
+        let ca_path = ca.write_root(dir.path(), "ca");
+        let (server_cert, server_key) = ca
+            .leaf(&["127.0.0.1", "localhost"])
+            .write(dir.path(), "server");
+        let (client_cert, client_key) = ca.client_leaf("portcullis").write(dir.path(), "client");
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("https://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .args(["--initial-cluster-state", "new"])
+            .arg("--cert-file")
+            .arg(&server_cert)
+            .arg("--key-file")
+            .arg(&server_key)
+            .arg("--trusted-ca-file")
+            .arg(&ca_path)
+            .arg("--client-cert-auth")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let settings = portcullis_config::EtcdStore {
+            endpoints: vec![endpoint.clone()],
+            prefix: PREFIX.into(),
+            tls: Some(portcullis_config::EtcdTls {
+                ca: Some(ca_path),
+                cert: Some(client_cert),
+                key: Some(client_key),
+            }),
+            username: None,
+            password: None,
+        };
+        Self {
+            child,
+            endpoint,
+            settings,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_certificate_and_password() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        // Up once it answers (about a second). Its ports are picked free and then let go,
+        // so another process may take one first (seen once, under load): then start again.
+        let mut tries = 0;
+        let (etcd, store) = loop {
+            let etcd = TlsEtcd::start();
+            let store = EtcdStore::open_with_lease(&etcd.settings, "a", LEASE).unwrap();
+            let up = retry(Duration::from_secs(10), "TLS etcd up", async || {
+                store.list("").await
+            })
+            .await;
+            match up {
+                Ok(_) => break (etcd, store),
+                Err(e) => {
+                    let log = tokio::fs::read_to_string(etcd._dir.path().join("etcd.log")).await;
+                    eprintln!(
+                        "TLS etcd not up: {e}; its log:\n{}",
+                        log.unwrap_or_default()
+                    );
+                    tries += 1;
+                    assert!(tries < 3, "TLS etcd never came up");
+                }
+            }
+        };
+        let mut c = Campaign::start(&store);
+        let lead = c.until_leads(Duration::from_secs(10)).await;
+        store
+            .put_fenced(&lead, "certs/a", b"tls".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(store.get("certs/a").await.unwrap().unwrap().value, b"tls");
+        c.stop.send_replace(true);
+        c.until_follows(Duration::from_secs(5)).await;
+
+        // Without the client certificate the member refuses the handshake.
+        let mut no_cert = etcd.settings.clone();
+        no_cert.tls.as_mut().unwrap().cert = None;
+        no_cert.tls.as_mut().unwrap().key = None;
+        let anonymous = EtcdStore::open_with_lease(&no_cert, "b", LEASE).unwrap();
+        assert!(anonymous.get("certs/a").await.is_err());
+
+        // etcd's own authentication: a root user, then auth on.
+        let files = etcd.settings.tls.as_ref().unwrap();
+        let read = async |path: &Option<std::path::PathBuf>| {
+            tokio::fs::read(path.as_ref().unwrap()).await.unwrap()
+        };
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&files.ca).await))
+            .identity(etcd_client::Identity::from_pem(
+                read(&files.cert).await,
+                read(&files.key).await,
+            ));
+        let mut admin = etcd_client::Client::connect(
+            [&etcd.endpoint],
+            Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+        )
+        .await
+        .unwrap();
+        admin.user_add("root", "s3cret", None).await.unwrap();
+        admin.user_grant_role("root", "root").await.unwrap();
+        admin.auth_enable().await.unwrap();
+
+        let mut with_password = etcd.settings.clone();
+        with_password.username = Some("root".into());
+        with_password.password = Some("s3cret".into());
+        let authed = EtcdStore::open_with_lease(&with_password, "c", LEASE).unwrap();
+        assert_eq!(authed.get("certs/a").await.unwrap().unwrap().value, b"tls");
+        let mut c = Campaign::start(&authed);
+        let lead = c.until_leads(Duration::from_secs(10)).await;
+        authed
+            .put_fenced(&lead, "certs/a", b"authed".to_vec())
+            .await
+            .unwrap();
+        authed.heartbeat(b"c".to_vec()).await.unwrap();
+        assert_eq!(authed.nodes().await.unwrap().len(), 1);
+        c.stop.send_replace(true);
+
+        with_password.password = Some("wrong".into());
+        let wrong = EtcdStore::open_with_lease(&with_password, "d", LEASE).unwrap();
+        let refused = wrong.get("certs/a").await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(_))),
+            "wrong password: {refused:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_back_before_its_lease_ran_out_resumes() {
+    if !have_etcd() {
+        return;
+    }
+    // Long enough that the link comes back between the step-down (2/3 of the lease) and
+    // the lease's end, with room to spare on a busy machine.
+    const LONG: Duration = Duration::from_secs(6);
+    bounded(async {
+        let etcd = TestEtcd::start(1).await;
+        let proxy = TcpProxy::start(etcd.client_addr(0)).await;
+        let a = EtcdStore::open_with_lease(&settings(via(&proxy)), "a", LONG).unwrap();
+        let b = EtcdStore::open_with_lease(&settings(etcd.endpoints()), "b", LONG).unwrap();
+        let (stop_a, stop_rx) = watch::channel(false);
+        let mut ra = a.clone().campaign(LONG, stop_rx);
+        let lead = tokio::time::timeout(Duration::from_secs(10), ra.wait_for(Option::is_some))
+            .await
+            .expect("a leads")
+            .unwrap()
+            .clone()
+            .unwrap();
+        let (stop_b, stop_rx) = watch::channel(false);
+        let mut rb = b.clone().campaign(LONG, stop_rx);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let cut = Instant::now();
+        proxy.partition();
+        tokio::time::timeout(LONG, ra.wait_for(Option::is_none))
+            .await
+            .expect("a steps down while cut off")
+            .unwrap();
+        let down = cut.elapsed();
+        proxy.heal();
+        let again = tokio::time::timeout(LONG, ra.wait_for(Option::is_some))
+            .await
+            .expect("a leads again")
+            .unwrap()
+            .clone()
+            .unwrap();
+        eprintln!(
+            "resume: a stepped down {down:?} after the cut and led again {:?} after it",
+            cut.elapsed()
+        );
+        assert_eq!(again, lead, "the same leadership: the key was never lost");
+        assert!(rb.borrow_and_update().is_none(), "b never led");
+        a.put_fenced(&lead, "certs/x", b"a".to_vec()).await.unwrap();
+        stop_a.send_replace(true);
+        stop_b.send_replace(true);
+    })
+    .await;
+}
+
+/// A proxy whose open connections can go silent without closing, as across a partition
+/// that drops packets (the harness's `TcpProxy` cuts them instead): while stalled, bytes
+/// are read and held back, in both directions; after `flow`, they go on.
+struct StallProxy {
+    addr: std::net::SocketAddr,
+    stalled: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl StallProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stalled, _) = watch::channel(false);
+        let tx = stalled.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                conns.spawn(pump(cr, uw, tx.subscribe()));
+                conns.spawn(pump(ur, cw, tx.subscribe()));
+            }
+        });
+        Self {
+            addr,
+            stalled,
+            task,
+        }
+    }
+
+    fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    fn flow(&self) {
+        self.stalled.send_replace(false);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_partition_is_noticed() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let etcd = TestEtcd::start(1).await;
+        let proxy = StallProxy::start(etcd.client_addr(0)).await;
+        let endpoints = vec![format!("http://{}", proxy.addr)];
+        let a = open(endpoints, "a");
+        let b = open(etcd.endpoints(), "b");
+        let mut ca = Campaign::start(&a);
+        let lead_a = ca.until_leads(Duration::from_secs(10)).await;
+        let mut cb = Campaign::start(&b);
+        let listing = a.list("").await.unwrap();
+        let mut stream = a.watch("certs/", listing.revision + 1).await.unwrap();
+
+        let cut = Instant::now();
+        proxy.stall();
+        // The connection stays open and says nothing: the watch notices by itself.
+        let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the silent watch ended within 10 s");
+        let noticed = cut.elapsed();
+        eprintln!("silent partition: watch ended after {noticed:?} with {end:?}");
+        assert!(
+            matches!(end, Some(Err(StoreError::Unavailable(_)))),
+            "{end:?}"
+        );
+        assert!(
+            noticed < Duration::from_secs(8),
+            "noticed after {noticed:?}"
+        );
+        let asked = Instant::now();
+        let got = a.get("certs/x").await;
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+        assert!(asked.elapsed() < Duration::from_secs(10));
+
+        // Meanwhile a stepped down, before b was elected.
+        cb.until_leads(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (a_none, b_some) = (ca.last_turn(false).unwrap(), cb.last_turn(true).unwrap());
+        eprintln!(
+            "silent partition: a stepped down after {:?}, b led after {:?}",
+            a_none.duration_since(cut),
+            b_some.duration_since(cut)
+        );
+        assert!(cut < a_none && a_none < b_some, "a stepped down first");
+
+        proxy.flow();
+        let put = retry(Duration::from_secs(20), "a's stale put", async || {
+            a.put_fenced(&lead_a, "certs/x", b"a".to_vec()).await
+        })
+        .await;
+        assert!(matches!(put, Err(StoreError::Fenced)), "stale put: {put:?}");
+        assert_one_leader(&[&ca, &cb]);
+        ca.stop.send_replace(true);
+        cb.stop.send_replace(true);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_campaigns_lease_is_the_sessions() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let etcd = TestEtcd::start(1).await;
+        // Opened with the default lease (10 s), the heartbeat put on it first…
+        let s = settings(etcd.endpoints());
+        let a = EtcdStore::open(&s, "a").unwrap();
+        let b = EtcdStore::open(&s, "b").unwrap();
+        a.heartbeat(b"a".to_vec()).await.unwrap();
+        b.heartbeat(b"b".to_vec()).await.unwrap();
+        // …then campaigning on a 2 s one: the session follows the campaign.
+        let mut ca = Campaign::start(&a);
+        ca.until_leads(Duration::from_secs(10)).await;
+        let mut cb = Campaign::start(&b);
+        tokio::time::sleep(LEASE).await;
+        assert_eq!(
+            b.nodes().await.unwrap().len(),
+            2,
+            "heartbeats kept across the change"
+        );
+        let killed = Instant::now();
+        drop(a);
+        cb.until_leads(LEASE * 2 + Duration::from_secs(2)).await;
+        let takeover = killed.elapsed();
+        eprintln!("takeover on the campaign's lease, store opened with the default: {takeover:?}");
+        assert!(
+            takeover <= LEASE * 2 + Duration::from_secs(1),
+            "took {takeover:?}"
+        );
+        let nodes: Vec<String> = b
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(nodes, ["nodes/b"], "a's heartbeat went with its 2 s lease");
+        assert_one_leader(&[&ca, &cb]);
+        cb.stop.send_replace(true);
+    })
+    .await;
+}

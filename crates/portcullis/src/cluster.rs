@@ -14,8 +14,12 @@ pub(crate) async fn open_store(
 ) -> Result<Arc<dyn Store>, String> {
     match &settings.store {
         ClusterStore::Etcd(etcd) => {
-            let store = portcullis_cluster::EtcdStore::open(etcd, &settings.node_name)
-                .map_err(|e| format!("cannot use etcd: {e}"))?;
+            let store = portcullis_cluster::EtcdStore::open_with_lease(
+                etcd,
+                &settings.node_name,
+                settings.lease,
+            )
+            .map_err(|e| format!("cannot use etcd: {e}"))?;
             Ok(store)
         }
         ClusterStore::Kubernetes(k) => {

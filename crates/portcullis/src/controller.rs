@@ -641,16 +641,16 @@ impl AdminApi for Controller {
     fn cluster_notes(&self) -> Option<String> {
         let status = self.cluster.as_ref()?.status();
         let role = if status.issuer { "issuer" } else { "follower" };
-        Some(match status.stale_for {
-            None => format!(
+        Some(match (status.stale_for, status.ever_synced) {
+            (None, _) => format!(
                 "cluster: {} via {} ({role}), store in sync\n",
                 status.node, status.store
             ),
-            Some(d) if d == Duration::MAX => format!(
+            (Some(_), false) => format!(
                 "cluster: {} via {} ({role}), store not reached yet; serving the local cache\n",
                 status.node, status.store
             ),
-            Some(d) => format!(
+            (Some(d), true) => format!(
                 "cluster: {} via {} ({role}), store unreachable for {}s; serving the certificates this replica has\n",
                 status.node,
                 status.store,

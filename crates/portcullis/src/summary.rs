@@ -3,7 +3,8 @@
 use std::fmt::Write;
 
 use portcullis_config::{
-    Action, Balance, Config, Origin, PathMatch, PlainHttp, ProxyProtocolVersion, Transport, Verify,
+    Action, Balance, ClusterStore, Config, Origin, PathMatch, PlainHttp, ProxyProtocolVersion,
+    Transport, Verify,
 };
 use portcullis_tls::{CertSource, SiteCerts, format_time};
 
@@ -22,6 +23,23 @@ pub fn render(config: &Config, certs: &SiteCerts) -> String {
             .as_ref()
             .map_or("off".to_owned(), ToString::to_string)
     );
+    if let Some(cluster) = &config.cluster {
+        let store = match &cluster.store {
+            ClusterStore::Etcd(e) => format!("etcd {} under {}", e.endpoints.join(", "), e.prefix),
+            ClusterStore::Kubernetes(k) => format!("kubernetes namespace {}", k.namespace),
+        };
+        let _ = writeln!(
+            out,
+            "cluster: {store} as {} (lease {}s{}); ACME certificates shared by one issuer",
+            cluster.node_name,
+            cluster.lease.as_secs(),
+            if cluster.encryption_key.is_some() {
+                ", keys encrypted"
+            } else {
+                ""
+            }
+        );
+    }
     for (site, cert) in config.sites.iter().zip(&certs.sites) {
         let default = if site.default { " (default)" } else { "" };
         let _ = writeln!(out, "site {}{default}", site.name);

@@ -596,3 +596,41 @@ fn an_admin_listener_off_loopback_without_a_token_is_a_warning() {
         );
     }
 }
+
+/// The cluster example checks as it is and the summary says how the replica shares its
+/// certificates; a broken `cluster:` section is refused with the key that is wrong.
+#[test]
+fn check_summarises_the_cluster_example_and_names_a_broken_cluster_key() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster.yaml");
+    let out = check(&example);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "cluster: etcd http://127.0.0.1:2379 under /portcullis/ as r1 (lease 10s); ACME certificates shared by one issuer"
+        ),
+        "{}",
+        out.stdout
+    );
+
+    let b = GatewayBuilder::new()
+        .set(
+            "cluster",
+            "{store: etcd, etcd: {endpoints: ['10.0.0.2:2379']}, node_name: r1, lease: 1s}",
+        )
+        .site("{hosts: [a.test], tls: acme, respond: {}}");
+    let out = check(&b.write_config());
+    assert_eq!(out.code, Some(2), "{}", out.stdout);
+    let errors = out.errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("error: cluster.etcd.endpoints[0]:")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("error: cluster.lease:")),
+        "{errors:?}"
+    );
+}

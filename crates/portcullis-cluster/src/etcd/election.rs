@@ -30,8 +30,11 @@ pub(super) fn spawn(
     stop: watch::Receiver<bool>,
 ) -> watch::Receiver<Option<Leadership>> {
     let (tx, rx) = watch::channel(None);
-    // Never longer than the session's TTL: freshness is measured against what etcd enforces.
-    let lease = lease.min(inner.session.ttl());
+    // The session takes the campaign's lease (a store opened with another gets a new
+    // session lease at the first round), and freshness is measured against it: the TTL
+    // etcd enforces, renewed every third of it.
+    inner.session.set_ttl(lease);
+    let lease = inner.session.ttl();
     tokio::spawn(run(
         Arc::downgrade(inner),
         inner.closed.clone(),
@@ -85,10 +88,18 @@ async fn run(
         let round = c.round(&inner).await;
         match round {
             Round::Again(pause) => {
-                drop(inner);
+                // A renewal or a new lease may make the next round worth trying now.
+                let mut session = inner.session.subscribe();
+                session.mark_unchanged();
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = c.stop.changed() => {}
+                    _ = session.changed() => {}
+                    stop = c.stop.changed() => {
+                        // Its sender gone, it can never say stop: take that as one.
+                        if stop.is_err() {
+                            break inner;
+                        }
+                    }
                     _ = c.closed.changed() => {
                         c.tx.send_replace(None);
                         return;
@@ -188,6 +199,9 @@ impl Campaign {
     /// Leads with `token` until leadership may be lost.
     async fn lead(&mut self, inner: &Arc<Inner>, lease_id: i64, token: i64, from: i64) -> Round {
         let mut session = inner.session.subscribe();
+        // Opened before `Some` is published, so nothing slow stands between the freshness
+        // check below and the step-down timer.
+        let mut watch = open_watch(inner, from, self.retry()).await;
         if !self.is_fresh(&session.borrow_and_update()) {
             return Round::Again(self.retry());
         }
@@ -196,7 +210,6 @@ impl Campaign {
             node: inner.node.clone(),
             token,
         }));
-        let mut watch = open_watch(inner, from, self.retry()).await;
         let round = loop {
             let state = *session.borrow_and_update();
             if state.lease != Some(lease_id) {
@@ -206,25 +219,42 @@ impl Campaign {
                 tracing::warn!(node = %inner.node, "etcd: session not renewed in time; stepping down");
                 break Round::Again(self.retry());
             };
-            tokio::select! {
-                _ = self.stop.changed() => {
-                    if *self.stop.borrow() {
+            let retry = self.retry();
+            let recheck = tokio::select! {
+                stop = self.stop.changed() => {
+                    if stop.is_err() || *self.stop.borrow() {
                         break Round::Stopped;
                     }
+                    false
                 }
                 _ = self.closed.changed() => break Round::Closed,
-                _ = session.changed() => {}
-                _ = tokio::time::sleep_until(until) => {}
+                _ = session.changed() => false,
+                _ = tokio::time::sleep_until(until) => false,
                 gone = key_changed(&mut watch, token) => {
                     if gone {
                         tracing::warn!(node = %inner.node, "etcd: leader key deleted or replaced; stepping down");
                         break Round::Again(Duration::ZERO);
                     }
-                    // The watch broke: check the key directly, then watch again.
+                    true
+                }
+                // No watch: look at the key now and then, and try to watch again.
+                _ = tokio::time::sleep(retry), if watch.is_none() => true,
+            };
+            if recheck {
+                // Bounded by the step-down deadline, which the top of the loop enforces.
+                let check = async {
                     if !self.still_ours(inner, token).await {
+                        return None;
+                    }
+                    Some(open_watch(inner, 0, self.retry()).await)
+                };
+                match tokio::time::timeout_at(until, check).await {
+                    Ok(None) => {
+                        tracing::warn!(node = %inner.node, "etcd: leader key no longer this leadership's; stepping down");
                         break Round::Again(Duration::ZERO);
                     }
-                    watch = open_watch(inner, 0, self.retry()).await;
+                    Ok(Some(w)) => watch = w,
+                    Err(_) => {}
                 }
             }
         };
@@ -260,14 +290,20 @@ impl Campaign {
         tokio::pin!(poll);
         loop {
             tokio::select! {
-                _ = self.stop.changed() => {
-                    if *self.stop.borrow() {
+                stop = self.stop.changed() => {
+                    if stop.is_err() || *self.stop.borrow() {
                         return Round::Stopped;
                     }
                 }
                 _ = self.closed.changed() => return Round::Closed,
                 _ = &mut poll => return Round::Again(Duration::ZERO),
-                _ = key_changed(&mut watch, 0) => return Round::Again(Duration::ZERO),
+                // A broken watch leaves the poll to decide, so a watch etcd keeps
+                // canceling is not a busy loop.
+                changed = key_changed(&mut watch, 0) => {
+                    if changed {
+                        return Round::Again(Duration::ZERO);
+                    }
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 //! has failed for longer than the TTL, or etcd says the lease is gone, the next contact
 //! with etcd grants a new one and puts the heartbeat again.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -27,8 +28,12 @@ pub(super) struct SessionState {
 
 /// The session's state and settings.
 pub(super) struct Session {
-    /// The TTL asked for: the lease rounded up to whole seconds, at least 2.
-    ttl: i64,
+    /// The TTL asked for: the lease rounded up to whole seconds, at least 2. Set when the
+    /// store is opened, and again by a campaign given another lease.
+    ttl: AtomicI64,
+    /// The TTL the lease in force was granted with: when it is not `ttl`, the next
+    /// [`ensure`] grants a lease with the new TTL (and the old one is revoked).
+    granted_ttl: AtomicI64,
     state: watch::Sender<SessionState>,
     /// The last heartbeat value, put again on each new lease.
     heartbeat: Mutex<Option<Vec<u8>>>,
@@ -41,17 +46,22 @@ pub(super) struct Session {
     released: Mutex<bool>,
 }
 
+/// `lease` rounded up to whole seconds, at least 2 (etcd's own minimum, near enough).
+fn ttl_of(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis().div_ceil(1000))
+        .unwrap_or(i64::MAX)
+        .max(2)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Session {
     pub(super) fn new(lease: Duration) -> Self {
-        let ttl = i64::try_from(lease.as_millis().div_ceil(1000))
-            .unwrap_or(i64::MAX)
-            .max(2);
         Self {
-            ttl,
+            ttl: AtomicI64::new(ttl_of(lease)),
+            granted_ttl: AtomicI64::new(0),
             state: watch::channel(SessionState {
                 lease: None,
                 renewed: None,
@@ -66,7 +76,21 @@ impl Session {
 
     /// The TTL as a duration.
     pub(super) fn ttl(&self) -> Duration {
-        Duration::from_secs(self.ttl.unsigned_abs())
+        Duration::from_secs(self.ttl.load(Ordering::Relaxed).unsigned_abs())
+    }
+
+    /// Makes the session's TTL `lease`'s; a lease granted with another is replaced at the
+    /// next [`ensure`].
+    pub(super) fn set_ttl(&self, lease: Duration) {
+        self.ttl.store(ttl_of(lease), Ordering::Relaxed);
+    }
+
+    /// The lease in force, if it was granted with the TTL wanted now.
+    fn current(&self) -> Option<i64> {
+        let ttl = self.ttl.load(Ordering::Relaxed);
+        self.state()
+            .lease
+            .filter(|_| self.granted_ttl.load(Ordering::Relaxed) == ttl)
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<SessionState> {
@@ -102,19 +126,20 @@ impl Session {
 pub(super) async fn ensure(inner: &Arc<Inner>) -> Result<i64, StoreError> {
     start_task(inner);
     *lock(&inner.session.released) = false;
-    if let Some(lease) = inner.session.state().lease {
+    if let Some(lease) = inner.session.current() {
         return Ok(lease);
     }
     let _one = inner.session.granting.lock().await;
-    if let Some(lease) = inner.session.state().lease {
+    if let Some(lease) = inner.session.current() {
         return Ok(lease);
     }
     grant(inner).await
 }
 
-/// Grants a new lease, publishes it, and puts the remembered heartbeat on it.
+/// Grants a new lease, publishes it, puts the remembered heartbeat on it, and revokes the
+/// one it replaces.
 async fn grant(inner: &Arc<Inner>) -> Result<i64, StoreError> {
-    let ttl = inner.session.ttl;
+    let ttl = inner.session.ttl.load(Ordering::Relaxed);
     let sent = Instant::now();
     let granted = inner
         .conn
@@ -122,13 +147,22 @@ async fn grant(inner: &Arc<Inner>) -> Result<i64, StoreError> {
         .await?;
     let lease = granted.id();
     tracing::debug!(lease, ttl = granted.ttl(), "etcd session lease granted");
+    inner.session.granted_ttl.store(ttl, Ordering::Relaxed);
     let old = inner.session.state.send_replace(SessionState {
         lease: Some(lease),
         renewed: Some(sent),
     });
+    let value = lock(&inner.session.heartbeat).clone();
+    if let Some(value) = value
+        && let Err(e) = put_heartbeat(inner, lease, value).await
+    {
+        tracing::warn!(failure = %e, "etcd heartbeat not put on the new lease");
+    }
     if let Some(old) = old.lease {
-        // It may outlive this replica's belief in it (a new etcd leader extends leases):
-        // revoke it so what hangs on it goes now rather than at its TTL.
+        // It may outlive this replica's belief in it (a new etcd leader extends leases),
+        // or have had another TTL: revoke it so what still hangs on it goes now rather
+        // than at its TTL. After the heartbeat moved to the new lease, so the heartbeat
+        // never goes meanwhile.
         let weak = Arc::downgrade(inner);
         tokio::spawn(async move {
             if let Some(inner) = weak.upgrade() {
@@ -138,12 +172,6 @@ async fn grant(inner: &Arc<Inner>) -> Result<i64, StoreError> {
                     .await;
             }
         });
-    }
-    let value = lock(&inner.session.heartbeat).clone();
-    if let Some(value) = value
-        && let Err(e) = put_heartbeat(inner, lease, value).await
-    {
-        tracing::warn!(failure = %e, "etcd heartbeat not put on the new lease");
     }
     Ok(lease)
 }
@@ -198,14 +226,22 @@ fn start_task(inner: &Arc<Inner>) {
     }
 }
 
+/// After a renewal that failed, the next try comes this soon (or a period, if shorter): a
+/// link back before the lease ran out renews it in time to keep the leadership.
+const RETRY: Duration = Duration::from_millis(300);
+
 /// Renews the lease every third of its TTL until the store is dropped.
 async fn keep_alive(inner: Weak<Inner>, mut closed: watch::Receiver<()>) {
     let mut stream: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)> = None;
     loop {
         let Some(store) = inner.upgrade() else { return };
         let period = store.session.ttl() / 3;
-        let next = Instant::now() + period;
-        tick(&store, &mut stream, period).await;
+        let started = Instant::now();
+        let next = if tick(&store, &mut stream, period).await {
+            started + period
+        } else {
+            Instant::now() + RETRY.min(period)
+        };
         drop(store);
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
@@ -214,12 +250,13 @@ async fn keep_alive(inner: Weak<Inner>, mut closed: watch::Receiver<()>) {
     }
 }
 
-/// One renewal (or, with no lease and a heartbeat to keep, one grant).
+/// One renewal (or, with no lease and a heartbeat to keep, one grant): whether etcd
+/// answered as hoped.
 async fn tick(
     inner: &Arc<Inner>,
     stream: &mut Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>,
     limit: Duration,
-) {
+) -> bool {
     let session = &inner.session;
     let state = session.state();
     let Some(lease) = state.lease else {
@@ -231,9 +268,10 @@ async fn tick(
                 && let Err(e) = grant(inner).await
             {
                 tracing::debug!(failure = %e, "etcd session lease not granted yet");
+                return false;
             }
         }
-        return;
+        return true;
     };
     let sent = Instant::now();
     match renew(inner, stream, lease, limit).await {
@@ -246,6 +284,7 @@ async fn tick(
                     false
                 }
             });
+            true
         }
         Ok(false) => {
             tracing::warn!(
@@ -254,12 +293,11 @@ async fn tick(
             );
             *stream = None;
             session.forget(lease);
-            if !*lock(&session.released) {
-                let _one = session.granting.lock().await;
-                if session.state().lease.is_none() {
-                    let _ = grant(inner).await;
-                }
+            if *lock(&session.released) {
+                return true;
             }
+            let _one = session.granting.lock().await;
+            session.state().lease.is_some() || grant(inner).await.is_ok()
         }
         Err(e) => {
             *stream = None;
@@ -270,6 +308,7 @@ async fn tick(
             } else {
                 tracing::debug!(lease, failure = %e, "etcd session lease not renewed");
             }
+            false
         }
     }
 }
