@@ -253,88 +253,89 @@ struct Serving {
     served: Duration,
 }
 
-/// Waits until `/readyz` is 200 and every sampled site gets its own certificate.
-async fn wait_serving(
-    what: &str,
-    gw: &GatewayProcess,
-    client: &TestClient,
-    leaves: &[Leaf],
-    sampled: &[usize],
-    start: Instant,
-) -> Serving {
-    let admin = gw.admin.expect("the config has an admin listener");
-    let mut pending: Vec<usize> = sampled.to_vec();
-    let mut ready = None;
-    loop {
-        let (status, body) = admin_get(admin, "/readyz").await;
-        if status == 200 {
-            let ready = *ready.get_or_insert_with(|| start.elapsed());
-            let mut still = Vec::new();
-            for &i in &pending {
-                if served(client, &host(i)).await.as_ref() != Some(&leaves[i].der) {
-                    still.push(i);
+/// Resident memory, KiB.
+struct Memory {
+    /// When every sampled site was served.
+    serving: u64,
+    /// `settle` later.
+    settled: u64,
+    /// The peak so far (VmHWM).
+    peak: u64,
+}
+
+/// What every gateway run shares.
+struct Bench {
+    binary: PathBuf,
+    root: CertificateDer<'static>,
+    /// The certificate each site should serve (renewals replace theirs).
+    leaves: Vec<Leaf>,
+    sampled: Vec<usize>,
+    settle: Duration,
+    dir: PathBuf,
+}
+
+impl Bench {
+    /// Starts a gateway on `config` and waits until `/readyz` is 200 and every sampled
+    /// site gets its own certificate.
+    async fn start(&self, what: &str, config: &Path) -> (GatewayProcess, TestClient, Serving) {
+        let start = Instant::now();
+        let gw =
+            GatewayProcess::spawn(&self.binary, &["run", "--config", config.to_str().unwrap()]);
+        let client = TestClient::new(gw.https, &self.root);
+        let admin = gw.admin.expect("the config has an admin listener");
+        let mut pending = self.sampled.clone();
+        let mut ready = None;
+        loop {
+            let (status, body) = admin_get(admin, "/readyz").await;
+            if status == 200 {
+                let ready = *ready.get_or_insert_with(|| start.elapsed());
+                let mut still = Vec::new();
+                for &i in &pending {
+                    if served(&client, &host(i)).await.as_ref() != Some(&self.leaves[i].der) {
+                        still.push(i);
+                    }
+                }
+                pending = still;
+                if pending.is_empty() {
+                    let served = start.elapsed();
+                    return (gw, client, Serving { ready, served });
                 }
             }
-            pending = still;
-            if pending.is_empty() {
-                return Serving {
-                    ready,
-                    served: start.elapsed(),
-                };
+            if start.elapsed() > LIMIT {
+                let tail: Vec<String> = gw.logs().into_iter().rev().take(20).collect();
+                panic!(
+                    "{what}: not serving every certificate after {LIMIT:?}: /readyz {status}, \
+                     {} sampled names not served (first {:?}); /readyz body starts:\n{}\n\
+                     last log lines:\n{}",
+                    pending.len(),
+                    pending.first().map(|i| host(*i)),
+                    body.lines().take(10).collect::<Vec<_>>().join("\n"),
+                    tail.join("\n")
+                );
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if start.elapsed() > LIMIT {
-            let tail: Vec<String> = gw.logs().into_iter().rev().take(20).collect();
-            panic!(
-                "{what}: not serving every certificate after {LIMIT:?}: /readyz {status}, \
-                 {} sampled names not served (first {:?}); /readyz body starts:\n{}\n\
-                 last log lines:\n{}",
-                pending.len(),
-                pending.first().map(|i| host(*i)),
-                body.lines().take(10).collect::<Vec<_>>().join("\n"),
-                tail.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
 
-/// Writes the gateway's log (JSON lines) to `dir/<name>.log`.
-fn save_log(dir: &Path, name: &str, gw: &GatewayProcess) {
-    let mut text = gw.logs().join("\n");
-    text.push('\n');
-    std::fs::write(dir.join(format!("{name}.log")), text).unwrap();
-}
+    /// [`start`](Self::start), then the memory at that moment and `settle` later.
+    async fn measure(&self, what: &str, config: &Path) -> (GatewayProcess, Serving, Memory) {
+        let (gw, _, serving) = self.start(what, config).await;
+        let at_serving = gw.rss_kib();
+        tokio::time::sleep(self.settle).await;
+        let memory = Memory {
+            serving: at_serving,
+            settled: gw.rss_kib(),
+            peak: gw.peak_rss_kib(),
+        };
+        (gw, serving, memory)
+    }
 
-struct Memory {
-    serving_kib: u64,
-    settled_kib: u64,
-    peak_kib: u64,
-}
-
-/// Starts the gateway on `config`, waits until it serves everything, and reads its memory
-/// then and after `settle`.
-async fn measure(
-    what: &str,
-    binary: &Path,
-    config: &Path,
-    root: &CertificateDer<'static>,
-    leaves: &[Leaf],
-    sampled: &[usize],
-    settle: Duration,
-) -> (GatewayProcess, Serving, Memory) {
-    let start = Instant::now();
-    let gw = GatewayProcess::spawn(binary, &["run", "--config", config.to_str().unwrap()]);
-    let client = TestClient::new(gw.https, root);
-    let ready = wait_serving(what, &gw, &client, leaves, sampled, start).await;
-    let serving_kib = gw.rss_kib();
-    tokio::time::sleep(settle).await;
-    let memory = Memory {
-        serving_kib,
-        settled_kib: gw.rss_kib(),
-        peak_kib: gw.peak_rss_kib(),
-    };
-    (gw, ready, memory)
+    /// Writes the gateway's log (JSON lines) to `<dir>/<name>.log`.
+    fn save_log(&self, name: &str, gw: &GatewayProcess) {
+        let mut text = gw.logs().join("\n");
+        text.push('\n');
+        std::fs::write(self.dir.join(format!("{name}.log")), text).unwrap();
+    }
 }
 
 fn mb(kib: u64) -> f64 {
@@ -381,6 +382,20 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+fn count_files(root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -392,15 +407,78 @@ async fn main() {
     portcullis_tests::init();
     let n = a.sites;
     let dir = tempfile::tempdir().unwrap();
-    let sampled = sample(n, a.sample);
-
-    let setup = Instant::now();
     let ca = Ca::new();
-    let mut leaves: Vec<Leaf> = (0..n).map(|i| ca.leaf(&host(i), Duration::ZERO)).collect();
+    let etcd = TestEtcd::start(1).await;
+    let (mut bench, config_a) = load(&a, &ca, &etcd, dir.path()).await;
+    let configs: Vec<PathBuf> = (1..=a.replicas)
+        .map(|k| {
+            let node = format!("b{k}");
+            let storage = dir.path().join(&node);
+            let text = config(n, &storage, &cluster_section(&etcd, &node));
+            write_config(dir.path(), &node, &text)
+        })
+        .collect();
+
+    let (b1, a_settled) = compare(&bench, &config_a, &configs[0]).await;
+    let mut replicas = vec![b1];
+    let mut clients = vec![TestClient::new(replicas[0].https, &bench.root)];
+    for (k, config) in configs.iter().enumerate().skip(1) {
+        let what = format!("replica b{}", k + 1);
+        let (gw, client, t) = bench.start(&what, config).await;
+        println!(
+            "{what} (started beside b1): /readyz 200 after {}, every sampled name served after \
+             {}, RSS {:.0} MB",
+            ms(t.ready),
+            ms(t.served),
+            mb(gw.rss_kib())
+        );
+        replicas.push(gw);
+        clients.push(client);
+    }
+
+    propagation(&mut bench, &ca, &etcd, &clients, a.runs).await;
+    for (k, gw) in replicas.iter().enumerate() {
+        println!("b{}: {}", k + 1, cluster_metrics(gw).await);
+        bench.save_log(&format!("b{}", k + 1), gw);
+    }
+
+    // A rolling restart: b1 again, on the local cache it wrote.
+    let mut b1 = replicas.remove(0);
+    b1.signal("TERM");
+    b1.wait(Duration::from_secs(60));
+    drop(b1);
+    let (b1, t, mem) = bench.measure("b1 restarted", &configs[0]).await;
+    println!(
+        "b1 restarted on its local cache: /readyz 200 after {}, every sampled name served after \
+         {}, RSS {:.0} MB, +{} s: {:.0} MB ({:+.0} MB over A's), peak {:.0} MB; {}",
+        ms(t.ready),
+        ms(t.served),
+        mb(mem.serving),
+        bench.settle.as_secs(),
+        mb(mem.settled),
+        mb(mem.settled) - mb(a_settled),
+        mb(mem.peak),
+        cluster_metrics(&b1).await
+    );
+    bench.save_log("b1-restarted", &b1);
+    drop(b1);
+    drop(replicas);
+    drop(etcd);
+    if a.keep {
+        println!("kept: {}", dir.keep().display());
+    }
+}
+
+/// Generates the certificates, seeds A's local storage and the etcd store; the shared
+/// state and A's config.
+async fn load(a: &Args, ca: &Ca, etcd: &TestEtcd, dir: &Path) -> (Bench, PathBuf) {
+    let n = a.sites;
+    let setup = Instant::now();
+    let leaves: Vec<Leaf> = (0..n).map(|i| ca.leaf(&host(i), Duration::ZERO)).collect();
     let generated = setup.elapsed();
 
     // A: the certificates in local storage, where a gateway that ordered them keeps them.
-    let storage_a = dir.path().join("a");
+    let storage_a = dir.join("a");
     let local = Storage::new(&storage_a, DIRECTORY);
     for (i, leaf) in leaves.iter().enumerate() {
         local
@@ -410,10 +488,9 @@ async fn main() {
     let seeded = setup.elapsed();
 
     // B: the same certificates in etcd only.
-    let etcd = TestEtcd::start(1).await;
     futures_util::stream::iter(0..n)
         .map(|i| {
-            let (etcd, leaf) = (&etcd, &leaves[i]);
+            let leaf = &leaves[i];
             async move { put_record(etcd, &host(i), leaf).await }
         })
         .buffer_unordered(WRITERS)
@@ -429,118 +506,92 @@ async fn main() {
         record_bytes as f64 / 1e6,
         (setup.elapsed() - seeded).as_secs_f64()
     );
+    let config_a = write_config(dir, "a", &config(n, &storage_a, ""));
+    let bench = Bench {
+        binary: a.binary.clone(),
+        root: ca.root.clone(),
+        leaves,
+        sampled: sample(n, a.sample),
+        settle: a.settle,
+        dir: dir.to_owned(),
+    };
+    (bench, config_a)
+}
 
-    let config_a = write_config(dir.path(), "a", &config(n, &storage_a, ""));
-    let (gw_a, ready_a, mem_a) = measure(
-        "A (local storage)",
-        &a.binary,
-        &config_a,
-        &ca.root,
-        &leaves,
-        &sampled,
-        a.settle,
-    )
-    .await;
-    save_log(dir.path(), "a", &gw_a);
+/// A, then B (kept running: the first replica); prints the table. Gives B and A's memory
+/// `settle` after serving.
+async fn compare(bench: &Bench, config_a: &Path, config_b: &Path) -> (GatewayProcess, u64) {
+    let (gw_a, time_a, mem_a) = bench.measure("A (local storage)", config_a).await;
+    bench.save_log("a", &gw_a);
     drop(gw_a);
+    let (gw_b, time_b, mem_b) = bench.measure("B (cluster, etcd)", config_b).await;
+    // `<dir>/b1.yaml` keeps its storage in `<dir>/b1`.
+    let storage_b = config_b.with_extension("");
 
-    let storages: Vec<PathBuf> = (1..=a.replicas)
-        .map(|k| dir.path().join(format!("b{k}")))
-        .collect();
-    let configs: Vec<PathBuf> = (1..=a.replicas)
-        .map(|k| {
-            let node = format!("b{k}");
-            let text = config(n, &storages[k - 1], &cluster_section(&etcd, &node));
-            write_config(dir.path(), &node, &text)
-        })
-        .collect();
-    let (gw_b, ready_b, mem_b) = measure(
-        "B (cluster, etcd)",
-        &a.binary,
-        &configs[0],
-        &ca.root,
-        &leaves,
-        &sampled,
-        a.settle,
-    )
-    .await;
-    let b_metrics = cluster_metrics(&gw_b).await;
-    let cache_files = count_files(&storages[0]);
-
-    let diff = mem_b.settled_kib as i64 - mem_a.settled_kib as i64;
     println!();
     println!(
-        "| {n} sites | start → /readyz 200 | → {} sampled names served | RSS then | RSS +{} s | peak (VmHWM) |",
-        sampled.len(),
-        a.settle.as_secs()
+        "| {} sites | start → /readyz 200 | → {} sampled names served | RSS then | RSS +{} s | \
+         peak (VmHWM) |",
+        bench.leaves.len(),
+        bench.sampled.len(),
+        bench.settle.as_secs()
     );
     println!("|---|---|---|---|---|---|");
-    for (name, ready, m) in [
-        ("A local storage", ready_a, &mem_a),
-        ("B cluster (etcd)", ready_b, &mem_b),
+    for (name, t, m) in [
+        ("A local storage", time_a, &mem_a),
+        ("B cluster (etcd)", time_b, &mem_b),
     ] {
         println!(
             "| {name} | {} | {} | {:.0} MB | {:.0} MB | {:.0} MB |",
-            ms(ready.ready),
-            ms(ready.served),
-            mb(m.serving_kib),
-            mb(m.settled_kib),
-            mb(m.peak_kib)
+            ms(t.ready),
+            ms(t.served),
+            mb(m.serving),
+            mb(m.settled),
+            mb(m.peak)
         );
     }
     println!(
         "| B − A | {} | {} | {:+.0} MB | {:+.0} MB | {:+.0} MB |",
-        ms(ready_b.ready.saturating_sub(ready_a.ready)),
-        ms(ready_b.served.saturating_sub(ready_a.served)),
-        mb(mem_b.serving_kib) - mb(mem_a.serving_kib),
-        diff as f64 / 1024.0,
-        mb(mem_b.peak_kib) - mb(mem_a.peak_kib)
+        ms(time_b.ready.saturating_sub(time_a.ready)),
+        ms(time_b.served.saturating_sub(time_a.served)),
+        mb(mem_b.serving) - mb(mem_a.serving),
+        mb(mem_b.settled) - mb(mem_a.settled),
+        mb(mem_b.peak) - mb(mem_a.peak)
     );
     println!(
         "B/A: RSS {:.2}×, peak {:.2}×, start {:.2}×   [target: B − A < 50 MB]",
-        mem_b.settled_kib as f64 / mem_a.settled_kib as f64,
-        mem_b.peak_kib as f64 / mem_a.peak_kib as f64,
-        ready_b.served.as_secs_f64() / ready_a.served.as_secs_f64()
+        mem_b.settled as f64 / mem_a.settled as f64,
+        mem_b.peak as f64 / mem_a.peak as f64,
+        time_b.served.as_secs_f64() / time_a.served.as_secs_f64()
     );
-    println!("B's metrics: {b_metrics}; B's local cache: {cache_files} files");
+    println!(
+        "B's metrics: {}; B's local cache: {} files",
+        cluster_metrics(&gw_b).await,
+        count_files(&storage_b)
+    );
+    (gw_b, mem_a.settled)
+}
 
-    // Propagation: more replicas on the same store, then renewals written straight into etcd.
-    let mut replicas = vec![gw_b];
-    let mut clients = vec![TestClient::new(replicas[0].https, &ca.root)];
-    for (k, config) in configs.iter().enumerate().skip(1) {
-        let start = Instant::now();
-        let gw = GatewayProcess::spawn(&a.binary, &["run", "--config", config.to_str().unwrap()]);
-        let client = TestClient::new(gw.https, &ca.root);
-        let ready = wait_serving(
-            &format!("replica b{}", k + 1),
-            &gw,
-            &client,
-            &leaves,
-            &sampled,
-            start,
-        )
-        .await;
-        println!(
-            "replica b{} (started beside b1): /readyz 200 after {}, every sampled name served after {}, RSS {:.0} MB",
-            k + 1,
-            ms(ready.ready),
-            ms(ready.served),
-            mb(gw.rss_kib())
-        );
-        replicas.push(gw);
-        clients.push(client);
-    }
-
-    let mut runs: Vec<Duration> = Vec::with_capacity(a.runs);
-    for r in 0..a.runs {
-        let i = (r + 1) * n / (a.runs + 1);
+/// `runs` times, one site's record replaced in etcd by a renewed certificate, and the time
+/// until every replica serves it.
+async fn propagation(
+    bench: &mut Bench,
+    ca: &Ca,
+    etcd: &TestEtcd,
+    clients: &[TestClient],
+    runs: usize,
+) {
+    let n = bench.leaves.len();
+    let mut all_served: Vec<Duration> = Vec::with_capacity(runs);
+    for r in 0..runs {
+        let i = (r + 1) * n / (runs + 1);
         let site = host(i);
         let renewed = ca.leaf(&site, Duration::from_secs(3600 * (r as u64 + 1)));
         let t = Instant::now();
-        put_record(&etcd, &site, &renewed).await;
+        put_record(etcd, &site, &renewed).await;
         let stored = t.elapsed();
-        let each: Vec<Duration> = futures_util::future::join_all(clients.iter().enumerate().map(
-            |(k, client)| {
+        let each: Vec<Duration> =
+            futures_util::future::join_all(clients.iter().enumerate().map(|(k, client)| {
                 let (site, want) = (&site, &renewed.der);
                 async move {
                     loop {
@@ -549,15 +600,15 @@ async fn main() {
                         }
                         assert!(
                             t.elapsed() < LIMIT,
-                            "replica b{} does not serve the renewed certificate of {site} after {LIMIT:?}",
+                            "replica b{} does not serve the renewed certificate of {site} after \
+                             {LIMIT:?}",
                             k + 1
                         );
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
-            },
-        ))
-        .await;
+            }))
+            .await;
         let all = *each.iter().max().unwrap();
         println!(
             "renewal {} ({site}): stored in {}, served by all {} replicas after {} ({})",
@@ -571,68 +622,17 @@ async fn main() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        runs.push(all);
-        leaves[i] = renewed;
+        all_served.push(all);
+        bench.leaves[i] = renewed;
     }
-    let mut sorted = runs.clone();
+    let mut sorted = all_served.clone();
     sorted.sort();
     println!(
-        "one renewed certificate → served by all {} replicas: median {}, max {} over {} runs   [target < 5 s]",
+        "one renewed certificate → served by all {} replicas: median {}, max {} over {} runs   \
+         [target < 5 s]",
         clients.len(),
         ms(sorted[sorted.len() / 2]),
         ms(*sorted.last().unwrap()),
-        runs.len()
+        all_served.len()
     );
-    for (k, gw) in replicas.iter().enumerate() {
-        println!("b{}: {}", k + 1, cluster_metrics(gw).await);
-        save_log(dir.path(), &format!("b{}", k + 1), gw);
-    }
-
-    // A rolling restart: b1 again, on the local cache it wrote.
-    let mut b1 = replicas.remove(0);
-    b1.signal("TERM");
-    b1.wait(Duration::from_secs(60));
-    drop(b1);
-    let (b1, again, mem) = measure(
-        "b1 restarted",
-        &a.binary,
-        &configs[0],
-        &ca.root,
-        &leaves,
-        &sampled,
-        a.settle,
-    )
-    .await;
-    println!(
-        "b1 restarted on its local cache: /readyz 200 after {}, every sampled name served after {}, \
-         RSS {:.0} MB (+{} s: {:.0} MB, peak {:.0} MB); {}",
-        ms(again.ready),
-        ms(again.served),
-        mb(mem.serving_kib),
-        a.settle.as_secs(),
-        mb(mem.settled_kib),
-        mb(mem.peak_kib),
-        cluster_metrics(&b1).await
-    );
-    save_log(dir.path(), "b1-restarted", &b1);
-    drop(b1);
-    drop(replicas);
-    drop(etcd);
-    if a.keep {
-        println!("kept: {}", dir.keep().display());
-    }
-}
-
-fn count_files(root: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => count_files(&e.path()),
-            Ok(_) => 1,
-            Err(_) => 0,
-        })
-        .sum()
 }
