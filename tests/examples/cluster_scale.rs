@@ -16,6 +16,12 @@
 //! Then three replicas of B (the first one kept, two more started) and, several times, one
 //! site's record replaced in etcd by a renewed certificate: the time until each replica
 //! serves it, polled every 20 ms by handshakes (target: under 5 s to reach all of them).
+//! Last, the first replica restarted on the local cache it wrote (a rolling restart).
+//!
+//! RSS includes what the allocator has not given back yet: with `MIMALLOC_PURGE_DELAY=0` in
+//! the environment (the gateways inherit it) it is close to what is live. `TMPDIR` decides
+//! where the storages and etcd's data live (each certificate taken from the store is written
+//! to the replica's cache with `fsync`, so the disk sets the pace of a start on an empty one).
 //!
 //! ```text
 //! cargo build --release -p portcullis
