@@ -2,7 +2,7 @@
 //! a CSR for a fresh key, the certificate chain.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use instant_acme::{
     Account, AuthorizationStatus, CertificateIdentifier, ChallengeStatus, ChallengeType,
@@ -14,7 +14,11 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use tracing::{debug, info};
 
 use crate::error::{AcmeError, Step};
-use crate::fleet::{Answer, Fleet, OrderRecord};
+use crate::fleet::{Answer, Fleet, History, OrderRecord};
+use crate::storage::{from_unix, unix};
+
+/// Orders placed for one site within an hour, across the fleet, before the next waits.
+pub(crate) const MAX_ORDERS_PER_HOUR: usize = 5;
 
 /// What to order.
 pub(crate) struct OrderRequest<'a> {
@@ -61,9 +65,10 @@ pub(crate) async fn order(
     challenges: &Arc<Challenges>,
     req: &OrderRequest<'_>,
     fleet: Option<(&dyn Fleet, &str)>,
+    history: Option<&mut History>,
 ) -> Result<Issued, AcmeError> {
     let mut answers = Vec::new();
-    let result = order_with(account, challenges, req, fleet, &mut answers).await;
+    let result = order_with(account, challenges, req, fleet, history, &mut answers).await;
     if let (Some((fleet, _)), false) = (fleet, answers.is_empty()) {
         fleet.withdraw_answers(&answers).await;
     }
@@ -75,6 +80,7 @@ async fn place_or_resume(
     account: &Account,
     req: &OrderRequest<'_>,
     fleet: Option<(&dyn Fleet, &str)>,
+    history: Option<&mut History>,
 ) -> Result<(instant_acme::Order, KeyPair), AcmeError> {
     if let Some((fleet, site)) = fleet
         && let Some(record) = fleet.load_order(site).await?
@@ -104,6 +110,9 @@ async fn place_or_resume(
             ),
         }
     }
+    if let (Some((fleet, site)), Some(history)) = (fleet, history) {
+        count_order(fleet, site, history).await?;
+    }
     let key = KeyPair::generate().map_err(|e| AcmeError::new(Step::Finalize, e.to_string()))?;
     let identifiers: Vec<Identifier> = req.names.iter().cloned().map(Identifier::Dns).collect();
     let mut new_order = NewOrder::new(&identifiers);
@@ -131,14 +140,46 @@ async fn place_or_resume(
     Ok((order, key))
 }
 
+/// Records a new order in the site's shared history before it is placed (a crash right
+/// after still counts), refusing when the fleet placed [`MAX_ORDERS_PER_HOUR`] within the
+/// hour: a crash loop or a flapping issuer cannot burn the CA's limits.
+async fn count_order(
+    fleet: &dyn Fleet,
+    site: &str,
+    history: &mut History,
+) -> Result<(), AcmeError> {
+    let now = unix(SystemTime::now());
+    history.orders.retain(|t| *t > now.saturating_sub(86_400));
+    let last_hour: Vec<u64> = history
+        .orders
+        .iter()
+        .copied()
+        .filter(|t| *t > now.saturating_sub(3600))
+        .collect();
+    if last_hour.len() >= MAX_ORDERS_PER_HOUR {
+        let mut e = AcmeError::new(
+            Step::NewOrder,
+            format!(
+                "{} orders for {site} within the hour across the cluster; waiting before another",
+                last_hour.len()
+            ),
+        );
+        e.retry_after = Some(from_unix(last_hour[0] + 3600));
+        return Err(e);
+    }
+    history.orders.push(now);
+    fleet.save_history(site, history).await
+}
+
 async fn order_with(
     account: &Account,
     challenges: &Arc<Challenges>,
     req: &OrderRequest<'_>,
     fleet: Option<(&dyn Fleet, &str)>,
+    history: Option<&mut History>,
     answers: &mut Vec<Answer>,
 ) -> Result<Issued, AcmeError> {
-    let (mut order, key) = place_or_resume(account, req, fleet).await?;
+    let (mut order, key) = place_or_resume(account, req, fleet, history).await?;
 
     let mut published = Published {
         challenges: challenges.clone(),
@@ -329,6 +370,118 @@ async fn validation_error(order: &mut instant_acme::Order, status: OrderStatus) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::{FleetFuture, Shared};
+    use crate::manager::AcmeSite;
+    use instant_acme::AccountCredentials;
+
+    /// A fleet that only records the histories saved.
+    #[derive(Default)]
+    struct Recorder {
+        saved: std::sync::Mutex<Vec<History>>,
+    }
+
+    impl Fleet for Recorder {
+        fn issuer(&self) -> tokio::sync::watch::Receiver<bool> {
+            tokio::sync::watch::channel(true).1
+        }
+        fn latest<'a>(&'a self, _: &'a str) -> FleetFuture<'a, Result<Option<Shared>, AcmeError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn store_certificate<'a>(
+            &'a self,
+            _: &'a AcmeSite,
+            _: Shared,
+        ) -> FleetFuture<'a, Result<(), AcmeError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn load_order<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> FleetFuture<'a, Result<Option<OrderRecord>, AcmeError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn save_order<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a OrderRecord,
+        ) -> FleetFuture<'a, Result<(), AcmeError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn clear_order<'a>(&'a self, _: &'a str) -> FleetFuture<'a, ()> {
+            Box::pin(async {})
+        }
+        fn load_history<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> FleetFuture<'a, Result<Option<History>, AcmeError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn save_history<'a>(
+            &'a self,
+            _: &'a str,
+            history: &'a History,
+        ) -> FleetFuture<'a, Result<(), AcmeError>> {
+            self.saved.lock().unwrap().push(history.clone());
+            Box::pin(async { Ok(()) })
+        }
+        fn publish_answers<'a>(
+            &'a self,
+            _: &'a [Answer],
+        ) -> FleetFuture<'a, Result<(), AcmeError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn withdraw_answers<'a>(&'a self, _: &'a [Answer]) -> FleetFuture<'a, ()> {
+            Box::pin(async {})
+        }
+        fn load_account(&self) -> FleetFuture<'_, Result<Option<AccountCredentials>, AcmeError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn save_account<'a>(
+            &'a self,
+            _: &'a AccountCredentials,
+        ) -> FleetFuture<'a, Result<(), AcmeError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn orders_are_recorded_before_they_are_placed_and_capped_per_hour() {
+        let fleet = Recorder::default();
+        let now = unix(SystemTime::now());
+        let mut history = History {
+            // Two days ago (forgotten), and four within the hour.
+            orders: vec![
+                now - 2 * 86_400,
+                now - 3000,
+                now - 2000,
+                now - 1000,
+                now - 10,
+            ],
+            ..History::default()
+        };
+        count_order(&fleet, "a", &mut history).await.unwrap();
+        assert_eq!(
+            history.orders.len(),
+            5,
+            "the old one dropped, this one added"
+        );
+        assert_eq!(fleet.saved.lock().unwrap().last(), Some(&history));
+
+        let err = count_order(&fleet, "a", &mut history).await.unwrap_err();
+        assert_eq!(err.step, Step::NewOrder);
+        assert!(err.message.contains("5 orders"), "{}", err.message);
+        let after = err.retry_after.unwrap();
+        assert_eq!(
+            after,
+            from_unix(now - 3000 + 3600),
+            "when the oldest leaves the hour"
+        );
+        assert_eq!(
+            fleet.saved.lock().unwrap().len(),
+            1,
+            "a refused order is not recorded"
+        );
+    }
 
     #[test]
     fn challenge_choice_prefers_then_falls_back() {

@@ -107,10 +107,6 @@ struct Done {
     history: Option<History>,
 }
 
-/// Orders placed for one site within an hour, across the fleet, before the next waits:
-/// a crash loop or a flapping issuer cannot burn the CA's limits.
-const MAX_ORDERS_PER_HOUR: usize = 5;
-
 /// Obtains and renews certificates, publishing them into the certificate store.
 pub struct AcmeManager {
     cfg: Acme,
@@ -413,6 +409,32 @@ impl AcmeManager {
                 format!("gave up after {FLOW_TIMEOUT:?}"),
             )),
         };
+        if let (Some(fleet), Some(h), Outcome::Failed(e)) = (&self.fleet, &history, &outcome)
+            && !e.is_bad_nonce()
+        {
+            // The backoff is recorded before this task ends: an issuer killed right after
+            // a failure must not let the next one order at once.
+            let failures = h.failures + 1;
+            let now = SystemTime::now();
+            let mut wait = backoff(
+                self.cfg.backoff_initial,
+                self.cfg.backoff_max,
+                failures,
+                random_unit(),
+            );
+            if let Some(after) = e.retry_after {
+                wait = wait.max(after.duration_since(now).unwrap_or_default());
+            }
+            let provisional = History {
+                failures,
+                next_attempt: Some(unix(now + wait)),
+                last_error: Some(e.to_string()),
+                ..h.clone()
+            };
+            if let Err(e) = fleet.save_history(&site.name, &provisional).await {
+                debug!(site = %site.name, error = %e, "cannot record the failure in the cluster store");
+            }
+        }
         Done { outcome, history }
     }
 
@@ -520,35 +542,15 @@ impl AcmeManager {
         }
 
         let fleet = self.fleet.as_deref().map(|f| (f, site.name.as_str()));
-        if let (Some((fleet, _)), Some(history)) = (fleet, history) {
-            // The fleet's backoff holds across failovers and restarts.
-            if let Some(at) = history.next_attempt.map(from_unix).filter(|at| *at > now) {
-                debug!(site = %site.name, next = %format_time(at), "backing off, as the fleet recorded");
-                return Ok(Outcome::Scheduled(at));
-            }
-            let resuming = fleet
-                .load_order(&site.name)
-                .await?
-                .is_some_and(|o| same_names(&o.names, &site.names));
-            if !resuming {
-                let day_ago = unix(now).saturating_sub(86_400);
-                history.orders.retain(|t| *t > day_ago);
-                let hour_ago = unix(now).saturating_sub(3600);
-                let last_hour: Vec<u64> = history
-                    .orders
-                    .iter()
-                    .copied()
-                    .filter(|t| *t > hour_ago)
-                    .collect();
-                if last_hour.len() >= MAX_ORDERS_PER_HOUR {
-                    let at = from_unix(last_hour[0] + 3600);
-                    warn!(site = %site.name, orders = last_hour.len(), next = %format_time(at), "orders for this site placed within the hour reached the limit; waiting");
-                    return Ok(Outcome::Scheduled(at));
-                }
-                // Recorded before the order is placed: a crash right after it still counts.
-                history.orders.push(unix(now));
-                fleet.save_history(&site.name, history).await?;
-            }
+        // The fleet's backoff holds across failovers and restarts.
+        if let Some(at) = history
+            .as_ref()
+            .and_then(|h| h.next_attempt)
+            .map(from_unix)
+            .filter(|at| *at > now)
+        {
+            debug!(site = %site.name, next = %format_time(at), "backing off, as the fleet recorded");
+            return Ok(Outcome::Scheduled(at));
         }
         let renewing = current.is_some();
         info!(site = %site.name, names = ?site.names, renewing, replaces = replaces.as_ref().map(ToString::to_string), "ordering a certificate");
@@ -567,6 +569,7 @@ impl AcmeManager {
                 http_listener: self.http_listener,
             },
             fleet,
+            history,
         )
         .await?;
         if let Some((fleet, site_name)) = fleet {
@@ -757,12 +760,4 @@ fn newer(offered: &StoredCert, current: Option<&StoredCert>) -> bool {
             || (offered.info.not_after == c.info.not_after
                 && offered.info.not_before > c.info.not_before)
     })
-}
-
-/// The same names, in any order.
-fn same_names(a: &[String], b: &[String]) -> bool {
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort();
-    b.sort();
-    a == b
 }

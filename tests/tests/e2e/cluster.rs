@@ -100,3 +100,54 @@ async fn one_issuer_readiness_names_roles_reload_cannot_change_the_cluster_and_s
     })
     .await;
 }
+
+/// Static stability at start: a replica starting while the store cannot be reached serves
+/// the certificate its local cache holds, says so on `/readyz`, and counts the store down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_starting_with_the_store_down_serves_its_local_cache() {
+    let ca = portcullis_tests::TestCa::new("cluster cache CA");
+    let leaf = ca.leaf(&["cached.test"]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let directory = "https://127.0.0.1:1/directory";
+    let b = GatewayBuilder::new();
+    let storage = b.dir().join("state");
+    portcullis_acme::Storage::new(&storage, directory)
+        .save_cert("cached", &leaf.cert_pem, &leaf.key_pem)
+        .unwrap();
+    let g = b
+        .set("storage", &format!("'{}'", storage.display()))
+        .set("acme", &format!("{{directory: '{directory}'}}"))
+        .set(
+            "cluster",
+            &format!(
+                "{{store: etcd, etcd: {{endpoints: ['{endpoint}']}}, node_name: alone, lease: 2s}}"
+            ),
+        )
+        .site("{name: cached, hosts: [cached.test], tls: acme, respond: {body: cached}}")
+        .start()
+        .await;
+    let conn = g
+        .client(&ca.root_der)
+        .connect("cached.test", &["http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        portcullis_tls::CertInfo::parse(&conn.peer_leaf)
+            .unwrap()
+            .names,
+        ["cached.test"]
+    );
+    let r = readyz(&g).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.body()
+            .contains("store not reached yet; serving the local cache"),
+        "{}",
+        r.body()
+    );
+    let page = g.scrape().await;
+    assert_eq!(metric(&page, "portcullis_cluster_store_up", &[]), 0.0);
+    assert_eq!(metric(&page, "portcullis_cluster_leader", &[]), 0.0);
+}
