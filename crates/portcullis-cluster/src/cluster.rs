@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::fleet::StoreFleet;
 use crate::metrics::ClusterMetrics;
-use crate::replica::Replica;
+use crate::replica::{Replica, Tokens};
 use crate::seal::Sealer;
 use crate::store::Store;
 
@@ -55,12 +55,14 @@ impl Cluster {
         let metrics = ClusterMetrics::new(registry)?;
         let sealer = Sealer::new(settings.encryption_key.as_ref().map(|k| &k.0));
         let (stop, stopped) = watch::channel(false);
+        let tokens = Arc::new(Tokens::default());
         let replica = Arc::new(Replica::new(
             store.clone(),
             sealer.clone(),
             challenges,
             metrics.clone(),
             settings.lease,
+            tokens.clone(),
         ));
         let lead = store.clone().campaign(settings.lease, stopped.clone());
         let (issuer_tx, issuer) = watch::channel(false);
@@ -112,6 +114,7 @@ impl Cluster {
             issuer,
             challenge_timeout: settings.challenge_timeout,
             ordering: std::sync::Mutex::default(),
+            tokens,
         });
         info!(
             node = store.node(),

@@ -18,6 +18,7 @@ use crate::records::{
     self, ACCOUNT, ALPN01, AccountRecord, AlpnRecord, CertRecord, FORMAT, HTTP01, HistoryRecord,
     NodeReport, OrderEntry, cert_key, decode, encode, history_key, order_key,
 };
+use crate::replica::Tokens;
 use crate::seal::Sealer;
 use crate::store::{Leadership, Store, StoreError};
 
@@ -32,6 +33,8 @@ pub(crate) struct StoreFleet {
     /// Sites with an order placed or resumed and not yet ended, for
     /// `portcullis_cluster_orders_total`: each ends `issued` or `failed` once.
     pub(crate) ordering: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Fencing tokens seen, shared with the replica's watch.
+    pub(crate) tokens: Arc<Tokens>,
 }
 
 fn cluster_err(e: impl std::fmt::Display) -> AcmeError {
@@ -90,6 +93,10 @@ impl StoreFleet {
         else {
             return Ok(None);
         };
+        if !self.tokens.admit(&entry) {
+            // A former issuer's late write: as absent, for this replica as for the others.
+            return Ok(None);
+        }
         match decode(&entry.value) {
             Ok(v) => Ok(Some(v)),
             Err(bad) => {

@@ -43,14 +43,37 @@ pub(crate) struct Replica {
     relist: Notify,
     /// How often the report is renewed.
     report_every: Duration,
+    /// Fencing tokens seen, shared with the fleet.
+    tokens: Arc<Tokens>,
     /// When this replica started following the store (staleness before the first read).
     started: Instant,
 }
 
+/// The highest fencing token seen per key (stores that record one: Kubernetes), shared by
+/// the watch and the issuer's direct reads so that both ignore a former issuer's late write.
+#[derive(Default)]
+pub(crate) struct Tokens(Mutex<HashMap<String, i64>>);
+
+impl Tokens {
+    /// Whether `entry` may be used: written under the newest token seen for its key (which
+    /// it then becomes), or by a store that records none.
+    pub(crate) fn admit(&self, entry: &Entry) -> bool {
+        let Some(token) = entry.token else {
+            return true;
+        };
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = seen.entry(entry.key.clone()).or_insert(token);
+        if token < *newest {
+            debug!(key = %entry.key, token, newest = *newest, "ignoring a write from a former issuer");
+            return false;
+        }
+        *newest = token;
+        true
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// The highest fencing token seen per key (stores that record one).
-    tokens: HashMap<String, i64>,
     /// Challenge answers served from the store, by key.
     answers: HashSet<String>,
     /// Bad records already reported, by key and revision (reported once).
@@ -68,6 +91,7 @@ impl Replica {
         challenges: Arc<Challenges>,
         metrics: ClusterMetrics,
         lease: Duration,
+        tokens: Arc<Tokens>,
     ) -> Self {
         Self {
             store,
@@ -79,6 +103,7 @@ impl Replica {
             state: Mutex::new(State::default()),
             relist: Notify::new(),
             report_every: lease / 3,
+            tokens,
             started: Instant::now(),
         }
     }
@@ -302,15 +327,8 @@ impl Replica {
     }
 
     fn put(&self, entry: &Entry) {
-        if let Some(token) = entry.token {
-            let mut st = self.state();
-            let seen = st.tokens.entry(entry.key.clone()).or_insert(token);
-            if token < *seen {
-                // Written by an issuer older than one already seen for this key.
-                debug!(key = %entry.key, token, newest = *seen, "ignoring a write from a former issuer");
-                return;
-            }
-            *seen = token;
+        if !self.tokens.admit(entry) {
+            return;
         }
         let result = if let Some(site) = entry.key.strip_prefix(CERTS) {
             self.put_cert(site, &entry.value)
