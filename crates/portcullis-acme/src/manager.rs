@@ -191,9 +191,6 @@ impl AcmeManager {
             return Ok(false);
         }
         self.certs.set_certificate(site, offered.key.clone());
-        if let Err(e) = self.storage.save_cert(site, chain_pem, key_pem) {
-            warn!(site, error = %e, "cannot keep the shared certificate in the local cache");
-        }
         info!(site, serial = %offered.info.serial, not_after = %format_time(offered.info.not_after), "serving the certificate from the cluster store");
         if !slot.running {
             slot.due = renewal_time(&offered.info, self.cfg.renew_before, random_unit())
@@ -202,6 +199,10 @@ impl AcmeManager {
         slot.current = Some(offered);
         drop(slots);
         self.wake.notify_one();
+        // Served first; the cache is written outside the lock.
+        if let Err(e) = self.storage.cache_cert(site, chain_pem, key_pem) {
+            warn!(site, error = %e, "cannot keep the shared certificate in the local cache");
+        }
         Ok(true)
     }
 
@@ -458,7 +459,7 @@ impl AcmeManager {
             // Another replica may just have finished: never order what the fleet has.
             match parse_pem_pair(&chain_pem, &key_pem, &site.name) {
                 Ok(c) if covers(&c) && newer(&c, current.as_ref()) => {
-                    if let Err(e) = self.storage.save_cert(&site.name, &chain_pem, &key_pem) {
+                    if let Err(e) = self.storage.cache_cert(&site.name, &chain_pem, &key_pem) {
                         warn!(site = %site.name, error = %e, "cannot keep the shared certificate in the local cache");
                     }
                     current = Some(c);

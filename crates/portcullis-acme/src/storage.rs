@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::AccountCredentials;
-use portcullis_tls::{CertInfo, KeyError, certified_key, create_private_dir, write_atomic};
+use portcullis_tls::{
+    CertInfo, KeyError, certified_key, create_private_dir, write_atomic, write_atomic_unsynced,
+};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -243,6 +245,17 @@ impl Storage {
         // `load_cert` reports as a mismatch and replaces with a fresh order.
         write_atomic(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
         write_atomic(&dir.join("cert.pem"), chain_pem.as_bytes(), 0o644)
+    }
+
+    /// Keeps a certificate another replica stored (the cluster store has it) as the site's
+    /// local cache, without syncing: the store is its source of truth, and 10,000 synced
+    /// pairs take seconds to tens of seconds on a busy disk at a replica's first start. A
+    /// pair damaged by a crash is reported by `load_cert` and fetched from the store again.
+    pub fn cache_cert(&self, site: &str, chain_pem: &str, key_pem: &str) -> io::Result<()> {
+        let dir = self.site_dir(site);
+        create_private_dir(&dir)?;
+        write_atomic_unsynced(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+        write_atomic_unsynced(&dir.join("cert.pem"), chain_pem.as_bytes(), 0o644)
     }
 
     /// The site's recorded status.

@@ -24,6 +24,6 @@ pub use cluster::{Cluster, ClusterStatus};
 pub use etcd::EtcdStore;
 /// The store on the Kubernetes API (`store: kubernetes`): Secrets, and Leases for the election.
 pub use kube::KubeStore;
-pub use metrics::ClusterMetrics;
+pub use metrics::{ClusterMetrics, NAMES as METRIC_NAMES};
 pub use seal::{OpenError, Sealer, Stored};
 pub use store::{BoxFuture, Change, ChangeStream, Entry, Leadership, Listing, Store, StoreError};

@@ -3,6 +3,20 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// Every metric name this crate registers (the catalogue test holds docs/metrics.md and
+/// the Grafana dashboard to it).
+pub const NAMES: &[&str] = &[
+    "portcullis_cluster_leader",
+    "portcullis_cluster_orders_total",
+    "portcullis_cluster_fenced_writes_total",
+    "portcullis_cluster_store_up",
+    "portcullis_cluster_store_stale_seconds",
+    "portcullis_cluster_challenge_propagation_seconds",
+    "portcullis_cluster_bad_records_total",
+    "portcullis_cluster_relists_total",
+    "portcullis_cluster_certificates_adopted_total",
+];
+
 /// The cluster's metrics, registered once per process.
 #[derive(Clone)]
 pub struct ClusterMetrics {
@@ -94,5 +108,25 @@ impl ClusterMetrics {
             me.bad_records.with_label_values(&[kind]);
         }
         Ok(me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_lists_exactly_what_is_registered() {
+        let registry = Registry::new();
+        let _metrics = ClusterMetrics::new(&registry).unwrap();
+        let mut registered: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        registered.sort();
+        let mut names: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
+        names.sort();
+        assert_eq!(registered, names);
     }
 }

@@ -18,6 +18,17 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// name is unique to the call, so two writers of one file (a certificate issued here and
 /// the same one arriving from the cluster store) each complete, the last rename winning.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_replacing(path, data, mode, true)
+}
+
+/// As [`write_atomic`] without syncing: for a cache whose source of truth is elsewhere (a
+/// certificate from the cluster store). A crash may leave an empty or short file, which
+/// its reader reports and ignores; it never leaves half of one file beside the old other.
+pub fn write_atomic_unsynced(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_replacing(path, data, mode, false)
+}
+
+fn write_replacing(path: &Path, data: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -30,7 +41,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         file.write_all(data)?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {

@@ -18,7 +18,7 @@ mod store;
 
 pub use certs::{CertInfo, InvalidCertificate, KeyError, certified_key, format_time};
 pub use challenges::{ACME_TLS_ALPN, ChallengeCertError, Challenges, tls_alpn01_certificate};
-pub use fs::{create_private_dir, write_atomic};
+pub use fs::{create_private_dir, write_atomic, write_atomic_unsynced};
 pub use local_ca::{LOCAL_LEAF_VALIDITY, LocalCa, LocalCaError};
 pub use origin::{OriginTlsConfig, OriginTlsError, origin_tls_config, server_name};
 pub use provider::{crypto_provider, install_default_provider};
