@@ -3,7 +3,7 @@
 //! written through etcd's JSON gateway (`/v3/kv/...`, keys and values base64), so a test can
 //! see what the gateways stored without a client library of its own.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,11 +26,9 @@ pub struct TestEtcd {
     initial_cluster: String,
 }
 
+/// Below the ephemeral range: a killed member restarts on the same ports.
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    crate::ports::stable_port()
 }
 
 impl TestEtcd {

@@ -24,6 +24,7 @@ pub mod logs;
 mod origin;
 mod pebble;
 pub mod plain;
+pub mod ports;
 mod process;
 pub mod raw_client;
 mod raw_origin;

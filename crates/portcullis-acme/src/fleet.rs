@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::AcmeError;
-use crate::manager::AcmeSite;
+use crate::site::AcmeSite;
 
 /// A boxed future, so that [`Fleet`] can be used as `dyn Fleet`.
 pub type FleetFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -371,7 +371,7 @@ async fn validation_error(order: &mut instant_acme::Order, status: OrderStatus) 
 mod tests {
     use super::*;
     use crate::fleet::{FleetFuture, Shared};
-    use crate::manager::AcmeSite;
+    use crate::site::AcmeSite;
     use instant_acme::AccountCredentials;
 
     /// A fleet that only records the histories saved.

@@ -11,9 +11,11 @@ mod http;
 mod issue;
 mod manager;
 mod schedule;
+mod site;
 mod storage;
 
 pub use error::{AcmeError, Step};
 pub use fleet::{Answer, Fleet, FleetFuture, History, OrderRecord, Shared};
-pub use manager::{AcmeManager, AcmeSite, AcmeStats, Issued};
+pub use manager::{AcmeManager, AcmeStats, Issued};
+pub use site::AcmeSite;
 pub use storage::{SiteStatus, Storage, StorageError, StoredCert, from_unix, parse_pem_pair, unix};

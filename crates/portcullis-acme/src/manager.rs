@@ -21,6 +21,7 @@ use crate::fleet::{Fleet, History, Shared};
 use crate::http::{AcmeHttp, with_retry_after};
 use crate::issue::{self, OrderRequest};
 use crate::schedule::{backoff, random_unit, renewal_time, time_in_window};
+use crate::site::AcmeSite;
 use crate::storage::{
     SiteStatus, Storage, StorageError, StoredCert, from_unix, parse_pem_pair, unix,
 };
@@ -31,15 +32,6 @@ const FLOW_TIMEOUT: Duration = Duration::from_secs(600);
 const BAD_NONCE_RETRIES: u32 = 5;
 /// Longest wait before asking the CA for a renewal window again.
 const ARI_RECHECK_MAX: Duration = Duration::from_secs(6 * 3600);
-
-/// A site whose certificate ACME manages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcmeSite {
-    /// The site's name (certificates are published under it).
-    pub name: String,
-    /// The DNS names the certificate must cover.
-    pub names: Vec<String>,
-}
 
 /// A certificate the manager has just issued and stored (see
 /// [`AcmeManager::subscribe_issued`]).
