@@ -200,7 +200,7 @@ impl Drop for TestEtcd {
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding, as etcd's JSON gateway reads bytes.
-fn b64(data: &[u8]) -> String {
+pub fn b64(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let n = chunk
@@ -218,7 +218,8 @@ fn b64(data: &[u8]) -> String {
     out
 }
 
-fn unb64(text: &str) -> Option<Vec<u8>> {
+/// Bytes from standard base64, as etcd's JSON gateway writes them; `None` when not base64.
+pub fn unb64(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
     let (mut n, mut bits) = (0u32, 0);
     for c in text.bytes().filter(|c| *c != b'=') {

@@ -28,6 +28,7 @@ pub mod ports;
 mod process;
 pub mod raw_client;
 mod raw_origin;
+pub mod replica;
 pub mod scrape;
 pub mod tcp_proxy;
 pub mod wait;

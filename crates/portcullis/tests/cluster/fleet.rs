@@ -4,15 +4,13 @@
 //! etcd member (so one replica can be partitioned from the store).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use portcullis_tests::acme_proxy::AcmeProxy;
 use portcullis_tests::etcd::TestEtcd;
-use portcullis_tests::scrape::{metric, scrape};
 use portcullis_tests::tcp_proxy::TcpProxy;
-use portcullis_tests::{GatewayProcess, Pebble, PebbleOptions, TestClient, wait};
+use portcullis_tests::{Pebble, PebbleOptions, TestClient, wait};
 use portcullis_tls::CertInfo;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -74,81 +72,26 @@ impl Default for Options {
     }
 }
 
-/// One replica: its places, its links to etcd, its process when running.
+/// One replica: the harness's replica process, and its links to etcd.
 pub struct Replica {
-    pub name: String,
-    pub https: SocketAddr,
-    pub http: SocketAddr,
-    pub admin: SocketAddr,
-    config: PathBuf,
+    process: portcullis_tests::replica::Replica,
     links: Vec<TcpProxy>,
-    process: Option<GatewayProcess>,
-    stopped: bool,
-    /// Logs of its earlier lives (before a kill), for the failure report.
-    past_logs: Vec<String>,
 }
 
-/// A port kept free of the kernel's ephemeral range (see the harness's `ports`).
-fn free_port() -> SocketAddr {
-    portcullis_tests::ports::stable_port()
+impl std::ops::Deref for Replica {
+    type Target = portcullis_tests::replica::Replica;
+    fn deref(&self) -> &Self::Target {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Replica {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.process
+    }
 }
 
 impl Replica {
-    /// Starts the process (again, on the same config, ports and storage).
-    pub async fn start(&mut self) {
-        assert!(self.process.is_none(), "{} is already running", self.name);
-        let config = self.config.clone();
-        let process = tokio::task::spawn_blocking(move || {
-            GatewayProcess::spawn(
-                Path::new(BIN),
-                &["run", "--config", config.to_str().unwrap()],
-            )
-        })
-        .await
-        .unwrap();
-        assert_eq!(process.https, self.https);
-        self.process = Some(process);
-        self.stopped = false;
-    }
-
-    /// SIGKILL, and reap it.
-    pub fn kill(&mut self) {
-        if let Some(p) = self.process.take() {
-            if self.stopped {
-                p.signal("CONT");
-            }
-            p.signal("KILL");
-            self.past_logs.extend(p.logs());
-            self.past_logs
-                .push(format!("---- {} killed ----", self.name));
-            drop(p);
-        }
-        self.stopped = false;
-    }
-
-    /// SIGSTOP: the process is paused, its sockets stay open.
-    pub fn stop(&mut self) {
-        self.process().signal("STOP");
-        self.stopped = true;
-    }
-
-    /// SIGCONT.
-    pub fn cont(&mut self) {
-        self.process().signal("CONT");
-        self.stopped = false;
-    }
-
-    /// Running and not paused.
-    pub fn is_up(&self) -> bool {
-        self.process.is_some() && !self.stopped
-    }
-
-    fn process(&self) -> &GatewayProcess {
-        self.process
-            .as_ref()
-            .unwrap_or_else(|| panic!("{} is not running", self.name))
-    }
-
     /// Cuts this replica off from every etcd member.
     pub fn partition(&self) {
         self.links.iter().for_each(TcpProxy::partition);
@@ -157,25 +100,6 @@ impl Replica {
     /// Lets it reach etcd again.
     pub fn heal(&self) {
         self.links.iter().for_each(TcpProxy::heal);
-    }
-
-    /// Its `/metrics` page.
-    pub async fn metrics(&self) -> String {
-        scrape(self.admin).await
-    }
-
-    /// The sum of `name`'s samples carrying `labels` on its `/metrics`.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(&self.metrics().await, name, labels)
-    }
-
-    /// Its log, every life of it.
-    pub fn logs(&self) -> Vec<String> {
-        let mut all = self.past_logs.clone();
-        if let Some(p) = &self.process {
-            all.extend(p.logs());
-        }
-        all
     }
 }
 
@@ -216,8 +140,13 @@ impl Fleet {
             for m in 0..opts.etcd_members {
                 links.push(TcpProxy::start(etcd.client_addr(m)).await);
             }
-            let (https, http, admin) = (free_port(), free_port(), free_port());
             let home = dir.path().join(&name);
+            let process = portcullis_tests::replica::Replica::new(
+                name.clone(),
+                Path::new(BIN),
+                home.join("portcullis.yaml"),
+            );
+            let (https, http, admin) = (process.https, process.http, process.admin);
             std::fs::create_dir_all(&home).unwrap();
             let endpoints: Vec<String> =
                 links.iter().map(|l| format!("http://{}", l.addr)).collect();
@@ -245,19 +174,8 @@ impl Fleet {
                 endpoints = endpoints.join(", "),
                 lease = LEASE.as_secs(),
             );
-            let path = home.join("portcullis.yaml");
-            std::fs::write(&path, config).unwrap();
-            replicas.push(Replica {
-                name,
-                https,
-                http,
-                admin,
-                config: path,
-                links,
-                process: None,
-                stopped: false,
-                past_logs: Vec::new(),
-            });
+            std::fs::write(process.config(), config).unwrap();
+            replicas.push(Replica { process, links });
         }
         let store = Store {
             addr: etcd.client_addr(0),

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use portcullis_tests::etcd::{b64, unb64};
 use portcullis_tests::plain;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -77,7 +78,10 @@ impl Store {
             .flatten()
             .map(|kv| {
                 let text = |f: &str| {
-                    String::from_utf8_lossy(&unb64(kv[f].as_str().unwrap_or(""))).into_owned()
+                    String::from_utf8_lossy(
+                        &unb64(kv[f].as_str().unwrap_or("")).unwrap_or_default(),
+                    )
+                    .into_owned()
                 };
                 Kv {
                     key: text("key")
@@ -160,42 +164,4 @@ pub fn leaf_of(chain_pem: &str) -> Option<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .next()?
         .ok()
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding, as etcd's JSON gateway reads bytes.
-fn b64(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn unb64(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut n, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|c| *c != b'=') {
-        let Some(v) = B64.iter().position(|b| *b == c) else {
-            continue;
-        };
-        n = (n << 6 | v as u32) & 0xffff;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((n >> bits & 0xff) as u8);
-        }
-    }
-    out
 }

@@ -125,7 +125,7 @@ impl Fleet {
             let name = format!("r{r}");
             let home = dir.path().join(&name);
             std::fs::create_dir_all(&home).unwrap();
-            let replica = Replica::new(name, home.join("portcullis.yaml"));
+            let replica = super::replica::replica(name, home.join("portcullis.yaml"));
             let config = format!(
                 "listen: {{https: '{https}', http: '{http}'}}\n\
                  admin: {{listen: '{admin}'}}\n\
