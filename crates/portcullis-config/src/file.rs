@@ -122,6 +122,16 @@ pub(crate) struct SiteFile {
     pub upgrades: Option<Vec<String>>,
     pub plain_http: Option<PlainHttpFile>,
     pub redirect: Option<RedirectFile>,
+    pub mixed_content: Option<MixedContentFile>,
+}
+
+/// `mixed_content: off | upgrade | rewrite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum MixedContentFile {
+    Off,
+    Upgrade,
+    Rewrite,
 }
 
 /// `plain_http: redirect | serve`.

@@ -21,10 +21,10 @@ pub use ipnet::IpNet;
 pub use model::{
     Access, Acme, Action, ActiveHealth, Admin, AdminListen, AdminToken, Balance, CertKey,
     Challenge, Cluster, ClusterStore, Config, Eab, EncryptionKey, EtcdStore, EtcdTls, HashKey,
-    Health, Hsts, KubernetesStore, Limits, Listen, Mode, Origin, OriginServer, OriginTimeouts,
-    OriginTls, PassiveHealth, PathMatch, PlainHttp, ProxyProtocolVersion, Redirect, Respond,
-    Retries, Route, Shutdown, Site, SiteTls, StickyCookie, TlsSettings, Transport, Upgrades,
-    Verify, defaults,
+    Health, Hsts, KubernetesStore, Limits, Listen, MixedContent, Mode, Origin, OriginServer,
+    OriginTimeouts, OriginTls, PassiveHealth, PathMatch, PlainHttp, ProxyProtocolVersion, Redirect,
+    Respond, Retries, Route, Shutdown, Site, SiteTls, StickyCookie, TlsSettings, Transport,
+    Upgrades, Verify, defaults,
 };
 pub use units::{parse_duration, parse_size};
 pub use validate::{load, load_base, parse, parse_addr, parse_base};

@@ -40,6 +40,18 @@ pub struct Config {
     pub cluster: Option<Cluster>,
 }
 
+/// `mixed_content:` on a site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MixedContent {
+    /// Responses pass as the origin sent them.
+    #[default]
+    Off,
+    /// HTML responses over HTTPS carry `Content-Security-Policy: upgrade-insecure-requests`
+    /// (merged into a policy the origin sent): browsers fetch `http://` subresources of
+    /// the page over HTTPS instead of blocking or warning.
+    Upgrade,
+}
+
 /// `cluster:`: replicas that share ACME certificates through a store, with one issuer
 /// elected at a time.
 #[derive(Debug, Clone, PartialEq)]
@@ -352,6 +364,8 @@ pub struct Site {
     pub tls: SiteTls,
     /// `Strict-Transport-Security` to add to every response.
     pub hsts: Option<Hsts>,
+    /// What the gateway does about `http://` subresources in the site's HTML pages.
+    pub mixed_content: MixedContent,
     /// Path routes in file order (the longest matching prefix wins, whatever the order).
     pub routes: Vec<Route>,
     /// What requests that match no route get; `None` answers 404.

@@ -105,8 +105,10 @@ async fn dispatch(
         );
     }
     let site = &router.sites[site_idx];
-    // HSTS is for HTTPS responses only (RFC 6797 §7.2).
+    // HSTS is for HTTPS responses only (RFC 6797 §7.2); so is upgrading subresources
+    // (a page served over plain HTTP is not mixed content).
     let hsts = site.hsts.as_ref().filter(|_| conn.tls);
+    let upgrade_insecure = site.upgrade_insecure && conn.tls;
     exchange.route = Some(site.unmatched.clone());
     if let Some(log) = exchange.log.as_deref_mut() {
         log.site = Some(site.name.clone());
@@ -141,7 +143,79 @@ async fn dispatch(
         }
     };
     add_hsts(&mut resp, hsts);
+    if upgrade_insecure {
+        upgrade_insecure_requests(resp.headers_mut());
+    }
     resp
+}
+
+/// `mixed_content: upgrade`: an HTML response's policy gains `upgrade-insecure-requests`.
+/// It goes into the first `Content-Security-Policy` the origin sent (its other directives
+/// kept; several policies all apply, and the directive in any one of them upgrades the
+/// page's requests), or into a policy of its own when there is none. Report-only policies
+/// do not upgrade anything and are left alone, as are non-HTML responses.
+fn upgrade_insecure_requests(headers: &mut http::HeaderMap) {
+    const DIRECTIVE: &str = "upgrade-insecure-requests";
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            let t = t.trim();
+            t.eq_ignore_ascii_case("text/html") || t.eq_ignore_ascii_case("application/xhtml+xml")
+        });
+    if !html {
+        return;
+    }
+    let has = |v: &HeaderValue| {
+        v.to_str().is_ok_and(|p| {
+            p.split([';', ',']).any(|d| {
+                d.split_whitespace()
+                    .next()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(DIRECTIVE))
+            })
+        })
+    };
+    let policies = headers.get_all(header::CONTENT_SECURITY_POLICY);
+    if policies.iter().any(has) {
+        return;
+    }
+    let merged = policies
+        .iter()
+        .next()
+        .and_then(|first| first.to_str().ok())
+        .map(|first| {
+            let first = first.trim().trim_end_matches(';').trim_end();
+            if first.is_empty() {
+                DIRECTIVE.to_owned()
+            } else {
+                format!("{first}; {DIRECTIVE}")
+            }
+        });
+    match merged {
+        None => {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(DIRECTIVE),
+            );
+        }
+        Some(merged) => {
+            // The other policies stay as they were, after the merged first one.
+            let rest: Vec<HeaderValue> = headers
+                .get_all(header::CONTENT_SECURITY_POLICY)
+                .iter()
+                .skip(1)
+                .cloned()
+                .collect();
+            let Ok(merged) = HeaderValue::from_str(&merged) else {
+                return;
+            };
+            headers.insert(header::CONTENT_SECURITY_POLICY, merged);
+            for v in rest {
+                headers.append(header::CONTENT_SECURITY_POLICY, v);
+            }
+        }
+    }
 }
 
 /// The gateway's own answer to a request target that must not be forwarded: anything but
@@ -207,6 +281,65 @@ fn add_hsts(resp: &mut Response<ProxyBody>, hsts: Option<&HeaderValue>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upgraded(content_type: &str, policies: &[&str]) -> Vec<String> {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        for p in policies {
+            h.append(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_str(p).unwrap(),
+            );
+        }
+        upgrade_insecure_requests(&mut h);
+        h.get_all(header::CONTENT_SECURITY_POLICY)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn upgrade_insecure_requests_merges_into_the_origins_policy() {
+        assert_eq!(
+            upgraded("text/html; charset=utf-8", &[]),
+            ["upgrade-insecure-requests"]
+        );
+        assert_eq!(
+            upgraded("text/html", &["default-src 'self'; img-src *;"]),
+            ["default-src 'self'; img-src *; upgrade-insecure-requests"]
+        );
+        assert_eq!(
+            upgraded(
+                "TEXT/HTML",
+                &["script-src 'self'", "frame-ancestors 'none'"]
+            ),
+            [
+                "script-src 'self'; upgrade-insecure-requests",
+                "frame-ancestors 'none'"
+            ],
+            "the first policy gains it, the second stays"
+        );
+        assert_eq!(
+            upgraded(
+                "text/html",
+                &["default-src https:; Upgrade-Insecure-Requests"]
+            ),
+            ["default-src https:; Upgrade-Insecure-Requests"],
+            "already there: untouched"
+        );
+        assert_eq!(
+            upgraded("application/xhtml+xml", &[]),
+            ["upgrade-insecure-requests"]
+        );
+        assert!(upgraded("application/json", &[]).is_empty(), "not HTML");
+        assert_eq!(
+            upgraded("image/svg+xml", &["default-src 'none'"]),
+            ["default-src 'none'"]
+        );
+    }
 
     #[test]
     fn host_of_agrees_with_the_authority_parser() {

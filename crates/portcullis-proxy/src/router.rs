@@ -9,8 +9,8 @@ use http::{HeaderValue, StatusCode};
 use std::net::IpAddr;
 
 use portcullis_config::{
-    Access, Action, Config, HostMap, IpNet, PathMatch, PlainHttp, Problem, Redirect, Respond,
-    Upgrades,
+    Access, Action, Config, HostMap, IpNet, MixedContent, PathMatch, PlainHttp, Problem, Redirect,
+    Respond, Upgrades,
 };
 
 use crate::metrics::{ProxyMetrics, RouteMetrics};
@@ -45,6 +45,9 @@ pub(crate) struct SiteRoutes {
     /// What a plain-HTTP request for the fallback (or for no route) gets.
     pub(crate) plain_http: PlainHttp,
     pub(crate) hsts: Option<HeaderValue>,
+    /// `mixed_content: upgrade`: HTML responses ask browsers to upgrade `http://`
+    /// subresources.
+    pub(crate) upgrade_insecure: bool,
     /// Largest request body accepted (the site's, else `limits.max_body_size`).
     pub(crate) max_body: Option<u64>,
     /// Metrics for requests of this site that no route or fallback answers (404).
@@ -208,6 +211,7 @@ impl Router {
                     .hsts
                     .as_ref()
                     .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
+                upgrade_insecure: site.mixed_content == MixedContent::Upgrade,
                 max_body,
                 unmatched: Arc::new(metrics.route(&site.name, "-")),
             });

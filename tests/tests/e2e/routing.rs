@@ -164,3 +164,65 @@ async fn admin_reports_health_and_readiness() {
         "{ready}"
     );
 }
+
+/// `mixed_content: upgrade`: the site's HTML over HTTPS asks browsers to upgrade its
+/// `http://` subresources (`Content-Security-Policy: upgrade-insecure-requests`, merged
+/// into the origin's policy: tested beside the merge in `portcullis-proxy`); other content
+/// types, plain HTTP and sites without the setting are left alone. `rewrite` is refused by
+/// key until it exists.
+#[tokio::test]
+async fn mixed_content_upgrade_asks_browsers_to_upgrade_subresources_of_html_over_https() {
+    let ca = TestCa::new("mixed content CA");
+    let gw = GatewayBuilder::new()
+        .tls_site(
+            &ca,
+            &["m.test"],
+            r#"mixed_content: upgrade,
+            respond: {body: "<img src=http://m.test/a.png>", content_type: "text/html; charset=utf-8"},
+            plain_http: serve,
+            routes: [{path: /data, respond: {body: "{}", content_type: application/json}}]"#,
+        )
+        .tls_site(
+            &ca,
+            &["plain.test"],
+            r#"respond: {body: "<p>", content_type: text/html}"#,
+        )
+        .start()
+        .await;
+    let client = gw.client(&ca.root_der);
+    for alpn in ["h2", "http/1.1"] {
+        let mut conn = client.connect("m.test", &[alpn]).await.unwrap();
+        let page = conn.get("m.test", "/").await;
+        assert_eq!(
+            page.headers["content-security-policy"], "upgrade-insecure-requests",
+            "{alpn}"
+        );
+        let data = conn.get("m.test", "/data").await;
+        assert!(data.headers.get("content-security-policy").is_none());
+    }
+    let other = client.get("plain.test", "/").await;
+    assert!(other.headers.get("content-security-policy").is_none());
+    // Over plain HTTP the page is not mixed content: nothing added.
+    let resp = plain::get(gw.http.unwrap(), "m.test", "/").await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    assert!(
+        !resp
+            .head()
+            .to_ascii_lowercase()
+            .contains("content-security-policy"),
+        "{}",
+        resp.text
+    );
+
+    let refused = GatewayBuilder::new()
+        .tls_site(&ca, &["r.test"], "mixed_content: rewrite, respond: {}")
+        .try_start()
+        .await;
+    let Err(portcullis::StartError::Config(problems)) = refused else {
+        panic!("rewrite is not available yet, and must be refused by key")
+    };
+    assert!(
+        problems.iter().any(|p| p.key == "sites[0].mixed_content"),
+        "{problems:?}"
+    );
+}

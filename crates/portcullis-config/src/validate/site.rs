@@ -6,13 +6,13 @@ use serde_yaml::Value;
 
 use super::Validator;
 use crate::file::{
-    CertKeyFile, HstsFile, OriginFile, PathMatchFile, PlainHttpFile, RedirectFile, RespondFile,
-    RouteFile, SiteFile, SiteTlsFile,
+    CertKeyFile, HstsFile, MixedContentFile, OriginFile, PathMatchFile, PlainHttpFile,
+    RedirectFile, RespondFile, RouteFile, SiteFile, SiteTlsFile,
 };
 use crate::host::HostPattern;
 use crate::model::{
-    Access, Action, CertKey, Hsts, PathMatch, PlainHttp, Redirect, Respond, Route, Site, SiteTls,
-    Upgrades, defaults,
+    Access, Action, CertKey, Hsts, MixedContent, PathMatch, PlainHttp, Redirect, Respond, Route,
+    Site, SiteTls, Upgrades, defaults,
 };
 use crate::pem;
 
@@ -107,6 +107,18 @@ impl Validator<'_> {
         };
         let tls = self.site_tls(key, f.tls);
         let hsts = f.hsts.and_then(|h| self.hsts(key, h));
+        let mixed_content = match f.mixed_content {
+            None | Some(MixedContentFile::Off) => MixedContent::Off,
+            Some(MixedContentFile::Upgrade) => MixedContent::Upgrade,
+            Some(MixedContentFile::Rewrite) => {
+                self.err(
+                    format!("{key}.mixed_content"),
+                    "`rewrite` (rewriting http:// links in HTML as it streams) is not available \
+                     in this version yet; `upgrade` makes browsers load them over HTTPS",
+                );
+                MixedContent::Off
+            }
+        };
 
         let fallback = if f.origin.is_none() && f.respond.is_none() && f.redirect.is_none() {
             if f.routes.is_empty() {
@@ -145,6 +157,7 @@ impl Validator<'_> {
             default: f.default,
             tls: tls?,
             hsts,
+            mixed_content,
             routes,
             fallback,
             max_body_size: f.max_body_size,

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::networking::v1::Ingress;
 use portcullis_config::{
-    Action, Challenge, Config, HostPattern, Hsts, PathMatch, PlainHttp, Route, Site, SiteTls,
-    Upgrades,
+    Action, Challenge, Config, HostPattern, Hsts, MixedContent, PathMatch, PlainHttp, Route, Site,
+    SiteTls, Upgrades,
 };
 
 use super::annotations;
@@ -420,6 +420,7 @@ fn site(build: SiteBuild, default: bool, tls: Option<SiteTls>, fallback: &Option
         default,
         tls: tls.unwrap_or_else(|| build.tls.map_or(SiteTls::None, |c| c.value.1)),
         hsts: build.hsts.and_then(|c| c.value),
+        mixed_content: MixedContent::Off,
         routes,
         fallback,
         max_body_size: None,
