@@ -35,3 +35,38 @@ pub fn sample(page: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Asserts that `promtool check metrics` (Debian package `prometheus`; `.ci/run` installs
+/// it) finds nothing to say of `page`, a scraped page with or without its HTTP head.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a short-lived child process fed a page already in memory"
+)]
+pub fn assert_promtool_clean(page: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let page = page.split_once("\r\n\r\n").map_or(page, |(_, body)| body);
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`; .ci/run installs it)");
+    check
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(page.as_bytes())
+        .expect("promtool reads its input");
+    let out = check.wait_with_output().expect("promtool runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
+}

@@ -50,11 +50,7 @@ async fn one_issuer_readiness_names_roles_reload_cannot_change_the_cluster_and_s
     // The cluster's families pass promtool as the rest of the page does.
     let page = issuer.scrape().await;
     assert!(page.contains("portcullis_cluster_challenge_propagation_seconds_bucket"));
-    let body = page
-        .split_once("\r\n\r\n")
-        .map_or(page.as_str(), |(_, b)| b);
-    let report = promtool_check(body);
-    assert!(report.is_empty(), "promtool check metrics: {report}");
+    portcullis_tests::scrape::assert_promtool_clean(&page);
     for (g, role) in [(&issuer, "issuer"), (&follower, "follower")] {
         let r = readyz(g).await;
         assert_eq!(r.status, 200, "{}", r.text);
@@ -158,35 +154,4 @@ async fn a_replica_starting_with_the_store_down_serves_its_local_cache() {
     let page = g.scrape().await;
     assert_eq!(metric(&page, "portcullis_cluster_store_up", &[]), 0.0);
     assert_eq!(metric(&page, "portcullis_cluster_leader", &[]), 0.0);
-}
-
-/// What `promtool check metrics` says of `page` (nothing when it is clean).
-#[allow(
-    clippy::disallowed_methods,
-    reason = "a short-lived child process fed a page already in memory"
-)]
-fn promtool_check(page: &str) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; .ci/run installs it)");
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-    .trim()
-    .to_owned()
 }

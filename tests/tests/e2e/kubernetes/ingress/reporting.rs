@@ -1,8 +1,6 @@
 //! Problems and unsupported annotations: logged once when they appear (not at every sync),
 //! counted in metrics that promtool accepts, and gone when fixed.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
@@ -101,7 +99,7 @@ async fn problems_are_logged_once_counted_and_cleared_when_fixed() {
         1,
         "the annotation too"
     );
-    promtool(&page);
+    portcullis_tests::scrape::assert_promtool_clean(&page);
 
     // Fixed: the series go, and the resolution is logged once.
     cluster.api.replace::<Ingress>(&ingress(
@@ -123,32 +121,4 @@ async fn problems_are_logged_once_counted_and_cleared_when_fixed() {
     let resp = portcullis_tests::plain::get(gw.http, "report.test", "/b").await;
     assert_eq!(resp.status, 200, "{}", resp.text);
     assert_eq!(resp.body(), "ok GET /b");
-}
-
-/// `promtool check metrics` on the body of a scraped page (its head left out).
-fn promtool(page: &str) {
-    let page = page.split_once("\r\n\r\n").map_or(page, |(_, body)| body);
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`; .ci/run installs it)");
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.is_empty(),
-        "promtool: {report}"
-    );
 }
