@@ -10,6 +10,7 @@ mod app;
 mod certs_cmd;
 mod cluster;
 mod controller;
+mod doctor;
 mod ingress_cmd;
 mod logging;
 mod prepare;
@@ -22,6 +23,10 @@ mod telemetry;
 pub use app::App;
 pub use certs_cmd::render as render_certs;
 pub use controller::{Controller, ReloadSummary};
+pub use doctor::{
+    DoctorArgs, DoctorError, Entry as DoctorEntry, Finding, Report as DoctorReport, Status,
+    run as doctor,
+};
 pub use ingress_cmd::{
     DefaultBackend, Ingress, IngressArgs, IngressError, KubernetesArgs, KubernetesCheck,
     check_kubernetes,

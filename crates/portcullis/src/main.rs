@@ -76,6 +76,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Find what stands between users and a working HTTPS site: listeners, names,
+    /// certificates, origins, redirects and mixed content, each with its fix. Exit 0 when
+    /// all pass, 1 on warnings only, 2 on failures.
+    Doctor {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        args: portcullis::DoctorArgs,
+    },
     /// Run a one-site gateway with no config file, with a certificate from the local CA.
     Proxy {
         /// Host (and port, default 443) to answer on, e.g. `app.localhost:8443`.
@@ -138,6 +148,7 @@ fn main() -> ExitCode {
                 }
                 Err(code) => code,
             },
+            Command::Doctor { config, args } => doctor(&config, &args).await,
             Command::Run { config } => run(App::start_from_file(&config).await, hangup).await,
             Command::Reload { config } => reload(&config).await,
             Command::Proxy {
@@ -245,6 +256,27 @@ fn ingress_failed(e: &IngressError) -> ExitCode {
         e => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn doctor(path: &std::path::Path, args: &portcullis::DoctorArgs) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match portcullis::doctor(config, args).await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.render_json());
+            } else {
+                print!("{}", report.render_text());
+            }
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
