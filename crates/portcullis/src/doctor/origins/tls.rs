@@ -1,0 +1,364 @@
+//! The `full` and `strict` probes of an origin server: a handshake with the origin's
+//! server name and client certificate, then `GET /`, whose first bytes must be an HTTP
+//! answer (a TLS 1.3 server refusing a client certificate says so only after the
+//! handshake). The chain presented is kept, so a failure names what the certificate holds.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_config::{Origin, OriginServer, Transport, Verify};
+use portcullis_tls::{CertInfo, crypto_provider, format_time};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    AlertDescription, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+
+use super::Tried;
+use crate::doctor::probe::{self, ProbeError};
+
+/// TLS, any certificate (the handshake signature is still checked).
+pub(super) async fn full(
+    addr: SocketAddr,
+    host: &str,
+    origin: &Origin,
+    server: &OriginServer,
+    timeout: Duration,
+) -> Tried {
+    attempt(addr, host, origin, server, None, timeout).await
+}
+
+/// TLS verified against the origin's configured roots, or the system's.
+pub(super) async fn strict(
+    addr: SocketAddr,
+    host: &str,
+    origin: &Origin,
+    server: &OriginServer,
+    timeout: Duration,
+) -> Tried {
+    let mut roots = RootCertStore::empty();
+    let which = match &origin.transport {
+        Transport::Tls(tls) if matches!(tls.verify, Verify::Roots(_)) => {
+            if let Verify::Roots(certs) = &tls.verify {
+                roots.add_parsable_certificates(certs.iter().cloned());
+            }
+            "the origin's `ca`"
+        }
+        _ => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            "the system's trust store"
+        }
+    };
+    if roots.is_empty() {
+        return Tried::failed(format!("{which} holds no usable root"));
+    }
+    let verifier =
+        match WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+            .build()
+        {
+            Ok(v) => v,
+            Err(e) => return Tried::failed(format!("cannot use {which}: {e}")),
+        };
+    let mut tried = attempt(addr, host, origin, server, Some(verifier), timeout).await;
+    if tried.works {
+        tried.detail = format!("{} (verified against {which})", tried.detail);
+    }
+    tried
+}
+
+/// The name sent as SNI and verified: `server_name`, else the server's host.
+fn sni(origin: &Origin, server: &OriginServer) -> String {
+    match &origin.transport {
+        Transport::Tls(tls) => tls.server_name.clone(),
+        Transport::Plain => None,
+    }
+    .unwrap_or_else(|| server.host.clone())
+}
+
+async fn attempt(
+    addr: SocketAddr,
+    host: &str,
+    origin: &Origin,
+    server: &OriginServer,
+    verify: Option<Arc<WebPkiServerVerifier>>,
+    timeout: Duration,
+) -> Tried {
+    let provider = crypto_provider();
+    let seen = Arc::new(Seen {
+        verify,
+        provider: provider.clone(),
+        chain: Mutex::new(Vec::new()),
+    });
+    let builder = match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(b) => b.dangerous().with_custom_certificate_verifier(seen.clone()),
+        Err(e) => return Tried::failed(e.to_string()),
+    };
+    let client_cert = match &origin.transport {
+        Transport::Tls(tls) => tls.client_cert.as_ref(),
+        Transport::Plain => None,
+    };
+    let mut config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some(ck) => match builder.with_client_auth_cert(ck.chain.clone(), ck.key.clone_key()) {
+            Ok(c) => c,
+            Err(e) => return Tried::failed(format!("client_cert cannot be used: {e}")),
+        },
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = sni(origin, server);
+    let Ok(server_name) = ServerName::try_from(name.clone()) else {
+        return Tried::failed(format!("`{name}` cannot be sent as a server name"));
+    };
+    let outcome = probe::bounded(timeout, async {
+        let tcp = probe::connect(addr, timeout).await?;
+        let mut stream = TlsConnector::from(Arc::new(config))
+            .connect(server_name, tcp)
+            .await
+            .map_err(tls_failure)?;
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: portcullis-doctor\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(tls_failure)?;
+        let mut head = [0u8; 64];
+        let mut got = 0;
+        while got < 12 {
+            let n = stream
+                .read(&mut head[got..])
+                .await
+                .map_err(tls_failure)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok(String::from_utf8_lossy(&head[..got]).into_owned())
+    })
+    .await;
+    let chain = seen.chain.lock().map(|c| c.clone()).unwrap_or_default();
+    match outcome {
+        Ok(head) if head.starts_with("HTTP/") => {
+            let status = head.get(9..12).unwrap_or("?");
+            Tried::ok(format!(
+                "TLS with `{name}`{} works, GET / is answered {status}",
+                if client_cert.is_some() {
+                    " and the client certificate"
+                } else {
+                    ""
+                }
+            ))
+        }
+        Ok(head) if head.is_empty() => {
+            Tried::failed("the origin closed the connection after the handshake without answering")
+        }
+        Ok(_) => Tried::failed("the origin answered GET / with something that is not HTTP"),
+        Err(ProbeError::Tls(why)) => {
+            let wrong_protocol = why.starts_with(WRONG_PROTOCOL);
+            Tried {
+                works: false,
+                detail: explain(&why, &chain, &name),
+                wrong_protocol,
+            }
+        }
+        Err(e) => Tried::failed(e.to_string()),
+    }
+}
+
+/// Marks a failure where the other side did not speak TLS at all.
+const WRONG_PROTOCOL: &str = "not TLS: ";
+/// Marks a certificate the verifier refused; the rest is the kind (see `explain`).
+const CERT: &str = "certificate: ";
+
+/// A failed handshake or exchange as a [`ProbeError::Tls`] whose text `explain` reads.
+fn tls_failure(e: std::io::Error) -> ProbeError {
+    {
+        let tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        ProbeError::Tls(match tls {
+            Some(rustls::Error::InvalidCertificate(c)) => format!("{CERT}{}", cert_kind(c)),
+            Some(rustls::Error::AlertReceived(AlertDescription::CertificateRequired)) => {
+                "the origin wants a client certificate (authenticated origin pulls): it sent the TLS alert certificate_required".to_owned()
+            }
+            Some(rustls::Error::AlertReceived(a)) => {
+                format!("the origin sent the TLS alert {}", alert_name(*a))
+            }
+            Some(rustls::Error::InvalidMessage(m)) => {
+                format!("{WRONG_PROTOCOL}the answer is not a TLS record ({m:?})")
+            }
+            Some(other) => other.to_string(),
+            None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                format!("{WRONG_PROTOCOL}the origin closed the connection during the handshake")
+            }
+            None if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                format!("{WRONG_PROTOCOL}the origin reset the connection during the handshake")
+            }
+            None => e.to_string(),
+        })
+    }
+}
+
+fn cert_kind(c: &CertificateError) -> String {
+    match c {
+        CertificateError::UnknownIssuer => "unknown-ca".to_owned(),
+        CertificateError::NotValidForName => "name".to_owned(),
+        CertificateError::NotValidForNameContext { presented, .. } => {
+            format!("name:{}", presented.join(", "))
+        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".to_owned(),
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "not-yet-valid".to_owned()
+        }
+        other => format!("other:{other:?}"),
+    }
+}
+
+/// An alert as the TLS specification names it (`certificate_required`).
+fn alert_name(a: AlertDescription) -> String {
+    let debug = format!("{a:?}");
+    let mut out = String::new();
+    for (i, ch) in debug.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The sentence for a failed handshake, naming what the certificate holds.
+fn explain(why: &str, chain: &[CertificateDer<'static>], name: &str) -> String {
+    let Some(kind) = why.strip_prefix(CERT) else {
+        return why.strip_prefix(WRONG_PROTOCOL).unwrap_or(why).to_owned();
+    };
+    let leaf = chain.first().and_then(|c| CertInfo::parse(c).ok());
+    let names = leaf
+        .as_ref()
+        .map(|l| l.names.join(", "))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "no names".to_owned());
+    match kind {
+        "unknown-ca" => {
+            let self_signed = chain
+                .first()
+                .is_some_and(|c| crate::doctor::certs::signs_itself(c));
+            if self_signed {
+                "unknown CA: the certificate is self-signed".to_owned()
+            } else {
+                format!(
+                    "unknown CA: the certificate is issued by {}, which is not a trusted root",
+                    leaf.map_or_else(|| "an unknown issuer".to_owned(), |l| l.issuer)
+                )
+            }
+        }
+        "expired" => format!(
+            "the certificate expired{}",
+            leaf.map(|l| format!(" on {}", format_time(l.not_after)))
+                .unwrap_or_default()
+        ),
+        "not-yet-valid" => "the certificate is not valid yet".to_owned(),
+        k if k.starts_with("name") => {
+            // webpki's own list is in its debug notation: the leaf's names read better.
+            let presented = k.strip_prefix("name:").filter(|p| !p.is_empty());
+            let holds = match (&leaf, presented) {
+                (None, Some(p)) => p.to_owned(),
+                _ => names,
+            };
+            format!("name mismatch: the certificate is for {holds}, not `{name}`")
+        }
+        k => format!(
+            "the certificate is refused: {}",
+            k.strip_prefix("other:").unwrap_or(k)
+        ),
+    }
+}
+
+/// Keeps the chain presented, then verifies it when strict.
+#[derive(Debug)]
+struct Seen {
+    verify: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+    chain: Mutex<Vec<CertificateDer<'static>>>,
+}
+
+impl ServerCertVerifier for Seen {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut chain) = self.chain.lock() {
+            *chain = std::iter::once(end_entity)
+                .chain(intermediates)
+                .map(|c| c.clone().into_owned())
+                .collect();
+        }
+        match &self.verify {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_are_named_as_the_specification_does() {
+        assert_eq!(
+            alert_name(AlertDescription::CertificateRequired),
+            "certificate_required"
+        );
+        assert_eq!(
+            alert_name(AlertDescription::HandshakeFailure),
+            "handshake_failure"
+        );
+    }
+}

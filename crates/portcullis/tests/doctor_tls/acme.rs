@@ -1,0 +1,103 @@
+//! `acme`: order state, directory and challenge path of a `tls: acme` site against pebble.
+
+use std::time::Duration;
+
+use portcullis_acme::Storage;
+use portcullis_tests::{GatewayBuilder, Pebble, PebbleOptions, closed_port, ports, wait};
+
+use crate::{doctor, finding, parts, redirecting_server};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_answers_and_the_challenge_path_is_reached_without_a_redirect() {
+    let mut pebble = Pebble::new(PebbleOptions::default());
+    let b = GatewayBuilder::new();
+    let storage = b.dir().join("state");
+    let https = ports::stable_port();
+    let b = b
+        .set(
+            "listen",
+            &format!("{{https: '{https}', http: '{}'}}", ports::stable_port()),
+        )
+        .set("storage", &format!("'{}'", storage.display()))
+        .set("acme", &pebble.acme_yaml("challenge: http-01"))
+        .site("{name: shop, hosts: [shop.test], tls: acme, respond: {body: shop}}");
+    let gw = b.start().await;
+    pebble.start(gw.http.unwrap().port(), gw.https.port()).await;
+    let store = Storage::new(&storage, &pebble.directory());
+    wait::until(Duration::from_secs(30), "the certificate", || {
+        let found = store.load_cert("shop").ok().flatten().is_some();
+        async move { found.then_some(()) }
+    })
+    .await;
+
+    let (code, r) = doctor(&gw.config_path, &[]).await;
+    assert!(code >= 1, "{r:#}");
+    let (status, _, _) = parts(finding(&r, "shop", "acme", "ACME directory answers"));
+    assert_eq!(status, "ok");
+    assert_eq!(
+        finding(&r, "shop", "acme", "ACME directory")["subject"],
+        pebble.directory()
+    );
+    let f = finding(&r, "shop", "acme", "challenge path");
+    let (status, msg, _) = parts(f.clone());
+    assert_eq!(status, "ok", "{f:#}");
+    assert!(msg.contains("reaches the gateway"), "{msg}");
+    assert!(
+        f["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://shop.test/.well-known/acme-challenge/"),
+        "{f:#}"
+    );
+    let (status, msg, _) = parts(finding(&r, "shop", "acme", "is stored"));
+    assert_eq!(status, "ok");
+    assert!(
+        msg.contains("shop.test") && msg.contains("last issued"),
+        "{msg}"
+    );
+    drop(gw);
+
+    // The same site with nothing answering on the plain listener's port: HTTP-01 fails.
+    let closed = closed_port().await;
+    let off = GatewayBuilder::new()
+        .set(
+            "listen",
+            &format!("{{https: '{https}', http: '127.0.0.1:{closed}'}}"),
+        )
+        .set("storage", &format!("'{}'", storage.display()))
+        .set("acme", &pebble.acme_yaml("challenge: http-01"))
+        .site("{name: shop, hosts: [shop.test], tls: acme, respond: {body: shop}}");
+    let config = off.write_config();
+    let (code, r) = doctor(&config, &[]).await;
+    assert_eq!(code, 2, "{r:#}");
+    let (status, msg, fix) = parts(finding(&r, "shop", "acme", "challenge path"));
+    assert_eq!(status, "fail");
+    assert!(
+        msg.contains("does not answer") && msg.contains("connection refused"),
+        "{msg}"
+    );
+    assert!(fix.contains("port 80"), "{fix}");
+    // The directory still answers.
+    assert_eq!(
+        finding(&r, "shop", "acme", "ACME directory")["status"],
+        "ok"
+    );
+
+    // Another web server holds the plain port and redirects everything elsewhere.
+    let other = redirecting_server("https://www.elsewhere.test/").await;
+    let taken = GatewayBuilder::new()
+        .set("listen", &format!("{{https: '{https}', http: '{other}'}}"))
+        .set("storage", &format!("'{}'", storage.display()))
+        .set("acme", &pebble.acme_yaml("challenge: http-01"))
+        .site("{name: shop, hosts: [shop.test], tls: acme, respond: {body: shop}}");
+    let config = taken.write_config();
+    let (code, r) = doctor(&config, &[]).await;
+    assert_eq!(code, 2, "{r:#}");
+    let (status, msg, _) = parts(finding(&r, "shop", "acme", "challenge path"));
+    assert_eq!(status, "fail");
+    assert!(
+        msg.contains("something other than this gateway")
+            && msg.contains("https://www.elsewhere.test/"),
+        "{msg}"
+    );
+}
