@@ -7,6 +7,7 @@ mod acme;
 mod chain;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::future::join_all;
@@ -23,27 +24,55 @@ const CHECK: &str = "certificate";
 
 /// The certificate and ACME findings.
 pub(super) async fn check(ctx: &Context) -> Vec<Entry> {
-    let roots = trusted_roots(&ctx.config);
+    let roots = trusted_roots(&ctx.config).await;
     let certs = join_all(
         ctx.sites
             .iter()
             .map(|site| site_certificate(ctx, site, &roots)),
     );
-    let acme = join_all(
-        ctx.sites
-            .iter()
-            .filter(|s| matches!(s.tls, SiteTls::Acme { .. }))
-            .map(|site| acme::check_site(ctx, site)),
-    );
+    let acme_sites: Vec<&Site> = ctx
+        .sites
+        .iter()
+        .filter(|s| matches!(s.tls, SiteTls::Acme { .. }))
+        .collect();
+    let acme = async {
+        if acme_sites.is_empty() {
+            return Vec::new();
+        }
+        // One directory for all sites: read once, reported under each.
+        let directory = acme::directory(ctx).await;
+        join_all(
+            acme_sites
+                .iter()
+                .map(|site| acme::check_site(ctx, site, directory.clone())),
+        )
+        .await
+    };
     let (certs, acme) = tokio::join!(certs, acme);
     certs.into_iter().chain(acme).flatten().collect()
 }
 
-/// The roots a client is taken to trust: the system's (`SSL_CERT_FILE`/`SSL_CERT_DIR` when
-/// set), and the local development CA's when a site uses it.
-pub(super) fn trusted_roots(config: &Config) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+/// The system's trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR` when set), read once.
+pub(super) async fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: tokio::sync::OnceCell<Arc<RootCertStore>> = tokio::sync::OnceCell::const_new();
+    ROOTS
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                let mut roots = RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                Arc::new(roots)
+            })
+            .await
+            .unwrap_or_else(|_| Arc::new(RootCertStore::empty()))
+        })
+        .await
+        .clone()
+}
+
+/// The roots a client is taken to trust: the system's, and the local development CA's
+/// when a site uses it.
+pub(super) async fn trusted_roots(config: &Config) -> RootCertStore {
+    let mut roots = (*system_roots().await).clone();
     let uses_local = config.sites.iter().any(|s| {
         matches!(
             s.tls,
@@ -54,7 +83,8 @@ pub(super) fn trusted_roots(config: &Config) -> RootCertStore {
         )
     });
     if uses_local
-        && let Ok(root) = CertificateDer::from_pem_file(config.tls.local_ca_dir.join("root.crt"))
+        && let Ok(pem) = tokio::fs::read(config.tls.local_ca_dir.join("root.crt")).await
+        && let Ok(root) = CertificateDer::from_pem_slice(&pem)
     {
         roots.add_parsable_certificates([root]);
     }
@@ -79,18 +109,25 @@ async fn site_certificate(ctx: &Context, site: &Site, roots: &RootCertStore) -> 
     let target = ctx.https_target();
     let mut out = Vec::new();
     let mut judged: Vec<Vec<CertificateDer<'static>>> = Vec::new();
-    for host in &site.hosts {
-        let name = probe_name(host);
-        match probe::tls_handshake(target, &name, &[], ctx.timeout).await {
+    let names: Vec<String> = site.hosts.iter().map(probe_name).collect();
+    let shaken = join_all(
+        names
+            .iter()
+            .map(|name| probe::tls_handshake(target, name, &[], ctx.timeout)),
+    )
+    .await;
+    for (name, result) in names.iter().zip(shaken) {
+        let name = name.as_str();
+        match result {
             Ok(hs) => {
                 let first = !judged.contains(&hs.chain);
                 if first {
                     judged.push(hs.chain.clone());
                 }
-                let findings = judge(site, &name, &hs.chain, Seen::Live, roots, first);
+                let findings = judge(site, name, &hs.chain, Seen::Live, roots, first);
                 out.extend(findings.into_iter().map(|f| Entry::site(site, f)));
                 if first && let SiteTls::Files(files) = &site.tls {
-                    out.extend(stale(site, &name, &hs.chain, files).map(|f| Entry::site(site, f)));
+                    out.extend(stale(site, name, &hs.chain, files).map(|f| Entry::site(site, f)));
                 }
             }
             Err(ProbeError::Refused) => {
@@ -101,7 +138,7 @@ async fn site_certificate(ctx: &Context, site: &Site, roots: &RootCertStore) -> 
                 site,
                 Finding::fail(
                     CHECK,
-                    &name,
+                    name,
                     format!(
                         "the HTTPS listener at {target} did not complete a handshake for `{name}`: {e}"
                     ),

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures_util::future::join_all;
 use portcullis_acme::{Storage, from_unix};
 use portcullis_config::{Challenge, Site};
 use portcullis_tls::{crypto_provider, format_time};
@@ -17,21 +18,21 @@ use crate::doctor::{Context, Entry, Finding, probe_name};
 
 const CHECK: &str = "acme";
 
-/// The `acme` findings of `site`.
-pub(super) async fn check_site(ctx: &Context, site: &Site) -> Vec<Entry> {
-    let mut out = vec![state(ctx, site)];
-    out.push(directory(ctx).await);
-    for host in &site.hosts {
+/// The `acme` findings of `site`; `directory` is the finding about `acme.directory`.
+pub(super) async fn check_site(ctx: &Context, site: &Site, directory: Finding) -> Vec<Entry> {
+    let mut out = vec![state(ctx, site), directory];
+    let challenges = join_all(site.hosts.iter().map(|host| async move {
         if let portcullis_config::HostPattern::Wildcard(_) = host {
-            out.push(Finding::ok(
+            return Finding::ok(
                 CHECK,
                 host.to_string(),
                 "a wildcard is validated by DNS-01, which this gateway does not answer: no challenge path to check",
-            ));
-            continue;
+            );
         }
-        out.push(challenge(ctx, &probe_name(host)).await);
-    }
+        challenge(ctx, &probe_name(host)).await
+    }))
+    .await;
+    out.extend(challenges);
     out.into_iter().map(|f| Entry::site(site, f)).collect()
 }
 
@@ -109,7 +110,7 @@ fn state(ctx: &Context, site: &Site) -> Finding {
 }
 
 /// `GET acme.directory`: it answers with a directory (`newOrder`).
-async fn directory(ctx: &Context) -> Finding {
+pub(super) async fn directory(ctx: &Context) -> Finding {
     let url = &ctx.config.acme.directory;
     let fix = "check `acme.directory` (the CA's directory URL), this machine's outbound HTTPS and DNS, and `acme.ca_bundle` for a private CA";
     match fetch_directory(ctx).await {
@@ -159,7 +160,7 @@ async fn fetch_directory(ctx: &Context) -> Result<bytes::Bytes, String> {
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
     let answer = if tls {
-        let mut roots = super::trusted_roots(&ctx.config);
+        let mut roots = super::trusted_roots(&ctx.config).await;
         roots.add_parsable_certificates(ctx.config.acme.ca_bundle.iter().cloned());
         let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()

@@ -50,7 +50,7 @@ pub(super) async fn strict(
             "the origin's `ca`"
         }
         _ => {
-            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            roots = (*crate::doctor::certs::system_roots().await).clone();
             "the system's trust store"
         }
     };
