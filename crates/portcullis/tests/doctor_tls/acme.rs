@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use portcullis_acme::Storage;
-use portcullis_tests::{GatewayBuilder, Pebble, PebbleOptions, closed_port, ports, wait};
+use portcullis_tests::{
+    GatewayBuilder, Pebble, PebbleOptions, TestCa, TestOrigin, closed_port, ports, wait,
+};
 
 use crate::{doctor, finding, parts, redirecting_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_directory_answers_and_the_challenge_path_is_reached_without_a_redirect() {
+async fn the_directory_answers_and_the_challenge_path_reaches_the_gateway() {
     let mut pebble = Pebble::new(PebbleOptions::default());
     let b = GatewayBuilder::new();
     let storage = b.dir().join("state");
@@ -100,4 +102,43 @@ async fn the_directory_answers_and_the_challenge_path_is_reached_without_a_redir
             && msg.contains("https://www.elsewhere.test/"),
         "{msg}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_is_answered_by_the_gateway_and_not_by_another_tls_server() {
+    let mut pebble = Pebble::new(PebbleOptions::default());
+    let https = ports::stable_port();
+    let b = GatewayBuilder::new()
+        .set(
+            "listen",
+            &format!("{{https: '{https}', http: '{}'}}", ports::stable_port()),
+        )
+        .set("acme", &pebble.acme_yaml(""))
+        .site("{name: shop, hosts: [shop.test], tls: acme, respond: {body: shop}}");
+    let gw = b.start().await;
+    pebble.start(gw.http.unwrap().port(), gw.https.port()).await;
+    let (_, r) = doctor(&gw.config_path, &[]).await;
+    let (status, msg, _) = parts(finding(&r, "shop", "acme", "TLS-ALPN-01"));
+    assert_eq!(status, "ok", "{msg}");
+    assert!(msg.contains("acme-tls/1"), "{msg}");
+    // HTTP-01, the fallback, is checked too.
+    assert_eq!(
+        finding(&r, "shop", "acme", "challenge path")["status"],
+        "ok"
+    );
+
+    // Another TLS server holds the HTTPS port (a TLS-terminating proxy in front): the CA's
+    // acme-tls/1 handshake never reaches the gateway.
+    let other = TestOrigin::https(&TestCa::new("Proxy CA").leaf(&["shop.test"]), &[]).await;
+    let proxied = GatewayBuilder::new()
+        .set("listen", &format!("{{https: '{}', http: off}}", other.addr))
+        .set("acme", &pebble.acme_yaml(""))
+        .site("{name: shop, hosts: [shop.test], tls: acme, respond: {body: shop}}");
+    let config = proxied.write_config();
+    let (code, r) = doctor(&config, &[]).await;
+    assert_eq!(code, 2, "{r:#}");
+    let (status, msg, fix) = parts(finding(&r, "shop", "acme", "TLS-ALPN-01"));
+    assert_eq!(status, "fail");
+    assert!(msg.contains("without acme-tls/1"), "{msg}");
+    assert!(fix.contains("http-01"), "{fix}");
 }

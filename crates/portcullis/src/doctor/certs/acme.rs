@@ -9,12 +9,12 @@ use std::time::SystemTime;
 use futures_util::future::join_all;
 use portcullis_acme::{Storage, from_unix};
 use portcullis_config::{Challenge, Site};
-use portcullis_tls::{crypto_provider, format_time};
+use portcullis_tls::{ACME_TLS_ALPN, crypto_provider, format_time};
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use crate::doctor::probe::{self, ProbeError};
-use crate::doctor::{Context, Entry, Finding, probe_name};
+use crate::doctor::{Context, Entry, Finding, Status, probe_name};
 
 const CHECK: &str = "acme";
 
@@ -23,16 +23,32 @@ pub(super) async fn check_site(ctx: &Context, site: &Site, directory: Finding) -
     let mut out = vec![state(ctx, site), directory];
     let challenges = join_all(site.hosts.iter().map(|host| async move {
         if let portcullis_config::HostPattern::Wildcard(_) = host {
-            return Finding::ok(
+            return vec![Finding::ok(
                 CHECK,
                 host.to_string(),
                 "a wildcard is validated by DNS-01, which this gateway does not answer: no challenge path to check",
-            );
+            )];
         }
-        challenge(ctx, &probe_name(host)).await
+        let name = probe_name(host);
+        match (ctx.config.acme.challenge, ctx.http_target()) {
+            (Challenge::Http01, _) => vec![http01(ctx, &name).await],
+            (Challenge::TlsAlpn01, None) => vec![tls_alpn(ctx, &name).await],
+            (Challenge::TlsAlpn01, Some(_)) => {
+                // HTTP-01 is only the fallback: its failure is a warning.
+                let (alpn, mut http) = tokio::join!(tls_alpn(ctx, &name), http01(ctx, &name));
+                if http.status == Status::Fail {
+                    http.status = Status::Warn;
+                    http.message = format!(
+                        "{} (HTTP-01 is only the fallback when the CA does not offer TLS-ALPN-01)",
+                        http.message
+                    );
+                }
+                vec![alpn, http]
+            }
+        }
     }))
     .await;
-    out.extend(challenges);
+    out.extend(challenges.into_iter().flatten());
     out.into_iter().map(|f| Entry::site(site, f)).collect()
 }
 
@@ -200,19 +216,16 @@ fn random_token() -> String {
     format!("portcullis-doctor-{:016x}", h.finish())
 }
 
-/// Whether a CA reaches the challenge answer for `name`.
-async fn challenge(ctx: &Context, name: &str) -> Finding {
+/// Whether a CA reaches the HTTP-01 answer for `name` through the plain listener.
+async fn http01(ctx: &Context, name: &str) -> Finding {
     let path = format!("/.well-known/acme-challenge/{}", random_token());
     let Some(target) = ctx.http_target() else {
-        return match ctx.config.acme.challenge {
-            Challenge::TlsAlpn01 => tls_alpn(ctx, name).await,
-            Challenge::Http01 => Finding::fail(
-                CHECK,
-                name,
-                "HTTP-01 needs the plain HTTP listener, and `listen.http` is off: the CA's validation cannot reach the answer",
-                "set `listen.http: 0.0.0.0:80`, or `acme.challenge: tls-alpn-01`",
-            ),
-        };
+        return Finding::fail(
+            CHECK,
+            name,
+            "HTTP-01 needs the plain HTTP listener, and `listen.http` is off: the CA's validation cannot reach the answer",
+            "set `listen.http: 0.0.0.0:80`, or `acme.challenge: tls-alpn-01`",
+        );
     };
     let subject = format!("http://{name}{path}");
     let https_port = ctx.config.listen.https.port();
@@ -264,40 +277,54 @@ async fn challenge(ctx: &Context, name: &str) -> Finding {
                 answer.status
             ),
         ),
-        Err(e) => {
-            let fallback = if matches!(ctx.config.acme.challenge, Challenge::TlsAlpn01) {
-                " (TLS-ALPN-01 is preferred; HTTP-01 is its fallback)"
-            } else {
-                ""
-            };
-            Finding::fail(
-                CHECK,
-                subject,
-                format!(
-                    "the challenge path cannot be reached: the plain HTTP listener {target} does not answer ({e}); HTTP-01 validation fails{fallback}"
-                ),
-                "run the gateway with `listen.http` on port 80 and open port 80 to the internet",
-            )
-        }
+        Err(e) => Finding::fail(
+            CHECK,
+            subject,
+            format!(
+                "the challenge path cannot be reached: the plain HTTP listener {target} does not answer ({e}); HTTP-01 validation fails"
+            ),
+            "run the gateway with `listen.http` on port 80 and open port 80 to the internet",
+        ),
     }
 }
 
-/// With TLS-ALPN-01 only: the CA connects to the HTTPS listener offering `acme-tls/1`.
+/// TLS-ALPN-01: the CA connects to the HTTPS listener offering only `acme-tls/1`. The
+/// gateway negotiates it while an order for the name is pending, and otherwise refuses with
+/// `unrecognized_name`; a handshake completed without it is something else answering.
 async fn tls_alpn(ctx: &Context, name: &str) -> Finding {
     let target = ctx.https_target();
-    match probe::connect(target, ctx.timeout).await {
-        Ok(_) => Finding::ok(
+    let subject = format!("{name} (acme-tls/1)");
+    let fix = "let port 443 reach the gateway itself (TCP passthrough, no TLS-terminating proxy in front), or use `acme.challenge: http-01`";
+    match probe::tls_handshake(target, name, &[ACME_TLS_ALPN], ctx.timeout).await {
+        Ok(hs) if hs.alpn.as_deref() == Some(ACME_TLS_ALPN) => Finding::ok(
             CHECK,
-            name,
+            subject,
             format!(
-                "TLS-ALPN-01: the HTTPS listener {target} answers; it offers `acme-tls/1` while an order for this name is pending"
+                "TLS-ALPN-01: the HTTPS listener {target} negotiates acme-tls/1 for this name (an order is pending)"
+            ),
+        ),
+        Ok(_) => Finding::fail(
+            CHECK,
+            subject,
+            format!(
+                "TLS-ALPN-01: what answers on {target} completed a handshake without acme-tls/1, so it is not this gateway's challenge answer"
+            ),
+            fix,
+        ),
+        Err(ProbeError::Tls(why)) if why.contains("UnrecognisedName") => Finding::ok(
+            CHECK,
+            subject,
+            format!(
+                "TLS-ALPN-01: the HTTPS listener {target} handles acme-tls/1 (with no order pending for this name it answers unrecognized_name, as it should)"
             ),
         ),
         Err(e) => Finding::fail(
             CHECK,
-            name,
-            format!("TLS-ALPN-01: the HTTPS listener {target} does not answer ({e})"),
-            "run the gateway and open port 443 to the internet",
+            subject,
+            format!(
+                "TLS-ALPN-01: the HTTPS listener {target} does not answer an acme-tls/1 handshake ({e})"
+            ),
+            format!("run the gateway and open port 443 to the internet; {fix}"),
         ),
     }
 }
