@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::future::join_all;
-use portcullis_config::{Config, Site, SiteTls};
+use portcullis_config::{Config, HostPattern, Site, SiteTls};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -116,7 +116,7 @@ async fn site_certificate(ctx: &Context, site: &Site, roots: &RootCertStore) -> 
             .map(|name| probe::tls_handshake(target, name, &[], ctx.timeout)),
     )
     .await;
-    for (name, result) in names.iter().zip(shaken) {
+    for ((host, name), result) in site.hosts.iter().zip(&names).zip(shaken) {
         let name = name.as_str();
         match result {
             Ok(hs) => {
@@ -124,7 +124,11 @@ async fn site_certificate(ctx: &Context, site: &Site, roots: &RootCertStore) -> 
                 if first {
                     judged.push(hs.chain.clone());
                 }
-                let findings = judge(site, name, &hs.chain, Seen::Live, roots, first);
+                let findings = judge(
+                    site,
+                    std::slice::from_ref(host),
+                    name,
+                    &hs.chain, Seen::Live, roots, first);
                 out.extend(findings.into_iter().map(|f| Entry::site(site, f)));
                 if first && let SiteTls::Files(files) = &site.tls {
                     out.extend(stale(site, name, &hs.chain, files).map(|f| Entry::site(site, f)));
@@ -174,6 +178,7 @@ fn not_running(ctx: &Context, site: &Site, roots: &RootCertStore) -> Vec<Entry> 
     let name = site.hosts.first().map(probe_name).unwrap_or_default();
     let mut findings = judge(
         site,
+        &site.hosts,
         &name,
         &files.chain,
         Seen::Files(&files.cert_path),
@@ -236,6 +241,7 @@ fn stale(
 /// trust only the first time this chain is seen for the site (`whole`).
 fn judge(
     site: &Site,
+    hosts: &[HostPattern],
     name: &str,
     der: &[CertificateDer<'static>],
     seen: Seen<'_>,
@@ -267,7 +273,7 @@ fn judge(
     let now = SystemTime::now();
     let leaf = &certs[0];
     let mut out = Vec::new();
-    out.push(names(site, name, leaf, seen));
+    out.push(names(site, hosts, name, leaf, seen));
     if !whole {
         return out;
     }
@@ -296,8 +302,8 @@ fn judge(
     out
 }
 
-fn names(site: &Site, name: &str, leaf: &Cert, seen: Seen<'_>) -> Finding {
-    let missing = chain::uncovered(&leaf.info, &site.hosts);
+fn names(site: &Site, hosts: &[HostPattern], name: &str, leaf: &Cert, seen: Seen<'_>) -> Finding {
+    let missing = chain::uncovered(&leaf.info, hosts);
     let holds = if leaf.info.names.is_empty() {
         "no names".to_owned()
     } else {
@@ -307,7 +313,14 @@ fn names(site: &Site, name: &str, leaf: &Cert, seen: Seen<'_>) -> Finding {
         return Finding::ok(
             CHECK,
             name,
-            format!("names: the certificate covers every host of the site ({holds})"),
+            format!(
+                "names: the certificate covers {} (it holds {holds})",
+                hosts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         );
     }
     let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();

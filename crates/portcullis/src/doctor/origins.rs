@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use portcullis_config::{Action, Mode, Origin, OriginServer, Site, Transport};
+use portcullis_config::{
+    Action, Mode, Origin, OriginServer, ProxyProtocolVersion, Site, Transport,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use super::probe::{self, ProbeError};
 use super::{Context, Entry, Finding, probe_name};
@@ -62,6 +66,34 @@ pub(super) async fn resolve(
     })
     .await
 }
+
+/// A connection to an origin server, opened with the PROXY protocol header the gateway
+/// sends when the origin expects one (a `LOCAL` header: no client address to carry), so
+/// such an origin answers the probes.
+pub(super) async fn connect(
+    addr: SocketAddr,
+    origin: &Origin,
+    timeout: Duration,
+) -> Result<TcpStream, ProbeError> {
+    let mut tcp = probe::connect(addr, timeout).await?;
+    let header: &[u8] = match origin.proxy_protocol {
+        None => return Ok(tcp),
+        Some(ProxyProtocolVersion::V1) => b"PROXY UNKNOWN\r\n",
+        Some(ProxyProtocolVersion::V2) => &PROXY_V2_LOCAL,
+    };
+    probe::bounded(timeout, async {
+        tcp.write_all(header)
+            .await
+            .map_err(|e| ProbeError::Connect(format!("cannot send the PROXY header: {e}")))
+    })
+    .await?;
+    Ok(tcp)
+}
+
+/// PROXY protocol v2, command `LOCAL`, no addresses (a health check's header).
+const PROXY_V2_LOCAL: [u8; 16] = [
+    0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00,
+];
 
 /// How one mode came out.
 #[derive(Debug, Clone)]
@@ -141,7 +173,7 @@ async fn check_server(ctx: &Context, site: &Site, origin: &Origin, server: &Orig
         );
     }
     let (flexible, full, strict) = tokio::join!(
-        flexible(addr, &host, ctx.timeout),
+        flexible(addr, &host, origin, ctx.timeout),
         tls::full(addr, &host, origin, server, ctx.timeout),
         tls::strict(addr, &host, origin, server, ctx.timeout),
     );
@@ -158,8 +190,8 @@ async fn check_server(ctx: &Context, site: &Site, origin: &Origin, server: &Orig
     )
 }
 
-async fn flexible(addr: SocketAddr, host: &str, timeout: Duration) -> Flexible {
-    let answer = match probe::connect(addr, timeout).await {
+async fn flexible(addr: SocketAddr, host: &str, origin: &Origin, timeout: Duration) -> Flexible {
+    let answer = match connect(addr, origin, timeout).await {
         Ok(tcp) => probe::get(tcp, host, "/", timeout).await,
         Err(e) => Err(e),
     };

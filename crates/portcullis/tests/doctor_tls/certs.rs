@@ -95,10 +95,29 @@ fn broken_sites(ca: &TestCa) -> GatewayBuilder {
     )
 }
 
+/// Sites with several hosts: a wildcard probed with a name it covers, and a certificate
+/// covering only one of two hosts.
+fn multi_host_sites(ca: &TestCa, b: GatewayBuilder) -> GatewayBuilder {
+    let wild = ca.leaf(&["*.wild.test"]);
+    let (cert, key) = wild.write(b.dir(), "wild");
+    let b = b.site(&format!(
+        "{{name: wild, hosts: ['*.wild.test'], tls: {{cert: '{}', key: '{}'}}, respond: {{}}}}",
+        cert.display(),
+        key.display()
+    ));
+    let half = ca.leaf(&["multi.test"]);
+    let (cert, key) = half.write(b.dir(), "multi");
+    b.site(&format!(
+        "{{name: multi, hosts: [multi.test, www.multi.test], tls: {{cert: '{}', key: '{}'}}, respond: {{}}}}",
+        cert.display(),
+        key.display()
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_chain_is_judged_by_sni_expiry_names_order_and_completeness() {
     let ca = TestCa::new("Doctor Root CA");
-    let b = broken_sites(&ca);
+    let b = multi_host_sites(&ca, broken_sites(&ca));
     let root = ca.write_root(b.dir(), "trusted-root");
     let gw: TestGateway = b.start().await;
     let (code, report) = doctor(&gw.config_path, &[("SSL_CERT_FILE", &root)]).await;
@@ -177,6 +196,33 @@ async fn the_served_chain_is_judged_by_sni_expiry_names_order_and_completeness()
     let (status, msg, _) = parts(finding(r, "selfie", "certificate", "chain:"));
     assert_eq!(status, "fail");
     assert!(msg.contains("self-signed"), "{msg}");
+
+    // A wildcard host is probed with a name it covers.
+    let (status, msg, _) = parts(finding(r, "wild", "certificate", "names:"));
+    assert_eq!(status, "ok");
+    assert!(msg.contains("covers *.wild.test"), "{msg}");
+    assert_eq!(
+        finding(r, "wild", "certificate", "names:")["subject"],
+        "portcullis-doctor.wild.test"
+    );
+    // Each host is judged on its own name; the chain, the same for both, once.
+    let multi = findings(r, "multi", "certificate");
+    let names: Vec<(&str, &str)> = multi
+        .iter()
+        .filter(|f| f["message"].as_str().unwrap().starts_with("names:"))
+        .map(|f| {
+            (
+                f["subject"].as_str().unwrap(),
+                f["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("multi.test", "ok"), ("www.multi.test", "fail")]);
+    let validity = multi
+        .iter()
+        .filter(|f| f["message"].as_str().unwrap().contains("valid until"))
+        .count();
+    assert_eq!(validity, 1, "{multi:#?}");
 
     // Without the test root trusted, the good chain ends at an untrusted root.
     let (_, report) = doctor(&gw.config_path, &[]).await;

@@ -4,6 +4,34 @@ use portcullis_tests::{GatewayBuilder, TestCa, TestOrigin, closed_port};
 
 use crate::{doctor, finding, parts, redirecting_server};
 
+/// A plain HTTP origin behind PROXY protocol v2: it answers only connections that start
+/// with a v2 header, as a server configured for it does.
+async fn proxy_v2_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 16];
+                if conn.read_exact(&mut head).await.is_err() || &head[..12] != SIGNATURE {
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+                let mut rest = vec![0u8; len + 4096];
+                let _ = conn.read(&mut rest).await;
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_one() {
     let ca = TestCa::new("Doctor Origin CA");
@@ -21,6 +49,7 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
     .await;
     let looping = redirecting_server("https://loop.test/").await;
     let refused = closed_port().await;
+    let behind_proxy = proxy_v2_origin().await;
 
     let b = GatewayBuilder::new();
     let root = ca.write_root(b.dir(), "origin-ca");
@@ -51,6 +80,11 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
     );
     let b = site(b, "loop", format!("'http://{looping}'"));
     let b = site(b, "refused", format!("'http://127.0.0.1:{refused}'"));
+    let b = site(
+        b,
+        "proxied",
+        format!("{{url: 'http://{behind_proxy}', proxy_protocol: v2}}"),
+    );
     let b = site(
         b,
         "nopull",
@@ -125,6 +159,11 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
     let (status, msg, _) = parts(finding(&r, "refused", "origin", "cannot be reached"));
     assert_eq!(status, "fail");
     assert!(msg.contains("connection refused"), "{msg}");
+
+    // The PROXY header the gateway sends is sent by the probes too.
+    let (status, msg, _) = parts(finding(&r, "proxied", "origin", "`flexible` works"));
+    assert_eq!(status, "ok");
+    assert!(msg.contains("answered 200"), "{msg}");
 
     let (status, msg, fix) = parts(finding(&r, "nopull", "origin", "configured `full`"));
     assert_eq!(status, "fail");

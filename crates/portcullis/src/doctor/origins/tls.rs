@@ -117,7 +117,7 @@ async fn attempt(
         return Tried::failed(format!("`{name}` cannot be sent as a server name"));
     };
     let outcome = probe::bounded(timeout, async {
-        let tcp = probe::connect(addr, timeout).await?;
+        let tcp = super::connect(addr, origin, timeout).await?;
         let mut stream = TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)
             .await
