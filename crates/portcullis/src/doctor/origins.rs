@@ -191,6 +191,12 @@ async fn check_server(ctx: &Context, site: &Site, origin: &Origin, server: &Orig
 }
 
 async fn flexible(addr: SocketAddr, host: &str, origin: &Origin, timeout: Duration) -> Flexible {
+    if origin.h2c {
+        return Flexible {
+            tried: h2c(addr, host, origin, timeout).await,
+            loop_to: None,
+        };
+    }
     let answer = match connect(addr, origin, timeout).await {
         Ok(tcp) => probe::get(tcp, host, "/", timeout).await,
         Err(e) => Err(e),
@@ -221,6 +227,28 @@ async fn flexible(addr: SocketAddr, host: &str, origin: &Origin, timeout: Durati
             },
             loop_to: None,
         },
+    }
+}
+
+/// `h2c: true`: HTTP/2 with prior knowledge, as the gateway speaks to it.
+async fn h2c(addr: SocketAddr, host: &str, origin: &Origin, timeout: Duration) -> Tried {
+    let outcome = probe::bounded(timeout, async {
+        let mut tcp = connect(addr, origin, timeout).await?;
+        tls::ask(&mut tcp, host, true)
+            .await
+            .map_err(|e| ProbeError::Http(e.to_string()))
+    })
+    .await;
+    match outcome {
+        Ok(tls::Reply::H2) => {
+            Tried::ok("HTTP/2 with prior knowledge (h2c): the origin sent its SETTINGS")
+        }
+        Ok(_) => Tried {
+            works: false,
+            detail: "no HTTP/2 answer to the h2c preface (`h2c: true` needs an origin speaking HTTP/2 without TLS)".to_owned(),
+            wrong_protocol: true,
+        },
+        Err(e) => Tried::failed(format!("no h2c answer ({e})")),
     }
 }
 

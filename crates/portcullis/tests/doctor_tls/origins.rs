@@ -50,6 +50,8 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
     let looping = redirecting_server("https://loop.test/").await;
     let refused = closed_port().await;
     let behind_proxy = proxy_v2_origin().await;
+    let h2_only = TestOrigin::https(&ca.leaf(&["127.0.0.1"]), &["h2"]).await;
+    let grpc = TestOrigin::http().await;
 
     let b = GatewayBuilder::new();
     let root = ca.write_root(b.dir(), "origin-ca");
@@ -80,6 +82,20 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
     );
     let b = site(b, "loop", format!("'http://{looping}'"));
     let b = site(b, "refused", format!("'http://127.0.0.1:{refused}'"));
+    let b = site(
+        b,
+        "h2",
+        format!(
+            "{{url: 'https://{}', ca: '{}'}}",
+            h2_only.addr,
+            root.display()
+        ),
+    );
+    let b = site(
+        b,
+        "h2c",
+        format!("{{url: 'http://{}', h2c: true}}", grpc.addr),
+    );
     let b = site(
         b,
         "proxied",
@@ -159,6 +175,14 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
     let (status, msg, _) = parts(finding(&r, "refused", "origin", "cannot be reached"));
     assert_eq!(status, "fail");
     assert!(msg.contains("connection refused"), "{msg}");
+
+    // An origin speaking only HTTP/2 over TLS, and one speaking h2c, as the gateway would.
+    let (status, msg, _) = parts(finding(&r, "h2", "origin", "`strict` works"));
+    assert_eq!(status, "ok");
+    assert!(msg.contains("HTTP/2 negotiated"), "{msg}");
+    let (status, msg, _) = parts(finding(&r, "h2c", "origin", "`flexible` works"));
+    assert_eq!(status, "ok");
+    assert!(msg.contains("h2c"), "{msg}");
 
     // The PROXY header the gateway sends is sent by the probes too.
     let (status, msg, _) = parts(finding(&r, "proxied", "origin", "`flexible` works"));

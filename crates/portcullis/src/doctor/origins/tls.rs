@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     AlertDescription, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
 use super::Tried;
@@ -111,7 +111,8 @@ async fn attempt(
             Err(e) => return Tried::failed(format!("client_cert cannot be used: {e}")),
         },
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // What the gateway offers: the origin picks.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let name = sni(origin, server);
     let Ok(server_name) = ServerName::try_from(name.clone()) else {
         return Tried::failed(format!("`{name}` cannot be sent as a server name"));
@@ -122,45 +123,30 @@ async fn attempt(
             .connect(server_name, tcp)
             .await
             .map_err(tls_failure)?;
-        let request = format!(
-            "GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: portcullis-doctor\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(tls_failure)?;
-        let mut head = [0u8; 64];
-        let mut got = 0;
-        while got < 12 {
-            let n = stream
-                .read(&mut head[got..])
-                .await
-                .map_err(tls_failure)?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        Ok(String::from_utf8_lossy(&head[..got]).into_owned())
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        ask(&mut stream, host, h2).await.map_err(tls_failure)
     })
     .await;
     let chain = seen.chain.lock().map(|c| c.clone()).unwrap_or_default();
-    match outcome {
-        Ok(head) if head.starts_with("HTTP/") => {
-            let status = head.get(9..12).unwrap_or("?");
-            Tried::ok(format!(
-                "TLS with `{name}`{} works, GET / is answered {status}",
-                if client_cert.is_some() {
-                    " and the client certificate"
-                } else {
-                    ""
-                }
-            ))
+    let with = format!(
+        "TLS with `{name}`{}",
+        if client_cert.is_some() {
+            " and the client certificate"
+        } else {
+            ""
         }
-        Ok(head) if head.is_empty() => {
+    );
+    match outcome {
+        Ok(Reply::Status(status)) => Tried::ok(format!("{with} works, GET / is answered {status}")),
+        Ok(Reply::H2) => Tried::ok(format!(
+            "{with} works, HTTP/2 negotiated and the origin's SETTINGS received"
+        )),
+        Ok(Reply::Empty) => {
             Tried::failed("the origin closed the connection after the handshake without answering")
         }
-        Ok(_) => Tried::failed("the origin answered GET / with something that is not HTTP"),
+        Ok(Reply::Garbage) => {
+            Tried::failed("the origin answered GET / with something that is not HTTP")
+        }
         Err(ProbeError::Tls(why)) => {
             let wrong_protocol = why.starts_with(WRONG_PROTOCOL);
             Tried {
@@ -171,6 +157,55 @@ async fn attempt(
         }
         Err(e) => Tried::failed(e.to_string()),
     }
+}
+
+/// What an origin answered on a fresh connection.
+pub(super) enum Reply {
+    /// An HTTP/1.x status line: its code.
+    Status(String),
+    /// An HTTP/2 SETTINGS frame, the first thing an HTTP/2 server sends.
+    H2,
+    /// The connection closed with nothing said.
+    Empty,
+    /// Bytes that are neither.
+    Garbage,
+}
+
+/// The client connection preface of HTTP/2 and an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Asks `GET /` (HTTP/1.1, `Host: host`), or with `h2` opens HTTP/2 and waits for the
+/// server's SETTINGS; reads a few bytes, never the whole answer.
+pub(super) async fn ask<S>(stream: &mut S, host: &str, h2: bool) -> std::io::Result<Reply>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if h2 {
+        stream.write_all(H2_PREFACE).await?;
+    } else {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: portcullis-doctor\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+    }
+    let mut head = [0u8; 12];
+    let want = if h2 { 9 } else { 12 };
+    let mut got = 0;
+    while got < want {
+        let n = stream.read(&mut head[got..want]).await?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(match (h2, got) {
+        (_, 0) => Reply::Empty,
+        (true, 9) if head[3] == 0x04 => Reply::H2,
+        (false, 12) if head.starts_with(b"HTTP/1.") => {
+            Reply::Status(String::from_utf8_lossy(&head[9..12]).into_owned())
+        }
+        _ => Reply::Garbage,
+    })
 }
 
 /// Marks a failure where the other side did not speak TLS at all.
