@@ -248,6 +248,17 @@ fn judge(
     roots: &RootCertStore,
     whole: bool,
 ) -> Vec<Finding> {
+    if der.len() > chain::MAX_CHAIN {
+        return vec![Finding::fail(
+            CHECK,
+            name,
+            format!(
+                "the chain holds {} certificates; real chains hold a few, and clients give up on long ones",
+                der.len()
+            ),
+            "serve the leaf and its intermediates only",
+        )];
+    }
     let mut certs = Vec::new();
     for (i, c) in der.iter().enumerate() {
         match Cert::parse(c) {

@@ -13,6 +13,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, RootCertStore};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+/// Certificates of a chain looked at, at most: real chains hold two to four, and each
+/// check compares every pair.
+pub(super) const MAX_CHAIN: usize = 10;
+
 /// Warn when a certificate expires sooner than this.
 pub(super) const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
@@ -195,7 +199,9 @@ pub(super) fn trust(chain: &[Cert], roots: &RootCertStore, name: &str, now: Syst
         return Trust::NoRoots;
     }
     let leaf = &chain[0];
-    let at = now.clamp(leaf.info.not_before, leaf.info.not_after);
+    // A certificate from the network may say it ends before it starts: no clamp then.
+    let (from, to) = (leaf.info.not_before, leaf.info.not_after);
+    let at = if from <= to { now.clamp(from, to) } else { now };
     let at = UnixTime::since_unix_epoch(at.duration_since(UNIX_EPOCH).unwrap_or_default());
     let verifier = match WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots.clone()),
