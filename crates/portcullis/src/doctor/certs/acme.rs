@@ -20,7 +20,7 @@ const CHECK: &str = "acme";
 
 /// The `acme` findings of `site`; `directory` is the finding about `acme.directory`.
 pub(super) async fn check_site(ctx: &Context, site: &Site, directory: Finding) -> Vec<Entry> {
-    let mut out = vec![state(ctx, site), directory];
+    let mut out = vec![state(ctx, site).await, directory];
     let challenges = join_all(site.hosts.iter().map(|host| async move {
         if let portcullis_config::HostPattern::Wildcard(_) = host {
             return vec![Finding::ok(
@@ -53,7 +53,7 @@ pub(super) async fn check_site(ctx: &Context, site: &Site, directory: Finding) -
 }
 
 /// The last order, the last error and the next renewal, from ACME storage.
-fn state(ctx: &Context, site: &Site) -> Finding {
+async fn state(ctx: &Context, site: &Site) -> Finding {
     let subject = site.hosts.first().map(probe_name).unwrap_or_default();
     if ctx.config.cluster.is_some() {
         return Finding::ok(
@@ -63,14 +63,28 @@ fn state(ctx: &Context, site: &Site) -> Finding {
         );
     }
     let storage = Storage::new(&ctx.config.storage, &ctx.config.acme.directory);
-    let status = storage.load_status(&site.name).unwrap_or_default();
+    let name = site.name.clone();
+    // A few small files, read off the runtime's workers.
+    let read = tokio::task::spawn_blocking(move || {
+        let status = storage.load_status(&name).unwrap_or_default();
+        let cert = storage.load_cert(&name);
+        (storage, status, cert)
+    })
+    .await;
+    let Ok((storage, status, cert)) = read else {
+        return Finding::fail(
+            CHECK,
+            subject,
+            "ACME storage could not be read",
+            "run `portcullis certs --config FILE` to see what it holds",
+        );
+    };
     let next = status
         .next_attempt
         .map(|t| format!("next attempt {}", format_time(from_unix(t))));
     let last_ok = status
         .last_success
         .map(|t| format!("last issued {}", format_time(from_unix(t))));
-    let cert = storage.load_cert(&site.name);
     let history = [last_ok, next].into_iter().flatten().collect::<Vec<_>>();
     let history = if history.is_empty() {
         String::new()
