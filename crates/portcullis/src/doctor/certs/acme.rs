@@ -325,6 +325,16 @@ async fn tls_alpn(ctx: &Context, name: &str) -> Finding {
             ),
             fix,
         ),
+        // While an order is pending the gateway presents the challenge certificate, whose
+        // critical acmeIdentifier extension the probe's signature check (webpki) refuses
+        // to parse: that refusal is the challenge answer being served.
+        Err(ProbeError::Tls(why)) if why.contains("UnsupportedCriticalExtension") => Finding::ok(
+            CHECK,
+            subject,
+            format!(
+                "TLS-ALPN-01: the HTTPS listener {target} presents the acme-tls/1 challenge certificate for this name (an order is pending)"
+            ),
+        ),
         Err(ProbeError::Tls(why)) if why.contains("UnrecognisedName") => Finding::ok(
             CHECK,
             subject,
