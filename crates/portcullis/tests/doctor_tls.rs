@@ -27,10 +27,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Runs `portcullis doctor --config CONFIG --json` with `env`; its exit code and report.
-/// Runs on a blocking thread so an in-process gateway keeps serving meanwhile.
+/// Runs on a blocking thread so an in-process gateway keeps serving meanwhile. No probe
+/// here is meant to time out: the generous timeout only absorbs a loaded machine.
 pub async fn doctor(config: &Path, env: &[(&str, &Path)]) -> (i32, Value) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.args(["doctor", "--json", "--timeout", "2s", "--config"])
+    cmd.args(["doctor", "--json", "--timeout", "5s", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn");
     for (k, v) in env {
