@@ -1,8 +1,8 @@
 //! `acme`: order state, directory and challenge path of a `tls: acme` site against pebble.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use portcullis_acme::Storage;
+use portcullis_acme::{SiteStatus, Storage, unix};
 use portcullis_tests::{
     GatewayBuilder, Pebble, PebbleOptions, TestCa, TestOrigin, closed_port, ports, wait,
 };
@@ -141,4 +141,51 @@ async fn tls_alpn_01_is_answered_by_the_gateway_and_not_by_another_tls_server() 
     assert_eq!(status, "fail");
     assert!(msg.contains("without acme-tls/1"), "{msg}");
     assert!(fix.contains("http-01"), "{fix}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_order_and_an_unreachable_directory_are_reported() {
+    let closed = closed_port().await;
+    let directory = format!("https://127.0.0.1:{closed}/dir");
+    let b = GatewayBuilder::new();
+    let storage = b.dir().join("state");
+    Storage::new(&storage, &directory).save_status(
+        "shop",
+        &SiteStatus {
+            names: vec!["shop.test".into()],
+            next_attempt: Some(unix(SystemTime::now() + Duration::from_secs(600))),
+            last_error: Some("new-order step failed: rateLimited: too many certificates".into()),
+            failures: 3,
+            last_success: None,
+        },
+    );
+    let b = b
+        .set(
+            "listen",
+            &format!(
+                "{{https: '{}', http: '{}'}}",
+                ports::stable_port(),
+                ports::stable_port()
+            ),
+        )
+        .set("storage", &format!("'{}'", storage.display()))
+        .set("acme", &format!("{{directory: '{directory}'}}"))
+        .site("{name: shop, hosts: [shop.test], tls: acme, respond: {}}");
+    let config = b.write_config();
+    let (code, r) = doctor(&config, &[]).await;
+    assert_eq!(code, 2, "{r:#}");
+    let (status, msg, _) = parts(finding(&r, "shop", "acme", "the last order failed"));
+    assert_eq!(status, "fail");
+    assert!(
+        msg.contains("rateLimited: too many certificates")
+            && msg.contains("3 failure(s)")
+            && msg.contains("next attempt"),
+        "{msg}"
+    );
+    let f = finding(&r, "shop", "acme", "ACME directory");
+    let (status, msg, fix) = parts(f.clone());
+    assert_eq!(status, "fail");
+    assert!(msg.contains("connection refused"), "{msg}");
+    assert!(fix.contains("acme.directory"), "{fix}");
+    assert_eq!(f["subject"], directory);
 }

@@ -52,6 +52,13 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
     let behind_proxy = proxy_v2_origin().await;
     let h2_only = TestOrigin::https(&ca.leaf(&["127.0.0.1"]), &["h2"]).await;
     let grpc = TestOrigin::http().await;
+    let now = std::time::SystemTime::now();
+    let day = std::time::Duration::from_secs(86_400);
+    let expired = TestOrigin::https(
+        &ca.leaf_valid(&["127.0.0.1"], now - 30 * day, now - day),
+        &["http/1.1"],
+    )
+    .await;
 
     let b = GatewayBuilder::new();
     let root = ca.write_root(b.dir(), "origin-ca");
@@ -88,6 +95,15 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
         format!(
             "{{url: 'https://{}', ca: '{}'}}",
             h2_only.addr,
+            root.display()
+        ),
+    );
+    let b = site(
+        b,
+        "expired",
+        format!(
+            "{{url: 'https://{}', ca: '{}'}}",
+            expired.addr,
             root.display()
         ),
     );
@@ -183,6 +199,10 @@ async fn each_origin_is_probed_in_every_mode_and_compared_with_its_configured_on
     let (status, msg, _) = parts(finding(&r, "h2c", "origin", "`flexible` works"));
     assert_eq!(status, "ok");
     assert!(msg.contains("h2c"), "{msg}");
+
+    let (status, msg, _) = parts(finding(&r, "expired", "origin", "configured `strict`"));
+    assert_eq!(status, "fail");
+    assert!(msg.contains("strict: the certificate expired on"), "{msg}");
 
     // The PROXY header the gateway sends is sent by the probes too.
     let (status, msg, _) = parts(finding(&r, "proxied", "origin", "`flexible` works"));
