@@ -269,36 +269,61 @@ async fn firewall_findings(l: Listener, timeout: std::time::Duration) -> Vec<Fin
     rules
         .into_iter()
         .map(|b| {
-            let handle = if b.rule.starts_with("handle ") {
-                format!(" ({})", b.rule)
-            } else {
-                format!(": `{}`", b.rule)
-            };
-            let message = format!(
-                "{} {} tcp dport {port}{handle}: {} ({}) cannot be reached{}",
-                b.place,
-                b.verdict,
-                l.what,
-                l.key,
-                if b.conditional {
-                    " by the clients the rule matches"
+            let nft = b.place.starts_with("nftables");
+            let unreachable = format!("{} ({}) cannot be reached", l.what, l.key);
+            let (message, fix) = if b.policy {
+                let message = format!(
+                    "{} has {} and no rule in it accepts tcp dport {port}: {unreachable}{}",
+                    b.place,
+                    b.rule,
+                    if b.conditional {
+                        ", unless a chain it jumps to accepts it"
+                    } else {
+                        ""
+                    }
+                );
+                let fix = if nft {
+                    format!(
+                        "accept the port: `nft add rule {} tcp dport {port} accept`",
+                        b.chain
+                    )
                 } else {
-                    ""
-                }
-            );
-            let fix = if b.place.starts_with("nftables") {
-                format!(
-                    "accept the port before that rule, e.g. `nft insert rule {} tcp dport \
-                     {port} accept`, or delete the rule (`nft -a list ruleset` shows its handle)",
-                    b.place
-                        .trim_start_matches("nftables rule in table ")
-                        .replacen(" chain ", " ", 1)
-                )
+                    format!(
+                        "accept the port: `iptables -A INPUT -p tcp --dport {port} -j ACCEPT` \
+                         (and keep it in the saved rules)"
+                    )
+                };
+                (message, fix)
             } else {
-                format!(
-                    "accept the port before that rule: `iptables -I INPUT -p tcp --dport {port} \
-                     -j ACCEPT` (and keep it in the saved rules)"
-                )
+                let which = if nft {
+                    format!(" ({})", b.rule)
+                } else {
+                    format!(": `{}`", b.rule)
+                };
+                let message = format!(
+                    "{} {} tcp dport {port}{which}: {unreachable}{}",
+                    b.place,
+                    b.verdict,
+                    if b.conditional {
+                        " by the clients the rule matches"
+                    } else {
+                        ""
+                    }
+                );
+                let fix = if nft {
+                    format!(
+                        "accept the port before that rule, e.g. `nft insert rule {} tcp dport \
+                         {port} accept`, or delete the rule (`nft -a list ruleset` shows its \
+                         handle)",
+                        b.chain
+                    )
+                } else {
+                    format!(
+                        "accept the port before that rule: `iptables -I INPUT -p tcp --dport \
+                         {port} -j ACCEPT` (and keep it in the saved rules)"
+                    )
+                };
+                (message, fix)
             };
             if b.conditional {
                 Finding::warn(CHECK, l.addr.to_string(), message, fix)

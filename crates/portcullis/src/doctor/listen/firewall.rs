@@ -31,6 +31,10 @@ pub struct Blocking {
     pub conditional: bool,
     /// The rule as the tool prints it (iptables), or its handle (nftables).
     pub rule: String,
+    /// No rule: the chain's policy drops, and no rule of the chain accepts the port.
+    pub policy: bool,
+    /// The chain as a command names it: `inet filter input` (nft), `INPUT` (iptables).
+    pub chain: String,
 }
 
 /// The rules that block TCP to `port`, read from whichever firewall tool answers within
@@ -109,6 +113,8 @@ struct Chain {
     name: String,
     #[serde(default)]
     hook: Option<String>,
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,46 +141,87 @@ pub fn nft_blocking(ruleset: &Ruleset, port: u16) -> Vec<Blocking> {
         .filter_map(|o| o.chain.as_ref())
         .filter(|c| c.hook.as_deref() == Some("input"))
         .collect();
-    ruleset
-        .nftables
-        .iter()
-        .filter_map(|o| o.rule.as_ref())
-        .filter(|r| {
-            input_chains
-                .iter()
-                .any(|c| c.family == r.family && c.table == r.table && c.name == r.chain)
-        })
-        .filter_map(|r| {
-            let verdict = r.expr.iter().find_map(|e| {
-                let obj = e.as_object()?;
-                if obj.contains_key("drop") {
-                    Some("drops")
-                } else if obj.contains_key("reject") {
-                    Some("rejects")
-                } else {
-                    None
-                }
-            })?;
-            let mut dport = None;
-            let mut other = false;
-            for m in r.expr.iter().filter_map(|e| e.get("match")) {
-                match tcp_dport_match(m, port) {
-                    Some(hit) => dport = Some(dport.unwrap_or(true) && hit),
-                    None => other |= !is_tcp_protocol_match(m),
-                }
-            }
-            dport.filter(|hit| *hit)?;
-            Some(Blocking {
-                place: format!(
-                    "nftables rule in table {} {} chain {}",
-                    r.family, r.table, r.chain
-                ),
+    let rules_of = |c: &Chain| {
+        ruleset
+            .nftables
+            .iter()
+            .filter_map(|o| o.rule.as_ref())
+            .filter(|r| c.family == r.family && c.table == r.table && c.name == r.chain)
+            .collect::<Vec<_>>()
+    };
+    let mut found = Vec::new();
+    for chain in input_chains {
+        let place = format!(
+            "nftables rule in table {} {} chain {}",
+            chain.family, chain.table, chain.name
+        );
+        let chain_ref = format!("{} {} {}", chain.family, chain.table, chain.name);
+        let rules = rules_of(chain);
+        for r in &rules {
+            let (Some(verdict @ ("drops" | "rejects")), Some(conditional)) =
+                (verdict_of(r), on_port(r, port))
+            else {
+                continue;
+            };
+            found.push(Blocking {
+                place: place.clone(),
                 verdict,
-                conditional: other,
+                conditional,
                 rule: r.handle.map_or_else(String::new, |h| format!("handle {h}")),
+                policy: false,
+                chain: chain_ref.clone(),
+            });
+        }
+        let accepted = rules
+            .iter()
+            .any(|r| verdict_of(r) == Some("accepts") && on_port(r, port).is_some());
+        if chain.policy.as_deref() == Some("drop") && !accepted {
+            let jumps = rules.iter().any(|r| verdict_of(r) == Some("jumps"));
+            found.push(Blocking {
+                place: format!(
+                    "nftables chain {} of table {} {}",
+                    chain.name, chain.family, chain.table
+                ),
+                verdict: "drops",
+                conditional: jumps,
+                rule: "policy drop".to_owned(),
+                policy: true,
+                chain: chain_ref,
+            });
+        }
+    }
+    found
+}
+
+/// What a rule does: `drops`, `rejects`, `accepts`, `jumps` (to another chain), or
+/// nothing final (a counter, a log).
+fn verdict_of(r: &Rule) -> Option<&'static str> {
+    r.expr.iter().find_map(|e| {
+        let obj = e.as_object()?;
+        ["drop", "reject", "accept", "jump", "goto"]
+            .iter()
+            .find(|k| obj.contains_key(**k))
+            .map(|k| match *k {
+                "drop" => "drops",
+                "reject" => "rejects",
+                "accept" => "accepts",
+                _ => "jumps",
             })
-        })
-        .collect()
+    })
+}
+
+/// For a rule that matches TCP to `port`: whether it also matches on something else (a
+/// source, an interface); `None` when it does not match the port.
+fn on_port(r: &Rule, port: u16) -> Option<bool> {
+    let mut dport = None;
+    let mut other = false;
+    for m in r.expr.iter().filter_map(|e| e.get("match")) {
+        match tcp_dport_match(m, port) {
+            Some(hit) => dport = Some(dport.unwrap_or(true) && hit),
+            None => other |= !is_tcp_protocol_match(m),
+        }
+    }
+    dport.filter(|hit| *hit).map(|_| other)
 }
 
 /// For a `match` on the TCP (or any transport's) destination port: whether `port` matches
@@ -242,56 +289,99 @@ const KNOWN_FLAGS: [&str; 9] = [
     "--tcp-flags",
 ];
 
-/// The `-A INPUT ... -p tcp ... --dport P -j DROP|REJECT` lines of `iptables-save`.
+/// The `-A INPUT ... -p tcp ... --dport P -j DROP|REJECT` lines of `iptables-save`, and an
+/// INPUT policy of DROP that no `-j ACCEPT` rule for the port gets past.
 pub fn iptables_blocking(text: &str, port: u16) -> Vec<Blocking> {
-    text.lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words.first() != Some(&"-A") || words.get(1) != Some(&"INPUT") {
-                return None;
+    let mut found = Vec::new();
+    let mut accepted = false;
+    let mut jumps = false;
+    let mut policy_drop = false;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&":INPUT") && words.get(1) == Some(&"DROP") {
+            policy_drop = true;
+        }
+        if words.first() != Some(&"-A") || words.get(1) != Some(&"INPUT") {
+            continue;
+        }
+        let target = after(&words, "-j").or_else(|| after(&words, "-g"));
+        let Some(conditional) = iptables_on_port(&words, port) else {
+            jumps |= !matches!(
+                target,
+                Some("ACCEPT" | "DROP" | "REJECT" | "LOG" | "RETURN")
+            );
+            continue;
+        };
+        let verdict = match target {
+            Some("DROP") => "drops",
+            Some("REJECT") => "rejects",
+            Some("ACCEPT") => {
+                accepted = true;
+                continue;
             }
-            let after = |flag: &str| {
-                words
-                    .iter()
-                    .position(|w| *w == flag)
-                    .and_then(|i| words.get(i + 1))
-                    .copied()
-            };
-            let verdict = match after("-j") {
-                Some("DROP") => "drops",
-                Some("REJECT") => "rejects",
-                _ => return None,
-            };
-            if after("-p") != Some("tcp") {
-                return None;
+            _ => {
+                jumps = true;
+                continue;
             }
-            let dports = after("--dport").or_else(|| after("--dports"))?;
-            let negated = words
-                .iter()
-                .position(|w| *w == "--dport" || *w == "--dports")
-                .is_some_and(|i| i > 0 && words[i - 1] == "!");
-            let inside = dports.split(',').any(|p| match p.split_once(':') {
-                Some((l, h)) => l
-                    .parse::<u16>()
-                    .ok()
-                    .zip(h.parse::<u16>().ok())
-                    .is_some_and(|(l, h)| (l..=h).contains(&port)),
-                None => p.parse::<u16>().ok() == Some(port),
-            });
-            if inside == negated {
-                return None;
-            }
-            let conditional = words
-                .iter()
-                .any(|w| w.starts_with('-') && !KNOWN_FLAGS.contains(w));
-            Some(Blocking {
-                place: "iptables rule in table filter chain INPUT".to_owned(),
-                verdict,
-                conditional,
-                rule: line.trim().to_owned(),
-            })
-        })
-        .collect()
+        };
+        found.push(Blocking {
+            place: "iptables rule in table filter chain INPUT".to_owned(),
+            verdict,
+            conditional,
+            rule: line.trim().to_owned(),
+            policy: false,
+            chain: "INPUT".to_owned(),
+        });
+    }
+    if policy_drop && !accepted {
+        found.push(Blocking {
+            place: "iptables chain INPUT of table filter".to_owned(),
+            verdict: "drops",
+            conditional: jumps,
+            rule: "policy DROP".to_owned(),
+            policy: true,
+            chain: "INPUT".to_owned(),
+        });
+    }
+    found
+}
+
+/// The word after `flag`.
+fn after<'a>(words: &[&'a str], flag: &str) -> Option<&'a str> {
+    words
+        .iter()
+        .position(|w| *w == flag)
+        .and_then(|i| words.get(i + 1))
+        .copied()
+}
+
+/// For a rule on TCP to `port`: whether it has other conditions; `None` when it is not
+/// about that port.
+fn iptables_on_port(words: &[&str], port: u16) -> Option<bool> {
+    if after(words, "-p") != Some("tcp") {
+        return None;
+    }
+    let dports = after(words, "--dport").or_else(|| after(words, "--dports"))?;
+    let negated = words
+        .iter()
+        .position(|w| *w == "--dport" || *w == "--dports")
+        .is_some_and(|i| i > 0 && words[i - 1] == "!");
+    let inside = dports.split(',').any(|p| match p.split_once(':') {
+        Some((l, h)) => l
+            .parse::<u16>()
+            .ok()
+            .zip(h.parse::<u16>().ok())
+            .is_some_and(|(l, h)| (l..=h).contains(&port)),
+        None => p.parse::<u16>().ok() == Some(port),
+    });
+    if inside == negated {
+        return None;
+    }
+    Some(
+        words
+            .iter()
+            .any(|w| w.starts_with('-') && !KNOWN_FLAGS.contains(w)),
+    )
 }
 
 #[cfg(test)]
@@ -361,6 +451,32 @@ mod tests {
         let empty = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}]}"#;
         assert!(nft_blocking(&parse_nft(empty).unwrap(), 443).is_empty());
         assert!(parse_nft("not json").is_err());
+    }
+
+    // A default-deny ruleset (nftables 1.0.6): policy drop, established traffic, ssh and
+    // loopback accepted; the same with a jump to another chain added at the end.
+    const DEFAULT_DENY: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "fw", "handle": 1}}, {"chain": {"family": "inet", "table": "fw", "name": "extra", "handle": 1}}, {"chain": {"family": "inet", "table": "fw", "name": "input", "handle": 2, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}, {"rule": {"family": "inet", "table": "fw", "chain": "input", "handle": 3, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "fw", "chain": "input", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "fw", "chain": "input", "handle": 5, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}, {"accept": null}]}}]}"#;
+    const JUMP: &str = r#", {"rule": {"family": "inet", "table": "fw", "chain": "input", "handle": 6, "expr": [{"jump": {"target": "extra"}}]}}]}"#;
+
+    #[test]
+    fn a_drop_policy_with_no_accept_for_the_port_blocks_it() {
+        let deny = parse_nft(DEFAULT_DENY).unwrap();
+        assert!(nft_blocking(&deny, 22).is_empty());
+        let found = nft_blocking(&deny, 443);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].policy && !found[0].conditional, "{found:?}");
+        assert_eq!(found[0].chain, "inet fw input");
+        assert_eq!(found[0].place, "nftables chain input of table inet fw");
+        // The accept may be in the chain it jumps to: only a warning.
+        let jumping = DEFAULT_DENY.trim_end_matches("]}").to_owned() + JUMP;
+        let found = nft_blocking(&parse_nft(&jumping).unwrap(), 443);
+        assert!(found[0].policy && found[0].conditional, "{found:?}");
+
+        let legacy = "*filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                      -A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n";
+        assert!(iptables_blocking(legacy, 22).is_empty());
+        let found = iptables_blocking(legacy, 443);
+        assert!(found[0].policy && !found[0].conditional, "{found:?}");
     }
 
     #[test]
