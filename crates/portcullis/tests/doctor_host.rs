@@ -314,20 +314,25 @@ fn names_config() -> GatewayBuilder {
         .set("listen", "{https: '0.0.0.0:0', http: '0.0.0.0:0'}")
         .set("admin", "{listen: off}")
         .set("acme", "{directory: 'https://acme.invalid/directory'}")
-        .site("{name: shop, hosts: [good.test, elsewhere.test, gone.test], tls: acme, respond: {}}")
+        .site("{name: shop, hosts: [good.test, elsewhere.test, gone.test, big.test], tls: acme, respond: {}}")
         .site("{name: blog, hosts: [other.test, mixed.test, '*.wild.test', 203.0.113.7, 127.0.0.2], tls: local, respond: {}}")
 }
 
 #[test]
 fn names_resolving_elsewhere_fail_for_acme_and_warn_otherwise() {
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-    let dns = TestDns::start(&[
-        ("good.test", &[ip("127.0.0.1"), ip("::1")]),
-        ("portcullis-doctor.wild.test", &[ip("127.0.0.1")]),
-        ("elsewhere.test", &[ip("203.0.113.9")]),
-        ("other.test", &[ip("203.0.113.9")]),
-        ("mixed.test", &[ip("127.0.0.1"), ip("203.0.113.10")]),
-    ]);
+    // big.test's answer only comes over TCP, as a large one would.
+    let dns = TestDns::start_truncating(
+        &[
+            ("good.test", &[ip("127.0.0.1"), ip("::1")]),
+            ("big.test", &[ip("127.0.0.3")]),
+            ("portcullis-doctor.wild.test", &[ip("127.0.0.1")]),
+            ("elsewhere.test", &[ip("203.0.113.9")]),
+            ("other.test", &[ip("203.0.113.9")]),
+            ("mixed.test", &[ip("127.0.0.1"), ip("203.0.113.10")]),
+        ],
+        &["big.test"],
+    );
     let b = names_config();
     let config = b.write_config();
     let resolver = dns.addr().to_string();
@@ -342,6 +347,12 @@ fn names_resolving_elsewhere_fail_for_acme_and_warn_otherwise() {
     assert_eq!(good["status"], "ok", "{good:#}");
     assert!(good["message"].as_str().unwrap().contains("127.0.0.1, ::1"));
     assert_eq!(good["site"], "shop");
+    let big = status("big.test");
+    assert_eq!(big["status"], "ok", "{big:#}");
+    assert!(
+        big["message"].as_str().unwrap().contains("127.0.0.3"),
+        "{big:#}"
+    );
     let wild = status("*.wild.test");
     assert_eq!(wild["status"], "ok", "{wild:#}");
     assert!(
