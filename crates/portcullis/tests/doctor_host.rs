@@ -463,3 +463,33 @@ fn an_nftables_rule_dropping_the_port_is_reported() {
         out.json
     );
 }
+
+#[test]
+fn with_nonlocal_bind_on_a_foreign_address_is_still_not_this_machines() {
+    // Where any address binds (keepalived, HAProxy hosts), binding proves nothing: the
+    // doctor reads the routing table instead. A namespace of the test's own with the sysctls
+    // on, and the IP-literal hosts that need no DNS.
+    let b = GatewayBuilder::new()
+        .set("listen", "{https: '0.0.0.0:0', http: 'off'}")
+        .set("admin", "{listen: 'off'}")
+        .site("{name: ips, hosts: [127.0.0.1, 203.0.113.7, '[::1]', '[2001:db8::7]'], tls: local, respond: {}}");
+    let script = "set -e; ip link set lo up; \
+         sysctl -qw net.ipv4.ip_nonlocal_bind=1 net.ipv6.ip_nonlocal_bind=1; \
+         exec \"$@\"";
+    let out = doctor_via(
+        &["unshare", "-n", "sh", "-c", script, "sh"],
+        &b.write_config(),
+        &[],
+    );
+    for (host, status) in [
+        ("127.0.0.1", "ok"),
+        ("[::1]", "ok"),
+        ("203.0.113.7", "warn"),
+        ("[2001:db8::7]", "warn"),
+    ] {
+        let found = out.about("names", host);
+        assert_eq!(found.len(), 1, "{host}: {:#}", out.json);
+        assert_eq!(found[0]["status"], status, "{host}: {:#}", found[0]);
+    }
+    out.assert_exit_follows_findings();
+}

@@ -5,36 +5,43 @@
 //!
 //! An address is this machine's when a socket can be bound to it: the kernel's own answer,
 //! covering every interface and all of 127.0.0.0/8, with no interface enumeration to keep
-//! in step (and no `unsafe` `getifaddrs`, which the workspace forbids).
+//! in step (and no `unsafe` `getifaddrs`, which the workspace forbids); see [`local`] for
+//! machines where any address binds.
 
 mod dns;
+mod local;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use portcullis_config::{HostPattern, Site, SiteTls};
 
+use self::local::Local;
 use super::{Context, Entry, Finding, probe_name};
 
 const CHECK: &str = "names";
 
 /// The names findings: one per host of each selected site.
 pub(super) async fn check(ctx: &Context) -> Vec<Entry> {
+    let local = tokio::task::spawn_blocking(local::Local::read)
+        .await
+        .unwrap_or_default();
+    let local = &local;
     let checks = ctx.sites.iter().flat_map(|site| {
-        site.hosts
-            .iter()
-            .map(move |host| async move { Entry::site(site, check_host(ctx, site, host).await) })
+        site.hosts.iter().map(move |host| async move {
+            Entry::site(site, check_host(ctx, local, site, host).await)
+        })
     });
     futures_util::future::join_all(checks).await
 }
 
-async fn check_host(ctx: &Context, site: &Site, host: &HostPattern) -> Finding {
+async fn check_host(ctx: &Context, local: &Local, site: &Site, host: &HostPattern) -> Finding {
     let subject = host.to_string();
     let name = probe_name(host);
     if host.is_ip() {
         let Ok(ip) = name.parse::<IpAddr>() else {
             return Finding::ok(CHECK, subject, "an IP address");
         };
-        return if is_ours(ctx, ip) {
+        return if is_ours(ctx, local, ip) {
             Finding::ok(CHECK, subject, "an IP address of this machine")
         } else {
             Finding::warn(
@@ -76,7 +83,7 @@ async fn check_host(ctx: &Context, site: &Site, host: &HostPattern) -> Finding {
         }
     };
     let (ours, elsewhere): (Vec<IpAddr>, Vec<IpAddr>) =
-        resolved.iter().partition(|ip| is_ours(ctx, **ip));
+        resolved.iter().partition(|ip| is_ours(ctx, local, **ip));
     let list = |ips: &[IpAddr]| {
         ips.iter()
             .map(ToString::to_string)
@@ -143,9 +150,8 @@ async fn check_host(ctx: &Context, site: &Site, host: &HostPattern) -> Finding {
 }
 
 /// Whether `ip` is this machine's: one of its addresses, or a `--public-address`.
-fn is_ours(ctx: &Context, ip: IpAddr) -> bool {
-    ctx.public_addresses.contains(&ip)
-        || (!ip.is_unspecified() && std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok())
+fn is_ours(ctx: &Context, local: &Local, ip: IpAddr) -> bool {
+    ctx.public_addresses.contains(&ip) || local.holds(ip)
 }
 
 /// The addresses of `name`; an error in words when there are none.
