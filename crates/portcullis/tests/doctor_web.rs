@@ -157,6 +157,7 @@ async fn mixed_content_is_listed_per_page_blocked_apart_from_upgradeable() {
             &["upgrade.test"],
             &format!("{o}, mixed_content: upgrade"),
         )
+        .tls_site(&ca, &["apex.test", "www.apex.test"], &o)
         .tls_site(
             &ca,
             &["clean.test"],
@@ -228,6 +229,20 @@ async fn mixed_content_is_listed_per_page_blocked_apart_from_upgradeable() {
             "12 http:// subresources, upgraded by the browser under the CSP the gateway adds"
         ),
         "{upgraded:#}"
+    );
+
+    // The start page redirects to another host of the site: followed, then crawled there.
+    assert_eq!(
+        d.findings("apex.test", "mixed-content")
+            .iter()
+            .map(|f| (text(f, "subject"), text(f, "status")))
+            .collect::<Vec<_>>(),
+        [
+            ("/", "fail"),
+            ("/docs/second", "fail"),
+            ("/docs/third", "warn")
+        ]
+        .map(|(s, t)| (s.to_owned(), t.to_owned()))
     );
 
     let clean = d.finding("clean.test", "mixed-content", "https://clean.test/");

@@ -1,5 +1,5 @@
-//! `mixed-content`: each site's start page, and the same-host pages it links to, fetched
-//! through the live HTTPS listener and read with a real HTML parser ([`scan`]); every
+//! `mixed-content`: each site's start page, and the pages of the site's hosts it links to,
+//! fetched through the live HTTPS listener and read with a real HTML parser ([`scan`]); every
 //! `http://` subresource is listed, split into what browsers block and what they upgrade
 //! or warn about, and judged against the site's `mixed_content` setting.
 //!
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use portcullis_config::{MixedContent, Site};
 
-use super::probe::{self, Answer, ProbeError};
+use super::probe::{Answer, ProbeError};
 use super::{Context, Entry, Finding, probe_name};
 use scan::Kind;
 use url::Loc;
@@ -61,7 +61,12 @@ async fn check_site(ctx: &Context, site: &Site) -> Vec<Finding> {
     };
     let name = probe_name(first);
     let addr = ctx.https_target();
-    let start = Loc::https(&name, "/");
+    // An IPv6 literal goes in brackets, as in a URL.
+    let start = if name.contains(':') {
+        Loc::https(&format!("[{name}]"), "/")
+    } else {
+        Loc::https(&name, "/")
+    };
     let start_url = start.to_string();
     let deadline = Instant::now() + ctx.timeout * CRAWL_TIMEOUTS;
     let mut queue = VecDeque::from([start]);
@@ -77,7 +82,7 @@ async fn check_site(ctx: &Context, site: &Site) -> Vec<Finding> {
         }
         let is_start = checked == 0;
         let left = deadline.saturating_duration_since(Instant::now());
-        let fetched = match tokio::time::timeout(left, fetch(ctx, &name, loc)).await {
+        let fetched = match tokio::time::timeout(left, fetch(ctx, site, loc)).await {
             Ok(fetched) => fetched,
             Err(_) => {
                 cut_short = true;
@@ -138,8 +143,9 @@ async fn check_site(ctx: &Context, site: &Site) -> Vec<Finding> {
         checked += 1;
         let page = scan::scan(&answer.body, &loc);
         for link in page.links {
-            if link.host().eq_ignore_ascii_case(&name) && seen.insert(link.path_only().to_owned()) {
-                queue.push_back(Loc::https(&name, link.path_only()));
+            // Any host of the site is the same site; its pages count once by path.
+            if in_site(site, link.host()) && seen.insert(link.path_only().to_owned()) {
+                queue.push_back(Loc::https(link.host(), link.path_only()));
             }
         }
         if !page.insecure.is_empty() {
@@ -174,30 +180,35 @@ enum Fetch {
     TooManyRedirects,
 }
 
-/// `GET https://name{path}`, following redirects that stay on `name`.
-async fn fetch(ctx: &Context, name: &str, mut loc: Loc) -> Result<(Loc, Answer), Fetch> {
+/// `GET https://{host}{path}`, following redirects that stay within the site's hosts (an
+/// apex redirected to `www`, a path to its canonical form). Every request goes to the
+/// HTTPS listener, by SNI and `Host`.
+async fn fetch(ctx: &Context, site: &Site, mut loc: Loc) -> Result<(Loc, Answer), Fetch> {
     for _ in 0..=MAX_REDIRECTS {
-        let answer = probe::bounded(
-            ctx.timeout,
-            probe::get_tls(ctx.https_target(), name, &loc.path, ctx.timeout),
-        )
-        .await
-        .map_err(Fetch::Probe)?;
+        let answer = super::http::get_https(ctx.https_target(), loc.host(), &loc.path, ctx.timeout)
+            .await
+            .map_err(Fetch::Probe)?;
         let location = answer.header("location");
         match location {
             Some(location) if (300..400).contains(&answer.status) => {
                 let next = loc
                     .join(location)
                     .ok_or_else(|| Fetch::Elsewhere(location.to_owned()))?;
-                if !next.host().eq_ignore_ascii_case(name) {
+                if !in_site(site, next.host()) {
                     return Err(Fetch::Elsewhere(next.to_string()));
                 }
-                loc = Loc::https(name, &next.path);
+                loc = Loc::https(next.host(), &next.path);
             }
             _ => return Ok((loc, answer)),
         }
     }
     Err(Fetch::TooManyRedirects)
+}
+
+/// Whether `host` (from a URL) is one of the site's hosts.
+fn in_site(site: &Site, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    site.hosts.iter().any(|h| h.matches(&host))
 }
 
 fn is_html(answer: &Answer) -> bool {

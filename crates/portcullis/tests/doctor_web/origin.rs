@@ -2,7 +2,8 @@
 //! `http://` subresource (and URLs that are not subresources), a second and third page
 //! reached by relative links, an image, and 404 for anything else; for `redirecting.*`
 //! hosts, the ACME challenge path is redirected to HTTPS on another host, and every answer
-//! carries `Strict-Transport-Security`, plain HTTP or not. It records the paths
+//! carries `Strict-Transport-Security`, plain HTTP or not; `apex.*` hosts redirect every
+//! path to `www.`. It records the paths
 //! it was asked for.
 
 use std::convert::Infallible;
@@ -108,6 +109,14 @@ fn answer(seen: &Mutex<Vec<String>>, req: &Request<Incoming>) -> Response<Full<B
         return Response::builder()
             .status(301)
             .header("location", format!("https://www.redirecting.test{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
+    if host.starts_with("apex.") {
+        // The bare name sends every page to `www.`.
+        return Response::builder()
+            .status(301)
+            .header("location", format!("https://www.{host}{path}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
     }
