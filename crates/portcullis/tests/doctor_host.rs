@@ -2,6 +2,7 @@
 //! port held by another process, the ports of a running gateway, a privileged port for an
 //! unprivileged user, a listener on loopback, an nftables rule dropping the port (in a
 //! network namespace of the test's own), and names served by a DNS server the test controls.
+//! Needs root (the tests' user), Debian's python3, nftables and iproute2 (`.ci/run`).
 #![allow(clippy::unwrap_used)]
 #![allow(
     clippy::disallowed_methods,
@@ -474,7 +475,8 @@ fn with_nonlocal_bind_on_a_foreign_address_is_still_not_this_machines() {
         .set("admin", "{listen: 'off'}")
         .site("{name: ips, hosts: [127.0.0.1, 203.0.113.7, '[::1]', '[2001:db8::7]'], tls: local, respond: {}}");
     let script = "set -e; ip link set lo up; \
-         sysctl -qw net.ipv4.ip_nonlocal_bind=1 net.ipv6.ip_nonlocal_bind=1; \
+         echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind; \
+         echo 1 > /proc/sys/net/ipv6/ip_nonlocal_bind; \
          exec \"$@\"";
     let out = doctor_via(
         &["unshare", "-n", "sh", "-c", script, "sh"],
