@@ -142,10 +142,6 @@ async fn bind_finding(l: Listener, timeout: std::time::Duration) -> Finding {
     }
 }
 
-#[allow(
-    clippy::disallowed_methods,
-    reason = "a bind and a listen do not block"
-)]
 fn try_bind(addr: SocketAddr) -> io::Result<()> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
