@@ -16,6 +16,7 @@ pub mod acme_proxy;
 mod architecture;
 mod ca;
 mod client;
+pub mod dns;
 pub mod etcd;
 mod gateway;
 pub mod grpc;
