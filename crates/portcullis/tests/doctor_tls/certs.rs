@@ -117,7 +117,8 @@ fn multi_host_sites(ca: &TestCa, b: GatewayBuilder) -> GatewayBuilder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_chain_is_judged_by_sni_expiry_names_order_and_completeness() {
     let ca = TestCa::new("Doctor Root CA");
-    let b = multi_host_sites(&ca, broken_sites(&ca));
+    let b = multi_host_sites(&ca, broken_sites(&ca))
+        .site("{name: dev, hosts: [dev.test], tls: local, respond: {}}");
     let root = ca.write_root(b.dir(), "trusted-root");
     let gw: TestGateway = b.start().await;
     let (code, report) = doctor(&gw.config_path, &[("SSL_CERT_FILE", &root)]).await;
@@ -196,6 +197,14 @@ async fn the_served_chain_is_judged_by_sni_expiry_names_order_and_completeness()
     let (status, msg, _) = parts(finding(r, "selfie", "certificate", "chain:"));
     assert_eq!(status, "fail");
     assert!(msg.contains("self-signed"), "{msg}");
+
+    // A local-CA leaf lives a week and is re-issued daily: no warning; its chain verifies
+    // to the local CA's root, trusted because the config uses it.
+    let (status, msg, _) = parts(finding(r, "dev", "certificate", "valid until"));
+    assert_eq!(status, "ok", "{msg}");
+    let (status, msg, _) = parts(finding(r, "dev", "certificate", "chain:"));
+    assert_eq!(status, "ok", "{msg}");
+    assert!(msg.contains("Portcullis Local CA"), "{msg}");
 
     // A wildcard host is probed with a name it covers.
     let (status, msg, _) = parts(finding(r, "wild", "certificate", "names:"));

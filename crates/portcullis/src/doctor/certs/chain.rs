@@ -80,8 +80,19 @@ pub(super) enum Validity {
     Valid(SystemTime, u64),
 }
 
-/// Where `info`'s validity stands at `now`.
-pub(super) fn validity(info: &CertInfo, now: SystemTime) -> Validity {
+/// How long before expiry to warn about a certificate the gateway renews itself (ACME,
+/// local CA): half the window its renewal starts in (a third of the lifetime), so a
+/// short-lived certificate renewed on time does not warn; at most [`EXPIRY_WARNING`].
+pub(super) fn renewed_warning(info: &CertInfo) -> Duration {
+    let lifetime = info
+        .not_after
+        .duration_since(info.not_before)
+        .unwrap_or_default();
+    EXPIRY_WARNING.min(lifetime / 6)
+}
+
+/// Where `info`'s validity stands at `now`, warning under `warn_under` left.
+pub(super) fn validity(info: &CertInfo, now: SystemTime, warn_under: Duration) -> Validity {
     if info.not_before > now {
         return Validity::NotYetValid(info.not_before);
     }
@@ -89,7 +100,7 @@ pub(super) fn validity(info: &CertInfo, now: SystemTime) -> Validity {
         Err(_) => Validity::Expired(info.not_after),
         Ok(left) => {
             let days = left.as_secs() / 86_400;
-            if left < EXPIRY_WARNING {
+            if left < warn_under {
                 Validity::ExpiresSoon(info.not_after, days)
             } else {
                 Validity::Valid(info.not_after, days)
@@ -265,21 +276,39 @@ mod tests {
         let day = 86_400;
         let now = UNIX_EPOCH + Duration::from_secs(100 * day);
         assert!(matches!(
-            validity(&info(101 * day, 200 * day), now),
+            validity(&info(101 * day, 200 * day), now, EXPIRY_WARNING),
             Validity::NotYetValid(_)
         ));
         assert!(matches!(
-            validity(&info(10 * day, 99 * day), now),
+            validity(&info(10 * day, 99 * day), now, EXPIRY_WARNING),
             Validity::Expired(_)
         ));
         assert_eq!(
-            validity(&info(10 * day, 105 * day), now),
+            validity(&info(10 * day, 105 * day), now, EXPIRY_WARNING),
             Validity::ExpiresSoon(UNIX_EPOCH + Duration::from_secs(105 * day), 5)
         );
         assert_eq!(
-            validity(&info(10 * day, 130 * day), now),
+            validity(&info(10 * day, 130 * day), now, EXPIRY_WARNING),
             Validity::Valid(UNIX_EPOCH + Duration::from_secs(130 * day), 30)
         );
+    }
+
+    #[test]
+    fn certificates_renewed_by_the_gateway_warn_late_in_short_lifetimes_only() {
+        let day = 86_400;
+        // A 90-day ACME certificate: the usual fourteen days.
+        assert_eq!(renewed_warning(&info(0, 90 * day)), EXPIRY_WARNING);
+        // A local 7-day leaf, re-issued daily: warned about with 28 hours left.
+        assert_eq!(
+            renewed_warning(&info(0, 7 * day)),
+            Duration::from_secs(7 * day / 6)
+        );
+        let now = UNIX_EPOCH + Duration::from_secs(day);
+        let local = info(0, 7 * day);
+        assert!(matches!(
+            validity(&local, now, renewed_warning(&local)),
+            Validity::Valid(..)
+        ));
     }
 
     #[test]
