@@ -309,7 +309,7 @@ fn judge(
         Ok(()) => {}
         Err(why) => out.push(Finding::fail(CHECK, name, why, fix_order)),
     }
-    out.push(trust(name, &certs, roots, now));
+    out.push(trust(site, name, &certs, roots, now));
     out
 }
 
@@ -401,8 +401,23 @@ fn validity(site: &Site, name: &str, leaf: &Cert, seen: Seen<'_>, now: SystemTim
     }
 }
 
-fn trust(name: &str, certs: &[Cert], roots: &RootCertStore, now: SystemTime) -> Finding {
-    let full_chain = "serve the full chain: the `cert` file must hold the leaf then every intermediate (fullchain.pem)";
+fn trust(
+    site: &Site,
+    name: &str,
+    certs: &[Cert],
+    roots: &RootCertStore,
+    now: SystemTime,
+) -> Finding {
+    let full_chain = match site.tls {
+        // The gateway serves the chain the CA sent (or its local CA's leaf): nothing to
+        // add by hand.
+        SiteTls::Acme { .. } | SiteTls::Local => {
+            "the gateway serves the chain its CA gave it: a root missing here is a private CA's (trust it on clients, or use a public CA's `acme.directory`)"
+        }
+        _ => {
+            "serve the full chain: the `cert` file must hold the leaf then every intermediate (fullchain.pem)"
+        }
+    };
     match chain::trust(certs, roots, name, now) {
         Trust::Trusted { top, root } => Finding::ok(
             CHECK,
