@@ -22,7 +22,7 @@ use super::{Context, Entry, Finding, probe_name};
 const CHECK: &str = "origin";
 
 /// How a probe says the origin refused it for want of a client certificate.
-const CLIENT_CERT: &str = "wants a client certificate";
+pub(super) const CLIENT_CERT: &str = "wants a client certificate";
 
 /// The origin findings.
 pub(super) async fn check(ctx: &Context) -> Vec<Entry> {

@@ -19,8 +19,10 @@ use rustls::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
+use super::CLIENT_CERT;
 use super::Tried;
-use crate::doctor::probe::{self, ProbeError};
+use crate::doctor::certs::signs_itself;
+use crate::doctor::probe::ProbeError;
 
 /// TLS, any certificate (the handshake signature is still checked).
 pub(super) async fn full(
@@ -117,16 +119,20 @@ async fn attempt(
     let Ok(server_name) = ServerName::try_from(name.clone()) else {
         return Tried::failed(format!("`{name}` cannot be sent as a server name"));
     };
-    let outcome = probe::bounded(timeout, async {
-        let tcp = super::connect(addr, origin, timeout).await?;
+    let exchange = async {
+        let tcp = super::connect(addr, origin, timeout)
+            .await
+            .map_err(Failure::Probe)?;
         let mut stream = TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)
             .await
-            .map_err(tls_failure)?;
+            .map_err(Failure::from_io)?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-        ask(&mut stream, host, h2).await.map_err(tls_failure)
-    })
-    .await;
+        ask(&mut stream, host, h2).await.map_err(Failure::from_io)
+    };
+    let outcome = tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or(Err(Failure::Probe(ProbeError::Timeout(timeout))));
     let chain = seen.chain.lock().map(|c| c.clone()).unwrap_or_default();
     let with = format!(
         "TLS with `{name}`{}",
@@ -147,15 +153,11 @@ async fn attempt(
         Ok(Reply::Garbage) => {
             Tried::failed("the origin answered GET / with something that is not HTTP")
         }
-        Err(ProbeError::Tls(why)) => {
-            let wrong_protocol = why.starts_with(WRONG_PROTOCOL);
-            Tried {
-                works: false,
-                detail: explain(&why, &chain, &name),
-                wrong_protocol,
-            }
-        }
-        Err(e) => Tried::failed(e.to_string()),
+        Err(failure) => Tried {
+            works: false,
+            wrong_protocol: failure.is_not_tls(),
+            detail: failure.explain(&chain, &name),
+        },
     }
 }
 
@@ -208,52 +210,94 @@ where
     })
 }
 
-/// Marks a failure where the other side did not speak TLS at all.
-const WRONG_PROTOCOL: &str = "not TLS: ";
-/// Marks a certificate the verifier refused; the rest is the kind (see `explain`).
-const CERT: &str = "certificate: ";
-
-/// A failed handshake or exchange as a [`ProbeError::Tls`] whose text `explain` reads.
-fn tls_failure(e: std::io::Error) -> ProbeError {
-    {
-        let tls = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        ProbeError::Tls(match tls {
-            Some(rustls::Error::InvalidCertificate(c)) => format!("{CERT}{}", cert_kind(c)),
-            Some(rustls::Error::AlertReceived(AlertDescription::CertificateRequired)) => {
-                "the origin wants a client certificate (authenticated origin pulls): it sent the TLS alert certificate_required".to_owned()
-            }
-            Some(rustls::Error::AlertReceived(a)) => {
-                format!("the origin sent the TLS alert {}", alert_name(*a))
-            }
-            Some(rustls::Error::InvalidMessage(m)) => {
-                format!("{WRONG_PROTOCOL}the answer is not a TLS record ({m:?})")
-            }
-            Some(other) => other.to_string(),
-            None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                format!("{WRONG_PROTOCOL}the origin closed the connection during the handshake")
-            }
-            None if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                format!("{WRONG_PROTOCOL}the origin reset the connection during the handshake")
-            }
-            None => e.to_string(),
-        })
-    }
+/// Why a TLS probe failed.
+#[derive(Debug)]
+enum Failure {
+    /// Before TLS: connect, timeout.
+    Probe(ProbeError),
+    /// The certificate was refused (strict only).
+    Certificate(CertificateError),
+    /// The origin sent an alert.
+    Alert(AlertDescription),
+    /// The other side does not speak TLS: what came back was not a TLS record, or the
+    /// connection ended mid-handshake.
+    NotTls(String),
+    /// Anything else, in rustls' or the system's words.
+    Other(String),
 }
 
-fn cert_kind(c: &CertificateError) -> String {
-    match c {
-        CertificateError::UnknownIssuer => "unknown-ca".to_owned(),
-        CertificateError::NotValidForName => "name".to_owned(),
-        CertificateError::NotValidForNameContext { presented, .. } => {
-            format!("name:{}", presented.join(", "))
+impl Failure {
+    fn from_io(e: std::io::Error) -> Self {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::InvalidCertificate(c)) => Self::Certificate(c.clone()),
+            Some(rustls::Error::AlertReceived(a)) => Self::Alert(*a),
+            Some(rustls::Error::InvalidMessage(m)) => {
+                Self::NotTls(format!("the answer is not a TLS record ({m:?})"))
+            }
+            Some(other) => Self::Other(other.to_string()),
+            None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Self::NotTls("the origin closed the connection during the handshake".to_owned())
+            }
+            None if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                Self::NotTls("the origin reset the connection during the handshake".to_owned())
+            }
+            None => Self::Other(e.to_string()),
         }
-        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".to_owned(),
-        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-            "not-yet-valid".to_owned()
+    }
+
+    /// Whether the origin did not speak TLS at all.
+    fn is_not_tls(&self) -> bool {
+        matches!(self, Self::NotTls(_))
+    }
+
+    /// The sentence for the finding, naming what the certificate holds (`chain`, as
+    /// presented) and the name that was asked for.
+    fn explain(&self, chain: &[CertificateDer<'static>], name: &str) -> String {
+        let leaf = chain.first().and_then(|c| CertInfo::parse(c).ok());
+        match self {
+            Self::Probe(e) => e.to_string(),
+            Self::NotTls(why) | Self::Other(why) => why.clone(),
+            Self::Alert(AlertDescription::CertificateRequired) => format!(
+                "the origin {CLIENT_CERT} (authenticated origin pulls): it sent the TLS alert certificate_required"
+            ),
+            Self::Alert(a) => format!("the origin sent the TLS alert {}", alert_name(*a)),
+            Self::Certificate(CertificateError::UnknownIssuer) => {
+                if chain.first().is_some_and(|c| signs_itself(c)) {
+                    "unknown CA: the certificate is self-signed".to_owned()
+                } else {
+                    format!(
+                        "unknown CA: the certificate is issued by {}, which is not a trusted root",
+                        leaf.map_or_else(|| "an unknown issuer".to_owned(), |l| l.issuer)
+                    )
+                }
+            }
+            Self::Certificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => {
+                // webpki's own list of names is in its debug notation: the leaf's read better.
+                let holds = leaf
+                    .map(|l| l.names.join(", "))
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "no names".to_owned());
+                format!("name mismatch: the certificate is for {holds}, not `{name}`")
+            }
+            Self::Certificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            ) => {
+                format!(
+                    "the certificate expired{}",
+                    leaf.map(|l| format!(" on {}", format_time(l.not_after)))
+                        .unwrap_or_default()
+                )
+            }
+            Self::Certificate(
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+            ) => "the certificate is not valid yet".to_owned(),
+            Self::Certificate(other) => format!("the certificate is refused: {other:?}"),
         }
-        other => format!("other:{other:?}"),
     }
 }
 
@@ -268,53 +312,6 @@ fn alert_name(a: AlertDescription) -> String {
         out.push(ch.to_ascii_lowercase());
     }
     out
-}
-
-/// The sentence for a failed handshake, naming what the certificate holds.
-fn explain(why: &str, chain: &[CertificateDer<'static>], name: &str) -> String {
-    let Some(kind) = why.strip_prefix(CERT) else {
-        return why.strip_prefix(WRONG_PROTOCOL).unwrap_or(why).to_owned();
-    };
-    let leaf = chain.first().and_then(|c| CertInfo::parse(c).ok());
-    let names = leaf
-        .as_ref()
-        .map(|l| l.names.join(", "))
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "no names".to_owned());
-    match kind {
-        "unknown-ca" => {
-            let self_signed = chain
-                .first()
-                .is_some_and(|c| crate::doctor::certs::signs_itself(c));
-            if self_signed {
-                "unknown CA: the certificate is self-signed".to_owned()
-            } else {
-                format!(
-                    "unknown CA: the certificate is issued by {}, which is not a trusted root",
-                    leaf.map_or_else(|| "an unknown issuer".to_owned(), |l| l.issuer)
-                )
-            }
-        }
-        "expired" => format!(
-            "the certificate expired{}",
-            leaf.map(|l| format!(" on {}", format_time(l.not_after)))
-                .unwrap_or_default()
-        ),
-        "not-yet-valid" => "the certificate is not valid yet".to_owned(),
-        k if k.starts_with("name") => {
-            // webpki's own list is in its debug notation: the leaf's names read better.
-            let presented = k.strip_prefix("name:").filter(|p| !p.is_empty());
-            let holds = match (&leaf, presented) {
-                (None, Some(p)) => p.to_owned(),
-                _ => names,
-            };
-            format!("name mismatch: the certificate is for {holds}, not `{name}`")
-        }
-        k => format!(
-            "the certificate is refused: {}",
-            k.strip_prefix("other:").unwrap_or(k)
-        ),
-    }
 }
 
 /// Keeps the chain presented, then verifies it when strict.
