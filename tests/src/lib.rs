@@ -17,6 +17,7 @@ mod architecture;
 mod ca;
 mod client;
 pub mod dns;
+pub mod doctor;
 pub mod etcd;
 mod gateway;
 pub mod grpc;
