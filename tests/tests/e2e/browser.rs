@@ -14,6 +14,9 @@ struct Visit {
     title: String,
     /// The image's `naturalWidth`: 0 unless it loaded.
     image_width: u64,
+    /// The `src` attributes of the page as the browser parsed it (the image's, the
+    /// script's): what the gateway delivered.
+    sources: Vec<String>,
     origin: PageOrigin,
     _gateway: TestGateway,
 }
@@ -69,7 +72,11 @@ async fn visit(mode: &str) -> Visit {
     let image_width = browser
         .evaluate("document.getElementById('pixel').naturalWidth")
         .await;
+    let sources = browser
+        .evaluate("[...document.querySelectorAll('[src]')].map(e => e.getAttribute('src'))")
+        .await;
     Visit {
+        sources: serde_json::from_value(sources).unwrap(),
         title: title.as_str().unwrap_or_default().to_owned(),
         image_width: image_width.as_u64().unwrap_or_default(),
         report,
@@ -139,16 +146,31 @@ async fn mixed_content_off_chromium_blocks_the_http_script() {
 }
 
 /// `mixed_content: upgrade`: the page's `http://` script and image load over HTTPS, and
-/// Chromium has nothing to say about mixed content.
+/// Chromium has nothing to say about mixed content. The page is delivered as written: the
+/// browser does the upgrading.
 #[tokio::test]
 async fn mixed_content_upgrade_chromium_loads_everything_over_https() {
-    assert_all_https(&visit("upgrade").await);
+    let visit = visit("upgrade").await;
+    assert_all_https(&visit);
+    assert_eq!(visit.sources.len(), 2);
+    assert!(
+        visit.sources.iter().all(|s| s.starts_with("http://")),
+        "{:?}",
+        visit.sources
+    );
 }
 
-/// `mixed_content: rewrite`: the same, the URLs rewritten in the page itself.
+/// `mixed_content: rewrite`: the same, with the URLs rewritten in the page itself.
 #[tokio::test]
 async fn mixed_content_rewrite_chromium_loads_everything_over_https() {
-    assert_all_https(&visit("rewrite").await);
+    let visit = visit("rewrite").await;
+    assert_all_https(&visit);
+    assert_eq!(visit.sources.len(), 2);
+    assert!(
+        visit.sources.iter().all(|s| s.starts_with("https://")),
+        "{:?}",
+        visit.sources
+    );
 }
 
 /// The control for every test above: the browser trusts what the user trusts and no more.
