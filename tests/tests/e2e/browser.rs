@@ -22,10 +22,11 @@ struct Visit {
 }
 
 /// Opens `https://app.test:PORT/` through a gateway whose site sets `mixed_content: mode`.
-/// The page asks for `http://app.test:PORT/app.js` and `http://app.test:PORT/pixel.png`
-/// with the HTTPS listener's port, as a page written for port 443 names no port: a browser
-/// upgrading the URL (`upgrade-insecure-requests`, or its own upgrade of images) keeps the
-/// port and changes the scheme, and so does the rewrite.
+/// The page asks for `http://app.test:PORT/app.js` and `http://app.test:PORT/pixel.png`,
+/// PORT being the HTTPS listener's (a site on 443 and 80 would name no port): upgrading a
+/// URL (`upgrade-insecure-requests`, or Chromium's own upgrade of images) changes the scheme
+/// and keeps the port, and so does the rewrite, so HTTPS lands on the gateway. Over plain
+/// HTTP that port would not answer, which does not matter: nothing may go there.
 async fn visit(mode: &str) -> Visit {
     let ca = TestCa::new("browser CA");
     let origin = PageOrigin::start().await;
