@@ -103,6 +103,11 @@ impl PageReport {
                 self.console.push(("exception".into(), text.to_owned()));
             }
             "Network.requestWillBeSent" => {
+                // A redirect's next hop carries the answer of the hop before it.
+                let redirected = params["redirectResponse"]["status"].as_u64();
+                if let (Some(status), Some(hop)) = (redirected, self.last(&params["requestId"])) {
+                    hop.outcome = Outcome::Status(status as u16);
+                }
                 let request = &params["request"];
                 self.requests.push(PageRequest {
                     id: str_of(&params["requestId"]),
