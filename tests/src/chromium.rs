@@ -1,9 +1,9 @@
 //! A real browser for the tests: headless Chromium (Debian's `chromium`) driven over the
 //! DevTools protocol, trusting a test CA the way a user would (in the NSS database of a
-//! temporary HOME), with test names resolved to 127.0.0.1. It loads a page and reports what
-//! a user's browser would have shown: the console (mixed-content blocks and warnings), every
-//! request with its mixed-content type and fate, and the document's status or certificate
-//! error.
+//! temporary HOME), with test names (and ports) mapped to loopback listeners. It loads a
+//! page and reports what a user's browser would have shown: the console (mixed-content
+//! blocks and warnings), every request with its mixed-content type and fate, and the
+//! document's status or certificate error.
 //!
 //! One browser per test; it is killed, with every process it started, when dropped.
 
@@ -11,6 +11,7 @@ mod cdp;
 mod page_origin;
 mod report;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -46,14 +47,20 @@ pub struct Browser {
 
 impl Browser {
     /// Starts Chromium trusting the CA certificate in `ca_pem` (through `certutil` and the
-    /// NSS database of a temporary HOME, as a user adding it would), with every name of
-    /// `hosts` resolved to 127.0.0.1 and nothing else reachable by name.
-    pub async fn launch(ca_pem: &Path, hosts: &[&str]) -> Self {
+    /// NSS database of a temporary HOME, as a user adding it would), connecting to the
+    /// address of each `(pattern, address)` of `map` for the names it matches: a pattern is
+    /// a name (`app.test`, every port) or a name and port (`app.test:443`), so a page written
+    /// for ports 443 and 80 reaches listeners on ports chosen by the test while its URLs,
+    /// `Host` headers and certificate checks stay those of the name.
+    pub async fn launch(ca_pem: &Path, map: &[(&str, SocketAddr)]) -> Self {
         let home = tempfile::tempdir().unwrap();
         let profile = tempfile::tempdir().unwrap();
         trust_ca(home.path(), ca_pem).await;
         let log = home.path().join("chromium.log");
-        let rules: Vec<String> = hosts.iter().map(|h| format!("MAP {h} 127.0.0.1")).collect();
+        let rules: Vec<String> = map
+            .iter()
+            .map(|(pattern, addr)| format!("MAP {pattern} {addr}"))
+            .collect();
         let mut command = Command::new("chromium");
         command
             .args([

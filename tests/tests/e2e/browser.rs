@@ -21,12 +21,10 @@ struct Visit {
     _gateway: TestGateway,
 }
 
-/// Opens `https://app.test:PORT/` through a gateway whose site sets `mixed_content: mode`.
-/// The page asks for `http://app.test:PORT/app.js` and `http://app.test:PORT/pixel.png`,
-/// PORT being the HTTPS listener's (a site on 443 and 80 would name no port): upgrading a
-/// URL (`upgrade-insecure-requests`, or Chromium's own upgrade of images) changes the scheme
-/// and keeps the port, and so does the rewrite, so HTTPS lands on the gateway. Over plain
-/// HTTP that port would not answer, which does not matter: nothing may go there.
+/// Opens `https://app.test/` through a gateway whose site sets `mixed_content: mode`; the
+/// page asks for `http://app.test/app.js` and `http://app.test/pixel.png`, as a site on
+/// ports 443 and 80 would. The browser takes app.test's port 443 to the gateway's HTTPS
+/// listener and port 80 to its HTTP listener.
 async fn visit(mode: &str) -> Visit {
     let ca = TestCa::new("browser CA");
     let origin = PageOrigin::start().await;
@@ -38,17 +36,14 @@ async fn visit(mode: &str) -> Visit {
         )
         .start()
         .await;
-    let port = gateway.https.port();
     origin.put(
         "/",
         "text/html; charset=utf-8",
-        format!(
-            "<!doctype html><html><head><title>not yet</title>\n\
-             <link rel=icon href=\"data:,\"></head><body>\n\
-             <img id=pixel src=\"http://app.test:{port}/pixel.png\">\n\
-             <script src=\"http://app.test:{port}/app.js\"></script>\n\
-             </body></html>\n"
-        ),
+        "<!doctype html><html><head><title>not yet</title>\n\
+         <link rel=icon href=\"data:,\"></head><body>\n\
+         <img id=pixel src=\"http://app.test/pixel.png\">\n\
+         <script src=\"http://app.test/app.js\"></script>\n\
+         </body></html>\n",
     );
     origin.put(
         "/app.js",
@@ -58,8 +53,8 @@ async fn visit(mode: &str) -> Visit {
     origin.put("/pixel.png", "image/png", PIXEL_PNG);
     let ca_pem = ca.write_root(gateway.dir(), "browser-ca");
 
-    let mut browser = Browser::launch(&ca_pem, &["app.test"]).await;
-    let report = browser.load(&format!("https://app.test:{port}/")).await;
+    let mut browser = browser(&ca_pem, &gateway).await;
+    let report = browser.load("https://app.test/").await;
     // A valid certificate, as a user who trusts the CA sees it: no error, an answer.
     assert_eq!(report.main_error, None, "{report:#?}");
     assert_eq!(report.main_status, Some(200), "{report:#?}");
@@ -84,6 +79,16 @@ async fn visit(mode: &str) -> Visit {
         origin,
         _gateway: gateway,
     }
+}
+
+/// A browser trusting the CA in `ca_pem`, taking app.test:443 and app.test:80 to the
+/// gateway's listeners.
+async fn browser(ca_pem: &std::path::Path, gateway: &TestGateway) -> Browser {
+    let map = [
+        ("app.test:443", gateway.https),
+        ("app.test:80", gateway.http.unwrap()),
+    ];
+    Browser::launch(ca_pem, &map).await
 }
 
 /// Everything over HTTPS and nothing for the browser to complain about.
@@ -184,10 +189,8 @@ async fn chromium_refuses_the_gateway_certificate_from_a_ca_it_does_not_trust() 
         .start()
         .await;
     let other = TestCa::new("another CA").write_root(gateway.dir(), "another-ca");
-    let mut browser = Browser::launch(&other, &["app.test"]).await;
-    let report = browser
-        .load(&format!("https://app.test:{}/", gateway.https.port()))
-        .await;
+    let mut browser = browser(&other, &gateway).await;
+    let report = browser.load("https://app.test/").await;
     assert_eq!(
         report.main_error.as_deref(),
         Some("net::ERR_CERT_AUTHORITY_INVALID"),
