@@ -6,7 +6,8 @@
 //! for Kubernetes, a fake API server held to the real kubectl (`kube_api`); for clustering,
 //! etcd on loopback (`etcd`, one member or three), a TCP proxy that partitions and spreads
 //! connections round-robin (`tcp_proxy`), and a counting ACME proxy in front of pebble
-//! (`acme_proxy`).
+//! (`acme_proxy`); for what a user's browser shows, headless Chromium over DevTools
+//! (`chromium`).
 //! The end-to-end suites (`tests/e2e/main.rs`) are one test binary built on these; a helper two
 //! suites need lives here, once.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -15,8 +16,10 @@ pub mod acme_proxy;
 #[cfg(test)]
 mod architecture;
 mod ca;
+pub mod chromium;
 mod client;
 pub mod dns;
+pub mod doctor;
 pub mod etcd;
 mod gateway;
 pub mod grpc;

@@ -267,11 +267,13 @@ async fn doctor(path: &std::path::Path, args: &portcullis::DoctorArgs) -> ExitCo
     };
     match portcullis::doctor(config, args).await {
         Ok(report) => {
-            if args.json {
-                println!("{}", report.render_json());
+            let text = if args.json {
+                report.render_json() + "\n"
             } else {
-                print!("{}", report.render_text());
-            }
+                report.render_text()
+            };
+            // `portcullis doctor | head` closes the pipe early: that is not a failure.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
             report.exit_code()
         }
         Err(e) => {

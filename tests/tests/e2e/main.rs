@@ -12,6 +12,7 @@ mod acme_renewal_info;
 mod admin;
 mod adversarial;
 mod balancing;
+mod browser;
 mod cluster;
 mod failures;
 mod grpc;

@@ -1,145 +1,25 @@
-//! `portcullis doctor`, checks `listening` and `names`, against situations built for real: a
+//! Checks `listening` and `names`, against situations built for real: a
 //! port held by another process, the ports of a running gateway, a privileged port for an
 //! unprivileged user, a listener on loopback, an nftables rule dropping the port (in a
 //! network namespace of the test's own), and names served by a DNS server the test controls.
 //! Needs root (the tests' user), Debian's python3, nftables and iproute2 (`.ci/run`).
-#![allow(clippy::unwrap_used)]
-#![allow(
-    clippy::disallowed_methods,
-    reason = "drives the binary as a process from outside any runtime: blocking is what it means"
-)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use portcullis_tests::dns::TestDns;
+use portcullis_tests::doctor::Doctor;
 use portcullis_tests::ports::stable_port;
 use portcullis_tests::{GatewayBuilder, GatewayProcess};
-use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-/// A finished doctor run: its exit code and its JSON.
-struct Doctor {
-    code: Option<i32>,
-    json: Value,
-    stderr: String,
-}
-
-impl Doctor {
-    /// Every finding, with the group's site added as `site`.
-    fn findings(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        for g in self.json["groups"].as_array().unwrap() {
-            for f in g["findings"].as_array().unwrap() {
-                let mut f = f.clone();
-                f["site"] = g["site"].clone();
-                out.push(f);
-            }
-        }
-        out
-    }
-
-    /// The findings of one check about one subject.
-    fn about(&self, check: &str, subject: &str) -> Vec<Value> {
-        self.findings()
-            .into_iter()
-            .filter(|f| f["check"] == check && f["subject"] == subject)
-            .collect()
-    }
-
-    /// The one finding of `check` about `subject` whose message contains `says`.
-    fn one(&self, check: &str, subject: &str, says: &str) -> Value {
-        let found: Vec<Value> = self
-            .about(check, subject)
-            .into_iter()
-            .filter(|f| f["message"].as_str().unwrap().contains(says))
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "one {check} finding about {subject} saying {says:?}; report:\n{:#}",
-            self.json
-        );
-        found.into_iter().next().unwrap()
-    }
-
-    /// The exit status must be the worst finding: 0 all ok, 1 warnings only, 2 failures.
-    fn assert_exit_follows_findings(&self) {
-        let rank = |s: &str| match s {
-            "ok" => 0,
-            "warn" => 1,
-            "fail" => 2,
-            other => panic!("unknown status {other}"),
-        };
-        let worst = self
-            .findings()
-            .iter()
-            .map(|f| rank(f["status"].as_str().unwrap()))
-            .max()
-            .unwrap_or(0);
-        assert_eq!(rank(self.json["status"].as_str().unwrap()), worst);
-        assert_eq!(self.code, Some(worst), "stderr:\n{}", self.stderr);
-    }
-}
-
 /// Runs `doctor --json` with `args` through `runner` (e.g. `["runuser", "-u", "nobody",
-/// "--"]`), killed after 30 s.
+/// "--"]`).
 fn doctor_via(runner: &[&str], config: &Path, args: &[&str]) -> Doctor {
-    let mut argv: Vec<String> = runner.iter().map(|s| (*s).to_owned()).collect();
-    argv.extend(
-        [
-            BIN,
-            "doctor",
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned()),
-    );
-    argv.extend(args.iter().map(|s| (*s).to_owned()));
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("doctor {argv:?} still running after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = stdout.join().unwrap();
-    let stderr = stderr.join().unwrap();
-    let json = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
-    Doctor {
-        code: status.code(),
-        json,
-        stderr,
-    }
+    portcullis_tests::doctor::run(BIN, runner, config, args)
 }
 
 fn doctor(config: &Path, args: &[&str]) -> Doctor {
@@ -212,7 +92,7 @@ fn a_port_taken_by_another_process_names_it_and_its_pid() {
         "{fix}"
     );
     assert_eq!(out.json["status"], "fail");
-    out.assert_exit_follows_findings();
+    out.assert_exit_follows_findings(0);
 }
 
 #[test]
@@ -242,7 +122,7 @@ fn the_ports_of_a_running_gateway_are_bound_by_this_gateway() {
         out.one("names", "localhost", "localhost name")["status"],
         "ok"
     );
-    out.assert_exit_follows_findings();
+    out.assert_exit_follows_findings(0);
 
     // Once it is gone, the same ports are free.
     drop(gw);
@@ -275,7 +155,7 @@ fn a_privileged_port_for_an_unprivileged_user_gets_the_three_fixes() {
         assert!(fix.contains(want), "no {want:?} in {fix}");
     }
     assert_eq!(out.code, Some(2));
-    out.assert_exit_follows_findings();
+    out.assert_exit_follows_findings(0);
 }
 
 #[test]
@@ -306,7 +186,7 @@ fn a_public_listener_on_loopback_warns_and_the_admin_one_does_not() {
         assert_eq!(found[0]["status"], "ok", "{:#}", found[0]);
     }
     assert_ne!(out.json["status"], "ok");
-    out.assert_exit_follows_findings();
+    out.assert_exit_follows_findings(0);
 }
 
 /// Names against the test's DNS server: this machine, elsewhere, both, nowhere.
@@ -395,7 +275,7 @@ fn names_resolving_elsewhere_fail_for_acme_and_warn_otherwise() {
     // IP literals are not resolved: this machine's is fine, another one is not.
     assert_eq!(status("127.0.0.2")["status"], "ok");
     assert_eq!(status("203.0.113.7")["status"], "warn");
-    out.assert_exit_follows_findings();
+    out.assert_exit_follows_findings(0);
 
     // A NAT that forwards 203.0.113.9 here: the same names are this machine's.
     let out = doctor(
@@ -449,7 +329,7 @@ fn an_nftables_rule_dropping_the_port_is_reported() {
             .contains("rejects tcp dport 80")
     );
     assert_eq!(out.one("listening", "0.0.0.0:443", "free")["status"], "ok");
-    out.assert_exit_follows_findings();
+    out.assert_exit_follows_findings(0);
 
     // Outside the namespace those rules do not exist.
     let out = doctor(&config, &[]);
@@ -493,5 +373,5 @@ fn with_nonlocal_bind_on_a_foreign_address_is_still_not_this_machines() {
         assert_eq!(found.len(), 1, "{host}: {:#}", out.json);
         assert_eq!(found[0]["status"], status, "{host}: {:#}", found[0]);
     }
-    out.assert_exit_follows_findings();
+    out.assert_exit_follows_findings(0);
 }

@@ -1,119 +1,27 @@
-//! `portcullis doctor`, the `http` and `mixed-content` checks: the real binary run against a
+//! The `http` and `mixed-content` checks: the real binary run against a
 //! real gateway (in-process, on fixed loopback ports named in its config file) in front of a
 //! real origin serving pages with active and passive mixed content, and sites that redirect,
 //! serve plain HTTP by design, send HSTS or not, and an ACME challenge route.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-#![allow(
-    clippy::disallowed_methods,
-    reason = "runs the doctor as a process from a blocking thread: waiting on it is what it means"
-)]
 
-#[path = "doctor_web/origin.rs"]
+#[path = "web/origin.rs"]
 mod origin;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use origin::PageOrigin;
+use portcullis_tests::doctor::Doctor;
 use portcullis_tests::ports::stable_port;
 use portcullis_tests::{GatewayBuilder, TestCa, TestGateway};
 use serde_json::Value;
 
-/// What one doctor run said.
-struct Doctor {
-    code: i32,
-    json: Value,
-}
-
-impl Doctor {
-    /// The findings of `check` for `site`.
-    fn findings(&self, site: &str, check: &str) -> Vec<Value> {
-        self.json["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|g| g["site"] == site)
-            .flat_map(|g| g["findings"].as_array().unwrap().clone())
-            .filter(|f| f["check"] == check)
-            .collect()
-    }
-
-    /// The one finding of `check` for `site` about `subject`.
-    fn finding(&self, site: &str, check: &str, subject: &str) -> Value {
-        let found: Vec<Value> = self
-            .findings(site, check)
-            .into_iter()
-            .filter(|f| f["subject"] == subject)
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "one {check} finding about {subject} for {site}, in:\n{:#}",
-            self.json
-        );
-        found[0].clone()
-    }
-
-    /// The exit status is the worst status of the report, and at least `at_least`.
-    fn assert_exit_follows_the_worst(&self, at_least: i32) {
-        let worst = match self.json["status"].as_str().unwrap() {
-            "ok" => 0,
-            "warn" => 1,
-            _ => 2,
-        };
-        assert_eq!(self.code, worst, "{:#}", self.json);
-        assert!(self.code >= at_least, "{:#}", self.json);
-    }
-}
-
-/// Runs `portcullis doctor --config CONFIG --json ARGS` to completion (at most 30 s).
+/// Runs `portcullis doctor --config CONFIG --json --timeout 2s ARGS` to completion.
 async fn doctor(config: &Path, args: &[&str]) -> Doctor {
-    let mut all = vec![
-        "doctor".to_owned(),
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--json".to_owned(),
-        "--timeout".to_owned(),
-        "2s".to_owned(),
-    ];
+    let config = config.to_owned();
+    let mut all = vec!["--timeout".to_owned(), "2s".to_owned()];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(&all)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("portcullis {all:?} still running after 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-        let stdout = reader.join().unwrap();
-        let json = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
-        Doctor {
-            code: status.code().expect("exited"),
-            json,
-        }
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        portcullis_tests::doctor::run(env!("CARGO_BIN_EXE_portcullis"), &[], &config, &args)
     })
     .await
     .unwrap()
@@ -202,7 +110,7 @@ async fn mixed_content_is_listed_per_page_blocked_apart_from_upgradeable() {
     );
     // Nothing else: no URL from script text, https or relative, no other host's page.
     assert_eq!(
-        d.findings("www.test", "mixed-content").len(),
+        d.of(Some("www.test"), "mixed-content").len(),
         3,
         "{:#}",
         d.json
@@ -233,7 +141,7 @@ async fn mixed_content_is_listed_per_page_blocked_apart_from_upgradeable() {
 
     // The start page redirects to another host of the site: followed, then crawled there.
     assert_eq!(
-        d.findings("apex.test", "mixed-content")
+        d.of(Some("apex.test"), "mixed-content")
             .iter()
             .map(|f| (text(f, "subject"), text(f, "status")))
             .collect::<Vec<_>>(),
@@ -251,12 +159,12 @@ async fn mixed_content_is_listed_per_page_blocked_apart_from_upgradeable() {
         text(&clean, "message"),
         "1 page checked, no http:// subresources"
     );
-    d.assert_exit_follows_the_worst(2);
+    d.assert_exit_follows_findings(2);
 
     // --max-pages bounds the crawl: the start page only.
     let d = doctor(&config, &["--site", "www.test", "--max-pages", "1"]).await;
     assert_eq!(
-        d.findings("www.test", "mixed-content").len(),
+        d.of(Some("www.test"), "mixed-content").len(),
         1,
         "{:#}",
         d.json
@@ -356,7 +264,7 @@ async fn plain_http_redirects_hsts_and_the_acme_path() {
         "Strict-Transport-Security: max-age=60 (sent by the origin)"
     );
     let plain: Vec<Value> = d
-        .findings("redirecting.test", "http")
+        .of(Some("redirecting.test"), "http")
         .into_iter()
         .filter(|f| f["subject"] == "http://redirecting.test/")
         .collect();
@@ -375,7 +283,7 @@ async fn plain_http_redirects_hsts_and_the_acme_path() {
         text(&served, "message"),
         "served over plain HTTP by design (plain_http: serve), answered 200"
     );
-    d.assert_exit_follows_the_worst(1);
+    d.assert_exit_follows_findings(1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,13 +305,13 @@ async fn no_plain_listener_is_a_warning_and_a_stopped_gateway_is_said_once() {
         let hsts = d.finding("a.test", "http", &format!("https://{host}/"));
         assert_eq!(hsts["status"], "ok", "{hsts:#}");
     }
-    d.assert_exit_follows_the_worst(1);
+    d.assert_exit_follows_findings(1);
 
     // The same config with the gateway stopped: one failure per listener and check.
     let https = gw.https;
     assert!(gw.stop().await);
     let d = doctor(&config, &[]).await;
-    let http = d.findings("a.test", "http");
+    let http = d.of(Some("a.test"), "http");
     let refused: Vec<&Value> = http.iter().filter(|f| f["status"] == "fail").collect();
     assert_eq!(refused.len(), 1, "{:#}", d.json);
     assert_eq!(refused[0]["subject"], https.to_string());
@@ -413,7 +321,7 @@ async fn no_plain_listener_is_a_warning_and_a_stopped_gateway_is_said_once() {
     );
     let mixed = d.finding("a.test", "mixed-content", &https.to_string());
     assert_eq!(mixed["status"], "fail", "{mixed:#}");
-    d.assert_exit_follows_the_worst(2);
+    d.assert_exit_follows_findings(2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,5 +346,5 @@ async fn hsts_configured_but_not_sent_fails() {
         ),
         "{hsts:#}"
     );
-    d.assert_exit_follows_the_worst(2);
+    d.assert_exit_follows_findings(2);
 }
