@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use portcullis_tests::{GatewayBuilder, TestCa, TestGateway, ports};
 
-use crate::{doctor, finding, findings, parts};
+use super::{doctor, finding, findings, parts};
 
 const DAY: Duration = Duration::from_secs(86_400);
 

@@ -6,52 +6,48 @@
 //!
 //! The test CA is trusted the way the doctor trusts the system's roots: `SSL_CERT_FILE`
 //! points at its root in the doctor's environment.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-#![allow(
-    clippy::disallowed_methods,
-    reason = "tests write a few small certificate files before anything serves"
-)]
 
-mod doctor_tls {
-    pub mod acme;
-    pub mod certs;
-    pub mod origins;
-}
+#[path = "tls/acme.rs"]
+mod acme;
+#[path = "tls/certs.rs"]
+mod certs;
+#[path = "tls/origins.rs"]
+mod origins;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Runs `portcullis doctor --config CONFIG --json` with `env`; its exit code and report.
-/// Runs on a blocking thread so an in-process gateway keeps serving meanwhile. No probe
-/// here is meant to time out: the generous timeout only absorbs a loaded machine.
+/// Runs `portcullis doctor --config CONFIG --json --timeout 5s` with `env` set (through
+/// `env`, e.g. `SSL_CERT_FILE` naming the roots the doctor trusts); its exit code and
+/// report. Runs on a blocking thread so an in-process gateway keeps serving meanwhile. No
+/// probe here is meant to time out: the generous timeout only absorbs a loaded machine.
 pub async fn doctor(config: &Path, env: &[(&str, &Path)]) -> (i32, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.args(["doctor", "--json", "--timeout", "5s", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn");
-    for (k, v) in env {
-        cmd.env(k, v);
+    let config = config.to_owned();
+    let mut runner = Vec::new();
+    if !env.is_empty() {
+        runner.push("env".to_owned());
+        runner.extend(env.iter().map(|(k, v)| format!("{k}={}", v.display())));
     }
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor printed no JSON ({e}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+    let run = tokio::task::spawn_blocking(move || {
+        let runner: Vec<&str> = runner.iter().map(String::as_str).collect();
+        portcullis_tests::doctor::run(
+            env!("CARGO_BIN_EXE_portcullis"),
+            &runner,
+            &config,
+            &["--timeout", "5s"],
         )
-    });
+    })
+    .await
+    .unwrap();
     // `DOCTOR_TLS_SHOW=1 cargo test ... -- --nocapture` prints every report, to read the wording.
     if std::env::var_os("DOCTOR_TLS_SHOW").is_some() {
-        eprintln!("{}", serde_json::to_string_pretty(&json).unwrap());
+        eprintln!("{:#}", run.json);
     }
-    (out.status.code().unwrap_or(-1), json)
+    (run.code.unwrap_or(-1), run.json)
 }
 
 /// The findings of `check` about `site`.

@@ -2,7 +2,7 @@
 
 use portcullis_tests::{GatewayBuilder, TestCa, TestOrigin, closed_port};
 
-use crate::{doctor, finding, parts, redirecting_server};
+use super::{doctor, finding, parts, redirecting_server};
 
 /// A plain HTTP origin behind PROXY protocol v2: it answers only connections that start
 /// with a v2 header, as a server configured for it does.

@@ -7,7 +7,7 @@ use portcullis_tests::{
     GatewayBuilder, Pebble, PebbleOptions, TestCa, TestOrigin, closed_port, ports, wait,
 };
 
-use crate::{doctor, finding, parts, redirecting_server};
+use super::{doctor, finding, parts, redirecting_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_answers_and_the_challenge_path_reaches_the_gateway() {
