@@ -1,6 +1,7 @@
 //! Certificates made at test time: a CA, server leaves, client leaves.
 
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -74,7 +75,72 @@ impl TestCa {
         self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// An intermediate CA named `name`, signed by this CA. Its `root_der`/`root_pem` hold
+    /// the intermediate's certificate (the one to send after a leaf it signs).
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        TestCa {
+            root_pem: cert.pem(),
+            root_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` valid from `not_before` to `not_after` (expired,
+    /// not yet valid, expiring soon).
+    pub fn leaf_valid(
+        &self,
+        names: &[&str],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Leaf {
+        self.issue_with(
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            Some((not_before, not_after)),
+        )
+    }
+
+    /// A self-signed server certificate for `names` (no CA behind it).
+    pub fn self_signed(names: &[&str]) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, names[0]);
+        params.distinguished_name = dn;
+        let cert = params.self_signed(&key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+            key_der: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+
     fn issue(&self, names: &[&str], eku: ExtendedKeyUsagePurpose) -> Leaf {
+        self.issue_with(names, eku, None)
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        eku: ExtendedKeyUsagePurpose,
+        validity: Option<(SystemTime, SystemTime)>,
+    ) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -90,6 +156,11 @@ impl TestCa {
         params.extended_key_usages = vec![eku];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
+        if let Some((not_before, not_after)) = validity {
+            let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap();
+            params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_before);
+            params.not_after = rcgen::date_time_ymd(1970, 1, 1) + since_epoch(not_after);
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
             cert_pem: cert.pem(),

@@ -11,5 +11,7 @@
 mod cli;
 #[path = "doctor/host.rs"]
 mod host;
+#[path = "doctor/tls.rs"]
+mod tls;
 #[path = "doctor/web.rs"]
 mod web;
