@@ -7,11 +7,6 @@
 //! every probe has [`Context::timeout`], so the whole run ends in seconds whatever the
 //! network does.
 
-#![allow(
-    dead_code,
-    reason = "issue 26: the check modules land next; removed when they do"
-)]
-
 mod certs;
 mod http;
 mod listen;

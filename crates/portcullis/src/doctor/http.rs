@@ -87,22 +87,6 @@ fn authority(name: &str) -> String {
     }
 }
 
-/// `GET https://{host}{path}` through the HTTPS listener at `addr`: `host` as the `Host`
-/// header (an IPv6 literal in brackets) and, without brackets, as SNI.
-pub(super) async fn get_https(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    timeout: std::time::Duration,
-) -> Result<Answer, ProbeError> {
-    let sni = host.trim_start_matches('[').trim_end_matches(']');
-    probe::bounded(timeout, async {
-        let hs = probe::tls_handshake(addr, sni, &[b"http/1.1"], timeout).await?;
-        probe::get(hs.stream, host, path, timeout).await
-    })
-    .await
-}
-
 /// A random-enough token, so no cache or real challenge answers the probe.
 fn token() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -130,7 +114,7 @@ async fn check_host(ctx: &Context, site: &Site, name: String) -> Vec<Outcome> {
             None => None,
         }
     };
-    let tls = get_https(https, &host, "/", t);
+    let tls = probe::get_tls(https, &host, "/", t);
     let (plain, tls) = tokio::join!(plain, tls);
 
     let mut out = Vec::new();

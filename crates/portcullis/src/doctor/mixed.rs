@@ -185,7 +185,7 @@ enum Fetch {
 /// HTTPS listener, by SNI and `Host`.
 async fn fetch(ctx: &Context, site: &Site, mut loc: Loc) -> Result<(Loc, Answer), Fetch> {
     for _ in 0..=MAX_REDIRECTS {
-        let answer = super::http::get_https(ctx.https_target(), loc.host(), &loc.path, ctx.timeout)
+        let answer = super::probe::get_tls(ctx.https_target(), loc.host(), &loc.path, ctx.timeout)
             .await
             .map_err(Fetch::Probe)?;
         let location = answer.header("location");

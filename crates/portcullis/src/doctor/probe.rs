@@ -240,14 +240,19 @@ pub async fn get_plain(
     get(tcp, host, path, timeout).await
 }
 
-/// `GET https://host/path` through the TLS listener at `addr` (SNI `host`, any chain
-/// accepted: the certificate checks judge it, the page is what is looked at here).
+/// `GET https://host/path` through the TLS listener at `addr`: `host` as the `Host` header
+/// (an IPv6 literal in brackets) and, without brackets, as SNI; any chain accepted (the
+/// certificate checks judge it; the page is what is looked at here).
 pub async fn get_tls(
     addr: SocketAddr,
     host: &str,
     path: &str,
     timeout: Duration,
 ) -> Result<Answer, ProbeError> {
-    let hs = tls_handshake(addr, host, &[b"http/1.1"], timeout).await?;
-    get(hs.stream, host, path, timeout).await
+    let sni = host.trim_start_matches('[').trim_end_matches(']');
+    bounded(timeout, async {
+        let hs = tls_handshake(addr, sni, &[b"http/1.1"], timeout).await?;
+        get(hs.stream, host, path, timeout).await
+    })
+    .await
 }

@@ -26,8 +26,6 @@ pub(super) struct Cert {
     pub der: CertificateDer<'static>,
     /// Validity and names.
     pub info: CertInfo,
-    /// The subject's distinguished name.
-    pub subject: String,
     /// The subject's common name, or its whole DN when it has none.
     pub subject_cn: String,
     /// The issuer's common name, or its whole DN.
@@ -46,7 +44,6 @@ impl Cert {
                 .map_or_else(|| name.to_string(), str::to_owned)
         };
         Ok(Self {
-            subject: x509.subject().to_string(),
             subject_cn: cn(x509.subject()),
             issuer_cn: cn(x509.issuer()),
             der: der.clone().into_owned(),
