@@ -205,6 +205,29 @@ impl Context {
     }
 }
 
+/// Runs `check` for every selected site at once, each finding filed under its site.
+pub(crate) async fn per_site<'a, F, Fut>(ctx: &'a Context, check: F) -> Vec<Entry>
+where
+    F: Fn(&'a Context, &'a Site) -> Fut,
+    Fut: Future<Output = Vec<Finding>>,
+{
+    let sites = ctx.sites.iter().map(|site| {
+        let found = check(ctx, site);
+        async move {
+            found
+                .await
+                .into_iter()
+                .map(|f| Entry::site(site, f))
+                .collect::<Vec<_>>()
+        }
+    });
+    futures_util::future::join_all(sites)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// `addr` as a client on this machine reaches it.
 pub fn connect_addr(addr: SocketAddr) -> SocketAddr {
     let ip = match addr.ip() {

@@ -17,18 +17,7 @@ const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The http findings of every selected site.
 pub(super) async fn check(ctx: &Context) -> Vec<Entry> {
-    let sites = ctx.sites.iter().map(|site| async move {
-        check_site(ctx, site)
-            .await
-            .into_iter()
-            .map(|f| Entry::site(site, f))
-            .collect::<Vec<_>>()
-    });
-    futures_util::future::join_all(sites)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    super::per_site(ctx, check_site).await
 }
 
 /// A finding, or a probe that found nothing listening at an address (said once per site).

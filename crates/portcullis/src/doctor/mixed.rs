@@ -33,18 +33,7 @@ const CRAWL_TIMEOUTS: u32 = 3;
 
 /// The mixed-content findings of every selected site.
 pub(super) async fn check(ctx: &Context) -> Vec<Entry> {
-    let sites = ctx.sites.iter().map(|site| async move {
-        check_site(ctx, site)
-            .await
-            .into_iter()
-            .map(|f| Entry::site(site, f))
-            .collect::<Vec<_>>()
-    });
-    futures_util::future::join_all(sites)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    super::per_site(ctx, check_site).await
 }
 
 /// A page with `http://` subresources.

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -79,9 +81,8 @@ pub async fn tls_handshake(
     alpn: &[&[u8]],
     timeout: Duration,
 ) -> Result<Handshake, ProbeError> {
-    let seen = Arc::new(Recorder::default());
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let seen = Recorder::new(None);
+    let mut config = rustls::ClientConfig::builder_with_provider(portcullis_tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ProbeError::Tls(e.to_string()))?
         .dangerous()
@@ -97,7 +98,7 @@ pub async fn tls_handshake(
             .await
             .map_err(|e| ProbeError::Tls(e.to_string()))?;
         let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        let chain = seen.chain.lock().map(|c| c.clone()).unwrap_or_default();
+        let chain = seen.chain();
         Ok(Handshake {
             stream,
             chain,
@@ -107,11 +108,31 @@ pub async fn tls_handshake(
     .await
 }
 
-/// A verifier that accepts any chain and keeps it (signatures of the handshake are still
-/// checked, so the server holds the leaf's key).
-#[derive(Debug, Default)]
-struct Recorder {
+/// A verifier that keeps the chain presented and then accepts it, or, given a verifier
+/// (a strict probe), leaves the verdict to that one. Signatures of the handshake are always
+/// checked, so a completed handshake means the server holds the leaf's key.
+#[derive(Debug)]
+pub struct Recorder {
+    verify: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
     chain: Mutex<Vec<CertificateDer<'static>>>,
+}
+
+impl Recorder {
+    /// A recorder that judges with `verify`, or accepts any chain without.
+    pub fn new(verify: Option<Arc<WebPkiServerVerifier>>) -> Arc<Self> {
+        Arc::new(Self {
+            verify,
+            provider: portcullis_tls::crypto_provider(),
+            chain: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// What the server presented, leaf first, in its order (empty before the handshake
+    /// got that far).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.chain.lock().map(|c| c.clone()).unwrap_or_default()
+    }
 }
 
 impl ServerCertVerifier for Recorder {
@@ -119,9 +140,9 @@ impl ServerCertVerifier for Recorder {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if let Ok(mut chain) = self.chain.lock() {
             *chain = std::iter::once(end_entity)
@@ -129,7 +150,10 @@ impl ServerCertVerifier for Recorder {
                 .map(|c| c.clone().into_owned())
                 .collect();
         }
-        Ok(ServerCertVerified::assertion())
+        match &self.verify {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -142,7 +166,7 @@ impl ServerCertVerifier for Recorder {
             message,
             cert,
             dss,
-            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -156,12 +180,12 @@ impl ServerCertVerifier for Recorder {
             message,
             cert,
             dss,
-            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
+        self.provider
             .signature_verification_algorithms
             .supported_schemes()
     }

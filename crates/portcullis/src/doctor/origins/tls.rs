@@ -4,25 +4,21 @@
 //! handshake). The chain presented is kept, so a failure names what the certificate holds.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_config::{Origin, OriginServer, Transport, Verify};
 use portcullis_tls::{CertInfo, crypto_provider, format_time};
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    AlertDescription, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{AlertDescription, CertificateError, RootCertStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
 use super::CLIENT_CERT;
 use super::Tried;
 use crate::doctor::certs::signs_itself;
-use crate::doctor::probe::ProbeError;
+use crate::doctor::probe::{ProbeError, Recorder};
 
 /// TLS, any certificate (the handshake signature is still checked).
 pub(super) async fn full(
@@ -90,13 +86,8 @@ async fn attempt(
     verify: Option<Arc<WebPkiServerVerifier>>,
     timeout: Duration,
 ) -> Tried {
-    let provider = crypto_provider();
-    let seen = Arc::new(Seen {
-        verify,
-        provider: provider.clone(),
-        chain: Mutex::new(Vec::new()),
-    });
-    let builder = match rustls::ClientConfig::builder_with_provider(provider)
+    let seen = Recorder::new(verify);
+    let builder = match rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
     {
         Ok(b) => b.dangerous().with_custom_certificate_verifier(seen.clone()),
@@ -133,7 +124,7 @@ async fn attempt(
     let outcome = tokio::time::timeout(timeout, exchange)
         .await
         .unwrap_or(Err(Failure::Probe(ProbeError::Timeout(timeout))));
-    let chain = seen.chain.lock().map(|c| c.clone()).unwrap_or_default();
+    let chain = seen.chain();
     let with = format!(
         "TLS with `{name}`{}",
         if client_cert.is_some() {
@@ -312,70 +303,6 @@ fn alert_name(a: AlertDescription) -> String {
         out.push(ch.to_ascii_lowercase());
     }
     out
-}
-
-/// Keeps the chain presented, then verifies it when strict.
-#[derive(Debug)]
-struct Seen {
-    verify: Option<Arc<WebPkiServerVerifier>>,
-    provider: Arc<CryptoProvider>,
-    chain: Mutex<Vec<CertificateDer<'static>>>,
-}
-
-impl ServerCertVerifier for Seen {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut chain) = self.chain.lock() {
-            *chain = std::iter::once(end_entity)
-                .chain(intermediates)
-                .map(|c| c.clone().into_owned())
-                .collect();
-        }
-        match &self.verify {
-            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
-            None => Ok(ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]
