@@ -149,22 +149,19 @@ async fn dispatch(
     if upgrade_insecure {
         upgrade_insecure_requests(resp.headers_mut());
     }
-    if let Some(site) = rewrite
+    if let Some(rewriting) = rewrite
         && let Some(coding) = rewrite::applies(asked, resp.status(), resp.headers())
     {
-        match site.chain(coding) {
+        match rewriting.chain(coding) {
             Ok(chain) => {
                 rewrite::adjust_headers(resp.headers_mut());
                 resp.body_mut().rewrite(chain);
             }
-            Err(e) => debug!(site = &*site_name(router, site_idx), failure = %e, "cannot rewrite"),
+            // Only a zstd context that cannot be allocated: the page goes as it is.
+            Err(e) => debug!(site = &*site.name, failure = %e, "cannot rewrite the page"),
         }
     }
     resp
-}
-
-fn site_name(router: &Router, idx: usize) -> Arc<str> {
-    router.sites[idx].name.clone()
 }
 
 /// `mixed_content: upgrade`: an HTML response's policy gains `upgrade-insecure-requests`.

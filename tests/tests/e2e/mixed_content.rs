@@ -269,3 +269,69 @@ async fn a_large_page_streams_through_whole() {
         assert!(resp.text() == big.replace("http://", "https://"), "{alpn}");
     }
 }
+
+/// Trailers after a rewritten page (an HTTP/2 origin, an HTTP/2 client) arrive after its
+/// last bytes.
+#[tokio::test]
+async fn trailers_follow_a_rewritten_page() {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let ca = TestCa::new("rewrite CA");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: Request<Incoming>| async move {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("x-check", http::HeaderValue::from_static("done"));
+                    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"<img src=\"http://m"))),
+                        Ok(Frame::data(Bytes::from_static(b".test/a.png\">"))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header(header::CONTENT_TYPE, "text/html")
+                            .body(StreamBody::new(futures_util::stream::iter(frames)))
+                            .unwrap(),
+                    )
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    });
+    let gw = GatewayBuilder::new()
+        .tls_site(
+            &ca,
+            &["m.test"],
+            &format!("mixed_content: rewrite, origin: {{url: 'http://{addr}', h2c: true}}"),
+        )
+        .start()
+        .await;
+    let mut conn = gw
+        .client(&ca.root_der)
+        .connect("m.test", &["h2"])
+        .await
+        .unwrap();
+    let resp = conn
+        .send(
+            conn.request("m.test", "/")
+                .body(portcullis_tests::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    assert_eq!(
+        &collected.to_bytes()[..],
+        b"<img src=\"https://m.test/a.png\">"
+    );
+    assert_eq!(trailers.unwrap()["x-check"], "done");
+}

@@ -24,8 +24,11 @@ use super::urls::{SELECTOR, rewrite_tag};
 pub(crate) const LOL_MEMORY: usize = 2 << 20;
 
 /// Most input held back at once; past it the page passes untouched from there on. lol_html
-/// holds less than [`LOL_MEMORY`] of it; the margin is one decoded piece.
+/// holds less than [`LOL_MEMORY`] of it; the margin is more than one [`PIECE`].
 pub(crate) const MAX_HELD: usize = LOL_MEMORY + (1 << 20);
+
+/// Input is given to lol_html in pieces of at most this size.
+const PIECE: usize = 64 << 10;
 
 /// Counts what lol_html lets out.
 struct Counter(Arc<AtomicUsize>);
@@ -94,6 +97,15 @@ impl HtmlStream {
 
     /// Takes the next piece of the page; writes to `out` what is settled.
     pub(crate) fn push(&mut self, data: &[u8], out: &mut (impl Write + ?Sized)) -> io::Result<()> {
+        // In slices, so a large frame (a fixed `respond` body comes as one) never counts
+        // against [`MAX_HELD`] whole.
+        for piece in data.chunks(PIECE) {
+            self.push_piece(piece, out)?;
+        }
+        Ok(())
+    }
+
+    fn push_piece(&mut self, data: &[u8], out: &mut (impl Write + ?Sized)) -> io::Result<()> {
         self.held.extend_from_slice(data);
         self.peak_held = self.peak_held.max(self.held.len());
         let end = self.base + self.held.len();

@@ -347,3 +347,13 @@ fn which_responses_are_rewritten() {
     adjust_headers(&mut weak);
     assert_eq!(weak["etag"], "W/\"v1\"", "already weak");
 }
+
+#[test]
+fn one_frame_larger_than_the_hold_limit_is_rewritten_throughout() {
+    // A fixed `respond` body, or an origin's large read, arrives as one frame.
+    let unit = "<p>x</p><img src=\"http://a.test/i.png\">\n";
+    let page = unit.repeat(html::MAX_HELD / unit.len() * 2);
+    let (out, n) = run(&site(), Coding::Identity, page.as_bytes(), page.len());
+    assert_eq!(n as usize, page.len() / unit.len());
+    assert!(out == page.replace("http://", "https://").as_bytes());
+}
