@@ -119,6 +119,8 @@ impl Encoder {
 pub(crate) struct Sink {
     pub(crate) html: HtmlStream,
     encoder: Encoder,
+    /// The rewriter's output on its way to an encoder.
+    scratch: Vec<u8>,
     /// Decoded bytes this frame may still bring.
     budget: usize,
 }
@@ -131,7 +133,15 @@ impl Write for Sink {
             ));
         }
         self.budget -= buf.len();
-        self.html.push(buf, self.encoder.writer())?;
+        if let Encoder::Identity(out) = &mut self.encoder {
+            self.html.push(buf, out)?;
+        } else {
+            // The rewriter writes in small pieces (around each URL); an encoder takes them
+            // in one call, as flate2 prepares its whole output buffer on every write.
+            self.html.push(buf, &mut self.scratch)?;
+            self.encoder.writer().write_all(&self.scratch)?;
+            self.scratch.clear();
+        }
         Ok(buf.len())
     }
 
@@ -162,6 +172,7 @@ impl Chain {
         let sink = Sink {
             html,
             encoder: Encoder::new(coding)?,
+            scratch: Vec::new(),
             budget: MAX_EXPANSION_PER_FRAME,
         };
         Ok(Self(Some(match coding {
@@ -226,7 +237,8 @@ impl Chain {
                 d.into_inner()
             }
         };
-        sink.html.finish(sink.encoder.writer())?;
+        sink.html.finish(&mut sink.scratch)?;
+        sink.encoder.writer().write_all(&sink.scratch)?;
         let mut out = sink.encoder.take();
         out.extend(sink.encoder.finish()?);
         Ok(out)

@@ -39,7 +39,7 @@ enum Kind {
 /// The attribute `name` of element `tag` (both lowercase) and what it holds. Resources a
 /// page loads (`src`, `srcset`, `data`, `poster`, `background`, `<link href>`) and what it
 /// links or submits to (`<a href>`, `<area href>`, `<base href>`, `action`,
-/// `formaction`, `cite`, a refresh's target).
+/// `formaction`, `cite`, a refresh's target). [`SELECTOR`] picks the elements.
 fn kind(tag: &[u8], name: &[u8]) -> Option<Kind> {
     let is = |t: &[&[u8]]| t.contains(&tag);
     match name {
@@ -58,10 +58,14 @@ fn kind(tag: &[u8], name: &[u8]) -> Option<Kind> {
     }
 }
 
-/// The lol_html selector for every element [`kind`] may find a URL in.
-pub(crate) const SELECTOR: &str = "[src], a[href], link[href], area[href], base[href], \
-    img[srcset], source[srcset], link[imagesrcset], form[action], [formaction], \
-    object[data], video[poster], [background], [cite], meta[http-equiv]";
+/// The lol_html selector for every element [`kind`] may find a URL in. Each part names
+/// its element: a bare `[src]` would make lol_html read the attributes of every tag.
+pub(crate) const SELECTOR: &str = "img[src], script[src], iframe[src], frame[src], \
+    embed[src], audio[src], video[src], source[src], track[src], input[src], \
+    a[href], link[href], area[href], base[href], img[srcset], source[srcset], \
+    link[imagesrcset], form[action], button[formaction], input[formaction], object[data], \
+    video[poster], body[background], table[background], td[background], th[background], \
+    blockquote[cite], q[cite], del[cite], ins[cite], meta[http-equiv]";
 
 /// One attribute: its name (lowercased, at most [`MAX_NAME`] bytes) and where its value
 /// is in the tag.
