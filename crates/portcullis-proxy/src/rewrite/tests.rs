@@ -357,3 +357,13 @@ fn one_frame_larger_than_the_hold_limit_is_rewritten_throughout() {
     assert_eq!(n as usize, page.len() / unit.len());
     assert!(out == page.replace("http://", "https://").as_bytes());
 }
+
+#[test]
+fn a_decompression_bomb_is_refused_not_expanded() {
+    let zeros = vec![0u8; codec::MAX_EXPANSION_PER_FRAME + (1 << 20)];
+    let bomb = zstd::encode_all(&zeros[..], 3).unwrap();
+    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    let mut chain = site().chain(Coding::Zstd).unwrap();
+    let err = chain.push(&bomb).unwrap_err();
+    assert!(err.to_string().contains("decompression bomb"), "{err}");
+}
