@@ -63,8 +63,8 @@ impl Asked {
 
 /// The coding to rewrite a response in, or `None` when it passes untouched: not HTML
 /// (`text/html`, `application/xhtml+xml`), a UTF-16 page, a response without a body
-/// (HEAD, 1xx, 204, 304) or a partial one (a `Range` request, a 206), an encoding other
-/// than none, gzip, br or zstd.
+/// (HEAD, 1xx, 204, 304, `Content-Length: 0`) or a partial one (a `Range` request, a
+/// 206), an encoding other than none, gzip, br or zstd.
 pub(crate) fn applies(asked: Asked, status: StatusCode, headers: &HeaderMap) -> Option<Coding> {
     if asked.head
         || asked.ranged
@@ -73,7 +73,12 @@ pub(crate) fn applies(asked: Asked, status: StatusCode, headers: &HeaderMap) -> 
             status,
             StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT
         )
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|l| l.as_bytes() == b"0")
     {
+        // An empty body has nothing to rewrite (and an empty "gzip" body is no gzip
+        // stream: decoding it would fail).
         return None;
     }
     let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;

@@ -313,6 +313,19 @@ fn which_responses_are_rewritten() {
         assert_eq!(applies(get, ok, &h), coding, "{ct} {ce}");
     }
     assert_eq!(applies(get, ok, &headers(&[])), None, "no content type");
+    assert_eq!(
+        applies(
+            get,
+            ok,
+            &headers(&[
+                ("content-type", "text/html"),
+                ("content-encoding", "gzip"),
+                ("content-length", "0")
+            ])
+        ),
+        None,
+        "empty"
+    );
     let head = Asked {
         head: true,
         ranged: false,
