@@ -221,6 +221,7 @@ async fn html_over_https_has_its_http_urls_rewritten_as_it_streams() {
         !metrics.contains("portcullis_mixed_content_rewritten_responses_total{site=\"off.test\"}"),
         "only sites that rewrite have series"
     );
+    portcullis_tests::scrape::assert_promtool_clean(&metrics);
 }
 
 /// A page larger than any buffer, arriving in many frames from the origin, comes out whole
