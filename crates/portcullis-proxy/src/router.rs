@@ -576,6 +576,75 @@ mod metrics_tests {
             "b's series are gone, a's stay"
         );
     }
+
+    /// Sites `a` (`tls: none`), `b` and `c` (`mixed_content: rewrite` with `cdn.test`),
+    /// in that order, those of `names` only.
+    fn rewriting(names: &[&str]) -> Config {
+        let all = [
+            (
+                "a",
+                "{name: a, hosts: [a.test, '*.a.test'], tls: none, respond: {}}",
+            ),
+            ("b", "{name: b, hosts: [b.test], tls: local, respond: {}}"),
+            (
+                "c",
+                "{name: c, hosts: ['*.c.test'], tls: local, mixed_content: rewrite, rewrite: {hosts: [cdn.test]}, respond: {}}",
+            ),
+        ];
+        let sites: String = all
+            .iter()
+            .filter(|(n, _)| names.contains(n))
+            .map(|(_, s)| format!("  - {s}\n"))
+            .collect();
+        portcullis_config::parse(
+            &format!("listen: {{https: 0.0.0.0:8443}}\nsites:\n{sites}"),
+            std::path::Path::new("."),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rewriting_site_knows_the_hosts_served_over_https_and_its_own() {
+        let router = Router::build(
+            &rewriting(&["a", "b", "c"]),
+            &ProxyMetrics::unregistered(),
+            None,
+        )
+        .unwrap();
+        let site = &router.sites[2];
+        let policy = &site.rewrite.as_ref().unwrap().policy;
+        let knows = |h: &str| policy.served.get(h).is_some() || policy.extra.get(h).is_some();
+        assert!(knows("b.test") && knows("x.c.test") && knows("cdn.test"));
+        assert!(
+            !knows("a.test") && !knows("x.a.test"),
+            "tls: none has no certificate here"
+        );
+        assert_eq!(policy.https_port, Some(8443));
+        assert!(router.sites[1].rewrite.is_none());
+    }
+
+    #[test]
+    fn a_site_that_stops_rewriting_loses_its_rewrite_series() {
+        let registry = prometheus::Registry::new();
+        let m = ProxyMetrics::new(&registry).unwrap();
+        let rewrite_sites = || -> Vec<String> {
+            let mut out: Vec<String> = registry
+                .gather()
+                .iter()
+                .filter(|f| f.name().starts_with("portcullis_mixed_content_"))
+                .flat_map(|f| f.get_metric().iter())
+                .flat_map(|m| m.get_label().iter())
+                .map(|l| l.value().to_owned())
+                .collect();
+            out.dedup();
+            out
+        };
+        let old = Router::build(&rewriting(&["b", "c"]), &m, None).unwrap();
+        assert_eq!(rewrite_sites(), ["c"], "at zero from start, for c only");
+        let new = Router::build(&rewriting(&["b"]), &m, Some(&old)).unwrap();
+        old.forget_routes_missing_from(&new, &m);
+        assert!(rewrite_sites().is_empty());
+    }
 }
 
 #[cfg(test)]
