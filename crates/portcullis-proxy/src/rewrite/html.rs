@@ -148,6 +148,11 @@ impl HtmlStream {
                 continue;
             }
             if tag.end > upto {
+                if self.lol.is_none() {
+                    // Nothing comes after (the end, or passing through): a tag that does
+                    // not fit is not one to rewrite, and every byte goes out.
+                    continue;
+                }
                 // Not settled yet (lol_html reports a tag before letting it out): it
                 // goes with the next piece.
                 upto = upto.min(tag.start);
