@@ -380,3 +380,59 @@ fn a_decompression_bomb_is_refused_not_expanded() {
     let err = chain.push(&bomb).unwrap_err();
     assert!(err.to_string().contains("decompression bomb"), "{err}");
 }
+
+/// Pages put together at random from tricky pieces, cut at random: the output does not
+/// depend on where the frames were cut, and it differs from the input only in schemes.
+#[test]
+fn random_pages_in_random_chunks_change_only_schemes() {
+    const PIECES: &[&[u8]] = &[
+        b"<img src=\"http://a.test/x.png\">",
+        b"<A HREF='HTTP://cdn.test/'>",
+        b"<img srcset=\"http://a.test/1 1x, http://other.test/2 2x\">",
+        b"<script>var s = '<img src=\"http://a.test/\">';</script>",
+        b"<style>a{background:url(http://a.test/)}</style>",
+        b"<!-- <a href=\"http://a.test/\"> -->",
+        b"<textarea><img src=http://a.test/></textarea>",
+        b"text http://a.test/ text",
+        b"<a href=http://a.test/>",
+        b"<a href=\"https://a.test/\">",
+        b"<form action=\"http://x.b.test/post\">",
+        b"\xff\xfe\x80\x00",
+        b"<",
+        b"</",
+        b"<img src=\"http://a.test/",
+        b"\">",
+        b"<![CDATA[ <a href=\"http://a.test/\"> ]]>",
+        b"<svg><a href=\"http://a.test/\"/></svg>",
+        b"<plaintext>",
+        b"<meta http-equiv=refresh content=\"0;url=http://a.test/\">",
+    ];
+    let normal = |b: &[u8]| -> Vec<u8> {
+        String::from_utf8_lossy(b)
+            .to_ascii_lowercase()
+            .replace("https://", "http://")
+            .into_bytes()
+    };
+    let site = site();
+    let mut rng = fastrand::Rng::with_seed(26);
+    for _ in 0..300 {
+        let mut page = Vec::new();
+        for _ in 0..rng.usize(1..40) {
+            page.extend_from_slice(PIECES[rng.usize(..PIECES.len())]);
+        }
+        let (whole, _) = run(&site, Coding::Identity, &page, page.len());
+        let mut chain = site.chain(Coding::Identity).unwrap();
+        let mut cut = Vec::new();
+        let mut rest = &page[..];
+        while !rest.is_empty() {
+            let n = rng.usize(1..=rest.len().min(50));
+            cut.extend(chain.push(&rest[..n]).unwrap());
+            rest = &rest[n..];
+        }
+        cut.extend(chain.finish().unwrap());
+        let shown = String::from_utf8_lossy(&page);
+        assert_eq!(cut, whole, "{shown}");
+        assert_eq!(normal(&whole), normal(&page), "{shown}");
+    }
+    assert!(site.counters.get().1 > 300, "and URLs were rewritten");
+}
