@@ -160,6 +160,8 @@ async fn dispatch(
             // Only a zstd context that cannot be allocated: the page goes as it is.
             Err(e) => debug!(site = &*site.name, failure = %e, "cannot rewrite the page"),
         }
+    } else if rewrite.is_some() && rewrite::headers_only(asked, resp.status(), resp.headers()) {
+        rewrite::adjust_headers(resp.headers_mut());
     }
     resp
 }

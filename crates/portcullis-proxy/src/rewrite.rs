@@ -105,6 +105,24 @@ pub(crate) fn applies(asked: Asked, status: StatusCode, headers: &HeaderMap) -> 
     Coding::of(headers)
 }
 
+/// Whether a response that is not rewritten must still have its headers adjusted as if it
+/// were: a `HEAD` response says what a `GET` would get, and a 304 updates the headers a
+/// cache holds with a rewritten page (a strong `ETag` there would let a later `If-Range`
+/// join the origin's bytes to the rewritten ones).
+pub(crate) fn headers_only(asked: Asked, status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::NOT_MODIFIED
+        || (asked.head
+            && applies(
+                Asked {
+                    head: false,
+                    ..asked
+                },
+                status,
+                headers,
+            )
+            .is_some())
+}
+
 /// The rewritten body has another length and other bytes: no `Content-Length`, a weak
 /// `ETag` (the same page still, not the same bytes), no byte ranges offered on it and no
 /// digest of the origin's bytes.

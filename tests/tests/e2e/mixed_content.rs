@@ -102,6 +102,12 @@ fn answer(req: &Request<Incoming>) -> Response<Full<Bytes>> {
             .body(Full::from(encode(encoding, PAGE.as_bytes())))
             .unwrap();
     }
+    if req.headers().contains_key(header::IF_NONE_MATCH) {
+        return resp
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Full::default())
+            .unwrap();
+    }
     let resp = resp
         .header(header::CONTENT_TYPE, html)
         .header(header::ACCEPT_RANGES, "bytes");
@@ -167,6 +173,34 @@ async fn html_over_https_has_its_http_urls_rewritten_as_it_streams() {
             assert_eq!(resp.headers[header::ETAG], "W/\"v1\"");
             pages += 1;
         }
+
+        // HEAD says what GET gets; a 304 refreshes a cached rewritten page with a weak
+        // ETag too.
+        let head = conn
+            .send(
+                conn.request("m.test", "/page")
+                    .method(http::Method::HEAD)
+                    .body(portcullis_tests::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(head.headers()[header::ETAG], "W/\"v1\"", "{alpn}");
+        assert!(
+            head.headers().get(header::CONTENT_LENGTH).is_none(),
+            "{alpn}"
+        );
+        let revalidated = conn
+            .send(
+                conn.request("m.test", "/page")
+                    .header(header::IF_NONE_MATCH, "W/\"v1\"")
+                    .body(portcullis_tests::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(revalidated.status(), 304, "{alpn}");
+        assert_eq!(revalidated.headers()[header::ETAG], "W/\"v1\"", "{alpn}");
 
         // Not HTML: untouched, length and strong ETag kept.
         let json = conn.get("m.test", "/data.json").await;

@@ -356,6 +356,15 @@ fn which_responses_are_rewritten() {
         h,
         headers(&[("etag", "W/\"v1\""), ("cache-control", "max-age=60")])
     );
+    assert!(headers_only(head, ok, &html));
+    assert!(!headers_only(
+        head,
+        ok,
+        &headers(&[("content-type", "image/png")])
+    ));
+    assert!(headers_only(get, StatusCode::NOT_MODIFIED, &headers(&[])));
+    assert!(!headers_only(get, ok, &html), "rewritten, not headers only");
+    assert!(!headers_only(ranged, StatusCode::PARTIAL_CONTENT, &html));
     let mut weak = headers(&[("etag", "W/\"v1\"")]);
     adjust_headers(&mut weak);
     assert_eq!(weak["etag"], "W/\"v1\"", "already weak");
