@@ -123,6 +123,14 @@ pub(crate) struct SiteFile {
     pub plain_http: Option<PlainHttpFile>,
     pub redirect: Option<RedirectFile>,
     pub mixed_content: Option<MixedContentFile>,
+    pub rewrite: Option<RewriteFile>,
+}
+
+/// A site's `rewrite:` (with `mixed_content: rewrite`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RewriteFile {
+    pub hosts: Vec<String>,
 }
 
 /// `mixed_content: off | upgrade | rewrite`.

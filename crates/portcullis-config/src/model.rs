@@ -41,7 +41,7 @@ pub struct Config {
 }
 
 /// `mixed_content:` on a site.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum MixedContent {
     /// Responses pass as the origin sent them.
     #[default]
@@ -50,6 +50,13 @@ pub enum MixedContent {
     /// (merged into a policy the origin sent): browsers fetch `http://` subresources of
     /// the page over HTTPS instead of blocking or warning.
     Upgrade,
+    /// HTML responses over HTTPS are rewritten as they stream: `http://` URLs in the
+    /// attributes that load or link resources become `https://` when their host is served
+    /// by this gateway over HTTPS or is in `hosts`.
+    Rewrite {
+        /// `rewrite.hosts`: further hosts known to serve HTTPS (a CDN, another server).
+        hosts: Vec<HostPattern>,
+    },
 }
 
 /// `cluster:`: replicas that share ACME certificates through a store, with one issuer

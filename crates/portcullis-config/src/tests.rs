@@ -596,3 +596,63 @@ fn origin_with_servers_is_what_a_file_with_only_servers_gives() {
         assert_eq!(&built, &**parsed, "{servers}");
     }
 }
+
+#[test]
+fn mixed_content_rewrite_takes_extra_hosts_validated_like_site_hosts() {
+    let site = |extra: &str| {
+        format!("sites:\n  - hosts: [example.com]\n    tls: local\n    respond: {{}}\n{extra}")
+    };
+    let c = parse(
+        &site("    mixed_content: rewrite\n    rewrite: { hosts: [cdn.example.net, '*.Static.example.org', 192.0.2.7] }\n"),
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(
+        c.sites[0].mixed_content,
+        MixedContent::Rewrite {
+            hosts: vec![
+                HostPattern::Exact("cdn.example.net".into()),
+                HostPattern::Wildcard("static.example.org".into()),
+                HostPattern::Exact("192.0.2.7".into()),
+            ]
+        }
+    );
+    let c = parse(&site("    mixed_content: rewrite\n"), Path::new(".")).unwrap();
+    assert_eq!(
+        c.sites[0].mixed_content,
+        MixedContent::Rewrite { hosts: vec![] },
+        "`rewrite:` is optional: the gateway's own HTTPS hosts are rewritten anyway"
+    );
+    let c = parse(&site("    mixed_content: upgrade\n"), Path::new(".")).unwrap();
+    assert_eq!(c.sites[0].mixed_content, MixedContent::Upgrade);
+
+    let bad = problems(&site(
+        "    mixed_content: rewrite\n    rewrite: { hosts: [ok.example, 'bad host', a.*.example, ok.example] }\n",
+    ));
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert!(bad[0].starts_with("sites[0].rewrite.hosts[1]"), "{bad:?}");
+    assert!(bad[1].starts_with("sites[0].rewrite.hosts[2]"), "{bad:?}");
+    assert!(
+        bad[2].starts_with("sites[0].rewrite.hosts[3]") && bad[2].contains("twice"),
+        "{bad:?}"
+    );
+
+    for mode in [
+        "",
+        "    mixed_content: upgrade\n",
+        "    mixed_content: off\n",
+    ] {
+        let bad = problems(&site(&format!(
+            "{mode}    rewrite: {{ hosts: [cdn.example.net] }}\n"
+        )));
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].starts_with("sites[0].rewrite:") && bad[0].contains("mixed_content: rewrite"),
+            "{bad:?}"
+        );
+    }
+    let bad = problems(&site(
+        "    mixed_content: rewrite\n    rewrite: { host: [x.example] }\n",
+    ));
+    assert!(bad.iter().any(|p| p.contains("rewrite")), "{bad:?}");
+}

@@ -15,7 +15,8 @@
 //! - `router`: the compiled routing table;
 //! - `upstream`: balancer, retries, pools, origin clients, connector;
 //! - leaves: `conn` (one client connection: info, clock, caps, supervisor), `io`,
-//!   `headers`, `proxy_protocol`, `metrics`, `error`.
+//!   `headers`, `proxy_protocol`, `metrics`, `error`, `rewrite` (`mixed_content: rewrite`:
+//!   the streaming HTML rewriter and its codecs).
 
 mod answers;
 mod conn;
@@ -29,6 +30,7 @@ pub mod metrics;
 mod proxy_protocol;
 mod request;
 mod response;
+mod rewrite;
 mod router;
 mod shared;
 mod upstream;
@@ -40,5 +42,7 @@ pub use proxy_protocol::{
     Parsed, ProxyAddrs, ProxyHeader, ProxyProtocolError, encode_v1, encode_v2, parse, read_header,
 };
 pub use response::{ACCESS_LOG_TARGET, ProxyBody};
+#[doc(hidden)]
+pub use rewrite::bench as rewrite_bench;
 pub use router::Router;
 pub use upstream::Upstream;

@@ -73,6 +73,12 @@ pub mod names {
     /// `ingress`, `annotation`.
     pub const KUBERNETES_UNSUPPORTED_ANNOTATIONS: &str =
         "portcullis_kubernetes_unsupported_annotations";
+    /// `mixed_content: rewrite`: HTML responses in which at least one URL was rewritten,
+    /// by `site`.
+    pub const MIXED_CONTENT_REWRITTEN_RESPONSES: &str =
+        "portcullis_mixed_content_rewritten_responses_total";
+    /// `mixed_content: rewrite`: `http://` URLs rewritten to `https://`, by `site`.
+    pub const MIXED_CONTENT_REWRITTEN_URLS: &str = "portcullis_mixed_content_rewritten_urls_total";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -103,6 +109,8 @@ pub mod names {
         KUBERNETES_API_UP,
         KUBERNETES_PROBLEMS,
         KUBERNETES_UNSUPPORTED_ANNOTATIONS,
+        MIXED_CONTENT_REWRITTEN_RESPONSES,
+        MIXED_CONTENT_REWRITTEN_URLS,
     ];
 }
 
@@ -158,6 +166,8 @@ pub struct ProxyMetrics {
     rejected: IntCounterVec,
     handshakes: IntCounterVec,
     handshake_failures: IntCounterVec,
+    rewritten_responses: IntCounterVec,
+    rewritten_urls: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -286,7 +296,32 @@ impl ProxyMetrics {
                 "Failed TLS handshakes, by reason.",
                 &["reason"],
             )?,
+            rewritten_responses: counter(
+                names::MIXED_CONTENT_REWRITTEN_RESPONSES,
+                "HTML responses of mixed_content: rewrite sites in which at least one URL was rewritten.",
+                &["site"],
+            )?,
+            rewritten_urls: counter(
+                names::MIXED_CONTENT_REWRITTEN_URLS,
+                "http:// URLs rewritten to https:// in HTML responses.",
+                &["site"],
+            )?,
         })
+    }
+
+    /// The rewrite counters of a `mixed_content: rewrite` site (its series exist from
+    /// then on, at zero).
+    pub(crate) fn mixed_content(&self, site: &str) -> MixedContentCounters {
+        MixedContentCounters {
+            responses: self.rewritten_responses.with_label_values(&[site]),
+            urls: self.rewritten_urls.with_label_values(&[site]),
+        }
+    }
+
+    /// Drops the rewrite series of a site that no longer rewrites (or no longer exists).
+    pub(crate) fn forget_mixed_content(&self, site: &str) {
+        let _ = self.rewritten_responses.remove_label_values(&[site]);
+        let _ = self.rewritten_urls.remove_label_values(&[site]);
     }
 
     /// Metrics with a private registry, for tests and tools that do not export them.
@@ -385,6 +420,29 @@ impl ProxyMetrics {
             .with_label_values(&["failed", "unknown"])
             .inc();
         self.handshake_failures.with_label_values(&[reason]).inc();
+    }
+}
+
+/// A `mixed_content: rewrite` site's counters.
+#[derive(Debug, Clone)]
+pub(crate) struct MixedContentCounters {
+    responses: IntCounter,
+    urls: IntCounter,
+}
+
+impl MixedContentCounters {
+    /// `n` more URLs rewritten; `first`: the response's first ones.
+    pub(crate) fn rewrote(&self, first: bool, n: u64) {
+        if first {
+            self.responses.inc();
+        }
+        self.urls.inc_by(n);
+    }
+
+    /// Responses, URLs (for tests).
+    #[cfg(test)]
+    pub(crate) fn get(&self) -> (u64, u64) {
+        (self.responses.get(), self.urls.get())
     }
 }
 

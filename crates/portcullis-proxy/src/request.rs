@@ -18,6 +18,7 @@ use tracing::debug;
 use crate::answers::{error_response, fixed_response, options_asterisk};
 use crate::conn::ConnInfo;
 use crate::response::{AccessLog, Exchange, ProxyBody};
+use crate::rewrite;
 use crate::router::{Handler, Router};
 use crate::shared::Shared;
 
@@ -109,6 +110,8 @@ async fn dispatch(
     // (a page served over plain HTTP is not mixed content).
     let hsts = site.hsts.as_ref().filter(|_| conn.tls);
     let upgrade_insecure = site.upgrade_insecure && conn.tls;
+    let rewrite = site.rewrite.as_ref().filter(|_| conn.tls);
+    let asked = rewrite::Asked::of(&req);
     exchange.route = Some(site.unmatched.clone());
     if let Some(log) = exchange.log.as_deref_mut() {
         log.site = Some(site.name.clone());
@@ -145,6 +148,20 @@ async fn dispatch(
     add_hsts(&mut resp, hsts);
     if upgrade_insecure {
         upgrade_insecure_requests(resp.headers_mut());
+    }
+    if let Some(rewriting) = rewrite
+        && let Some(coding) = rewrite::applies(asked, resp.status(), resp.headers())
+    {
+        match rewriting.chain(coding) {
+            Ok(chain) => {
+                rewrite::adjust_headers(resp.headers_mut());
+                resp.body_mut().rewrite(chain);
+            }
+            // Only a zstd context that cannot be allocated: the page goes as it is.
+            Err(e) => debug!(site = &*site.name, failure = %e, "cannot rewrite the page"),
+        }
+    } else if rewrite.is_some() && rewrite::headers_only(asked, resp.status(), resp.headers()) {
+        rewrite::adjust_headers(resp.headers_mut());
     }
     resp
 }

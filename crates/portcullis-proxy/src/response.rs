@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::conn::ConnInfo;
 use crate::metrics::RouteMetrics;
+use crate::rewrite::Chain;
 use crate::upstream::{InFlight, OriginBody};
 
 /// What a response body's stream fails with.
@@ -37,6 +38,66 @@ pub struct ProxyBody {
 enum Kind {
     Bytes(Option<Bytes>),
     Origin(OriginBody),
+    /// `mixed_content: rewrite`: another body, rewritten frame by frame.
+    Rewrite(Box<Rewriting>),
+}
+
+/// A body passed through the HTML rewriter: each frame in gives (at most) one frame out,
+/// the CPU work done inline; trailers follow the last rewritten bytes.
+#[derive(Debug)]
+struct Rewriting {
+    inner: Kind,
+    chain: Chain,
+    /// Trailers held back while the last bytes go out.
+    trailers: Option<http::HeaderMap>,
+    done: bool,
+}
+
+impl Rewriting {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(t) = self.trailers.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let out = match std::task::ready!(self.inner.poll_frame(cx)) {
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.chain.push(&data),
+                    Err(frame) => {
+                        self.trailers = frame.into_trailers().ok();
+                        self.done = true;
+                        self.chain.finish()
+                    }
+                },
+                None => {
+                    self.done = true;
+                    self.chain.finish()
+                }
+            };
+            match out {
+                Ok(out) if out.is_empty() => continue,
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out))))),
+                Err(e) => {
+                    self.done = true;
+                    self.trailers = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+}
+
+impl Kind {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Kind::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Origin(body) => Pin::new(body).poll_frame(cx),
+            Kind::Rewrite(r) => r.poll_frame(cx),
+        }
+    }
 }
 
 impl ProxyBody {
@@ -64,6 +125,17 @@ impl ProxyBody {
         }
     }
 
+    /// From now on the body goes through `chain` (`mixed_content: rewrite`).
+    pub(crate) fn rewrite(&mut self, chain: Chain) {
+        let inner = std::mem::replace(&mut self.kind, Kind::Bytes(None));
+        self.kind = Kind::Rewrite(Box::new(Rewriting {
+            inner,
+            chain,
+            trailers: None,
+            done: false,
+        }));
+    }
+
     /// Hands the request's bookkeeping to the body, to be finished when it ends.
     pub(crate) fn attach(&mut self, exchange: Exchange) {
         self.exchange = Some(exchange);
@@ -79,10 +151,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = match &mut this.kind {
-            Kind::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Origin(body) => Pin::new(body).poll_frame(cx),
-        };
+        let frame = this.kind.poll_frame(cx);
         if let (Some(log), Poll::Ready(Some(Ok(f)))) =
             (this.exchange.as_mut().and_then(|e| e.log.as_mut()), &frame)
             && let Some(data) = f.data_ref()
@@ -96,6 +165,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Bytes(b) => b.is_none(),
             Kind::Origin(body) => body.is_end_stream(),
+            Kind::Rewrite(r) => r.done && r.trailers.is_none(),
         }
     }
 
@@ -103,6 +173,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Origin(body) => body.size_hint(),
+            Kind::Rewrite(_) => SizeHint::default(),
         }
     }
 }

@@ -10,10 +10,11 @@ use std::net::IpAddr;
 
 use portcullis_config::{
     Access, Action, Config, HostMap, IpNet, MixedContent, PathMatch, PlainHttp, Problem, Redirect,
-    Respond, Upgrades,
+    Respond, SiteTls, Upgrades,
 };
 
 use crate::metrics::{ProxyMetrics, RouteMetrics};
+use crate::rewrite::{Policy, SiteRewrite};
 use crate::upstream::{Backend, Upstream};
 
 mod table;
@@ -48,6 +49,9 @@ pub(crate) struct SiteRoutes {
     /// `mixed_content: upgrade`: HTML responses ask browsers to upgrade `http://`
     /// subresources.
     pub(crate) upgrade_insecure: bool,
+    /// `mixed_content: rewrite`: which hosts its HTML's `http://` URLs may be rewritten
+    /// for, and its counters.
+    pub(crate) rewrite: Option<Arc<SiteRewrite>>,
     /// Largest request body accepted (the site's, else `limits.max_body_size`).
     pub(crate) max_body: Option<u64>,
     /// Metrics for requests of this site that no route or fallback answers (404).
@@ -133,6 +137,22 @@ impl Router {
         let mut hosts = HostMap::new();
         let mut default = None;
         let mut sites = Vec::with_capacity(config.sites.len());
+        // The hosts this gateway serves over HTTPS, for `mixed_content: rewrite`: those of
+        // sites with a certificate (a `tls: none` site's handshakes get another's).
+        let served = Arc::new({
+            let mut served = HostMap::new();
+            for site in config
+                .sites
+                .iter()
+                .filter(|s| !matches!(s.tls, SiteTls::None))
+            {
+                for host in &site.hosts {
+                    served.insert(host, ());
+                }
+            }
+            served
+        });
+        let https_port = Some(config.listen.https.port()).filter(|p| *p != 0);
         for (i, site) in config.sites.iter().enumerate() {
             for host in &site.hosts {
                 hosts.insert(host, i);
@@ -212,6 +232,23 @@ impl Router {
                     .as_ref()
                     .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
                 upgrade_insecure: site.mixed_content == MixedContent::Upgrade,
+                rewrite: match &site.mixed_content {
+                    MixedContent::Rewrite { hosts } => Some(Arc::new(SiteRewrite {
+                        policy: Policy {
+                            served: served.clone(),
+                            extra: {
+                                let mut extra = HostMap::new();
+                                for h in hosts {
+                                    extra.insert(h, ());
+                                }
+                                extra
+                            },
+                            https_port,
+                        },
+                        counters: metrics.mixed_content(&site.name),
+                    })),
+                    _ => None,
+                },
                 max_body,
                 unmatched: Arc::new(metrics.route(&site.name, "-")),
             });
@@ -262,6 +299,17 @@ impl Router {
         let kept: std::collections::HashSet<(&str, &str)> = new.route_labels().collect();
         for (site, route) in self.route_labels().filter(|l| !kept.contains(l)) {
             metrics.forget_route(site, route);
+        }
+        let rewriting = |r: &Router| -> std::collections::HashSet<Arc<str>> {
+            r.sites
+                .iter()
+                .filter(|s| s.rewrite.is_some())
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        let still = rewriting(new);
+        for site in rewriting(self).difference(&still) {
+            metrics.forget_mixed_content(site);
         }
     }
 
@@ -527,6 +575,75 @@ mod metrics_tests {
             ["a"],
             "b's series are gone, a's stay"
         );
+    }
+
+    /// Sites `a` (`tls: none`), `b` and `c` (`mixed_content: rewrite` with `cdn.test`),
+    /// in that order, those of `names` only.
+    fn rewriting(names: &[&str]) -> Config {
+        let all = [
+            (
+                "a",
+                "{name: a, hosts: [a.test, '*.a.test'], tls: none, respond: {}}",
+            ),
+            ("b", "{name: b, hosts: [b.test], tls: local, respond: {}}"),
+            (
+                "c",
+                "{name: c, hosts: ['*.c.test'], tls: local, mixed_content: rewrite, rewrite: {hosts: [cdn.test]}, respond: {}}",
+            ),
+        ];
+        let sites: String = all
+            .iter()
+            .filter(|(n, _)| names.contains(n))
+            .map(|(_, s)| format!("  - {s}\n"))
+            .collect();
+        portcullis_config::parse(
+            &format!("listen: {{https: 0.0.0.0:8443}}\nsites:\n{sites}"),
+            std::path::Path::new("."),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_rewriting_site_knows_the_hosts_served_over_https_and_its_own() {
+        let router = Router::build(
+            &rewriting(&["a", "b", "c"]),
+            &ProxyMetrics::unregistered(),
+            None,
+        )
+        .unwrap();
+        let site = &router.sites[2];
+        let policy = &site.rewrite.as_ref().unwrap().policy;
+        let knows = |h: &str| policy.served.get(h).is_some() || policy.extra.get(h).is_some();
+        assert!(knows("b.test") && knows("x.c.test") && knows("cdn.test"));
+        assert!(
+            !knows("a.test") && !knows("x.a.test"),
+            "tls: none has no certificate here"
+        );
+        assert_eq!(policy.https_port, Some(8443));
+        assert!(router.sites[1].rewrite.is_none());
+    }
+
+    #[test]
+    fn a_site_that_stops_rewriting_loses_its_rewrite_series() {
+        let registry = prometheus::Registry::new();
+        let m = ProxyMetrics::new(&registry).unwrap();
+        let rewrite_sites = || -> Vec<String> {
+            let mut out: Vec<String> = registry
+                .gather()
+                .iter()
+                .filter(|f| f.name().starts_with("portcullis_mixed_content_"))
+                .flat_map(|f| f.get_metric().iter())
+                .flat_map(|m| m.get_label().iter())
+                .map(|l| l.value().to_owned())
+                .collect();
+            out.dedup();
+            out
+        };
+        let old = Router::build(&rewriting(&["b", "c"]), &m, None).unwrap();
+        assert_eq!(rewrite_sites(), ["c"], "at zero from start, for c only");
+        let new = Router::build(&rewriting(&["b"]), &m, Some(&old)).unwrap();
+        old.forget_routes_missing_from(&new, &m);
+        assert!(rewrite_sites().is_empty());
     }
 }
 

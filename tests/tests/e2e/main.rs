@@ -20,6 +20,7 @@ mod ingress;
 mod kubernetes;
 mod limits;
 mod metrics;
+mod mixed_content;
 mod origins;
 mod protocols;
 mod proxy_protocol;

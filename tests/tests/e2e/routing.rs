@@ -168,8 +168,9 @@ async fn admin_reports_health_and_readiness() {
 /// `mixed_content: upgrade`: the site's HTML over HTTPS asks browsers to upgrade its
 /// `http://` subresources (`Content-Security-Policy: upgrade-insecure-requests`, merged
 /// into the origin's policy: tested beside the merge in `portcullis-proxy`); other content
-/// types, plain HTTP and sites without the setting are left alone. `rewrite` is refused by
-/// key until it exists.
+/// types, plain HTTP and sites without the setting are left alone. `rewrite:` settings
+/// without `mixed_content: rewrite` would do nothing, and are refused by key
+/// (`mixed_content.rs` tests `rewrite` itself).
 #[tokio::test]
 async fn mixed_content_upgrade_asks_browsers_to_upgrade_subresources_of_html_over_https() {
     let ca = TestCa::new("mixed content CA");
@@ -215,14 +216,18 @@ async fn mixed_content_upgrade_asks_browsers_to_upgrade_subresources_of_html_ove
     );
 
     let refused = GatewayBuilder::new()
-        .tls_site(&ca, &["r.test"], "mixed_content: rewrite, respond: {}")
+        .tls_site(
+            &ca,
+            &["r.test"],
+            "mixed_content: upgrade, rewrite: {hosts: [cdn.test]}, respond: {}",
+        )
         .try_start()
         .await;
     let Err(portcullis::StartError::Config(problems)) = refused else {
-        panic!("rewrite is not available yet, and must be refused by key")
+        panic!("`rewrite:` without `mixed_content: rewrite` must be refused by key")
     };
     assert!(
-        problems.iter().any(|p| p.key == "sites[0].mixed_content"),
+        problems.iter().any(|p| p.key == "sites[0].rewrite"),
         "{problems:?}"
     );
 }

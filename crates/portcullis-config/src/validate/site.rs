@@ -7,7 +7,7 @@ use serde_yaml::Value;
 use super::Validator;
 use crate::file::{
     CertKeyFile, HstsFile, MixedContentFile, OriginFile, PathMatchFile, PlainHttpFile,
-    RedirectFile, RespondFile, RouteFile, SiteFile, SiteTlsFile,
+    RedirectFile, RespondFile, RewriteFile, RouteFile, SiteFile, SiteTlsFile,
 };
 use crate::host::HostPattern;
 use crate::model::{
@@ -107,18 +107,7 @@ impl Validator<'_> {
         };
         let tls = self.site_tls(key, f.tls);
         let hsts = f.hsts.and_then(|h| self.hsts(key, h));
-        let mixed_content = match f.mixed_content {
-            None | Some(MixedContentFile::Off) => MixedContent::Off,
-            Some(MixedContentFile::Upgrade) => MixedContent::Upgrade,
-            Some(MixedContentFile::Rewrite) => {
-                self.err(
-                    format!("{key}.mixed_content"),
-                    "`rewrite` (rewriting http:// links in HTML as it streams) is not available \
-                     in this version yet; `upgrade` makes browsers load them over HTTPS",
-                );
-                MixedContent::Off
-            }
-        };
+        let mixed_content = self.mixed_content(key, f.mixed_content, f.rewrite);
 
         let fallback = if f.origin.is_none() && f.respond.is_none() && f.redirect.is_none() {
             if f.routes.is_empty() {
@@ -164,6 +153,40 @@ impl Validator<'_> {
             upgrades,
             plain_http,
         })
+    }
+
+    /// `mixed_content` and the `rewrite` settings that go with `rewrite`.
+    fn mixed_content(
+        &mut self,
+        key: &str,
+        mode: Option<MixedContentFile>,
+        rewrite: Option<RewriteFile>,
+    ) -> MixedContent {
+        match (mode, rewrite) {
+            (None | Some(MixedContentFile::Off), None) => MixedContent::Off,
+            (Some(MixedContentFile::Upgrade), None) => MixedContent::Upgrade,
+            (Some(MixedContentFile::Rewrite), rewrite) => {
+                let mut hosts = Vec::new();
+                for (j, h) in rewrite.unwrap_or_default().hosts.iter().enumerate() {
+                    match HostPattern::parse(h) {
+                        Ok(p) if hosts.contains(&p) => self.err(
+                            format!("{key}.rewrite.hosts[{j}]"),
+                            format!("`{p}` is listed twice"),
+                        ),
+                        Ok(p) => hosts.push(p),
+                        Err(e) => self.err(format!("{key}.rewrite.hosts[{j}]"), e.to_string()),
+                    }
+                }
+                MixedContent::Rewrite { hosts }
+            }
+            (_, Some(_)) => {
+                self.err(
+                    format!("{key}.rewrite"),
+                    "only used with `mixed_content: rewrite`; without it nothing is rewritten",
+                );
+                MixedContent::Off
+            }
+        }
     }
 
     fn site_tls(&mut self, key: &str, tls: Option<SiteTlsFile>) -> Option<SiteTls> {
