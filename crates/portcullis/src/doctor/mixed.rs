@@ -235,10 +235,6 @@ fn judge(site: &Site, page: &Dirty) -> Finding {
             Finding::warn(CHECK, subject.clone(), message, fix)
         }
     };
-    #[allow(
-        unreachable_patterns,
-        reason = "issue 26: `mixed_content: rewrite` lands from another branch; it is the `_` arm"
-    )]
     match site.mixed_content {
         _ if page.upgraded && site.mixed_content == MixedContent::Upgrade => Finding::ok(
             CHECK,
@@ -268,13 +264,15 @@ fn judge(site: &Site, page: &Dirty) -> Finding {
             "make sure the origin sends the page as `Content-Type: text/html`, or change the \
              URLs to https:// at the origin",
         ),
-        _ => broken(
+        MixedContent::Rewrite { .. } => broken(
             format!(
-                "mixed_content: rewrite left these in the page (their hosts are neither served \
-                 by this gateway over HTTPS nor listed under rewrite.hosts): {list}"
+                "mixed_content: rewrite left these in the page (on hosts neither served by \
+                 this gateway over HTTPS nor listed under the site's rewrite.hosts, on a port \
+                 other than 80 or the HTTPS listener's, or in CSS, which it does not rewrite): \
+                 {list}"
             ),
-            "list the hosts that serve HTTPS under `mixed_content: {rewrite: {hosts: [...]}}`, \
-             or change the URLs at the origin",
+            "list the hosts that serve HTTPS under the site's `rewrite: {hosts: [...]}`, add \
+             `upgrade-insecure-requests` for what CSS loads, or change the URLs at the origin",
         ),
     }
 }

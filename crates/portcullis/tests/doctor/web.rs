@@ -68,6 +68,13 @@ async fn mixed_content_is_listed_per_page_blocked_apart_from_upgradeable() {
         .tls_site(&ca, &["apex.test", "www.apex.test"], &o)
         .tls_site(
             &ca,
+            &["rewrite.test"],
+            &format!(
+                "{o}, mixed_content: rewrite, rewrite: {{hosts: [cdn.test, frames.test, forms.test]}}"
+            ),
+        )
+        .tls_site(
+            &ca,
             &["clean.test"],
             "respond: {body: '<html><img src=\"https://img.test/a.png\"></html>', \
              content_type: text/html}",
@@ -138,6 +145,25 @@ async fn mixed_content_is_listed_per_page_blocked_apart_from_upgradeable() {
         ),
         "{upgraded:#}"
     );
+
+    // The gateway rewrote the listed hosts' URLs in attributes; what is left (a host not
+    // listed, and CSS, which rewrite does not touch) is reported as left by rewrite.
+    let rewritten = d.finding("rewrite.test", "mixed-content", "/");
+    assert_eq!(rewritten["status"], "fail", "{rewritten:#}");
+    let message = text(&rewritten, "message");
+    assert!(
+        message.starts_with("mixed_content: rewrite left these in the page")
+            && message.contains("http://cdn.test/imported.css (CSS @import)")
+            && message.contains("http://img.test/hero.png (img)"),
+        "{rewritten:#}"
+    );
+    for gone in ["app.js", "site.css", "frames.test", "forms.test"] {
+        assert!(
+            !message.contains(gone),
+            "{gone} still reported: {rewritten:#}"
+        );
+    }
+    assert!(text(&rewritten, "fix").contains("`rewrite: {hosts: [...]}`"));
 
     // The start page redirects to another host of the site: followed, then crawled there.
     assert_eq!(
