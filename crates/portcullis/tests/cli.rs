@@ -95,7 +95,7 @@ fn help_lists_the_commands() {
     assert_eq!(
         commands,
         [
-            "run", "check", "reload", "certs", "proxy", "ingress", "help"
+            "run", "check", "reload", "certs", "doctor", "proxy", "ingress", "help"
         ],
         "stdout:\n{}",
         out.stdout
