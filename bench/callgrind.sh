@@ -41,6 +41,9 @@ usage: bench/callgrind.sh [options] BINARY [BINARY...]
   --mode M               flexible: origin over plain HTTP (default); full: over TLS;
                          strict: over TLS verified against the bench CA (not with --peers)
   --proto h1|h2|both     HTTP/1.1 (h2load --h1 -c 10), HTTP/2 (h2load -c 10 -m 10), or both (default)
+  --streams N            HTTP/2 requests in flight per connection (h2load -m; default 10);
+                         1 is a client that asks one thing at a time, whose connection is
+                         idle between requests
   --small N              requests in the short run (default 4000)
   --large N              requests in the long run (default 20000)
   --peers                also count nginx and HAProxy as TLS terminators (run.sh's configs)
@@ -54,6 +57,7 @@ EOF
 MODE=flexible
 PROTO=both
 SMALL=4000
+STREAMS=10
 LARGE=20000
 KEEP=0
 PEERS=0
@@ -63,6 +67,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --mode) MODE=$2; shift ;;
     --proto) PROTO=$2; shift ;;
+    --streams) STREAMS=$2; shift ;;
     --small) SMALL=$2; shift ;;
     --large) LARGE=$2; shift ;;
     --keep) KEEP=1 ;;
@@ -176,7 +181,7 @@ callgrind_run() { # $1: subject, $2: h1|h2, $3: requests
     PIDS+=("$pid")
     wait_for 120 "$what" "$pid" "${ready[@]}" || { tail -20 "$dir/proxy.log" >&2; return 1; }
     local args=(-c 10 -n "$n")
-    if [ "$proto" = h1 ]; then args=(--h1 "${args[@]}"); else args+=(-m 10); fi
+    if [ "$proto" = h1 ]; then args=(--h1 "${args[@]}"); else args+=(-m "$STREAMS"); fi
     h2load "${args[@]}" --connect-to "127.0.0.1:$port" "https://$NAME:$port/" >"$dir/h2load.out" 2>&1 || true
     # Every request must have been answered, and with a 2xx: a run that lost some would
     # make the difference meaningless.
@@ -268,7 +273,7 @@ for proto in "${PROTOS[@]}"; do
     done
 done
 
-echo "# callgrind, user-space Ir per proxied request = (Ir with $LARGE requests - Ir with $SMALL) / $((LARGE - SMALL)); h2load -c 10 (HTTP/2: -m 10)"
+echo "# callgrind, user-space Ir per proxied request = (Ir with $LARGE requests - Ir with $SMALL) / $((LARGE - SMALL)); h2load -c 10 (HTTP/2: -m $STREAMS)"
 printf '%s\n' "${results[@]}"
 if [ ${#BINS[@]} -eq 2 ]; then
     for proto in "${PROTOS[@]}"; do
