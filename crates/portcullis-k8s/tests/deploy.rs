@@ -571,12 +571,18 @@ fn the_dockerfile_builds_locked_and_runs_unprivileged() {
     );
     assert!(has(build, "cargo build --locked --release"));
     assert!(has(build, "COPY .cargo/ .cargo/"));
-    for member in ["Cargo.toml Cargo.lock", "crates/", "tests/"] {
+    // The workspace and the patched dependencies its `[patch.crates-io]` builds from.
+    for member in ["Cargo.toml Cargo.lock", "crates/", "tests/", "vendor/"] {
         assert!(has(build, &format!("COPY {member}")), "COPY {member}");
     }
     let ignore =
         std::fs::read_to_string(root.join("deploy/container/Dockerfile.dockerignore")).unwrap();
-    assert!(ignore.lines().any(|l| l == "!.cargo/"));
+    for kept in ["!.cargo/", "!vendor/"] {
+        assert!(
+            ignore.lines().any(|l| l == kept),
+            "{kept} in the .dockerignore"
+        );
+    }
 
     // The image: the binary with its file capability, a numeric non-root user, no root.
     assert!(has(last, "COPY --from=build "));
