@@ -7,7 +7,7 @@
 //! ([`Pebble::start`]); the gateway's first attempts fail and are retried with its backoff.
 //! `pebble-challtestsrv` answers DNS so every name resolves to 127.0.0.1.
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -40,12 +40,11 @@ pub struct Pebble {
     children: Vec<Child>,
 }
 
+/// A port for one of pebble's listeners, taken below the ephemeral range: pebble binds it
+/// only once it has started, and a port from that range may meanwhile be handed to another
+/// test's listener on port 0 (whose plain HTTP answer a client then takes for pebble's).
 fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::ports::stable_port().port()
 }
 
 fn free_udp_port() -> u16 {
