@@ -41,20 +41,26 @@ impl Clone for Leaf {
     }
 }
 
+/// What a CA certificate named `name` says of itself: a CA that signs certificates.
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
 impl TestCa {
     /// A new CA named `name`.
     pub fn new(name: &str) -> Self {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let params = ca_params(name);
         let cert = params.self_signed(&key).unwrap();
         let root_pem = cert.pem();
         let root_der = cert.der().clone();
@@ -79,16 +85,7 @@ impl TestCa {
     /// the intermediate's certificate (the one to send after a leaf it signs).
     pub fn intermediate(&self, name: &str) -> TestCa {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        let mut params = ca_params(name);
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         TestCa {

@@ -106,13 +106,7 @@ pub struct Finding {
 impl Finding {
     /// An `ok` finding.
     pub fn ok(check: &'static str, subject: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            check,
-            subject: subject.into(),
-            status: Status::Ok,
-            message: message.into(),
-            fix: None,
-        }
+        Self::new(check, subject.into(), Status::Ok, message.into(), None)
     }
 
     /// A `warn` finding with its fix.
@@ -122,13 +116,13 @@ impl Finding {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self {
+        Self::new(
             check,
-            subject: subject.into(),
-            status: Status::Warn,
-            message: message.into(),
-            fix: Some(fix.into()),
-        }
+            subject.into(),
+            Status::Warn,
+            message.into(),
+            Some(fix.into()),
+        )
     }
 
     /// A `fail` finding with its fix.
@@ -138,12 +132,28 @@ impl Finding {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Self::new(
+            check,
+            subject.into(),
+            Status::Fail,
+            message.into(),
+            Some(fix.into()),
+        )
+    }
+
+    fn new(
+        check: &'static str,
+        subject: String,
+        status: Status,
+        message: String,
+        fix: Option<String>,
+    ) -> Self {
         Self {
             check,
-            subject: subject.into(),
-            status: Status::Fail,
-            message: message.into(),
-            fix: Some(fix.into()),
+            subject,
+            status,
+            message,
+            fix,
         }
     }
 }
