@@ -43,12 +43,14 @@ const CHANGES: usize = 7;
 struct Args {
     binary: PathBuf,
     ingresses: usize,
+    logs: bool,
 }
 
 fn args() -> Args {
     let mut out = Args {
         binary: PathBuf::from("target/release/portcullis"),
         ingresses: 5000,
+        logs: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -60,8 +62,12 @@ fn args() -> Args {
                     .and_then(|n| n.parse().ok())
                     .expect("--ingresses N")
             }
+            "--logs" => out.logs = true,
             "--help" | "-h" => {
-                println!("usage: k8s_scale [--binary PATH] [--ingresses N (default 5000)]");
+                println!(
+                    "usage: k8s_scale [--binary PATH] [--ingresses N (default 5000)] \
+                     [--logs (print the controller's log at the end)]"
+                );
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}; see --help"),
@@ -397,4 +403,9 @@ async fn main() {
         gw.rss_kib() as f64 / 1024.0,
         gw.peak_rss_kib() as f64 / 1024.0
     );
+    if a.logs {
+        for line in gw.logs() {
+            println!("log: {line}");
+        }
+    }
 }

@@ -153,12 +153,17 @@ pub(crate) fn list(
     }
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if items.len() == limit {
-        let remaining = matching.count();
-        if remaining > 0 {
+        // Like the real server, the count of what is left is given only without a
+        // selector; with one, finding whether anything is left is enough (counting every
+        // remaining match on every page made a paged list of N objects cost N²/limit
+        // selector evaluations).
+        let remaining = opts.selector.is_empty().then(|| matching.by_ref().count());
+        let more = remaining.map_or_else(|| matching.next().is_some(), |n| n > 0);
+        if more {
             let last = last.expect("a full page has a last item");
             meta["continue"] = json!(encode_continue(rv, &last));
-            if opts.selector.is_empty() {
-                meta["remainingItemCount"] = json!(remaining);
+            if let Some(n) = remaining {
+                meta["remainingItemCount"] = json!(n);
             }
         }
     }

@@ -51,6 +51,9 @@ impl Selector {
 
     /// Whether `obj` is selected.
     pub fn matches(&self, obj: &Value) -> bool {
+        if self.is_empty() {
+            return true;
+        }
         let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
         let label = |k: &str| labels.and_then(|m| m.get(k)).and_then(Value::as_str);
         let labels_ok = self.labels.iter().all(|r| match r {

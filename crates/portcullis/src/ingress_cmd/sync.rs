@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_config::Config;
 use portcullis_k8s::{Options, Snapshot, SourceStatus, Translated, translate};
@@ -87,6 +87,11 @@ fn ago(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds, to the tenth, for the log.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -149,6 +154,7 @@ impl Syncer {
         let (base, mut options) = (self.base.clone(), self.options.clone());
         options.acme_issuer = leads;
         let snap = snapshot.clone();
+        let started = Instant::now();
         let translated = tokio::task::spawn_blocking(move || {
             let t = translate(&base, &snap, &options);
             if options.acme_issuer {
@@ -165,6 +171,7 @@ impl Syncer {
                 return;
             }
         };
+        let translate_ms = ms(started.elapsed());
         let problems_changed = self.report(&translated, reported);
         // The config goes to the controller, the rest to the writers: one copy of a
         // config of thousands of sites is enough.
@@ -180,9 +187,15 @@ impl Syncer {
             self.writers.synced(synced, self.controller.acme());
             return;
         }
+        let applying = Instant::now();
         match self.controller.apply(config).await {
             Ok(summary) => {
-                info!(sites = summary.sites, "kubernetes sync applied");
+                info!(
+                    sites = summary.sites,
+                    translate_ms,
+                    apply_ms = ms(applying.elapsed()),
+                    "kubernetes sync applied"
+                );
                 self.metrics.applied(unix_now());
                 self.state.update(|st| {
                     st.applied = Some(SystemTime::now());

@@ -385,6 +385,34 @@ async fn selectors_filter_lists_and_watches() {
         .unwrap();
     assert_eq!(tls.items.iter().map(name).collect::<Vec<_>>(), ["tls"]);
 
+    // Pages with a selector: a continue token while a match is left, never a count (the
+    // real server gives `remainingItemCount` only without a selector).
+    for i in 0..7 {
+        let app = if i % 2 == 0 { "even" } else { "odd" };
+        api.create::<ConfigMap>(&from(
+            json!({"metadata": {"name": format!("p{i}"), "namespace": "default", "labels": {"app": app}}}),
+        ));
+    }
+    let mut pages = Vec::new();
+    let mut lp = ListParams::default().labels("app=even").limit(2);
+    loop {
+        let page = maps.list(&lp).await.unwrap();
+        assert_eq!(page.metadata.remaining_item_count, None);
+        pages.push(page.items.iter().map(name).collect::<Vec<_>>());
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(t) => {
+                lp = ListParams::default()
+                    .labels("app=even")
+                    .limit(2)
+                    .continue_token(&t)
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec!["p0", "p2"], vec!["p4", "p6"]]);
+    let all = maps.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(all.metadata.remaining_item_count, Some(8));
+
     // A watch with a selector sees an object leave (DELETED) and join (ADDED) it.
     let rv = api.resource_version();
     let mut watch = maps
