@@ -47,4 +47,6 @@ pub use source::{
 pub use status::{
     PublishTarget, StatusReport, StatusWriter, load_balancer_entry, service_addresses,
 };
-pub use translate::{DEFAULT_SITE_HOST, K8sProblem, Options, Translated, translate};
+pub use translate::{
+    DEFAULT_SITE_HOST, K8sProblem, Options, SecretCache, Translated, translate, translate_cached,
+};

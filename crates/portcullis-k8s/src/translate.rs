@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use portcullis_config::{Config, Problem};
+use portcullis_tls::Preloaded;
 
 use crate::snapshot::{ObjectKey, Snapshot};
 
@@ -19,6 +20,8 @@ mod index;
 mod origins;
 mod secrets;
 mod sites;
+
+pub use secrets::SecretCache;
 
 #[cfg(test)]
 mod tests;
@@ -132,17 +135,34 @@ pub struct Translated {
     /// Every Secret the translation read or looked for (TLS, origin CA and client
     /// certificates, the default certificate): the ones whose changes matter.
     pub secrets: BTreeSet<ObjectKey>,
+    /// The servable keys of the TLS Secrets in `config`, built to check them: for the apply
+    /// path (`load_site_certificates_with`), which then does not build them again.
+    pub preloaded: Preloaded,
 }
 
 /// The sites `snapshot`'s Ingresses of our class say, added to `base` (whose `sites` is
 /// empty). Pure and deterministic: the same snapshot, in any list order, gives the same
 /// config.
 pub fn translate(base: &Config, snapshot: &Snapshot, options: &Options) -> Translated {
+    translate_cached(base, snapshot, options, &mut SecretCache::default())
+}
+
+/// [`translate`], taking each Secret's parse from `cache` while the Secret is unchanged
+/// since the translation that filled it, and leaving this translation's in it. The result
+/// is the same as `translate`'s.
+pub fn translate_cached(
+    base: &Config,
+    snapshot: &Snapshot,
+    options: &Options,
+    cache: &mut SecretCache,
+) -> Translated {
     let ingresses = classes::ours(snapshot, options);
-    let index = index::Index::new(snapshot);
+    let index = index::Index::new(snapshot, std::mem::take(cache));
     let mut builder = sites::Builder::new(base, index, options);
     for ingress in &ingresses {
         builder.add(ingress);
     }
-    builder.finish(ingresses.iter().map(|i| classes::key(i)).collect())
+    let (translated, next) = builder.finish(ingresses.iter().map(|i| classes::key(i)).collect());
+    *cache = next;
+    translated
 }

@@ -23,5 +23,7 @@ pub use local_ca::{LOCAL_LEAF_VALIDITY, LocalCa, LocalCaError};
 pub use origin::{OriginTlsConfig, OriginTlsError, origin_tls_config, server_name};
 pub use provider::{crypto_provider, install_default_provider};
 pub use server::{EDGE_ALPN, EdgeTls, server_config};
-pub use sites::{CertSource, SiteCert, SiteCerts, load_site_certificates};
+pub use sites::{
+    CertSource, Preloaded, SiteCert, SiteCerts, load_site_certificates, load_site_certificates_with,
+};
 pub use store::{CertStore, SiteBinding};

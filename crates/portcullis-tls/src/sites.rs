@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use portcullis_config::{CertKey, Config, Problem, Site, SiteTls};
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::PrivateKeyDer;
 
 use crate::certs::{CertInfo, KeyError, certified_key, format_time};
 use crate::local_ca::{LOCAL_LEAF_VALIDITY, LocalCa};
@@ -88,6 +89,79 @@ pub fn load_site_certificates(
     local_ca: Option<&LocalCa>,
     previous: Option<(&Config, &SiteCerts)>,
 ) -> Result<SiteCerts, Vec<Problem>> {
+    load_site_certificates_with(config, local_ca, previous, &Preloaded::default())
+}
+
+/// Servable keys a config source already built and checked for the certificates it put
+/// in the config (the Kubernetes translation, which loads each TLS Secret's key to check
+/// it), by the certificate's `cert_path` (`secret:NS/NAME`). Loading the key is most of the
+/// cost of a certificate (deriving its public key), so it is done once, not once to check
+/// and once more to serve.
+#[derive(Debug, Clone, Default)]
+pub struct Preloaded {
+    keys: HashMap<PathBuf, PreloadedKey>,
+}
+
+#[derive(Debug, Clone)]
+struct PreloadedKey {
+    /// The private key it was built from: with the chain, what a site's certificate must
+    /// hold to be given this key.
+    key: Arc<PrivateKeyDer<'static>>,
+    ck: Arc<CertifiedKey>,
+    info: Option<CertInfo>,
+}
+
+impl Preloaded {
+    /// Adds the key built from `files` (`certified_key(files.chain, files.key)`, which
+    /// succeeded) and what its leaf says (`None`: read when the key is used).
+    pub fn insert(&mut self, files: &CertKey, ck: Arc<CertifiedKey>, info: Option<CertInfo>) {
+        self.keys.insert(
+            files.cert_path.clone(),
+            PreloadedKey {
+                key: Arc::new(files.key.clone_key()),
+                ck,
+                info,
+            },
+        );
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key held for the certificate named `cert_path`.
+    pub fn key(&self, cert_path: &Path) -> Option<&Arc<CertifiedKey>> {
+        self.keys.get(cert_path).map(|k| &k.ck)
+    }
+
+    /// The key built from exactly this chain and private key, if there is one.
+    fn get(&self, files: &CertKey) -> Option<(Arc<CertifiedKey>, Option<CertInfo>)> {
+        let k = self.keys.get(&files.cert_path)?;
+        if k.ck.cert != files.chain || k.key.secret_der() != files.key.secret_der() {
+            return None;
+        }
+        let info = k
+            .info
+            .clone()
+            .or_else(|| CertInfo::parse(files.chain.first()?).ok());
+        Some((k.ck.clone(), info))
+    }
+}
+
+/// [`load_site_certificates`], taking the keys in `preloaded` where a site's certificate and
+/// key are the ones a key there was built from.
+pub fn load_site_certificates_with(
+    config: &Config,
+    local_ca: Option<&LocalCa>,
+    previous: Option<(&Config, &SiteCerts)>,
+    preloaded: &Preloaded,
+) -> Result<SiteCerts, Vec<Problem>> {
     let reusable = reusable(previous);
     let mut out = SiteCerts::default();
     let mut problems = Vec::new();
@@ -101,9 +175,16 @@ pub fn load_site_certificates(
                 .map(|(_, cert)| *cert),
             _ => None,
         };
-        let (source, ck, info) = match reused {
-            Some(cert) => (cert.source.clone(), cert.key.clone(), cert.info.clone()),
-            None => match load_one(site, local_ca, &key, &mut problems) {
+        let preloaded = match (&site.tls, reused) {
+            (SiteTls::Files(files), None) => preloaded
+                .get(files)
+                .map(|(ck, info)| (CertSource::File(files.cert_path.clone()), Some(ck), info)),
+            _ => None,
+        };
+        let (source, ck, info) = match (reused, preloaded) {
+            (Some(cert), _) => (cert.source.clone(), cert.key.clone(), cert.info.clone()),
+            (None, Some(loaded)) => loaded,
+            (None, None) => match load_one(site, local_ca, &key, &mut problems) {
                 Some(loaded) => loaded,
                 None => continue,
             },

@@ -22,7 +22,7 @@ use portcullis_acme::{AcmeManager, AcmeSite, AcmeStats};
 use portcullis_cluster::Cluster;
 use portcullis_config::{Admin, Config, HostPattern, Problem, SiteTls};
 use portcullis_proxy::{Gateway, ListenerKind, Router};
-use portcullis_tls::{CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, SiteBinding};
+use portcullis_tls::{CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, Preloaded, SiteBinding};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -127,8 +127,9 @@ impl Stamp {
 
 /// Where a change's configuration comes from.
 enum Source {
-    /// Already parsed and validated (a config source other than the file).
-    Config(Box<Config>),
+    /// Already parsed and validated (a config source other than the file), with the
+    /// servable keys the source built for its certificates.
+    Config(Box<Config>, Preloaded),
     /// The config file, read and validated as part of the change.
     File(PathBuf),
 }
@@ -221,7 +222,11 @@ impl Controller {
         }
         {
             let mut st = me.state.lock().await;
-            me.change(&mut st, Source::Config(Box::new(config))).await?;
+            me.change(
+                &mut st,
+                Source::Config(Box::new(config), Preloaded::default()),
+            )
+            .await?;
         }
         Ok(me)
     }
@@ -296,7 +301,17 @@ impl Controller {
     /// Puts `config` in force, from whatever source it came. Everything that can fail is
     /// prepared first; on any error nothing changes.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<ReloadSummary, ApplyError> {
-        self.change_counted(Source::Config(Box::new(config)), None)
+        self.apply_preloaded(config, Preloaded::default()).await
+    }
+
+    /// [`apply`](Self::apply), serving the keys in `preloaded` (built by the config source to
+    /// check its certificates) instead of loading those certificates' keys again.
+    pub async fn apply_preloaded(
+        self: &Arc<Self>,
+        config: Config,
+        preloaded: Preloaded,
+    ) -> Result<ReloadSummary, ApplyError> {
+        self.change_counted(Source::Config(Box::new(config), preloaded), None)
             .await
     }
 
@@ -350,9 +365,12 @@ impl Controller {
         st: &mut State,
         source: Source,
     ) -> Result<ReloadSummary, ApplyError> {
-        let config = match source {
-            Source::Config(c) => *c,
-            Source::File(path) => off_the_workers(|| self.read_file(&path))?,
+        let (config, preloaded) = match source {
+            Source::Config(c, preloaded) => (*c, preloaded),
+            Source::File(path) => (
+                off_the_workers(|| self.read_file(&path))?,
+                Preloaded::default(),
+            ),
         };
         if let Some(applied) = &st.applied
             && applied.config.cluster != config.cluster
@@ -371,6 +389,7 @@ impl Controller {
                 store: self.gateway.certs(),
                 router: &router,
                 metrics: self.gateway.metrics(),
+                preloaded: &preloaded,
             },
         )
         .await?;

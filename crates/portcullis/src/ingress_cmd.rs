@@ -15,7 +15,7 @@ mod writers;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_config::{Config, Problem};
@@ -287,6 +287,7 @@ impl Ingress {
             state,
             metrics,
             writers: writers.clone(),
+            secrets: Mutex::default(),
         };
         Ok(Self {
             app,

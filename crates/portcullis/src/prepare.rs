@@ -17,7 +17,10 @@ use std::sync::Arc;
 use portcullis_acme::{AcmeManager, AcmeSite};
 use portcullis_config::{AdminListen, Config, HostPattern, Problem, Site, SiteTls};
 use portcullis_proxy::{BindError, ProxyMetrics, Router};
-use portcullis_tls::{CertStore, LOCAL_LEAF_VALIDITY, LocalCa, SiteCerts, load_site_certificates};
+use portcullis_tls::{
+    CertStore, LOCAL_LEAF_VALIDITY, LocalCa, Preloaded, SiteCerts, load_site_certificates,
+    load_site_certificates_with,
+};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tracing::warn;
@@ -104,6 +107,8 @@ pub(crate) struct Running<'a> {
     /// The routing table in force, whose origin clients unchanged origins keep.
     pub(crate) router: &'a Router,
     pub(crate) metrics: &'a ProxyMetrics,
+    /// Servable keys the config's source already built for its certificates.
+    pub(crate) preloaded: &'a Preloaded,
 }
 
 /// A checked, not yet applied, configuration: applying it cannot fail.
@@ -202,7 +207,7 @@ fn sites(new: &Config, running: &Running<'_>) -> Result<Sites, Vec<Problem>> {
     };
     let opened_local_ca = opened_local_ca && local_ca.is_some();
     let previous = applied.map(|a| (&a.config, &a.certs));
-    let certs = load_site_certificates(new, None, previous);
+    let certs = load_site_certificates_with(new, None, previous, running.preloaded);
     let router = Router::build(new, running.metrics, Some(running.router));
     let (certs, router) = match (certs, router) {
         (Ok(c), Ok(r)) => (c, r),

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::secrets::Parsed;
+use super::secrets::{Parsed, SecretCache};
 use crate::snapshot::{ObjectKey, Snapshot};
 
 /// The label an EndpointSlice names its Service with.
@@ -23,19 +23,21 @@ fn get<'m, V>(map: &'m Map<'_, V>, namespace: &str, name: &str) -> Option<&'m V>
 }
 
 pub(super) struct Index<'a> {
-    services: Map<'a, &'a Service>,
+    services: Map<'a, &'a Arc<Service>>,
     /// By namespace and Service name, in name order.
     slices: Map<'a, Vec<&'a EndpointSlice>>,
-    secrets: Map<'a, &'a Secret>,
-    /// Parsed Secrets, by key.
-    pub(super) parsed: HashMap<ObjectKey, Parsed>,
+    secrets: Map<'a, &'a Arc<Secret>>,
+    /// Parsed Secrets, by key, with the object each was parsed from.
+    pub(super) parsed: HashMap<ObjectKey, (Arc<Secret>, Parsed)>,
+    /// What the last translation parsed, taken from as this one needs it.
+    pub(super) earlier: SecretCache,
     /// Every Secret looked up.
     pub(super) referenced: BTreeSet<ObjectKey>,
 }
 
-fn by_key<'a, T>(objects: &'a [Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) -> Map<'a, &'a T> {
-    let mut map: Map<'a, &'a T> = HashMap::new();
-    for object in objects.iter().map(|o| &**o) {
+fn by_key<'a, T>(objects: &'a [Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) -> Map<'a, &'a Arc<T>> {
+    let mut map: Map<'a, &'a Arc<T>> = HashMap::new();
+    for object in objects {
         let m = meta(object);
         map.entry(m.namespace.as_deref().unwrap_or_default())
             .or_default()
@@ -45,7 +47,7 @@ fn by_key<'a, T>(objects: &'a [Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) -> Map
 }
 
 impl<'a> Index<'a> {
-    pub(super) fn new(snapshot: &'a Snapshot) -> Self {
+    pub(super) fn new(snapshot: &'a Snapshot, earlier: SecretCache) -> Self {
         let services = by_key(&snapshot.services, |s| &s.metadata);
         let secrets = by_key(&snapshot.secrets, |s| &s.metadata);
         let mut slices: Map<'a, Vec<&'a EndpointSlice>> = HashMap::new();
@@ -74,19 +76,20 @@ impl<'a> Index<'a> {
             slices,
             secrets,
             parsed: HashMap::new(),
+            earlier,
             referenced: BTreeSet::new(),
         }
     }
 
     pub(super) fn service(&self, namespace: &str, name: &str) -> Option<&'a Service> {
-        get(&self.services, namespace, name).copied()
+        get(&self.services, namespace, name).map(|s| &***s)
     }
 
     pub(super) fn slices(&self, namespace: &str, service: &str) -> &[&'a EndpointSlice] {
         get(&self.slices, namespace, service).map_or(&[], Vec::as_slice)
     }
 
-    pub(super) fn secret(&mut self, key: &ObjectKey) -> Option<&'a Secret> {
+    pub(super) fn secret(&mut self, key: &ObjectKey) -> Option<&'a Arc<Secret>> {
         self.referenced.insert(key.clone());
         get(&self.secrets, &key.namespace, &key.name).copied()
     }

@@ -16,6 +16,7 @@ use super::backends;
 use super::classes;
 use super::index::Index;
 use super::origins;
+use super::secrets::SecretCache;
 use super::{DEFAULT_SITE_HOST, K8sProblem, Options, Translated};
 use crate::snapshot::ObjectKey;
 
@@ -279,7 +280,7 @@ impl<'a> Builder<'a> {
     }
 
     /// The config, and everything else translation found.
-    pub(super) fn finish(mut self, ingresses: Vec<ObjectKey>) -> Translated {
+    pub(super) fn finish(mut self, ingresses: Vec<ObjectKey>) -> (Translated, SecretCache) {
         let fallback = self.controller_default_backend();
         let default_tls = match self.options.default_certificate.clone() {
             Some(key) => match self.index.tls_secret(&key) {
@@ -305,14 +306,18 @@ impl<'a> Builder<'a> {
         config.sites = sites;
         let mut unsupported = self.unsupported;
         unsupported.sort();
-        Translated {
+        let secrets = std::mem::take(&mut self.index.referenced);
+        let (preloaded, cache) = self.index.finish();
+        let translated = Translated {
             config,
             problems: self.problems,
             unsupported_annotations: unsupported,
             ingresses,
             acme_secrets: self.acme_secrets,
-            secrets: self.index.referenced,
-        }
+            secrets,
+            preloaded,
+        };
+        (translated, cache)
     }
 
     /// Hosts sharing an ACME Secret become one site with one order for all their names

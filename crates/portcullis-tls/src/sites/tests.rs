@@ -118,3 +118,49 @@ fn a_site_without_a_certificate_resolves_to_the_default_one_or_none() {
     assert!(store.resolve(Some("b.test")).is_none());
     assert!(store.resolve(Some("a.test")).is_some());
 }
+
+fn files(config: &Config, i: usize) -> &CertKey {
+    match &config.sites[i].tls {
+        SiteTls::Files(files) => files,
+        other => panic!("site {i} has no files: {other:?}"),
+    }
+}
+
+#[test]
+fn a_preloaded_key_is_served_only_for_the_chain_and_key_it_was_built_from() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::install_default_provider();
+    write_pair(dir.path(), "a", "a.test", None);
+    write_pair(dir.path(), "b", "b.test", None);
+    let config = config(dir.path());
+    let (a, b) = (files(&config, 0), files(&config, 1));
+    let built = certified_key(a.chain.clone(), a.key.clone_key()).unwrap();
+    let mut preloaded = Preloaded::default();
+    preloaded.insert(a, built.clone(), None);
+    // `b`'s key under `b`'s path, but built from `a`'s files: not `b`'s certificate.
+    let mut wrong = b.clone();
+    wrong.chain = a.chain.clone();
+    wrong.key = a.key.clone_key();
+    preloaded.insert(&wrong, built.clone(), None);
+    assert_eq!(preloaded.len(), 2);
+
+    let certs = load_site_certificates_with(&config, None, None, &preloaded).unwrap();
+    assert!(
+        Arc::ptr_eq(key(&certs, 0), &built),
+        "a's preloaded key is served"
+    );
+    assert!(
+        !Arc::ptr_eq(key(&certs, 1), &built),
+        "b's certificate is loaded anew"
+    );
+    assert_eq!(key(&certs, 1).cert, b.chain);
+    // What the leaf says is read when the source did not give it: the host warning stays.
+    assert_eq!(
+        certs
+            .warnings
+            .iter()
+            .map(|w| w.key.as_str())
+            .collect::<Vec<_>>(),
+        ["sites[0].hosts[1]"]
+    );
+}

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_config::Config;
-use portcullis_k8s::{Options, Snapshot, SourceStatus, Translated, translate};
+use portcullis_k8s::{Options, SecretCache, Snapshot, SourceStatus, Translated, translate_cached};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -108,6 +108,9 @@ pub(super) struct Syncer {
     /// The writers: told of each sync; whether this replica leads decides whether it
     /// orders ACME certificates.
     pub(super) writers: Arc<Writers>,
+    /// The Secrets the last translation parsed, for the next one (taken while a
+    /// translation runs).
+    pub(super) secrets: Mutex<SecretCache>,
 }
 
 impl Syncer {
@@ -155,16 +158,21 @@ impl Syncer {
         options.acme_issuer = leads;
         let snap = snapshot.clone();
         let started = Instant::now();
+        let mut cache =
+            std::mem::take(&mut *self.secrets.lock().unwrap_or_else(|e| e.into_inner()));
         let translated = tokio::task::spawn_blocking(move || {
-            let t = translate(&base, &snap, &options);
+            let t = translate_cached(&base, &snap, &options, &mut cache);
             if options.acme_issuer {
                 seed_acme(&t, &snap);
             }
-            t
+            (t, cache)
         })
         .await;
         let mut translated = match translated {
-            Ok(t) => t,
+            Ok((t, cache)) => {
+                *self.secrets.lock().unwrap_or_else(|e| e.into_inner()) = cache;
+                t
+            }
             Err(e) => {
                 error!(error = %e, "translating the cluster's objects failed; the routes in force stay");
                 self.metrics.refused();
@@ -176,6 +184,7 @@ impl Syncer {
         // The config goes to the controller, the rest to the writers: one copy of a
         // config of thousands of sites is enough.
         let config = std::mem::replace(&mut translated.config, self.base.clone());
+        let preloaded = std::mem::take(&mut translated.preloaded);
         let synced = Synced {
             snapshot,
             translated: Arc::new(translated),
@@ -188,7 +197,7 @@ impl Syncer {
             return;
         }
         let applying = Instant::now();
-        match self.controller.apply(config).await {
+        match self.controller.apply_preloaded(config, preloaded).await {
             Ok(summary) => {
                 info!(
                     sites = summary.sites,

@@ -458,3 +458,85 @@ fn a_host_routing_differently_cannot_share_an_acme_secret() {
         "ingress default/shop: tls[0].hosts[1]: secret default/shop-tls stores the ACME certificate of shop.example.com, whose routes differ from www.example.com's, so they cannot share one certificate; www.example.com is served the default certificate (give it a tls entry and secretName of its own)",
     );
 }
+
+#[test]
+fn a_cached_translation_reuses_unchanged_secrets_and_parses_changed_ones() {
+    use std::sync::Arc;
+
+    use crate::{SecretCache, translate_cached};
+
+    let mut s = world(vec![shop(Some("shop-tls"))]);
+    s.secrets = vec![
+        tls_secret("default", "shop-tls", &["shop.example.com"]).into(),
+        tls_secret("default", "blog-tls", &["blog.example.com"]).into(),
+    ];
+    let (shop_path, blog_path) = (
+        PathBuf::from("secret:default/shop-tls"),
+        PathBuf::from("secret:default/blog-tls"),
+    );
+    let options = Options::default();
+    let mut cache = SecretCache::default();
+    let first = translate_cached(&base(), &s, &options, &mut cache);
+    assert_eq!(first.config, run(&s).config, "the same as without a cache");
+    assert_eq!(cache.len(), 2);
+    assert_eq!(first.preloaded.len(), 2);
+    let built = |t: &crate::Translated, path: &PathBuf| t.preloaded.key(path).unwrap().clone();
+    // The key built is the one for the certificate in the config.
+    assert_eq!(
+        built(&first, &shop_path).cert,
+        files(&site(&first, "shop.example.com").tls).chain
+    );
+
+    // Unchanged: nothing is parsed or loaded again.
+    let again = translate_cached(&base(), &s, &options, &mut cache);
+    assert_eq!(again.config, first.config);
+    assert!(Arc::ptr_eq(
+        &built(&first, &shop_path),
+        &built(&again, &shop_path)
+    ));
+    assert!(Arc::ptr_eq(
+        &built(&first, &blog_path),
+        &built(&again, &blog_path)
+    ));
+
+    // A new object with the same data (a re-list) is still the same; new data is parsed.
+    s.secrets[0] = Arc::new((*s.secrets[0]).clone());
+    s.secrets[1] = tls_secret("default", "blog-tls", &["blog.example.com"]).into();
+    let third = translate_cached(&base(), &s, &options, &mut cache);
+    assert_eq!(third.config, run(&s).config);
+    assert!(Arc::ptr_eq(
+        &built(&first, &shop_path),
+        &built(&third, &shop_path)
+    ));
+    assert!(!Arc::ptr_eq(
+        &built(&first, &blog_path),
+        &built(&third, &blog_path)
+    ));
+    assert_eq!(
+        built(&third, &blog_path).cert,
+        files(&site(&third, "blog.example.com").tls).chain
+    );
+
+    // A Secret becoming broken is a problem at once, and nothing is preloaded for it.
+    let (crt, _) = cert_pem(&["shop.example.com"]);
+    let (_, other_key) = cert_pem(&["shop.example.com"]);
+    s.secrets[0] = secret_with(
+        "default",
+        "shop-tls",
+        "kubernetes.io/tls",
+        &[
+            ("tls.crt", crt.as_bytes()),
+            ("tls.key", other_key.as_bytes()),
+        ],
+    )
+    .into();
+    let broken = translate_cached(&base(), &s, &options, &mut cache);
+    assert_eq!(problems(&broken), problems(&run(&s)));
+    assert!(!problems(&broken).is_empty());
+    assert!(broken.preloaded.key(&shop_path).is_none());
+
+    // Only what the last translation read is kept.
+    let none = translate_cached(&base(), &world(Vec::new()), &options, &mut cache);
+    assert!(none.preloaded.is_empty());
+    assert!(cache.is_empty());
+}
