@@ -656,3 +656,46 @@ fn mixed_content_rewrite_takes_extra_hosts_validated_like_site_hosts() {
     ));
     assert!(bad.iter().any(|p| p.contains("rewrite")), "{bad:?}");
 }
+
+#[test]
+fn many_sites_get_their_own_certificate_files_and_problems_in_site_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("sites:\n");
+    for i in 0..300 {
+        let pem = |label: &str, n: u32| {
+            format!("-----BEGIN {label}-----\n{n:08}\n-----END {label}-----\n")
+        };
+        std::fs::write(dir.path().join(format!("{i}.pem")), pem("CERTIFICATE", i)).unwrap();
+        std::fs::write(dir.path().join(format!("{i}.key")), pem("PRIVATE KEY", i)).unwrap();
+        yaml.push_str(&format!(
+            "  - hosts: [s{i}.test]\n    tls: {{ cert: {i}.pem, key: {i}.key }}\n    respond: {{}}\n"
+        ));
+    }
+    let config = parse(&yaml, dir.path()).unwrap();
+    for (i, site) in config.sites.iter().enumerate() {
+        let SiteTls::Files(files) = &site.tls else {
+            panic!("site {i}: {:?}", site.tls)
+        };
+        let want = format!("{i:08}");
+        assert_eq!(files.cert_path, dir.path().join(format!("{i}.pem")));
+        assert_eq!(files.chain.len(), 1);
+        // Both were decoded from `want`: the same bytes, each site its own.
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let decoded = CertificateDer::pem_slice_iter(
+            format!("-----BEGIN CERTIFICATE-----\n{want}\n-----END CERTIFICATE-----\n").as_bytes(),
+        )
+        .next()
+        .unwrap()
+        .unwrap();
+        assert_eq!(files.chain[0], decoded, "site {i}");
+        assert_eq!(files.key.secret_der(), decoded.as_ref(), "site {i}");
+    }
+    std::fs::write(dir.path().join("7.pem"), "nothing here\n").unwrap();
+    std::fs::remove_file(dir.path().join("250.key")).unwrap();
+    let problems: Vec<String> = match parse(&yaml, dir.path()) {
+        Ok(_) => panic!("a broken certificate and a missing key were taken"),
+        Err(e) => e.problems().iter().map(|p| p.key.clone()).collect(),
+    };
+    assert_eq!(problems, ["sites[7].tls.cert", "sites[250].tls.key"]);
+}
