@@ -26,8 +26,9 @@ pub use model::{
     Respond, Retries, Route, Shutdown, Site, SiteTls, StickyCookie, TlsSettings, Transport,
     Upgrades, Verify, defaults,
 };
+pub use pem::FileStamp;
 pub use units::{parse_duration, parse_size};
-pub use validate::{load, load_base, parse, parse_addr, parse_base};
+pub use validate::{load, load_base, load_reusing, parse, parse_addr, parse_base};
 
 #[cfg(test)]
 mod tests;

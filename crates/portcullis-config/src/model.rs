@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use crate::error::TokenError;
 use crate::host::HostPattern;
+use crate::pem::FileStamp;
 
 /// A whole, valid configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -419,7 +420,7 @@ pub enum SiteTls {
 
 /// A certificate chain and its private key, read from PEM files (or from a Kubernetes
 /// Secret, whose `secret:NS/NAME` then stands in for both paths).
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct CertKey {
     /// File the chain came from (or `secret:NS/NAME`): the certificate's name in logs, and
     /// the key that lets a reload reuse what it already loaded.
@@ -430,6 +431,20 @@ pub struct CertKey {
     pub chain: Vec<CertificateDer<'static>>,
     /// The private key.
     pub key: PrivateKeyDer<'static>,
+    /// The two files' stamps when they were read, if trusted: a reload
+    /// ([`load_reusing`](crate::load_reusing)) takes this certificate again without reading
+    /// the files while both stamps are the same. Not part of equality, which is content.
+    /// Boxed, so a site's TLS setting stays small.
+    pub stamps: Option<Box<(FileStamp, FileStamp)>>,
+}
+
+impl PartialEq for CertKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert_path == other.cert_path
+            && self.key_path == other.key_path
+            && self.chain == other.chain
+            && self.key == other.key
+    }
 }
 
 impl Clone for CertKey {
@@ -439,6 +454,7 @@ impl Clone for CertKey {
             key_path: self.key_path.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
+            stamps: self.stamps.clone(),
         }
     }
 }

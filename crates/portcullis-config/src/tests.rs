@@ -699,3 +699,77 @@ fn many_sites_get_their_own_certificate_files_and_problems_in_site_order() {
     };
     assert_eq!(problems, ["sites[7].tls.cert", "sites[250].tls.key"]);
 }
+
+#[test]
+fn a_reload_reads_again_only_the_certificate_files_that_changed() {
+    use crate::pem::READS;
+
+    let reads = |f: &dyn Fn() -> Config| {
+        READS.with(|n| n.set(0));
+        let c = f();
+        (c, READS.with(std::cell::Cell::get))
+    };
+    let pem =
+        |label: &str, n: u32| format!("-----BEGIN {label}-----\n{n:08}\n-----END {label}-----\n");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |site: &str, n: u32| {
+        std::fs::write(
+            dir.path().join(format!("{site}.pem")),
+            pem("CERTIFICATE", n),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("{site}.key")),
+            pem("PRIVATE KEY", n),
+        )
+        .unwrap();
+    };
+    write("a", 1);
+    write("b", 2);
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(
+        &path,
+        "sites:\n\
+         \x20 - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    respond: {}\n\
+         \x20 - hosts: [b.test]\n    tls: { cert: b.pem, key: b.key }\n    respond: {}\n",
+    )
+    .unwrap();
+    let stamps = |c: &Config, i: usize| match &c.sites[i].tls {
+        SiteTls::Files(f) => f.stamps.as_deref().copied(),
+        other => panic!("{other:?}"),
+    };
+    // Just written: too recent to trust, so a reload reads them again.
+    let (fresh, n) = reads(&|| load(&path).unwrap());
+    assert_eq!(n, 4);
+    assert_eq!(stamps(&fresh, 0), None);
+    let (_, n) = reads(&|| load_reusing(&path, Some(&fresh)).unwrap());
+    assert_eq!(n, 4);
+
+    // Old enough: trusted, and nothing is read again while nothing changed.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (first, n) = reads(&|| load(&path).unwrap());
+    assert_eq!(n, 4);
+    assert!(stamps(&first, 0).is_some() && stamps(&first, 1).is_some());
+    let (same, n) = reads(&|| load_reusing(&path, Some(&first)).unwrap());
+    assert_eq!(n, 0);
+    assert_eq!(same, first);
+    assert_eq!(stamps(&same, 1), stamps(&first, 1));
+
+    // `b` rewritten: only its two files are read, and the new certificate is taken.
+    write("b", 3);
+    let (next, n) = reads(&|| load_reusing(&path, Some(&same)).unwrap());
+    assert_eq!(n, 2);
+    assert_eq!(next.sites[0], first.sites[0]);
+    assert_ne!(next.sites[1], first.sites[1]);
+    assert_eq!(next, load(&path).unwrap());
+    // Too recent again: read at the next reload too.
+    let (_, n) = reads(&|| load_reusing(&path, Some(&next)).unwrap());
+    assert_eq!(n, 2);
+
+    // `a` replaced by another file of the same content (a rename): read again.
+    let tmp = dir.path().join("a.pem.new");
+    std::fs::write(&tmp, pem("CERTIFICATE", 1)).unwrap();
+    std::fs::rename(&tmp, dir.path().join("a.pem")).unwrap();
+    let (_, n) = reads(&|| load_reusing(&path, Some(&first)).unwrap());
+    assert_eq!(n, 2 + 2, "a's pair and b's pair");
+}

@@ -1,6 +1,7 @@
 //! File types → runtime model. Collects every problem instead of stopping at the first, and
 //! names each one by its key path.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,8 @@ use crate::error::{Error, Problem, Result, ValueError};
 use crate::file::{
     AcmeFile, AdminFile, ClusterFile, LimitsFile, ListenFile, ShutdownFile, TlsFile,
 };
-use crate::model::{Admin, Config, Listen, Shutdown, TlsSettings, defaults};
+use crate::model::{Admin, CertKey, Config, Listen, Shutdown, SiteTls, TlsSettings, defaults};
+use crate::pem::FileStamp;
 
 mod acme;
 mod admin;
@@ -37,6 +39,14 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 /// Reads and validates the config file at `path`. Relative paths inside it are resolved
 /// against the file's folder.
 pub fn load(path: &Path) -> Result<Config> {
+    load_reusing(path, None)
+}
+
+/// [`load`], for a reload after `previous`: a site's certificate and key files whose
+/// stamps ([`FileStamp`]: length, times, inode) are those `previous` read them with give
+/// the same certificate again without being read. Any change to either file, or a file
+/// changed too recently to be trusted when it was read, and both are read.
+pub fn load_reusing(path: &Path, previous: Option<&Config>) -> Result<Config> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
@@ -45,12 +55,47 @@ pub fn load(path: &Path) -> Result<Config> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    parse(&text, base)
+    let reuse = previous.map(Reuse::of).unwrap_or_default();
+    parse_as(&text, base, Sites::Required, &reuse)
+}
+
+/// The certificates of a previous config that a reload may take again, by certificate
+/// path.
+#[derive(Default)]
+pub(crate) struct Reuse<'a> {
+    certs: HashMap<&'a Path, &'a CertKey>,
+}
+
+impl<'a> Reuse<'a> {
+    fn of(config: &'a Config) -> Self {
+        let certs = config
+            .sites
+            .iter()
+            .filter_map(|s| match &s.tls {
+                SiteTls::Files(files) if files.stamps.is_some() => {
+                    Some((files.cert_path.as_path(), files))
+                }
+                _ => None,
+            })
+            .collect();
+        Self { certs }
+    }
+
+    /// The previous certificate read from these two files, if neither changed since.
+    pub(crate) fn unchanged(&self, cert_path: &Path, key_path: &Path) -> Option<CertKey> {
+        let was = self
+            .certs
+            .get(cert_path)
+            .filter(|c| c.key_path == key_path)?;
+        let (cert, key) = *was.stamps.as_deref()?;
+        (FileStamp::at(cert_path) == Some(cert) && FileStamp::at(key_path) == Some(key))
+            .then(|| (*was).clone())
+    }
 }
 
 /// Validates config text; relative paths inside it are resolved against `base_dir`.
 pub fn parse(text: &str, base_dir: &Path) -> Result<Config> {
-    parse_as(text, base_dir, Sites::Required)
+    parse_as(text, base_dir, Sites::Required, &Reuse::default())
 }
 
 /// Reads and validates a base config at `path`: everything but the sites, which another
@@ -69,7 +114,7 @@ pub fn load_base(path: &Path) -> Result<Config> {
 
 /// Validates base config text (see [`load_base`]); the result has no sites.
 pub fn parse_base(text: &str, base_dir: &Path) -> Result<Config> {
-    parse_as(text, base_dir, Sites::Forbidden)
+    parse_as(text, base_dir, Sites::Forbidden, &Reuse::default())
 }
 
 /// Whether a config's `sites` come from the file.
@@ -81,11 +126,12 @@ enum Sites {
     Forbidden,
 }
 
-fn parse_as(text: &str, base_dir: &Path, sites: Sites) -> Result<Config> {
+fn parse_as(text: &str, base_dir: &Path, sites: Sites, reuse: &Reuse<'_>) -> Result<Config> {
     let mut v = Validator {
         base: base_dir,
         problems: Vec::new(),
         sites,
+        reuse,
     };
     let config = v.config(text);
     match config {
@@ -98,6 +144,8 @@ struct Validator<'a> {
     base: &'a Path,
     problems: Vec<Problem>,
     sites: Sites,
+    /// What a reload may take again from the config in force.
+    reuse: &'a Reuse<'a>,
 }
 
 impl Validator<'_> {

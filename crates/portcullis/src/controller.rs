@@ -12,15 +12,14 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use portcullis_acme::{AcmeManager, AcmeSite, AcmeStats};
 use portcullis_cluster::Cluster;
-use portcullis_config::{Admin, Config, HostPattern, Problem, SiteTls};
+use portcullis_config::{Admin, Config, FileStamp, HostPattern, Problem, SiteTls};
 use portcullis_proxy::{Gateway, ListenerKind, Router};
 use portcullis_tls::{CertStore, Challenges, LOCAL_LEAF_VALIDITY, LocalCa, Preloaded, SiteBinding};
 use tokio::net::TcpListener;
@@ -100,29 +99,8 @@ pub(crate) type ReadinessFn = Arc<dyn Fn() -> SourceReadiness + Send + Sync>;
 /// A config file as it was read.
 #[derive(Clone, PartialEq, Eq)]
 struct Loaded {
-    stamp: Stamp,
+    stamp: FileStamp,
     content: Vec<u8>,
-}
-
-/// What the watcher compares before it reads a file: an edit changes the modification
-/// time or the length, a replacement by rename the inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    dev: u64,
-    ino: u64,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        Self {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
-    }
 }
 
 /// Where a change's configuration comes from.
@@ -249,7 +227,7 @@ impl Controller {
     /// Starts from the config file at `path`, which [`reload`](Self::reload) and the
     /// watcher re-read.
     pub(crate) async fn start_from_file(path: &Path) -> Result<Arc<Self>, ApplyError> {
-        let (loaded, config) = off_the_workers(|| read_file(path));
+        let (loaded, config) = off_the_workers(|| read_file(path, None));
         Self::start(config?, Some((path.to_owned(), loaded)), None, None).await
     }
 
@@ -368,7 +346,7 @@ impl Controller {
         let (config, preloaded) = match source {
             Source::Config(c, preloaded) => (*c, preloaded),
             Source::File(path) => (
-                off_the_workers(|| self.read_file(&path))?,
+                off_the_workers(|| self.read_file(&path, st.applied.as_ref().map(|a| &a.config)))?,
                 Preloaded::default(),
             ),
         };
@@ -398,8 +376,9 @@ impl Controller {
 
     /// Reads and validates the config file, remembering what was read for the watcher
     /// (also when it is refused, so the watcher does not try the same content again).
-    fn read_file(&self, path: &Path) -> Result<Config, Vec<Problem>> {
-        let (loaded, config) = read_file(path);
+    /// Certificate files unchanged since `previous` read them are not read again.
+    fn read_file(&self, path: &Path, previous: Option<&Config>) -> Result<Config, Vec<Problem>> {
+        let (loaded, config) = read_file(path, previous);
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = loaded;
         config
     }
@@ -708,22 +687,28 @@ impl AdminApi for Controller {
     clippy::disallowed_methods,
     reason = "always run under off_the_workers (block_in_place)"
 )]
-fn read_file(path: &Path) -> (Option<Loaded>, Result<Config, Vec<Problem>>) {
+fn read_file(
+    path: &Path,
+    previous: Option<&Config>,
+) -> (Option<Loaded>, Result<Config, Vec<Problem>>) {
     // The stamp before the content: an edit in between is seen by the watcher's next look.
-    let stamp = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
+    let stamp = std::fs::metadata(path).ok().map(|m| FileStamp::of(&m));
     let content = std::fs::read(path).ok();
     let loaded = stamp
         .zip(content)
         .map(|(stamp, content)| Loaded { stamp, content });
     (
         loaded,
-        portcullis_config::load(path).map_err(|e| e.problems()),
+        portcullis_config::load_reusing(path, previous).map_err(|e| e.problems()),
     )
 }
 
 /// The config file's stamp, read without blocking a worker.
-async fn file_stamp(path: &Path) -> Option<Stamp> {
-    tokio::fs::metadata(path).await.ok().map(|m| Stamp::of(&m))
+async fn file_stamp(path: &Path) -> Option<FileStamp> {
+    tokio::fs::metadata(path)
+        .await
+        .ok()
+        .map(|m| FileStamp::of(&m))
 }
 
 fn local(l: &TcpListener) -> String {

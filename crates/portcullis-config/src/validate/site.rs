@@ -85,7 +85,7 @@ impl Validator<'_> {
             runs.push((first, run));
             first += per_run;
         }
-        let (base, sites_rule) = (self.base, self.sites);
+        let (base, sites_rule, reuse) = (self.base, self.sites, self.reuse);
         let results: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = runs
                 .into_iter()
@@ -95,6 +95,7 @@ impl Validator<'_> {
                             base,
                             problems: Vec::new(),
                             sites: sites_rule,
+                            reuse,
                         };
                         let (sites, ok) = v.site_run(first, run);
                         (v.problems, sites, ok)
@@ -332,13 +333,20 @@ impl Validator<'_> {
     pub(super) fn cert_key(&mut self, key: &str, f: CertKeyFile) -> Option<CertKey> {
         let cert_path = self.resolve(&f.cert);
         let key_path = self.resolve(&f.key);
-        let chain = pem::read_certs(&cert_path).map_err(|e| self.err(format!("{key}.cert"), e));
-        let private = pem::read_key(&key_path).map_err(|e| self.err(format!("{key}.key"), e));
+        if let Some(same) = self.reuse.unchanged(&cert_path, &key_path) {
+            return Some(same);
+        }
+        let chain =
+            pem::read_certs_stamped(&cert_path).map_err(|e| self.err(format!("{key}.cert"), e));
+        let private =
+            pem::read_key_stamped(&key_path).map_err(|e| self.err(format!("{key}.key"), e));
+        let ((chain, cert_stamp), (private, key_stamp)) = (chain.ok()?, private.ok()?);
         Some(CertKey {
             cert_path,
             key_path,
-            chain: chain.ok()?,
-            key: private.ok()?,
+            chain,
+            key: private,
+            stamps: cert_stamp.zip(key_stamp).map(Box::new),
         })
     }
 

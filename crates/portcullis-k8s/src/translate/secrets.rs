@@ -191,6 +191,7 @@ fn tls(
         key_path: path,
         chain,
         key: pkey,
+        stamps: None,
     };
     Ok((files, servable))
 }

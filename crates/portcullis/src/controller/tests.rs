@@ -31,7 +31,7 @@ fn a_stamp_changes_with_an_edit_and_with_a_replacement_by_rename() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.yaml");
     std::fs::write(&path, "sites: []\n").unwrap();
-    let stamp = || Stamp::of(&std::fs::metadata(&path).unwrap());
+    let stamp = || FileStamp::of(&std::fs::metadata(&path).unwrap());
     let first = stamp();
     assert_eq!(stamp(), first, "nothing changed");
     std::fs::write(&path, "sites: []\n# edited\n").unwrap();
