@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -434,8 +435,9 @@ pub struct CertKey {
     /// The two files' stamps when they were read, if trusted: a reload
     /// ([`load_reusing`](crate::load_reusing)) takes this certificate again without reading
     /// the files while both stamps are the same. Not part of equality, which is content.
-    /// Boxed, so a site's TLS setting stays small.
-    pub stamps: Option<Box<(FileStamp, FileStamp)>>,
+    /// Shared: a site's settings are copied into several of the gateway's tables, and the
+    /// copies share one.
+    pub stamps: Option<Arc<(FileStamp, FileStamp)>>,
 }
 
 impl PartialEq for CertKey {

@@ -1,6 +1,7 @@
 //! Sites: hosts, certificate source, HSTS, routes and fixed responses.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_yaml::Value;
 
@@ -346,7 +347,7 @@ impl Validator<'_> {
             key_path,
             chain,
             key: private,
-            stamps: cert_stamp.zip(key_stamp).map(Box::new),
+            stamps: cert_stamp.zip(key_stamp).map(Arc::new),
         })
     }
 
