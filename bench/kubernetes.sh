@@ -6,7 +6,8 @@
 # docs/performance.md#kubernetes. A benchmark, not a test: CI does not run it.
 #
 #   bench/kubernetes.sh                 5,000 Ingresses (~1 min after the builds)
-#   bench/kubernetes.sh --ingresses N   another size
+#   bench/kubernetes.sh --ingresses N   another size (50000: issue 27's 100,000 hosts, ~1.5 min)
+#   bench/kubernetes.sh --logs          also print the controller's log (sync timings)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p portcullis
