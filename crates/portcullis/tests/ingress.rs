@@ -195,6 +195,16 @@ async fn the_ingress_process_is_ready_after_its_first_sync_serves_and_stops_on_s
     let resp = client.get("shop.test", "/hello").await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "ok GET /hello");
+    // The sync's log line says how long translating and applying took.
+    let synced = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("kubernetes sync applied"))
+        .expect("the first sync is logged");
+    let line: serde_json::Value = serde_json::from_str(&synced).unwrap();
+    for field in ["translate_ms", "apply_ms"] {
+        assert!(line[field].as_f64().is_some(), "{field} in {synced}");
+    }
 
     gw.signal("TERM");
     let status = tokio::task::spawn_blocking(move || gw.wait(Duration::from_secs(20)))
